@@ -1,0 +1,43 @@
+# The two commands a new user needs: `make demo` and `make test`. Each builds .venv on first use.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# CPU threads for this small machine; override with `make test THREADS=8`.
+THREADS ?= 2
+export OMP_NUM_THREADS := $(THREADS)
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: venv demo test test-fast bench eval tiny clean
+
+venv: $(STAMP)
+
+# Re-runs only when a requirements file changes: a no-op when the environment is up to date.
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VPY) scripts/demo.py
+
+test: $(STAMP)
+	$(VPY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	$(VPY) scripts/bench.py
+
+eval: $(STAMP)
+	$(VPY) eval.py $(ARGS)
+
+tiny: $(STAMP)
+	$(VPY) -m models.tiny --arch qwen2_5_vl --out runs/tiny-qwen2_5_vl
+
+clean:
+	rm -rf runs .cache

@@ -1,0 +1,50 @@
+"""The one record every data format is read into, and every task, reward and rollout consumes.
+
+Boxes are always stored in ORIGINAL-image pixels of `images[0]`, `[x1, y1, x2, y2]` with x1 < x2, y1 < y2.
+Converting to a model family's frame (0-1000, resized pixels, ...) happens at the model boundary, never here.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+from PIL import Image
+
+ImageSource = Union[str, bytes]  # a file path, or the encoded bytes of an image (PNG/JPEG/...)
+
+
+@dataclass
+class Example:
+    question: str
+    answers: list[str]  # every reference answer; answers[0] is the canonical one
+    images: list[ImageSource]  # usually one image
+    boxes: list[list[float]] = field(default_factory=list)  # original-image pixels of images[0]
+    choices: list[str] = field(default_factory=list)  # multiple-choice options, in order (A, B, C, ...)
+    reference_steps: list[str] = field(default_factory=list)
+    target: str | None = None  # SFT target: the assistant's text, may hold <tool_call>[x1, y1, x2, y2]</tool_call>
+    metadata: dict = field(default_factory=dict)
+    origin: str = ""  # where it came from, for error messages: "file.jsonl:12" or "folder:row 3"
+
+    @property
+    def answer(self) -> str:
+        return self.answers[0] if self.answers else ""
+
+    def open_images(self) -> list[Image.Image]:
+        """Decode every image as RGB. Raises ValueError naming `origin` when one cannot be read."""
+        return [open_image(src, origin=self.origin) for src in self.images]
+
+
+def open_image(src: ImageSource, *, origin: str = "") -> Image.Image:
+    try:
+        if isinstance(src, bytes):
+            img = Image.open(io.BytesIO(src))
+        else:
+            img = Image.open(Path(src))
+        img.load()
+    except (OSError, ValueError) as exc:
+        name = "<bytes>" if isinstance(src, bytes) else str(src)
+        raise ValueError(f"{origin}: cannot open image {name}: {exc}") from exc
+    return img.convert("RGB")

@@ -1,0 +1,65 @@
+"""Load a Hugging Face VLM folder (a real checkpoint or a tiny one from `models.tiny`) as one bundle: model,
+tokenizer, image processor and the family's facts. Works whether or not torchvision imports.
+
+    from models.load import load_vlm
+    vlm = load_vlm("path/to/Qwen2.5-VL-3B-Instruct", dtype="bfloat16", device="cuda")
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+from models.family import SUPPORTED, Family, family_from
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class VLM:
+    model: torch.nn.Module
+    tokenizer: object
+    image_processor: object
+    family: Family
+    path: Path
+
+
+def _check_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise ValueError(f"model folder {path} does not exist; pass a local folder (no hub downloads here), "
+                         "e.g. one built by `python -m models.tiny --arch qwen2_5_vl --out DIR`")
+    for name in ("config.json", "preprocessor_config.json"):
+        if not (path / name).exists():
+            raise ValueError(f"{path} has no {name}: it is not a Hugging Face VLM folder")
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type not in SUPPORTED:
+        raise ValueError(f"{path}/config.json: model_type {model_type!r} is not supported; "
+                         f"supported: {sorted(SUPPORTED)}")
+
+
+def load_image_processor(path: Path):
+    """The checkpoint's image processor; falls back to the PIL implementation when the fast (torchvision)
+    one cannot be built."""
+    try:
+        return AutoImageProcessor.from_pretrained(path)
+    except (ImportError, ValueError, RuntimeError):
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        return Qwen2VLImageProcessorPil.from_pretrained(path)
+
+
+def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "sdpa",
+             box_frame: str | None = None) -> VLM:
+    path = Path(path)
+    _check_folder(path)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} unknown; choose one of {sorted(DTYPES)}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation).to(device)
+    return VLM(model=model, tokenizer=tokenizer, image_processor=load_image_processor(path),
+               family=family_from(config, tokenizer, box_frame=box_frame), path=path)

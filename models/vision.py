@@ -1,0 +1,44 @@
+"""Images → model inputs, without the HF `AutoProcessor` (which needs torchvision for its video half).
+
+An image in a token sequence is `<|vision_start|>` + n × `<|image_pad|>` + `<|vision_end|>`, with
+n = grid_t·grid_h·grid_w // merge². `pixel_values` of several images concatenate along dim 0 (the vision tower
+splits them again by `image_grid_thw`), so images can be encoded once and shared by every sample of a prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from models.family import Family
+
+
+def encode_images(image_processor, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (pixel_values [P, D], image_grid_thw [N, 3] long). Empty list → empty tensors."""
+    if not images:
+        return torch.zeros(0), torch.zeros(0, 3, dtype=torch.long)
+    out = image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+    return out["pixel_values"], out["image_grid_thw"].long()
+
+
+def num_image_tokens(grid_thw: torch.Tensor, family: Family) -> int:
+    """Placeholder tokens one image takes in the text (grid_thw: one row [t, h, w])."""
+    return int(grid_thw.prod().item()) // family.merge_size**2
+
+
+def image_block(grid_thw: torch.Tensor, family: Family) -> list[int]:
+    """Token ids that stand for one image in the sequence."""
+    n = num_image_tokens(grid_thw, family)
+    return [family.vision_start_id] + [family.image_token_id] * n + [family.vision_end_id]
+
+
+def resized_size(grid_thw: torch.Tensor, family: Family) -> tuple[int, int]:
+    """(width, height) in pixels of the image as the processor resized it (Qwen2.5-VL's box frame)."""
+    _, h, w = (int(v) for v in grid_thw.tolist())
+    return w * family.patch_size, h * family.patch_size
+
+
+def mm_token_type_ids(input_ids: torch.Tensor, family: Family) -> torch.Tensor:
+    """1 on image placeholder tokens, 0 elsewhere. transformers' get_rope_index REQUIRES it: without it the
+    model silently falls back to 1-D positions (see PLATFORM.md)."""
+    return (input_ids == family.image_token_id).to(torch.int32)
