@@ -1,0 +1,167 @@
+"""The two table formats, read with pyarrow only (the `datasets` package is not needed at run time).
+
+- "hf_disk": a `datasets.save_to_disk` folder. It holds state.json (`"_data_files": [{"filename": ...}]`),
+  dataset_info.json and Arrow IPC *stream* files; a DatasetDict folder holds dataset_dict.json (`"splits"`) and one
+  such folder per split. Columns: image (or images), question, answer, and optionally reference_steps, choices,
+  options (another name for choices), bboxs (list of [x1, y1, x2, y2] in original pixels); the rest (source, ...)
+  go to metadata. Errors are `folder:row N`, N counted over the whole split as `load_from_disk(folder)[N]`.
+- "geometry3k": a folder of `{split}-00000-of-00001.parquet` files (or under `data/`), columns images (list of
+  {bytes, path}), problem (with an `<image>` placeholder, removed) and answer. Errors are `file.parquet:row N`.
+
+Image cells are structs {bytes, path}: the bytes go into Example.images; a cell with only a path is resolved
+against --image-root (default: the dataset folder) and kept as a path.
+Run through `python -m data.check FOLDER [--split test]`; tested in tests/test_data_loaders.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from data.example import Example
+from data.records import (
+    BadRecord, LoadOptions, answer_list, check_boxes, image_size, need_str, resolve_path, str_list,
+)
+
+PARQUET_RE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)(-\d+-of-\d+)?\.parquet$")  # train-00000-of-00001.parquet
+IMAGE_PLACEHOLDER = "<image>"
+
+
+# ---------------------------------------------------------------------------------------------- hf_disk
+def load_hf_disk(path: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]:
+    from pyarrow import ipc, memory_map  # imported here so that `import data` stays light
+
+    folder, shown = split_folder(path, opts)
+    files = [folder / f["filename"] for f in read_json(folder / "state.json")["_data_files"]]
+    row = 0  # counted over all the shards, as `load_from_disk(folder)[row]` counts
+    for file in files:
+        with memory_map(str(file)) as source:
+            reader = ipc.open_stream(source)
+            check_columns(reader.schema.names, ["image|images", "question", "answer"], shown=shown)
+            for batch in reader:
+                for record in batch.to_pylist():  # copies out of the map, so closing it later is safe
+                    where = f"{shown}:row {row}"
+                    row += 1
+                    try:
+                        yield hf_example(record, where=where, base=Path(opts.image_root or folder), opts=opts)
+                    except BadRecord as bad:
+                        yield bad
+
+
+def split_folder(path: Path, opts: LoadOptions) -> tuple[Path, str]:
+    """The folder of one Dataset (a split of a DatasetDict, default "train") and how errors name it."""
+    if not (path / "dataset_dict.json").is_file():
+        saved_split = read_json(path / "state.json").get("_split")
+        if opts.split is not None and opts.split != saved_split:
+            raise ValueError(f"{opts.shown}: is a single dataset (split {saved_split!r}), not a DatasetDict; "
+                             f"drop the split {opts.split!r}")
+        return path, opts.shown
+    splits = read_json(path / "dataset_dict.json")["splits"]
+    split = opts.split or "train"
+    if split not in splits:
+        raise ValueError(f"{opts.shown}: no split {split!r}; splits present: {', '.join(splits)}")
+    return path / split, os.path.join(opts.shown, split)
+
+
+def hf_example(record: dict, *, where: str, base: Path, opts: LoadOptions) -> Example:
+    image_col = "image" if "image" in record else "images"
+    images = table_images(record[image_col], where=where, base=base)
+    sizes = [image_size(src, where=where, verify=opts.verify_images) for src in images]
+    choices = str_list(record.get("choices"), "choices", where=where)
+    options = str_list(record.get("options"), "options", where=where)
+    known = {image_col, "question", "answer", "reference_steps", "choices", "options", "bboxs"}
+    metadata = {k: v for k, v in record.items() if k not in known}
+    if choices and options and options != choices:  # two different lists: keep the second one visible
+        metadata["options"] = options
+    return Example(
+        question=need_str(record["question"], "question", where=where),
+        answers=answer_list(record["answer"], where=where),
+        images=images,
+        boxes=check_boxes(record.get("bboxs"), sizes[0], where=where),
+        choices=choices or options,
+        reference_steps=str_list(record.get("reference_steps"), "reference_steps", where=where),
+        metadata=metadata,
+        origin=where,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- geometry3k
+def parquet_splits(path: Path) -> dict[str, list[Path]]:
+    """{split: sorted parquet shards} from `path` or `path/data`, by the HF name `{split}-00000-of-00001.parquet`."""
+    splits: dict[str, list[Path]] = {}
+    for folder in (path, path / "data"):
+        for f in sorted(folder.glob("*.parquet")):
+            match = PARQUET_RE.match(f.name)
+            if match:
+                splits.setdefault(match["split"], []).append(f)
+    return splits
+
+
+def load_geometry3k(path: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]:
+    from pyarrow import parquet  # imported here so that `import data` stays light
+
+    splits = parquet_splits(path)
+    split = opts.split or "train"
+    if split not in splits:
+        raise ValueError(f"{opts.shown}: no split {split!r}; splits present: {', '.join(sorted(splits))}")
+    for file in splits[split]:
+        shown = os.path.join(opts.shown, os.path.relpath(file, path))
+        table = parquet.ParquetFile(file)
+        check_columns(table.schema_arrow.names, ["images", "problem", "answer"], shown=shown)
+        row = 0
+        for batch in table.iter_batches(batch_size=64):
+            for record in batch.to_pylist():
+                where = f"{shown}:row {row}"
+                row += 1
+                try:
+                    yield geometry3k_example(record, where=where, base=Path(opts.image_root or path), opts=opts)
+                except BadRecord as bad:
+                    yield bad
+
+
+def geometry3k_example(record: dict, *, where: str, base: Path, opts: LoadOptions) -> Example:
+    images = table_images(record["images"], where=where, base=base)
+    for src in images:
+        image_size(src, where=where, verify=opts.verify_images)
+    problem = need_str(record["problem"], "problem", where=where)
+    return Example(
+        question=problem.replace(IMAGE_PLACEHOLDER, "").strip(),
+        answers=answer_list(record["answer"], where=where),
+        images=images,
+        metadata={k: v for k, v in record.items() if k not in ("images", "problem", "answer")},
+        origin=where,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- shared
+def read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read this save_to_disk metadata file: {exc}") from None
+
+
+def check_columns(names: list[str], required: list[str], *, shown: str) -> None:
+    """Raise ValueError naming the folder, the missing column and the columns present. `a|b`: either will do."""
+    for column in required:
+        alternatives = column.split("|")
+        if not any(alt in names for alt in alternatives):
+            wanted = " or ".join(repr(alt) for alt in alternatives)
+            raise ValueError(f"{shown}: missing column {wanted}; columns present: {', '.join(names)}")
+
+
+def table_images(cell, *, where: str, base: Path) -> list[bytes | str]:
+    """The images of one cell: a {bytes, path} struct or a list of them. Bytes win; a lone path is resolved."""
+    cells = cell if isinstance(cell, list) else [cell]
+    if cell is None or not cells:
+        raise BadRecord(where, "no image (the image cell is empty)")
+    images: list[bytes | str] = []
+    for item in cells:
+        if not isinstance(item, dict) or not (item.get("bytes") or item.get("path")):
+            raise BadRecord(where, f"image cell {item!r:.80} has neither bytes nor a path")
+        images.append(item["bytes"] if item.get("bytes") else resolve_path(item["path"], base))
+    return images

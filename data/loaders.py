@@ -1,0 +1,105 @@
+"""Detect a dataset's format and load it into `data.example.Example` records.
+
+    from data import load_examples
+    result = load_examples("train.jsonl", image_root="images/", skip_bad=True)
+    result.format, len(result.examples), result.skipped
+
+Formats (name -> loader) are in FORMATS; each loader yields Examples and BadRecords in file order, and this file
+alone decides whether a BadRecord stops the load (default) or is collected in `LoadResult.skipped`. Nothing is
+dropped silently. Boxes are always checked against the image size (a header read; `verify_images=True` decodes
+every image). Check a dataset from the shell with `python -m data.check PATH`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from data.example import Example
+from data.formats_jsonl import load_jsonl, load_seed001
+from data.formats_table import load_geometry3k, load_hf_disk, parquet_splits
+from data.records import BadRecord, LoadOptions, LoadResult
+
+
+@dataclass(frozen=True)
+class Format:
+    looks_like: str  # one line for error messages: what a file or folder of this format looks like
+    load: Callable[[Path, LoadOptions], Iterator[Example | BadRecord]]
+    has_splits: bool  # whether `split` means anything for it
+
+
+FORMATS: dict[str, Format] = {
+    "jsonl": Format('a .jsonl file, one object a line: {"image": path, "question": str, "answer": str or [str], '
+                    '"bbox"?: [x1, y1, x2, y2], "choices"?, "reference_steps"?}', load_jsonl, has_splits=False),
+    "seed001": Format('a .jsonl file, one object a line: {"image_path": path, "image_id": str, '
+                      '"QnA": [{"Q": str, "A3": str with {Crop desc [x1, y1, x2, y2]} calls}]}',
+                      load_seed001, has_splits=False),
+    "hf_disk": Format("a datasets.save_to_disk folder: state.json + data-*.arrow (or dataset_dict.json + one "
+                      "such folder per split), columns image, question, answer, ...", load_hf_disk, has_splits=True),
+    "geometry3k": Format("a folder of {split}-00000-of-00001.parquet files (or under data/), columns images, "
+                         "problem, answer", load_geometry3k, has_splits=True),
+}
+DETECT_LINES = 50  # how many non-blank lines a JSONL file may start with that are not JSON objects
+
+
+def load_examples(path, *, image_root=None, split=None, skip_bad=False, verify_images=False) -> LoadResult:
+    """Every Example of the dataset at `path`. The first bad record raises BadRecord, unless `skip_bad`, where
+    each one's message goes to `skipped` and the rest load. `split` picks a split of a folder format (default
+    "train"); `image_root` is where relative image paths live (default: the dataset's own folder)."""
+    fmt = detect_format(path)
+    if split is not None and not FORMATS[fmt].has_splits:
+        raise ValueError(f"{path}: a {fmt} file has no splits; drop split={split!r} (give the file of that split)")
+    if image_root is not None and not Path(image_root).is_dir():
+        raise ValueError(f"image_root {image_root} is not a folder")
+    opts = LoadOptions(shown=str(path), image_root=None if image_root is None else str(image_root),
+                       split=split, verify_images=verify_images)
+    result = LoadResult(format=fmt, examples=[])
+    for item in FORMATS[fmt].load(Path(path), opts):
+        if isinstance(item, Example):
+            result.examples.append(item)
+        elif skip_bad:
+            result.skipped.append(str(item))
+        else:
+            raise item
+    return result
+
+
+def detect_format(path) -> str:
+    """The name of the format at `path` (a key of FORMATS). Raises ValueError listing the formats otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{path}: no such file or folder")
+    if p.is_dir():
+        if (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
+            return "hf_disk"
+        if parquet_splits(p):
+            return "geometry3k"
+        raise unknown_format(path, "a folder with no state.json, dataset_dict.json or split-named .parquet files")
+    first = first_object(p)
+    if first is not None and "QnA" in first:
+        return "seed001"
+    if first is not None and "question" in first:
+        return "jsonl"
+    seen = "no JSON object in its first lines" if first is None else f"first object has keys {sorted(first)}"
+    raise unknown_format(path, seen)
+
+
+def first_object(path: Path) -> dict | None:
+    """The first JSON object among the first non-blank lines (a broken line before it is reported on load)."""
+    with open(path, "rb") as f:
+        lines = (raw for raw in f if raw.strip())
+        for _, raw in zip(range(DETECT_LINES), lines):
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(obj, dict):
+                return obj
+    return None
+
+
+def unknown_format(path, seen: str) -> ValueError:
+    kinds = "\n".join(f"  {name}: {fmt.looks_like}" for name, fmt in FORMATS.items())
+    return ValueError(f"{path}: unrecognised data format ({seen}). Formats that load:\n{kinds}")

@@ -1,0 +1,93 @@
+"""Tests of the `python -m data.check` CLI: exit codes, the summary and bad-record messages.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_data_check.py
+
+Two tests run the real module in a subprocess (about 2 s each: they prove it runs from the repo root and exits
+without a traceback); the rest call `data.check.main(argv)` in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from data.check import main
+from tests.data_fixtures import (
+    TARGET_TWO_CROPS, handmade_hf_disk, save_png, save_truncated_png, seed001_dataset, seed001_lines, write_lines,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_check(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "data.check", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_summarises_a_good_dataset(tmp_path):
+    path = seed001_dataset(tmp_path)
+    done = run_check(path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["format: seed001", "examples: 3 (skipped 0)", f"example {path}:1:"]
+    assert "  answers: ['a dark jacket']" in lines and "  images: 1 (640x480)" in lines
+    assert "  boxes: [[0.0, 141.43, 79.23, 480.0], [10.0, 141.5, 60.25, 200.0]]" in lines
+    assert f"  target: {TARGET_TWO_CROPS[:200]!r}" in lines
+
+
+def test_cli_bad_record_exits_2_without_traceback(tmp_path):
+    seed001_dataset(tmp_path)
+    lines = seed001_lines()
+    lines[2]["QnA"][0]["A3"] = "{Crop sign [1, 2, 3]}<answer>x</answer>"
+    path = write_lines(tmp_path / "bad.jsonl", lines)
+    done = run_check(path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f'{path}:3: QnA[0]: malformed crop call "{{Crop sign [1, 2, 3]}}": '
+                           "expected 4 numbers [x1, y1, x2, y2], got 3\n")
+
+
+def test_skip_bad_reports_each_and_exits_0(tmp_path, capsys):
+    seed001_dataset(tmp_path)
+    lines = seed001_lines()
+    lines[0]["QnA"][1]["A3"] = "no answer here"
+    lines[2]["image_path"] = "imgs/gone.png"
+    path = write_lines(tmp_path / "bad.jsonl", lines)
+    assert main([str(path), "--skip-bad"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:5] == ["format: seed001", "examples: 1 (skipped 2)",
+                       f"skipped: {path}:1: QnA[1]: A3 has no <answer>...</answer>",
+                       f"skipped: {path}:3: image file not found: {tmp_path / 'imgs' / 'gone.png'}",
+                       "skipped 2 bad records"]
+
+
+def test_check_decodes_every_image(tmp_path, capsys):
+    save_truncated_png(tmp_path / "cut.png")  # the header is fine, so only a full decode finds the damage
+    path = write_lines(tmp_path / "t.jsonl", [{"image": "cut.png", "question": "q", "answer": "a"}])
+    assert main([str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"{path}:1: cannot read image {tmp_path / 'cut.png'}: ")
+
+
+def test_missing_path_unknown_format_and_empty_dataset_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"{tmp_path / 'nope'}: no such file or folder\n"
+    (tmp_path / "notes.txt").write_text("hello\n")
+    assert main([str(tmp_path / "notes.txt")]) == 2
+    assert "unrecognised data format" in capsys.readouterr().err
+    save_png(tmp_path / "ds" / "x.png", (4, 4))
+    folder = handmade_hf_disk(tmp_path / "ds", [{"bytes": None, "path": None}])
+    assert main([str(folder), "--skip-bad"]) == 2  # every record was bad: nothing to train on
+    captured = capsys.readouterr()
+    assert "skipped 1 bad records" in captured.out and captured.err == f"{folder}: no examples to train on\n"
+
+
+def test_split_and_image_root_reach_the_loader(tmp_path, capsys):
+    save_png(tmp_path / "root" / "imgs" / "street.png", (640, 480))
+    save_png(tmp_path / "root" / "imgs" / "sign.png", (100, 50))
+    path = write_lines(tmp_path / "train.jsonl", seed001_lines())
+    assert main([str(path), "--image-root", str(tmp_path / "root")]) == 0
+    assert "examples: 3 (skipped 0)" in capsys.readouterr().out
+    assert main([str(path), "--split", "test"]) == 2
+    assert "has no splits" in capsys.readouterr().err
