@@ -1,0 +1,1 @@
+"""The training engine: losses, advantages, and the step that wires them together."""

@@ -1,0 +1,336 @@
+"""All policy-loss math: surrogates, KL penalties, truncated importance sampling, and aggregation.
+
+A micro-batch's loss is four separate pieces, composed by the step in this order:
+
+    per_token, metrics = LOSSES[cfg.name](logp=..., old_logp=..., adv=..., mask=..., seq_idx=...,
+                                          num_seqs=..., cfg=cfg)
+    per_token = per_token * tis_weight(old_logp=..., sampler_logp=..., mask=..., cap=cfg.tis_cap)   # optional
+    per_token, kl_metrics = add_kl(per_token, logp=..., ref_logp=..., mask=..., beta=cfg.kl_beta,
+                                   estimator=cfg.kl_estimator)
+    loss = aggregate(per_token, mask=..., seq_idx=..., mode=cfg.aggregation, num_tokens=..., num_seqs=...,
+                     norm_len=cfg.norm_len)
+
+so any surrogate composes with any KL estimator and any aggregation. Every function is keyword-only pure
+tensor math; nothing here branches on a loss name (the dicts do the choosing). Metrics are detached tensors
+(no `.item()`): the step reduces and logs them once per optimizer step. They are masked means over THIS
+micro-batch's tokens. Run the tests with `python -m pytest -q tests/test_losses.py`.
+
+Shape legend: B sequences, G group size, T tokens. Token tensors (logp, old_logp, adv, mask, seq_idx and
+every per-token result) may have ANY shape, flat [T] or packed rows [R, T], and carry no suffix here; all
+that matters is that they share one shape. Per-sequence tensors carry `_B`.
+- `adv` is already broadcast from `adv_B` to the tokens.
+- `mask` is 1.0 on tokens that carry loss and 0.0 elsewhere (bool accepted; it is treated as binary).
+- `seq_idx` (long) gives each token's sequence index in 0..num_seqs−1 (any valid index on masked tokens).
+  It may be local to the micro-batch or global to the step: it only has to be < num_seqs and shared by the
+  tokens of one sequence.
+
+Padding safety: every function replaces masked-out inputs with 0 through `torch.where` before any
+arithmetic, and `aggregate` masks with `torch.where(mask > 0, L, 0)` (not `L * mask`, which turns a NaN
+into NaN and its gradient into NaN). NaN or ±inf in padded positions never reaches the loss or the grads.
+
+Losses, and where each departs from its paper:
+- "ppo_clip": PPO (arXiv 1707.06347) with DAPO's asymmetric clip-higher (arXiv 2503.14476):
+  −min(ρA, clip(ρ, 1−clip_low, 1+clip_high)·A), ρ = exp(logp − old_logp). log ρ is clamped to ±20 before
+  exp, as verl does, so ρ is never inf (the clamp also zeroes the gradient past it). Dual-clip (arXiv
+  1912.09729) is OFF by default (verl always applies it with c = 3, TRL never); with cfg.dual_clip_c = c,
+  tokens with A < 0 get min(loss, −c·A), as in verl.
+- "is_pg": plain importance-sampled policy gradient (Tinker's "importance_sampling" loss): −ρA, gradient
+  −ρA∇logp, no clipping. Departure: log ρ is clamped to ±20 like ppo_clip, purely for inf-safety.
+- "gspo": GSPO (arXiv 2507.18071), the paper's GSPO-token form: s_i = exp(mean over sequence i's masked
+  tokens of (logp − old_logp)) and the per-token ratio sg(s_i)·exp(logp − sg(logp)), whose value is s_i
+  and whose gradient flows through each token's own logp; then clipped exactly like ppo_clip (including
+  dual-clip when set). The ranges come from cfg.clip_low/clip_high (the paper uses 3e-4 / 4e-4; the 0.2
+  default is PPO's, so set them). With A constant over a sequence and seq_mean_token_mean aggregation the
+  gradient equals the paper's sequence-level GSPO gradient. Departure: verl clamps the log ratio at +10,
+  we clamp at ±20 like ppo_clip.
+- "cispo": CISPO (MiniMax-M1, arXiv 2506.13585): −sg(clip(ρ, 1−clip_low, 1+clip_high))·A·logp. Every token
+  keeps a gradient (−clip(ρ)·A∇logp); the clip bounds its weight instead of dropping it. We follow verl and
+  clip both sides of 1; TRL only caps ρ from above, and the paper leaves the lower bound off by making
+  ε_low large: set clip_low = 1.0 to get that. The per-token VALUE is not a meaningful objective (it
+  includes logp itself); only its gradient is.
+
+KL penalties (Schulman, "Approximating KL divergence", 2020), added per token by `add_kl` as β·kl, as TRL
+does: k1 = logp − ref; k2 = ½(logp − ref)²; k3 = exp(ref − logp) − (ref − logp) − 1, its input clamped to
+±20 and its value to [−10, 10] as in verl (k3 ≥ 0 always).
+
+Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy
+RL training"): w = min(exp(old_logp − sampler_logp), cap), detached, multiplies the per-token loss to correct
+for the sampler (vLLM/SGLang) and trainer computing different probabilities. verl's default cap is 2.0.
+
+Aggregations (`aggregate`, one function): the normalisers num_tokens / num_seqs are GLOBAL counts for the
+whole optimizer step (every micro-batch, every rank), counted once by the caller, so that summing
+`aggregate` over micro-batches (and all-reducing over ranks) equals `aggregate` on the whole batch:
+- "token_mean": Σ m·L / num_tokens (DAPO's token-level loss over the step).
+- "seq_mean_token_mean": Σ_s (Σ_{t∈s} m·L / n_s) / num_seqs, n_s = sequence s's masked-token count (TRL's
+  "grpo", the GRPO paper). n_s is counted from the tokens present, which is exact because of the
+  INVARIANT that a sequence is never split across micro-batches or ranks.
+- "seq_mean_token_sum_norm": Σ m·L / (num_seqs · norm_len) (Dr.GRPO, arXiv 2503.20783); norm_len is a
+  constant (verl uses the padded width, TRL max_completion_length): set it to the max new tokens.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+LOG_RATIO_CLAMP = 20.0  # verl's bound on log ρ: exp(20) ≈ 4.9e8 is finite in fp32 and bf16.
+K3_VALUE_CLAMP = 10.0  # verl's bound on the k3 value.
+
+LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+
+
+@dataclass
+class LossConfig:
+    """Everything that shapes the policy loss. Validated on construction; a setting that would silently
+    do nothing raises."""
+
+    name: str = "ppo_clip"  # key of LOSSES
+    aggregation: str = "token_mean"  # key of AGGREGATIONS
+    clip_low: float = 0.2  # ratio lower bound 1 − clip_low (1.0 removes it: ρ ≥ 0 anyway)
+    clip_high: float = 0.2  # ratio upper bound 1 + clip_high (DAPO clip-higher: 0.28; GSPO: ~4e-4)
+    dual_clip_c: float | None = None  # dual-clip bound c > 1 for A < 0 (verl uses 3.0); ppo_clip and gspo
+    kl_beta: float = 0.0  # β of the per-token KL penalty; 0 needs no reference model
+    kl_estimator: str = "k3"  # key of KL_ESTIMATORS
+    tis_cap: float | None = None  # truncated-IS cap on exp(old_logp − sampler_logp); None = off (verl: 2.0)
+    norm_len: int | None = None  # Dr.GRPO's constant length; required by (only) seq_mean_token_sum_norm
+
+    def __post_init__(self):
+        for field, value, table in (
+            ("name", self.name, LOSSES),
+            ("aggregation", self.aggregation, AGGREGATIONS),
+            ("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
+        ):
+            if value not in table:
+                raise ValueError(f"loss.{field} = {value!r} is unknown; choose one of {sorted(table)}")
+        if not 0.0 <= self.clip_low <= 1.0:
+            raise ValueError(f"loss.clip_low = {self.clip_low} must be in [0, 1] (lower ratio bound 1 − clip_low)")
+        if self.clip_high < 0.0:
+            raise ValueError(f"loss.clip_high = {self.clip_high} must be >= 0 (upper ratio bound 1 + clip_high)")
+        if self.dual_clip_c is not None:
+            if self.dual_clip_c <= 1.0:
+                raise ValueError(f"loss.dual_clip_c = {self.dual_clip_c} must be > 1 (verl uses 3.0), or None")
+            if self.name not in USES_DUAL_CLIP:
+                raise ValueError(
+                    f"loss.dual_clip_c is set but loss {self.name!r} has no dual clip; it applies to "
+                    f"{sorted(USES_DUAL_CLIP)}. Unset it."
+                )
+        if self.kl_beta < 0.0:
+            raise ValueError(f"loss.kl_beta = {self.kl_beta} must be >= 0")
+        if self.tis_cap is not None and self.tis_cap <= 0.0:
+            raise ValueError(f"loss.tis_cap = {self.tis_cap} must be > 0 (verl uses 2.0), or None to turn TIS off")
+        wants_len = self.aggregation == "seq_mean_token_sum_norm"
+        if wants_len != (self.norm_len is not None):
+            raise ValueError(
+                f"loss.norm_len = {self.norm_len} with aggregation {self.aggregation!r}: norm_len is required by, "
+                "and only used by, 'seq_mean_token_sum_norm' (set it to the max new tokens)"
+            )
+        if self.norm_len is not None and self.norm_len <= 0:
+            raise ValueError(f"loss.norm_len = {self.norm_len} must be a positive token count")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _zero_pad(x: Tensor, keep: Tensor) -> Tensor:
+    """x on kept tokens, 0 elsewhere. `where`, not `* mask`: NaN/inf in padding never survive, nor their grads."""
+    return torch.where(keep, x, 0.0)
+
+
+def _masked_mean(x: Tensor, keep: Tensor) -> Tensor:
+    """Mean of x over kept tokens (0 if none), detached: for metrics only."""
+    x = x.detach().to(torch.float32)
+    return _zero_pad(x, keep).sum() / keep.sum().clamp(min=1)
+
+
+def _per_seq_sum(x: Tensor, seq_idx: Tensor, num_seqs: int) -> Tensor:
+    """x_B: the sum of the token tensor x over each sequence (any token shape)."""
+    return x.new_zeros(num_seqs).index_add(0, seq_idx.reshape(-1), x.reshape(-1))
+
+
+def _token_inputs(*, logp, old_logp, adv, mask, seq_idx) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Checks the shared token-tensor contract; returns (keep, logp, old_logp, adv) with padding zeroed."""
+    tensors = dict(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"token tensors must share one shape (adv broadcast per token), got {shapes}")
+    if seq_idx.dtype.is_floating_point:
+        raise ValueError(f"seq_idx must be an integer tensor, got {seq_idx.dtype}")
+    keep = mask > 0
+    return keep, _zero_pad(logp, keep), _zero_pad(old_logp, keep), _zero_pad(adv, keep)
+
+
+def _ratio_metrics(ratio: Tensor, log_ratio: Tensor, keep: Tensor) -> dict[str, Tensor]:
+    ratio = ratio.detach()
+    return {
+        "ratio_mean": _masked_mean(ratio, keep),
+        "ratio_max": _zero_pad(ratio, keep).max().to(torch.float32),  # ratios are > 0, so 0 = no tokens
+        "approx_kl": _masked_mean(-log_ratio, keep),  # mean of old_logp − logp (k1), as verl's ppo_kl
+    }
+
+
+def _clipped_surrogate(*, ratio: Tensor, adv: Tensor, keep: Tensor, cfg: LossConfig) -> tuple[Tensor, dict]:
+    """−min(ρA, clip(ρ)A) per token, then dual-clip for A < 0 when cfg.dual_clip_c is set."""
+    clipped = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    loss = torch.maximum(-ratio * adv, -clipped * adv)  # = −min(ρA, clip(ρ)A)
+    r = ratio.detach()
+    dual = torch.zeros_like(keep)
+    if cfg.dual_clip_c is not None:
+        loss = torch.where(adv < 0, torch.minimum(loss, -cfg.dual_clip_c * adv), loss)
+        dual = (adv < 0) & (r > cfg.dual_clip_c)
+    high = (adv > 0) & (r > 1.0 + cfg.clip_high)  # these tokens get no gradient
+    low = (adv < 0) & (r < 1.0 - cfg.clip_low)
+    return loss, {
+        "clip_frac": _masked_mean((high | low).float(), keep),
+        "clip_frac_high": _masked_mean(high.float(), keep),
+        "clip_frac_low": _masked_mean(low.float(), keep),
+        "dual_clip_frac": _masked_mean(dual.float(), keep),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- surrogates
+
+
+def ppo_clip(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
+    """PPO clip with asymmetric bounds (DAPO clip-higher) and optional dual clip. `num_seqs` unused."""
+    keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    loss, metrics = _clipped_surrogate(ratio=ratio, adv=adv, keep=keep, cfg=cfg)
+    return loss, {**metrics, **_ratio_metrics(ratio, log_ratio, keep)}
+
+
+def is_pg(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
+    """−ρA, unclipped importance-sampled policy gradient. `seq_idx`, `num_seqs` and the clip fields unused."""
+    keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    return -ratio * adv, _ratio_metrics(ratio, log_ratio, keep)
+
+
+def gspo(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
+    """GSPO-token: the clipped surrogate on the per-token ratio sg(s_i)·exp(logp − sg(logp)) (value s_i)."""
+    keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
+    log_ratio = logp - old_logp  # 0 on padding, so sums over a sequence only see its masked tokens
+    len_B = _per_seq_sum(keep.to(logp.dtype), seq_idx, num_seqs)
+    seq_log_ratio_B = _per_seq_sum(log_ratio.detach(), seq_idx, num_seqs) / len_B.clamp(min=1)
+    token_log_ratio = seq_log_ratio_B[seq_idx] + logp - logp.detach()  # value log s_i, gradient ∇logp_t
+    ratio = torch.exp(token_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    loss, metrics = _clipped_surrogate(ratio=ratio, adv=adv, keep=keep, cfg=cfg)
+    return loss, {**metrics, **_ratio_metrics(ratio, log_ratio, keep)}
+
+
+def cispo(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
+    """−sg(clip(ρ))·A·logp: gradient −clip(ρ)·A∇logp on every token. `seq_idx`, `num_seqs` unused."""
+    keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach()
+    weight = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)  # stop-gradient: ratio is detached
+    high = ratio > 1.0 + cfg.clip_high  # weight capped, gradient kept (unlike ppo_clip)
+    low = ratio < 1.0 - cfg.clip_low
+    metrics = {
+        "clip_frac": _masked_mean((high | low).float(), keep),
+        "clip_frac_high": _masked_mean(high.float(), keep),
+        "clip_frac_low": _masked_mean(low.float(), keep),
+    }
+    return -weight * adv * logp, {**metrics, **_ratio_metrics(ratio, log_ratio, keep)}
+
+
+LOSSES: dict[str, LossFn] = {"ppo_clip": ppo_clip, "is_pg": is_pg, "gspo": gspo, "cispo": cispo}
+USES_DUAL_CLIP = frozenset({"ppo_clip", "gspo"})  # the losses that read cfg.dual_clip_c (validation only)
+
+
+# ---------------------------------------------------------------------------------------------- KL
+
+
+def k1(*, logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """logp − ref: unbiased under samples from the policy, high variance, can be negative."""
+    return logp - ref_logp
+
+
+def k2(*, logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """½(logp − ref)²: biased, low variance, ≥ 0."""
+    return 0.5 * (logp - ref_logp) ** 2
+
+
+def k3(*, logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """exp(ref − logp) − (ref − logp) − 1: unbiased, low variance, ≥ 0; clamped as verl's low_var_kl."""
+    x = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return (torch.exp(x) - x - 1.0).clamp(-K3_VALUE_CLAMP, K3_VALUE_CLAMP)
+
+
+KL_ESTIMATORS: dict[str, Callable[..., Tensor]] = {"k1": k1, "k2": k2, "k3": k3}
+
+
+def add_kl(per_token_loss: Tensor, *, logp, ref_logp, mask, beta: float, estimator: str):
+    """(per_token_loss + β·kl, {"kl": masked mean}). With ref_logp None, β must be 0 and nothing is added."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"KL estimator {estimator!r} is unknown; choose one of {sorted(KL_ESTIMATORS)}")
+    if ref_logp is None:
+        if beta != 0.0:
+            raise ValueError(f"kl_beta = {beta} needs reference log-probs (ref_logp); pass them or set kl_beta = 0")
+        return per_token_loss, {}
+    keep = mask > 0
+    kl = KL_ESTIMATORS[estimator](logp=_zero_pad(logp, keep), ref_logp=_zero_pad(ref_logp, keep))
+    return per_token_loss + beta * kl, {"kl": _masked_mean(kl, keep)}
+
+
+# ---------------------------------------------------------------------------------------------- TIS
+
+
+def tis_weight(*, old_logp: Tensor, sampler_logp: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """min(exp(old_logp − sampler_logp), cap), detached; 1 on padding. Multiply the per-token loss by it."""
+    if not cap > 0:
+        raise ValueError(f"TIS cap = {cap} must be > 0 (verl's default is 2.0)")
+    log_w = _zero_pad(old_logp - sampler_logp, mask > 0).detach()
+    return torch.exp(log_w).clamp(max=cap)  # exp(+inf) = inf is capped, so no clamp of log_w is needed
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+
+
+def _token_mean(*, keep, seq_idx, num_tokens, num_seqs, norm_len, dtype):
+    return keep.to(dtype) / num_tokens
+
+
+def _seq_mean_token_mean(*, keep, seq_idx, num_tokens, num_seqs, norm_len, dtype):
+    # n_s from the tokens present: exact because a sequence is never split across micro-batches or ranks.
+    len_B = _per_seq_sum(keep.to(dtype), seq_idx, num_seqs)
+    return keep.to(dtype) / (len_B[seq_idx].clamp(min=1) * num_seqs)
+
+
+def _seq_mean_token_sum_norm(*, keep, seq_idx, num_tokens, num_seqs, norm_len, dtype):
+    if norm_len is None:
+        raise ValueError("aggregation 'seq_mean_token_sum_norm' needs norm_len (Dr.GRPO's constant length)")
+    return keep.to(dtype) / (num_seqs * norm_len)
+
+
+# Each maps the mask to per-token weights w, so that the aggregate is Σ w·L.
+AGGREGATIONS: dict[str, Callable[..., Tensor]] = {
+    "token_mean": _token_mean,
+    "seq_mean_token_mean": _seq_mean_token_mean,
+    "seq_mean_token_sum_norm": _seq_mean_token_sum_norm,
+}
+
+
+def aggregate(per_token_loss: Tensor, *, mask, seq_idx, mode: str, num_tokens, num_seqs: int, norm_len=None):
+    """Scalar loss of one micro-batch. num_tokens (masked tokens) and num_seqs are the GLOBAL counts of the
+    optimizer step (an int, or a tensor after an all-reduce), so the sum over micro-batches and ranks is the
+    full-batch loss. Masked positions contribute exactly 0, whatever they hold."""
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"aggregation {mode!r} is unknown; choose one of {sorted(AGGREGATIONS)}")
+    if per_token_loss.shape != mask.shape or seq_idx.shape != mask.shape:
+        raise ValueError(
+            f"per_token_loss {tuple(per_token_loss.shape)}, mask {tuple(mask.shape)} and seq_idx "
+            f"{tuple(seq_idx.shape)} must share one shape"
+        )
+    for name, count in (("num_tokens", num_tokens), ("num_seqs", num_seqs)):
+        if not isinstance(count, Tensor) and count <= 0:  # a tensor is not checked: that would be a sync
+            raise ValueError(f"{name} = {count} must be > 0: the global count for the whole optimizer step")
+    keep = mask > 0
+    weight = AGGREGATIONS[mode](
+        keep=keep, seq_idx=seq_idx, num_tokens=num_tokens, num_seqs=num_seqs, norm_len=norm_len,
+        dtype=per_token_loss.dtype,
+    )
+    return (_zero_pad(per_token_loss, keep) * weight).sum()
