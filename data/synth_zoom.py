@@ -1,0 +1,113 @@
+"""The `zoom` task: the one where cropping must pay off.
+
+A 448-640 px cluttered image holds exactly one bold box (dark border 8-10 px, outer side 64-112 px). Its interior is
+filled with a pattern of period 4 px - horizontal stripes, vertical stripes, a checkerboard, or dots - and every
+pattern has the SAME mean grey. Smart-resizing the whole image to <= 112*112 pixels is a 4-7.6x bicubic downscale,
+whose antialiasing kernel spans >= 16 px: each interior becomes the same flat grey (the kernel's stopband leaks
+<= ~0.5 grey level of the pattern, under the per-pixel noise). A crop of the box (<= 112 px) is resized by
+0.8-1.2x at most, and its 2 px stripes, cells and dots stay plain. Period 2 would hide the pattern even better in
+the full view, but a 0.8x resize of a crop already turns it into faint moire; period 4 survives that.
+The dark border survives downscaling, so the box is easy to find in the low-resolution view. Clutter (thin 1 px
+lines, small faint shapes) is light (every channel >= 120) and never comes within `_CLEAR` px of the box; noise
+(std 8) covers everything. `tests/test_synth_zoom.py` measures all of this.
+
+Generate: `python -m data.synth zoom --n 60 --out runs/synth/zoom`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from data.synth_base import Sample, boxes_overlap, light_background
+
+PATTERNS = ("horizontal", "vertical", "checker", "dots")
+QUESTION = "What pattern is inside the bold box?"
+PERIOD = 4  # px; stripes and checker cells are PERIOD // 2 wide, dots are PERIOD // 2 square on a PERIOD grid
+_CONTRAST = 64  # stripes/checker: mean +- 64; dots: mean - 96 on 25% of pixels, mean + 32 on the rest
+_CLEAR = 12  # px of untouched background around the box
+_NOISE_STD = 8.0  # grey levels of per-pixel noise; it also buries the sub-grey-level residue of the pattern
+
+
+def pattern(name: str, height: int, width: int, mean: float, phase: tuple[int, int]) -> np.ndarray:
+    """A HxW float grey pattern whose mean is exactly `mean` when both sides are multiples of PERIOD."""
+    assert height % PERIOD == 0 and width % PERIOD == 0, (height, width)
+    half = PERIOD // 2
+    yy, xx = np.mgrid[0:height, 0:width]
+    row_band = ((yy + phase[0]) // half) % 2
+    col_band = ((xx + phase[1]) // half) % 2
+    if name == "horizontal":
+        return mean + _CONTRAST * (2.0 * row_band - 1)
+    if name == "vertical":
+        return mean + _CONTRAST * (2.0 * col_band - 1)
+    if name == "checker":
+        return mean + _CONTRAST * (2.0 * ((row_band + col_band) % 2) - 1)
+    if name == "dots":
+        # dots cover 1/4 of the pixels: 0.25 * (mean - 1.5c) + 0.75 * (mean + 0.5c) = mean
+        dot = ((yy + phase[0]) % PERIOD < half) & ((xx + phase[1]) % PERIOD < half)
+        return np.where(dot, mean - 1.5 * _CONTRAST, mean + 0.5 * _CONTRAST)
+    raise ValueError(f"unknown pattern {name!r}; expected one of {PATTERNS}")
+
+
+def _place_target(rng: np.random.Generator, width: int, height: int) -> tuple[list[int], int]:
+    border = int(rng.integers(8, 11))
+    inner_w, inner_h = (PERIOD * int(rng.integers(-(-(64 - 2 * border) // PERIOD), (112 - 2 * border) // PERIOD + 1))
+                        for _ in range(2))
+    outer_w, outer_h = inner_w + 2 * border, inner_h + 2 * border
+    x1 = int(rng.integers(_CLEAR, width - outer_w - _CLEAR + 1))
+    y1 = int(rng.integers(_CLEAR, height - outer_h - _CLEAR + 1))
+    return [x1, y1, x1 + outer_w, y1 + outer_h], border
+
+
+def _segment_clear_of(p, q, box, margin: int) -> bool:
+    """Whether the segment p-q stays `margin` px away from box (checked at 1 px steps along the segment)."""
+    steps = int(max(abs(q[0] - p[0]), abs(q[1] - p[1]))) + 1
+    t = np.linspace(0.0, 1.0, steps + 1)
+    xs, ys = p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])
+    inside = ((xs > box[0] - margin - 1) & (xs < box[2] + margin) & (ys > box[1] - margin - 1) & (ys < box[3] + margin))
+    return not inside.any()
+
+
+def _draw_clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size, target) -> None:
+    """Thin lines and small faint shapes, all light enough to fade away in the model view, none near the target."""
+    width, height = size
+    placed = 0
+    while placed < int(rng.integers(6, 13)):
+        p = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        q = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        if _segment_clear_of(p, q, target, _CLEAR):
+            draw.line([p, q], fill=tuple(int(v) for v in rng.integers(120, 210, size=3)), width=1)
+            placed += 1
+    placed = 0
+    while placed < int(rng.integers(5, 11)):
+        w, h = (int(v) for v in rng.integers(8, 41, size=2))
+        x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+        if boxes_overlap([x, y, x + w, y + h], target, _CLEAR):
+            continue
+        fill = tuple(int(v) for v in rng.integers(185, 236, size=3))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([x, y, x + w - 1, y + h - 1], fill=fill)
+        placed += 1
+
+
+def make_zoom(rng: np.random.Generator, label: int | None) -> Sample:
+    assert label is not None, "zoom is a classification task: generate() passes a balanced label"
+    name = PATTERNS[label]
+    width, height = (int(v) for v in rng.integers(448, 641, size=2))
+    box, border = _place_target(rng, width, height)
+    canvas = Image.fromarray(light_background(rng, width, height))
+    _draw_clutter(rng, ImageDraw.Draw(canvas), (width, height), box)
+
+    pixels = np.array(canvas)
+    dark = rng.integers(15, 46)
+    pixels[box[1]:box[3], box[0]:box[2]] = dark  # the border: the whole box dark, the interior painted over next
+    inner = [box[0] + border, box[1] + border, box[2] - border, box[3] - border]
+    mean = float(rng.integers(125, 146))
+    phase = (int(rng.integers(0, PERIOD)), int(rng.integers(0, PERIOD)))
+    grey = pattern(name, inner[3] - inner[1], inner[2] - inner[0], mean, phase)
+    pixels[inner[1]:inner[3], inner[0]:inner[2]] = np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None]
+    noise = rng.normal(0.0, _NOISE_STD, size=(height, width, 1))  # over everything, the box included
+    pixels = np.clip(np.rint(pixels + noise), 0, 255).astype(np.uint8)
+
+    return Sample(image=Image.fromarray(pixels), question=QUESTION, answer=name, bbox=box, choices=list(PATTERNS),
+                  info={"border": border, "interior": inner, "mean": mean})

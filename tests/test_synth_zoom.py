@@ -1,0 +1,145 @@
+"""The `zoom` task does what it is for: the pattern is unreadable in the model's view of the whole image, plain in
+the model's view of a crop of the box, and the box itself is easy to find at low resolution.
+
+Run: `cd /work/main && OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_synth_zoom.py`
+"""
+
+import numpy as np
+import pytest
+
+from data import synth_zoom
+from data.synth import generate, model_view
+from data.synth_zoom import PATTERNS, pattern
+
+N = 60  # 15 of each pattern
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return generate("zoom", N, seed=0)
+
+
+def _grey(image) -> np.ndarray:
+    return np.asarray(image.convert("L"), dtype=np.float64)
+
+
+def _interior_in_view(view: np.ndarray, interior, size, origin=(0, 0), inset: int = 1) -> np.ndarray:
+    """The interior box (original pixels, relative to `origin`) mapped into `view`, shrunk by `inset` view pixels
+    past the first whole pixel so that the border's blur stays out."""
+    sx, sy = view.shape[1] / size[0], view.shape[0] / size[1]
+    x1, y1, x2, y2 = (v - o for v, o in zip(interior, origin * 2))
+    return view[int(np.ceil(y1 * sy)) + inset:int(y2 * sy) - inset, int(np.ceil(x1 * sx)) + inset:int(x2 * sx) - inset]
+
+
+def _features(patch: np.ndarray, mean: float) -> list[float]:
+    """Mean offset, std, horizontal and vertical gradient energy: what a simple classifier could use."""
+    ex = np.mean(np.diff(patch, axis=1) ** 2) if patch.shape[1] > 1 else 0.0
+    ey = np.mean(np.diff(patch, axis=0) ** 2) if patch.shape[0] > 1 else 0.0
+    return [patch.mean() - mean, patch.std(), ex, ey]
+
+
+def _nearest_class_mean_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
+    """Leave-one-out accuracy of a nearest-class-mean classifier on standardised features."""
+    z = (features - features.mean(0)) / (features.std(0) + 1e-9)
+    hits = 0
+    for i in range(len(z)):
+        rest = np.arange(len(z)) != i
+        means = np.stack([z[rest & (labels == k)].mean(0) for k in range(len(PATTERNS))])
+        hits += int(np.argmin(((means - z[i]) ** 2).sum(1)) == labels[i])
+    return hits / len(z)
+
+
+def _crop_rule(patch: np.ndarray) -> str:
+    """Reads the pattern from a crop: stripes by gradient direction, then dots (25% dark: skewed) vs checker."""
+    _, _, ex, ey = _features(patch, 0.0)
+    if np.log(ey / ex) > 2:
+        return "horizontal"
+    if np.log(ey / ex) < -2:
+        return "vertical"
+    d = patch - patch.mean()
+    return "dots" if (d ** 3).mean() / patch.std() ** 3 < -0.5 else "checker"
+
+
+def _crop_interior(sample, jitter=(0, 0, 0, 0)) -> np.ndarray:
+    box = [v + j * s for v, j, s in zip(sample.bbox, jitter, (-1, -1, 1, 1))]
+    view = _grey(model_view(sample.image.crop(box)))
+    return _interior_in_view(view, sample.info["interior"], (box[2] - box[0], box[3] - box[1]), tuple(box[:2]), 2)
+
+
+def test_every_pattern_has_the_same_mean():
+    # stripes/checker: half at mean - 64, half at mean + 64; dots: 0.25 * (130 - 96) + 0.75 * (130 + 32) = 130
+    for name in PATTERNS:
+        for phase in ((0, 0), (1, 3), (3, 2)):
+            assert pattern(name, 8, 12, 130.0, phase).mean() == 130.0
+    h = pattern("horizontal", 4, 4, 100.0, (0, 0))
+    assert h[:, 0].tolist() == [36.0, 36.0, 164.0, 164.0] and (h == h[:, :1]).all()
+    assert pattern("vertical", 4, 4, 100.0, (0, 1))[0].tolist() == [36.0, 164.0, 164.0, 36.0]
+    assert pattern("dots", 4, 4, 100.0, (0, 0))[:2, :2].tolist() == [[4.0, 4.0], [4.0, 4.0]]
+
+
+def test_layout(samples):
+    for s in samples:
+        width, height = s.image.size
+        x1, y1, x2, y2 = s.bbox
+        assert 448 <= width <= 640 and 448 <= height <= 640
+        assert 64 <= x2 - x1 <= 112 and 64 <= y2 - y1 <= 112 and s.info["border"] >= 6
+        ring = _grey(s.image)[y1:y2, x1:x2].copy()
+        b = s.info["border"]
+        ring[b:-b, b:-b] = 0
+        assert ring.max() < 100, "the whole border is dark"
+
+
+def test_clutter_never_looks_like_or_touches_the_box(monkeypatch):
+    monkeypatch.setattr(synth_zoom, "_NOISE_STD", 0.0)  # same draws, no noise: background pixels are exact
+    for i, s in enumerate(generate("zoom", 12, seed=0)):
+        pixels = np.asarray(s.image).astype(int)
+        x1, y1, x2, y2 = s.bbox
+        ring = np.zeros(pixels.shape[:2], dtype=bool)
+        ring[y1 - 12:y2 + 12, x1 - 12:x2 + 12] = True
+        ring[y1:y2, x1:x2] = False
+        background = np.median(pixels.reshape(-1, 3), axis=0)
+        assert (pixels[ring] == background).all(), f"sample {i}: clutter within 12 px of the box"
+        outside = pixels.copy()
+        outside[y1:y2, x1:x2] = 255
+        assert outside.min() >= 120, f"sample {i}: something dark besides the box"
+
+
+def test_pattern_is_unreadable_in_the_full_view(samples):
+    labels = np.array([PATTERNS.index(s.answer) for s in samples])
+    feats, stds = [], []
+    for s in samples:
+        patch = _interior_in_view(_grey(model_view(s.image)), s.info["interior"], s.image.size)
+        assert patch.size >= 4
+        feats.append(_features(patch, s.info["mean"]))
+        stds.append(patch.std())
+    stds = np.array(stds)
+    class_std = [stds[labels == k].mean() for k in range(len(PATTERNS))]
+    assert stds.max() < 2.5, "the interior is a flat grey (the pattern's own std is ~64)"
+    assert max(class_std) - min(class_std) < 0.5
+    assert abs(np.array(feats)[:, 0]).max() < 2.0, "same mean grey for every pattern"
+    assert _nearest_class_mean_accuracy(np.array(feats), labels) <= 0.45  # chance is 0.25
+
+
+def test_pattern_is_plain_in_a_crop(samples):
+    labels = np.array([PATTERNS.index(s.answer) for s in samples])
+    jitter = np.random.default_rng(1).integers(0, 9, size=(len(samples), 4))  # an imprecise crop: up to 8 px more
+    feats = []
+    for s, j in zip(samples, jitter):
+        exact, loose = _crop_interior(s), _crop_interior(s, tuple(j))
+        assert exact.std() > 40 and loose.std() > 40
+        assert _crop_rule(exact) == s.answer and _crop_rule(loose) == s.answer
+        feats.append(_features(exact, s.info["mean"]))
+    assert _nearest_class_mean_accuracy(np.array(feats), labels) >= 0.95
+
+
+def test_box_is_easy_to_find_at_low_resolution(samples):
+    for s in samples:
+        view = np.asarray(model_view(s.image)).min(axis=-1)
+        ys, xs = np.nonzero(view < 100)  # the darkest pixels: only the border stays that dark
+        sx, sy = view.shape[1] / s.image.width, view.shape[0] / s.image.height
+        found = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        truth = np.array(s.bbox) * [sx, sy, sx, sy]
+        assert np.abs(found - truth).max() <= 1.5, (found, truth)
+        inter = np.prod(np.clip(np.minimum(found[2:], truth[2:]) - np.maximum(found[:2], truth[:2]), 0, None))
+        union = np.prod(found[2:] - found[:2]) + np.prod(truth[2:] - truth[:2]) - inter
+        assert inter / union > 0.7
