@@ -1,0 +1,230 @@
+"""Atomic checkpoints: a crash mid-save never leaves a broken checkpoint, and `latest` only names complete ones.
+
+    path = save_checkpoint(run_dir, step, model=model, tokenizer=tok, optimizer=opt, scheduler=sched,
+                           extra_state={"step": step, "data_pos": pos, "rng": capture_rng({"sampler": gen})},
+                           config_toml=to_toml(cfg), keep_last=cfg.train.keep_checkpoints)
+    ...
+    if (ckpt := latest_checkpoint(run_dir)) is not None:
+        state = load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched)
+        restore_rng(state["rng"], {"sampler": gen})
+
+Layout of `run_dir/checkpoints/`:
+    step_000010/model/        model.save_pretrained(safe_serialization=True) (+ tokenizer, image processor):
+                              `from_pretrained` loads it; for a peft model it holds the adapter only
+    step_000010/optimizer.pt, scheduler.pt, state.pt (extra_state), config.toml, COMPLETE (written last)
+    latest                    text file naming the newest complete folder, replaced with os.replace
+A save writes everything into `.tmp-step_000010-XXXX/`, fsyncs it, writes COMPLETE, renames the folder into
+place, then replaces `latest`, then prunes to `keep_last` folders (never the one `latest` names). Leftover
+`.tmp-*` folders of a crashed save are never read and are deleted by the next save. Call on one rank only.
+
+Loading is in place, into the existing model object (before FSDP sharding: full tensors expected).
+`save_pretrained` may rename or transpose weights to the hub layout (transformers 5 reverts its load-time
+conversions, e.g. Qwen2.5-VL's `model.language_model.*` → `model.*`, Qwen3-VL-MoE's transposed experts), so the
+file's keys are mapped back by asking transformers for the same reverted view of the model's own tensors:
+each reverted tensor is a view of a parameter, and the file's tensor is copied into that view. Every parameter
+and persistent buffer must be covered (tied weights count once), and every tensor in the file must be used.
+`.pt` files are our own and hold numpy RNG state, so they are read with torch.load(weights_only=False).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+
+
+def _fsync_tree(folder: Path, recursive: bool = True) -> None:
+    """Flush every file (and the folder entries) to disk so that a power loss after the rename cannot expose
+    a folder whose COMPLETE marker made it to disk but whose weights did not."""
+    inside = sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True) if recursive else []
+    for path in inside + [folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    """Complete step_* folders, oldest step first."""
+    dirs = [p for p in root.glob("step_*") if (p / COMPLETE).is_file() and p.name[5:].isdigit()]
+    return sorted(dirs, key=lambda p: int(p.name[5:]))
+
+
+def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer=None, image_processor=None,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler=None, extra_state: dict,
+                    config_toml: str, keep_last: int = 2) -> Path:
+    """Write run_dir/checkpoints/step_{step:06d}/ atomically, point `latest` at it, prune old ones."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last={keep_last}: keep at least 1 checkpoint (the one just written)")
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):  # a crashed save's leftovers; never referenced by `latest`
+        shutil.rmtree(stale, ignore_errors=True)
+    name = f"step_{step:06d}"
+    tmp, final, aside = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root)), root / name, None
+    try:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        for extra in (tokenizer, image_processor):
+            if extra is not None:
+                extra.save_pretrained(tmp / "model")
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(extra_state, tmp / "state.pt")
+        (tmp / "config.toml").write_text(config_toml, encoding="utf-8")
+        _fsync_tree(tmp)
+        _write_atomic(tmp / COMPLETE, json.dumps({"step": step}) + "\n")
+        _fsync_tree(tmp, recursive=False)
+        if final.exists():  # re-saving a step (resumed from an older one): move the old copy aside first
+            aside = Path(tempfile.mkdtemp(prefix=f".tmp-old-{name}-", dir=root)) / name
+            final.rename(aside)
+        tmp.rename(final)
+        _fsync_tree(root, recursive=False)  # make the rename durable before `latest` names it
+    except BaseException:
+        if aside is not None and aside.exists() and not final.exists():
+            aside.rename(final)  # put the old copy back: `latest` may name it
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_atomic(root / LATEST, name + "\n")
+    others = [p for p in _step_dirs(root) if p.name != name]  # the one just written always stays
+    for old in others[:max(0, len(others) - (keep_last - 1))]:
+        shutil.rmtree(old)
+    for stale in root.glob(".tmp-old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder `latest` names, or None when there is no `latest` yet (a fresh run)."""
+    root = Path(run_dir) / "checkpoints"
+    if not (root / LATEST).is_file():
+        return None
+    path = root / (root / LATEST).read_text().strip()
+    if not (path / COMPLETE).is_file():
+        raise ValueError(f"{root / LATEST} names {path}, which is missing or incomplete; "
+                         f"complete checkpoints: {[p.name for p in _step_dirs(root)] or 'none'}")
+    return path
+
+
+def _hub_view(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict under the key names (and layouts) save_pretrained writes; values are views of
+    the model's own tensors, so copying into them loads in place."""
+    state = model.state_dict()
+    try:
+        from transformers import PreTrainedModel
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # older transformers: save_pretrained writes state_dict keys as they are
+        return state
+    return revert_weight_conversion(model, state) if isinstance(model, PreTrainedModel) else state
+
+
+def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    single, index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
+    if single.is_file():
+        return load_file(single)
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(model_dir / shard).items()}
+    raise ValueError(f"{model_dir}: no model.safetensors (or sharded index) to load")
+
+
+def _load_full(model: torch.nn.Module, model_dir: Path) -> None:
+    saved, views = _read_weights(model_dir), _hub_view(model)
+    own = {t.untyped_storage().data_ptr(): (k, t.numel()) for k, t in model.state_dict().items()}
+    unexpected = sorted(set(saved) - set(views))
+    if unexpected:
+        raise ValueError(f"{model_dir}: weights the model does not have: {unexpected[:5]}")
+    covered: dict[int, int] = {}
+    with torch.no_grad():
+        for key, view in views.items():
+            ptr = view.untyped_storage().data_ptr()
+            if ptr not in own:  # a conversion that copies (not views) would need transformers' own loader
+                raise RuntimeError(f"{key}: save_pretrained's layout is not a view of the model; cannot load in place")
+            if key in saved:
+                if saved[key].shape != view.shape:
+                    raise ValueError(f"{model_dir}: {key} has shape {tuple(saved[key].shape)}, "
+                                     f"the model expects {tuple(view.shape)}")
+                view.copy_(saved[key])
+                covered[ptr] = covered.get(ptr, 0) + view.numel()
+    missing = sorted(k for ptr, (k, n) in own.items() if covered.get(ptr, 0) < n)
+    if missing:
+        raise ValueError(f"{model_dir}: checkpoint lacks weights for {missing[:5]} ({len(missing)} in all)")
+
+
+def _load_adapter(model, model_dir: Path) -> None:
+    from peft import set_peft_model_state_dict
+
+    saved = load_file(model_dir / "adapter_model.safetensors")
+    result = set_peft_model_state_dict(model, saved)
+    if result.unexpected_keys:
+        raise ValueError(f"{model_dir}: adapter weights the model does not have: {result.unexpected_keys[:5]}")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(trainable & set(result.missing_keys))
+    if missing:
+        raise ValueError(f"{model_dir}: adapter checkpoint lacks {missing[:5]} ({len(missing)} in all)")
+
+
+def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler=None) -> dict[str, Any]:
+    """Load weights (in place), optimizer and scheduler state; return the saved extra_state."""
+    path = Path(path)
+    if not (path / COMPLETE).is_file():
+        raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
+    if (path / "model" / "adapter_model.safetensors").is_file():
+        if not hasattr(model, "peft_config"):
+            raise ValueError(f"{path}/model holds a peft adapter, but the model is not a peft model")
+        _load_adapter(model, path / "model")
+    else:
+        _load_full(model, path / "model")
+    for obj, file in ((optimizer, "optimizer.pt"), (scheduler, "scheduler.pt")):
+        if obj is not None:
+            if not (path / file).is_file():
+                raise ValueError(f"{path}: no {file} to restore the {type(obj).__name__} from")
+            obj.load_state_dict(torch.load(path / file, weights_only=False))
+    return torch.load(path / "state.pt", weights_only=False)
+
+
+def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """States of python `random`, numpy's global RNG, torch CPU (and every CUDA device), and named generators."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "generators": {name: g.get_state() for name, g in (generators or {}).items()}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+    """Inverse of capture_rng; the named generators must be the ones that were captured."""
+    generators = generators or {}
+    if set(generators) != set(state["generators"]):
+        raise ValueError(f"restore_rng: checkpoint has generators {sorted(state['generators'])}, "
+                         f"got {sorted(generators)}")
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])
