@@ -27,12 +27,18 @@ class Family:
     merge_size: int
     temporal_patch_size: int
     image_token_id: int  # <|image_pad|>
+    video_token_id: int  # <|video_pad|>
     vision_start_id: int  # <|vision_start|>
     vision_end_id: int  # <|vision_end|>
     eos_ids: tuple[int, ...]  # ids that end a turn (<|im_end|>, <|endoftext|>)
     pad_id: int
     tool_call_start_id: int | None  # <tool_call>, when the tokenizer has it as one id
     tool_call_end_id: int | None  # </tool_call>
+
+    @property
+    def vision_ids(self) -> frozenset[int]:
+        """Placeholder tokens only the engine may write: a sampled one would break the image layout."""
+        return frozenset({self.image_token_id, self.video_token_id, self.vision_start_id, self.vision_end_id})
 
     @property
     def pixel_factor(self) -> int:
@@ -65,6 +71,7 @@ def family_from(config, tokenizer, *, box_frame: str | None = None) -> Family:
         merge_size=vision.spatial_merge_size,
         temporal_patch_size=vision.temporal_patch_size,
         image_token_id=config.image_token_id,
+        video_token_id=config.video_token_id,
         vision_start_id=config.vision_start_token_id,
         vision_end_id=config.vision_end_token_id,
         eos_ids=tuple(eos),

@@ -42,3 +42,20 @@ def mm_token_type_ids(input_ids: torch.Tensor, family: Family) -> torch.Tensor:
     """1 on image placeholder tokens, 0 elsewhere. transformers' get_rope_index REQUIRES it: without it the
     model silently falls back to 1-D positions (see PLATFORM.md)."""
     return (input_ids == family.image_token_id).to(torch.int32)
+
+
+def _backbone(model):
+    """The inner multimodal model that owns get_rope_index (through a peft wrapper if any)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model.model
+
+
+def rope_positions(model, ids: list[int] | torch.Tensor, grid_thw: torch.Tensor | None, family: Family) -> torch.Tensor:
+    """mrope positions [3, T] of one unpadded sequence, from the model's own get_rope_index."""
+    ids_1T = torch.as_tensor(ids, dtype=torch.long).view(1, -1)
+    if grid_thw is None or len(grid_thw) == 0:
+        return torch.arange(ids_1T.shape[1]).view(1, -1).expand(3, -1).clone()
+    pos_31T, _ = _backbone(model).get_rope_index(
+        ids_1T, mm_token_type_ids=mm_token_type_ids(ids_1T, family), image_grid_thw=grid_thw)
+    return pos_31T[:, 0].cpu()

@@ -1,0 +1,168 @@
+"""The one typed config tree. Defaults live here; TOML presets in configs/ override them; dotted CLI flags
+(`--rollout.group_size 8`) override both. The resolved tree is written to the run folder as config.toml.
+
+    python train.py --config configs/demo.toml --rollout.group_size 8 --optim.lr 1e-5
+    python train.py --help-config        # every key, its type, default and meaning
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def doc(default, help: str):
+    """A config field with its documentation (every field has one; tests check)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    path: str = doc("", "Local Hugging Face VLM folder. Empty: build the tiny model named by `tiny_arch` (cached).")
+    tiny_arch: str = doc("qwen2_5_vl", "Tiny offline model to build when `path` is empty: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe.")
+    dtype: str = doc("float32", "Parameter dtype: float32, bfloat16 or float16 (bf16 is slow on CPUs without bf16 units).")
+    attn_implementation: str = doc("sdpa", "Attention kernel: sdpa, eager, or flash_attention_2 (GPU, if installed).")
+    box_frame: str = doc("", "Coordinate frame the model writes boxes in: pixels, resized, norm1000. Empty: the family's own.")
+
+    def validate(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype {self.dtype!r}: choose float32, bfloat16 or float16")
+        if self.box_frame not in ("", "pixels", "resized", "norm1000"):
+            raise ValueError(f"model.box_frame {self.box_frame!r}: choose pixels, resized or norm1000 (or leave empty)")
+
+
+@dataclass
+class DataConfig:
+    train: str = doc("", "Training data: a JSONL file, seed-001 JSONL, datasets.save_to_disk folder or Geometry3K parquet folder.")
+    eval: str = doc("", "Held-out data in any of the same formats (empty: no evaluation).")
+    image_root: str = doc("", "Folder that relative image paths are under (default: the data file's folder).")
+    train_split: str = doc("train", "Split to read when `train` is a folder with several splits (ignored for JSONL files, which are one split).")
+    eval_split: str = doc("test", "Split to read when `eval` is a folder with several splits (ignored for JSONL files).")
+    skip_bad: bool = doc(False, "Skip malformed records (each is reported) instead of stopping at the first.")
+    num_eval_examples: int = doc(0, "Evaluate on the first N held-out examples (0: all).")
+    system_prompt: str = doc("", "System message; empty uses the chat template's default.")
+    question_template: str = doc("{question}", "User text around the question; may use {question} and {choices}.")
+    prefill: str = doc("", "Text placed at the start of the assistant turn (e.g. '<think>'); rewards see it too.")
+    sft_template: str = doc("<think>{reasoning}</think><answer>{answer}</answer>",
+                            "SFT target for examples without one; {answer}, {reasoning} (reference steps, or a default sentence).")
+
+
+@dataclass
+class RolloutConfig:
+    sampler: str = doc("native", "Sampler: native (our batched KV-cache sampler). vllm arrives with the scale-out work.")
+    group_size: int = doc(8, "Samples per prompt (G).")
+    prompts_per_step: int = doc(4, "Prompts per optimizer step (per process).")
+    max_new_tokens: int = doc(64, "Sampled tokens per trajectory, over all tool rounds.")
+    max_total_tokens: int = doc(4096, "Cap on a trajectory's whole length: prompt, response and injected tool results.")
+    temperature: float = doc(1.0, "Sampling temperature; the trainer scores tokens under the same temperature.")
+    top_p: float = doc(1.0, "Nucleus sampling threshold (1: off).")
+    top_k: int = doc(0, "Top-k sampling (0: off).")
+    protocol: str = doc("none", "Tool protocol: none, inline (<tool_call>…</tool_call> inside the answer) or multiturn (<tool>…</tool> ends the turn).")
+    max_tool_calls: int = doc(2, "Tool calls allowed per trajectory.")
+    max_images: int = doc(4, "Images per trajectory, the original included.")
+
+    def validate(self) -> None:
+        if self.sampler != "native":
+            raise ValueError(f"rollout.sampler {self.sampler!r}: only 'native' is available in this build")
+        if self.protocol not in ("none", "inline", "multiturn"):
+            raise ValueError(f"rollout.protocol {self.protocol!r}: choose none, inline or multiturn")
+        if self.group_size < 1 or self.prompts_per_step < 1 or self.max_new_tokens < 1:
+            raise ValueError("rollout.group_size, prompts_per_step and max_new_tokens must be ≥ 1")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"rollout.top_p {self.top_p} must be in (0, 1]")
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = doc("grpo", "Advantage estimator: grpo, drgrpo, rloo (engine/advantages.py).")
+    adv_eps: float = doc(1e-6, "ε added to the group std in grpo.")
+    loss: str = doc("ppo_clip", "Policy loss: ppo_clip, is_pg, gspo, cispo (engine/losses.py).")
+    clip_low: float = doc(0.2, "Lower clip range ε_low (ratio ≥ 1 − ε_low).")
+    clip_high: float = doc(0.28, "Upper clip range ε_high (DAPO clip-higher: 0.28).")
+    dual_clip_c: float = doc(0.0, "Dual-clip constant c for negative advantages (0: off; verl uses 3).")
+    aggregation: str = doc("token_mean", "Loss aggregation: token_mean, seq_mean_token_mean, seq_mean_token_sum_norm.")
+    norm_len: int = doc(0, "Constant length for seq_mean_token_sum_norm (0: rollout.max_new_tokens).")
+    kl_beta: float = doc(0.0, "KL penalty weight to the frozen reference (0: no reference model is loaded).")
+    kl_estimator: str = doc("k3", "KL estimator: k1, k2, k3.")
+    tis_cap: float = doc(0.0, "Truncated importance-sampling cap for sampler/trainer mismatch (0: off).")
+    num_updates: int = doc(1, "Optimizer updates per rollout (>1 computes old log-probs once, PPO-style).")
+    dynamic_sampling: bool = doc(False, "Drop groups whose rewards are all equal (they carry no signal).")
+
+    def validate(self) -> None:
+        if self.num_updates < 1:
+            raise ValueError("algo.num_updates must be ≥ 1")
+        if self.kl_beta < 0 or self.tis_cap < 0:
+            raise ValueError("algo.kl_beta and algo.tis_cap must be ≥ 0")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc(1e-5, "Peak learning rate (AdamW).")
+    weight_decay: float = doc(0.0, "AdamW weight decay.")
+    beta1: float = doc(0.9, "AdamW β1.")
+    beta2: float = doc(0.999, "AdamW β2.")
+    warmup_steps: int = doc(0, "Linear warmup steps.")
+    schedule: str = doc("cosine", "LR schedule after warmup: cosine (to min_lr_ratio) or constant.")
+    min_lr_ratio: float = doc(0.1, "Cosine floor as a fraction of lr.")
+    max_grad_norm: float = doc(1.0, "Clip the global gradient norm to this (0: no clipping).")
+    micro_batch_tokens: int = doc(8192, "Token budget of one packed micro-batch row (activation memory scales with it).")
+
+    def validate(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"optim.schedule {self.schedule!r}: choose cosine or constant")
+
+
+@dataclass
+class RewardConfig:
+    weights: dict[str, float] = doc({"format": 0.2, "accuracy": 1.0}, "Reward components and their weights (rewards/registry.py lists names).")
+    debug_path: str = doc("", "Write every sample's text and reward parts to this JSONL (empty: off).")
+
+
+@dataclass
+class SftConfig:
+    steps: int = doc(0, "SFT optimizer steps (stage sft).")
+    batch_size: int = doc(8, "Examples per SFT step.")
+    lr: float = doc(1e-4, "SFT learning rate.")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = doc("rl", "Stages to run, in order: sft, rl, or sft,rl.")
+    steps: int = doc(10, "RL optimizer steps.")
+    seed: int = doc(0, "Seed for data order, sampling and initialisation.")
+    out_dir: str = doc("runs/default", "Run folder: config, checkpoints, metrics, TensorBoard logs.")
+    save_every: int = doc(0, "Checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = doc(2, "Checkpoints kept on disk (the newest).")
+    log_every: int = doc(1, "Write scalar metrics every N steps.")
+    sample_every: int = doc(10, "Write a few sampled rollouts as text every N steps (0: never).")
+    eval_every: int = doc(0, "Evaluate held-out accuracy every N RL steps (0: only after each stage).")
+    resume: bool = doc(False, "Continue from the latest checkpoint in out_dir.")
+    eval_at_start: bool = doc(False, "Also evaluate before the first stage (accuracy_before in the summary).")
+    threads: int = doc(0, "torch CPU threads (0: leave torch's default).")
+    tensorboard: bool = doc(True, "Write TensorBoard scalars to out_dir/tb.")
+
+    def validate(self) -> None:
+        stages = self.stage.split(",")
+        if not stages or any(s not in ("sft", "rl") for s in stages):
+            raise ValueError(f"train.stage {self.stage!r}: use sft, rl, or sft,rl")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        if "sft" in self.train.stage.split(",") and self.sft.steps < 1:
+            raise ValueError("train.stage includes sft but sft.steps is 0: set --sft.steps N or drop the sft stage")
+        if "rl" in self.train.stage.split(",") and self.rollout.group_size < 2 and self.algo.advantage != "none":
+            raise ValueError("rollout.group_size 1 gives every sample zero group advantage: use ≥ 2")
+        if not self.data.train:
+            raise ValueError("data.train is empty: point it at a dataset (python -m data.check PATH tells the format)")

@@ -1,0 +1,62 @@
+"""Held-out evaluation: greedy answers (tools as configured), scored with the reward functions.
+
+    result = evaluate(vlm, examples, cfg, protocol)   # result.metrics["accuracy"], result.records
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from engine.rollout import rollout
+from engine.step import rollout_limits, sampling_params, score
+from engine.trajectory import build_prompt
+from models.load import VLM
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # "accuracy", "format", ..., "tool_call_rate", "num_examples"
+    records: list[dict]  # per example: question, answer, response, reward parts
+
+
+def prompts_for(examples, vlm: VLM, cfg):
+    d = cfg.data
+    return [build_prompt(e, vlm, system_prompt=d.system_prompt, question_template=d.question_template,
+                         prefill=d.prefill) for e in examples]
+
+
+@torch.no_grad()
+def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, metric: str = "accuracy") -> EvalResult:
+    if not examples:
+        raise ValueError("no held-out examples to evaluate: set data.eval")
+    was_training = vlm.model.training
+    vlm.model.eval()
+    params = replace(sampling_params(cfg), temperature=0.0)
+    parts: dict[str, list[float]] = {}
+    records, tool_rate = [], 0
+    for start in range(0, len(examples), batch_size):
+        prompts = prompts_for(examples[start:start + batch_size], vlm, cfg)
+        trajs = rollout(vlm, prompts, group_size=1, params=params, protocol=protocol, limits=rollout_limits(cfg))
+        rewards = score(trajs, vlm, cfg if metric in cfg.reward.weights else _with_metric(cfg, metric))
+        for name, values in rewards.parts.items():
+            parts.setdefault(name, []).extend(values)
+        tool_rate += sum(bool(t.tool_calls) for t in trajs)
+        for i, t in enumerate(trajs):
+            records.append({"question": t.prompt.example.question, "answer": t.prompt.example.answer,
+                            "response": t.text, "tool_calls": len(t.tool_calls),
+                            **{k: v[i] for k, v in rewards.parts.items()}})
+    vlm.model.train(was_training)
+    n = len(examples)
+    metrics = {name: sum(v) / n for name, v in parts.items()}
+    metrics["accuracy"] = metrics[metric]
+    metrics["tool_call_rate"] = tool_rate / n
+    metrics["num_examples"] = n
+    return EvalResult(metrics=metrics, records=records)
+
+
+def _with_metric(cfg, metric: str):
+    """The config with the eval metric added to the reward mix (weight 0: scored, not summed)."""
+    reward = replace(cfg.reward, weights={**cfg.reward.weights, metric: 0.0})
+    return replace(cfg, reward=reward)

@@ -1,0 +1,60 @@
+"""The one place a policy loss is called: surrogate → truncated IS → KL → aggregation, for one packed row.
+
+    loss, metrics = policy_loss(model, row, batch, loss_cfg, temperature=1.0)
+
+`StepBatch` holds the step-level tensors indexed by trajectory (advantages) or by trajectory and position
+(old / reference / sampler log-probs). The normalisers (num_tokens, num_seqs) are counted once per optimizer
+step, so summing this over micro-batches equals the loss of one big batch. Shapes: B trajectories, K kept tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.losses import LOSSES, LossConfig, add_kl, aggregate, tis_weight
+from engine.packing import PackedRow, row_logps
+
+
+@dataclass
+class StepBatch:
+    adv_B: torch.Tensor
+    num_tokens: int  # loss tokens in the whole optimizer step
+    num_seqs: int  # trajectories in the whole optimizer step
+    old_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None: on-policy (old = logp.detach())
+    ref_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None when kl_beta = 0
+    sampler_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; for truncated IS
+
+
+def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: LossConfig, *,
+                temperature: float = 1.0):
+    logp_K, entropy_K = row_logps(model, row, temperature=temperature, with_entropy=True)
+    seq_K = row.seq_K.to(logp_K.device)
+    mask_K = torch.ones_like(logp_K)  # kept positions are exactly the loss tokens
+    old_K = logp_K.detach() if batch.old_logp is None else batch.old_logp[row_index]
+    per_token_K, metrics = LOSSES[cfg.name](logp=logp_K, old_logp=old_K, adv=batch.adv_B[seq_K], mask=mask_K,
+                                            seq_idx=seq_K, num_seqs=batch.num_seqs, cfg=cfg)
+    if cfg.tis_cap:
+        sampler_K = batch.sampler_logp[row_index]
+        per_token_K = per_token_K * tis_weight(old_logp=old_K, sampler_logp=sampler_K, mask=mask_K, cap=cfg.tis_cap)
+        metrics["tis/mismatch_abs"] = (old_K - sampler_K).abs().mean().detach()
+    per_token_K, kl_metrics = add_kl(per_token_K, logp=logp_K, mask=mask_K, beta=cfg.kl_beta,
+                                     estimator=cfg.kl_estimator,
+                                     ref_logp=None if batch.ref_logp is None else batch.ref_logp[row_index])
+    metrics.update(kl_metrics)
+    loss = aggregate(per_token_K, mask=mask_K, seq_idx=seq_K, mode=cfg.aggregation, num_tokens=batch.num_tokens,
+                     num_seqs=batch.num_seqs, norm_len=cfg.norm_len)
+    metrics["entropy"] = entropy_K.mean()
+    return loss, {k: v.detach() for k, v in metrics.items()}, logp_K.numel()
+
+
+@torch.no_grad()
+def rows_logps(model, rows: list[PackedRow], *, temperature: float = 1.0) -> dict[int, torch.Tensor]:
+    """Log-probs of every row without gradients (old policy or reference)."""
+    return {i: row_logps(model, row, temperature=temperature)[0] for i, row in enumerate(rows)}
+
+
+def sampler_logps(rows: list[PackedRow], trajs) -> dict[int, torch.Tensor]:
+    return {i: torch.tensor([trajs[s].sampler_logp[o] for s, o in zip(r.seq_K.tolist(), r.offset_K.tolist())])
+            for i, r in enumerate(rows)}

@@ -1,0 +1,90 @@
+"""Rollout: G samples per prompt from the policy, with tool results re-injected mid-answer.
+
+    trajs = rollout(vlm, prompts, group_size=8, params=SamplingParams(...), protocol=protocol, limits=limits)
+
+Round 0 prefills each prompt once and samples G continuations from the shared cache. A sample that stops on
+the protocol's stop token (e.g. `</tool_call>`) is handed to the protocol, which runs the tool and injects the
+result (an image block and/or text, loss mask 0); the trajectories that continue are re-prefilled with their
+whole sequence (all images) in the next round. Rounds end when no sample called a tool or limits are reached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import torch
+
+from engine.sampler import GenRequest, SamplingParams, generate
+from engine.trajectory import Prompt, Trajectory
+from models.load import VLM
+from models.vision import rope_positions
+
+
+@dataclass
+class RolloutLimits:
+    max_new_tokens: int = 64  # sampled tokens per trajectory, over all rounds
+    max_total_tokens: int = 4096  # prompt + response + injected tokens
+    max_tool_calls: int = 2
+    max_images: int = 4  # images per trajectory, the original included
+
+
+class ToolProtocol(Protocol):
+    stop_ids: frozenset[int]
+
+    def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> bool:
+        """Handle a sample that stopped on one of `stop_ids`: run the tool, inject the result into `traj`.
+        Returns True when the trajectory should continue sampling."""
+
+
+def _request(traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> GenRequest:
+    budget = min(limits.max_new_tokens - traj.num_sampled, limits.max_total_tokens - len(traj.ids))
+    return GenRequest(ids=traj.ids, positions=rope_positions(vlm.model, traj.ids, traj.grid_thw, vlm.family),
+                      pixel_values=traj.pixel_values, grid_thw=traj.grid_thw, max_new_tokens=max(budget, 1))
+
+
+def _absorb(traj: Trajectory, out, stop_ids_tool: frozenset[int], eos_ids: tuple[int, ...]) -> None:
+    traj.append_sampled(out.tokens, out.logps)
+    if out.stop == "stop" and out.tokens[-1] in stop_ids_tool:
+        traj.stop = "tool"
+    elif out.stop == "stop" and out.tokens[-1] in eos_ids:
+        traj.stop = "eos"
+    else:
+        traj.stop = "length"
+
+
+@torch.no_grad()
+def rollout(vlm: VLM, prompts: list[Prompt], *, group_size: int, params: SamplingParams,
+            protocol: ToolProtocol | None, limits: RolloutLimits,
+            generator: torch.Generator | None = None) -> list[Trajectory]:
+    fam = vlm.family
+    tool_stops = protocol.stop_ids if protocol else frozenset()
+    params = replace(params, stop_ids=frozenset(fam.eos_ids) | tool_stops, max_new_tokens=limits.max_new_tokens,
+                     banned_ids=fam.vision_ids)
+    trajs = [Trajectory.start(p, g) for g, p in enumerate(prompts) for _ in range(group_size)]
+    requests = [_request(Trajectory.start(p, 0), vlm, limits) for p in prompts]
+    outs = generate(vlm.model, requests, params, pad_id=fam.pad_id, expand=group_size, generator=generator)
+    for traj, out in zip(trajs, outs):
+        _absorb(traj, out, tool_stops, fam.eos_ids)
+    for _ in range(limits.max_tool_calls):
+        live = [t for t in trajs if t.stop == "tool" and protocol.on_stop(t, vlm, limits)]
+        live = [t for t in live if t.num_sampled < limits.max_new_tokens and len(t.ids) < limits.max_total_tokens]
+        if not live:
+            break
+        outs = generate(vlm.model, [_request(t, vlm, limits) for t in live], params, pad_id=fam.pad_id,
+                        generator=generator)
+        for traj, out in zip(live, outs):
+            _absorb(traj, out, tool_stops, fam.eos_ids)
+    for traj in trajs:
+        finish(traj, vlm)
+    return trajs
+
+
+def finish(traj: Trajectory, vlm: VLM) -> None:
+    """Compute the complete trajectory's positions and response text."""
+    if traj.stop == "tool":
+        traj.stop = "limit"  # stopped on a tool call it was not allowed to make
+    traj.positions = rope_positions(vlm.model, traj.ids, traj.grid_thw, vlm.family)
+    # Rewards read only what the policy wrote: injected tool results and role headers are not its words.
+    sampled = [t for t, m in zip(traj.ids[traj.prompt_len:], traj.mask[traj.prompt_len:]) if m]
+    traj.text = vlm.tokenizer.decode(sampled, skip_special_tokens=True)

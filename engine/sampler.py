@@ -1,0 +1,139 @@
+"""Our own batched sampler on the policy: KV cache, temperature / top-k / top-p, stop ids, G samples per prompt.
+
+    outs = generate(model, requests, SamplingParams(max_new_tokens=32), expand=G, generator=g)
+
+Each request is one sequence to continue (prompt, or a trajectory after a tool result was injected), with its
+images and its mrope positions. Sequences are left-padded into one batch and prefilled once; with `expand=G` the
+KV cache is then repeated G times, so every prompt's images go through the vision tower ONCE, not G times.
+Finished rows are dropped from the cache as they stop, so late steps run only the rows still going.
+
+Positions are always passed explicitly (computed per sequence with the model's own `get_rope_index`): the
+model's cached `rope_deltas` are state kept on the module and silently wrong across batches (PLATFORM.md).
+Shapes: B rows, T tokens, V vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 → greedy
+    top_k: int = 0  # 0 → off
+    top_p: float = 1.0  # 1 → off
+    stop_ids: frozenset[int] = field(default_factory=frozenset)
+    banned_ids: frozenset[int] = field(default_factory=frozenset)  # never drawn (e.g. image placeholders)
+
+
+@dataclass
+class GenRequest:
+    ids: list[int]
+    positions: torch.Tensor  # [3, T] mrope positions of `ids`
+    pixel_values: torch.Tensor | None = None  # this sequence's images, concatenated
+    grid_thw: torch.Tensor | None = None  # [N, 3]
+    max_new_tokens: int | None = None  # per-request cap (≤ params.max_new_tokens)
+
+
+@dataclass
+class GenOutput:
+    tokens: list[int]
+    logps: list[float]  # log-prob of each sampled token under softmax(logits / temperature)
+    stop: str  # "stop" (hit a stop id) | "length"
+
+
+def _sample(logits_BV: torch.Tensor, p: SamplingParams, gen: torch.Generator | None):
+    """Returns (token_B, logp_B); logp is under the temperature-scaled distribution with banned ids removed.
+    top-k/top-p only decide what may be drawn and do not change logp (the trainer recomputes the same quantity;
+    banned ids hold ~0 probability in any trained model, so removing them changes logp negligibly)."""
+    logits_BV = logits_BV.float()
+    if p.banned_ids:
+        logits_BV = logits_BV.clone()
+        logits_BV[:, sorted(p.banned_ids)] = float("-inf")
+    if p.temperature <= 0:
+        tok_B = logits_BV.argmax(-1)
+        return tok_B, torch.log_softmax(logits_BV, -1).gather(-1, tok_B[:, None])[:, 0]
+    scaled_BV = logits_BV / p.temperature
+    logp_BV = torch.log_softmax(scaled_BV, -1)
+    masked_BV = scaled_BV
+    if p.top_k > 0:
+        kth = torch.topk(masked_BV, min(p.top_k, masked_BV.shape[-1]), dim=-1).values[:, -1:]
+        masked_BV = masked_BV.masked_fill(masked_BV < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_BV, order_BV = torch.sort(masked_BV, descending=True, dim=-1)
+        cum_BV = torch.softmax(sorted_BV, -1).cumsum(-1)
+        drop_BV = cum_BV - torch.softmax(sorted_BV, -1) > p.top_p  # keep the token that crosses top_p
+        masked_BV = masked_BV.scatter(-1, order_BV, sorted_BV.masked_fill(drop_BV, float("-inf")))
+    probs_BV = torch.softmax(masked_BV, -1)
+    tok_B = torch.multinomial(probs_BV, 1, generator=gen)[:, 0]
+    return tok_B, logp_BV.gather(-1, tok_B[:, None])[:, 0]
+
+
+def _left_pad(requests: list[GenRequest], pad_id: int):
+    B, T = len(requests), max(len(r.ids) for r in requests)
+    ids_BT = torch.full((B, T), pad_id, dtype=torch.long)
+    mask_BT = torch.zeros(B, T, dtype=torch.long)
+    pos_3BT = torch.zeros(3, B, T, dtype=torch.long)
+    for b, r in enumerate(requests):
+        n = len(r.ids)
+        ids_BT[b, T - n:] = torch.tensor(r.ids)
+        mask_BT[b, T - n:] = 1
+        pos_3BT[:, b, T - n:] = r.positions
+    return ids_BT, mask_BT, pos_3BT
+
+
+def _images(requests: list[GenRequest]):
+    pix = [r.pixel_values for r in requests if r.grid_thw is not None and len(r.grid_thw)]
+    if not pix:
+        return None, None
+    grids = [r.grid_thw for r in requests if r.grid_thw is not None and len(r.grid_thw)]
+    return torch.cat(pix), torch.cat(grids)
+
+
+@torch.no_grad()
+def generate(model, requests: list[GenRequest], params: SamplingParams, *, pad_id: int, expand: int = 1,
+             generator: torch.Generator | None = None) -> list[GenOutput]:
+    """Continue every request; with expand=G each request yields G outputs (request-major order)."""
+    device = next(model.parameters()).device
+    ids_BT, mask_BT, pos_3BT = (t.to(device) for t in _left_pad(requests, pad_id))
+    pixels, grids = _images(requests)
+    out = model(input_ids=ids_BT, attention_mask=mask_BT, position_ids=pos_3BT, use_cache=True,
+                pixel_values=None if pixels is None else pixels.to(device, dtype=model.dtype),
+                image_grid_thw=None if grids is None else grids.to(device), logits_to_keep=1)
+    cache, logits_BV = out.past_key_values, out.logits[:, -1]
+    next_pos_B = pos_3BT.amax(dim=(0, 2)) + 1
+    limit_B = torch.tensor([min(r.max_new_tokens or params.max_new_tokens, params.max_new_tokens)
+                            for r in requests], device=device)
+    if expand > 1:
+        cache.batch_repeat_interleave(expand)
+        logits_BV, mask_BT, next_pos_B, limit_B = (t.repeat_interleave(expand, 0)
+                                                   for t in (logits_BV, mask_BT, next_pos_B, limit_B))
+    n = logits_BV.shape[0]
+    tokens, logps = [[] for _ in range(n)], [[] for _ in range(n)]
+    stops = ["length"] * n
+    row_B = torch.arange(n, device=device)  # which output each live row writes to
+    stop_t = torch.tensor(sorted(params.stop_ids), device=device, dtype=torch.long)
+    for step in range(int(limit_B.max().item()) if n else 0):  # sync point: one .item() per call
+        tok_B, logp_B = _sample(logits_BV, params, generator)
+        for r, t, lp in zip(row_B.tolist(), tok_B.tolist(), logp_B.tolist()):  # sync point per step
+            tokens[r].append(t)
+            logps[r].append(lp)
+        hit_B = torch.isin(tok_B, stop_t)
+        for r in row_B[hit_B].tolist():
+            stops[r] = "stop"
+        done_B = hit_B | (step + 1 >= limit_B)
+        if bool(done_B.all()):
+            break
+        if bool(done_B.any()):
+            keep = (~done_B).nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            tok_B, mask_BT, next_pos_B, limit_B, row_B = (t[keep] for t in (tok_B, mask_BT, next_pos_B, limit_B, row_B))
+        mask_BT = torch.cat([mask_BT, torch.ones_like(mask_BT[:, :1])], dim=1)
+        out = model(input_ids=tok_B[:, None], attention_mask=mask_BT, past_key_values=cache, use_cache=True,
+                    position_ids=next_pos_B.view(1, -1, 1).expand(3, -1, 1))
+        cache, logits_BV = out.past_key_values, out.logits[:, -1]
+        next_pos_B = next_pos_B + 1
+    return [GenOutput(tokens=t, logps=lp, stop=s) for t, lp, s in zip(tokens, logps, stops)]

@@ -1,0 +1,81 @@
+"""Supervised warm-start: cross-entropy on the assistant's own tokens only.
+
+A target may contain inline tool calls (seed 001): `<tool_call>[x1, y1, x2, y2]</tool_call>` with the box in
+ORIGINAL-image pixels (as data loaders store it). Each box is rewritten in the model family's frame (what the
+model must learn to write), the crop is run on the original image and injected right after the call with loss
+mask 0, exactly as the rollout would inject it — so SFT teaches the same format RL then samples.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from data.example import Example
+from engine.packing import pack, row_logps
+from engine.rollout import finish
+from engine.trajectory import Prompt, Trajectory
+from models.load import VLM
+from models.vision import resized_size
+from tools.boxes import convert_box
+from tools.registry import ToolLimits, call_tool
+
+_CALL = re.compile(r"<tool_call>\s*\[([^\]]*)\]\s*</tool_call>")
+DEFAULT_REASONING = "I look at the image carefully."
+
+
+def target_text(example: Example, template: str) -> str:
+    if example.target is not None:
+        return example.target
+    reasoning = " ".join(example.reference_steps) or DEFAULT_REASONING
+    return template.format(answer=example.answer, reasoning=reasoning)
+
+
+def _frame_box(box_px: list[float], prompt: Prompt, vlm: VLM) -> str:
+    frame = vlm.family.box_frame
+    box = convert_box(box_px, src="pixels", dst=frame, image_size=prompt.images[0].size,
+                      resized_size=resized_size(prompt.grid_thw[0], vlm.family))
+    return "[" + ", ".join(str(round(v)) for v in box) + "]"
+
+
+def sft_trajectory(prompt: Prompt, target: str, vlm: VLM, tool_limits: ToolLimits | None = None) -> Trajectory:
+    """The target as a trajectory: mask 1 on its text (and the closing <|im_end|>), 0 on injected crops."""
+    tok, traj, pos = vlm.tokenizer, Trajectory.start(prompt, 0), 0
+    for match in _CALL.finditer(target):
+        try:
+            box_px = [float(v) for v in match.group(1).split(",")]
+        except ValueError:
+            raise ValueError(f"{prompt.example.origin}: SFT target has a malformed box {match.group(0)!r}")
+        text = target[pos:match.start()] + f"<tool_call>{_frame_box(box_px, prompt, vlm)}</tool_call>"
+        traj.append_sampled(tok(text, add_special_tokens=False).input_ids, [])
+        result = call_tool("crop", {"box": box_px}, prompt.images[0], tool_limits or ToolLimits())
+        if result.error:
+            raise ValueError(f"{prompt.example.origin}: SFT target crop failed: {result.error}")
+        traj.append_image(result.image, vlm)
+        pos = match.end()
+    traj.append_sampled(tok(target[pos:] + "<|im_end|>", add_special_tokens=False).input_ids, [])
+    traj.sampler_logp = [0.0] * len(traj.ids)
+    traj.stop = "eos"
+    finish(traj, vlm)
+    return traj
+
+
+def sft_step(model, optimizer, scheduler, trajs: list[Trajectory], *, micro_batch_tokens: int,
+             max_grad_norm: float) -> dict[str, float]:
+    """One optimizer step of token-mean cross-entropy over every assistant token of the batch."""
+    optimizer.zero_grad(set_to_none=True)
+    num_tokens = sum(sum(t.mask[1:]) for t in trajs)  # every mask-1 token after position 0 is predicted
+    total = torch.zeros(())
+    for row in pack(trajs, micro_batch_tokens):
+        logp_K, _ = row_logps(model, row)
+        loss = -logp_K.sum() / num_tokens
+        loss.backward()
+        total += loss.detach()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    return {"sft/loss": float(total), "sft/grad_norm": float(grad_norm), "sft/lr": lr,
+            "sft/tokens": float(num_tokens)}

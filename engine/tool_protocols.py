@@ -1,0 +1,100 @@
+"""Where tools meet sampling: what happens when a sample stops on a tool call.
+
+    protocol = make_protocol("inline", vlm, limits)   # or "multiturn", or "none" → None
+
+inline (seed 001): `<tool_call>[x1, y1, x2, y2]</tool_call>` (or Qwen's JSON form) inside the answer; the result
+image is injected right after the call, in the same assistant turn. multiturn (seed 000):
+`<tool>{"name": ..., "args": {...}}</tool>` ends the turn; the result comes back as the next user message.
+Tools always run on the ORIGINAL image; boxes are read in the model family's frame and converted to pixels.
+Every injected token has loss mask 0. A bad call never ends the rollout: the error text is the tool's result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.rollout import RolloutLimits
+from engine.trajectory import ToolCallRecord, Trajectory
+from models.load import VLM
+from models.vision import resized_size
+from tools.boxes import args_to_pixels
+from tools.protocols import ToolCall, find_last_call
+from tools.registry import ToolLimits, call_tool
+
+
+def _single_id(vlm: VLM, text: str, protocol: str) -> int:
+    ids = vlm.tokenizer(text, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise ValueError(f"rollout.protocol {protocol!r} stops on {text!r}, which this tokenizer splits into "
+                         f"{len(ids)} tokens; add it as a single token or use another protocol")
+    return ids[0]
+
+
+def run_call(traj: Trajectory, vlm: VLM, call: ToolCall | str, tool_limits: ToolLimits):
+    """Run one parsed call on the trajectory's original image. Returns the ToolResult-like (image, text, error)."""
+    if isinstance(call, str):
+        traj.tool_calls.append(ToolCallRecord(name="invalid", args={}, ok=False, error=call))
+        return None, None, call
+    original = traj.images[0]
+    args = args_to_pixels(call.name, call.args, frame=vlm.family.box_frame, image_size=original.size,
+                          resized_size=resized_size(traj.prompt.grid_thw[0], vlm.family))
+    result = call_tool(call.name, args, original, tool_limits) if isinstance(args, dict) else None
+    error = args if isinstance(args, str) else result.error
+    traj.tool_calls.append(ToolCallRecord(name=call.name, args=call.args, ok=error is None, error=error))
+    if error:
+        return None, None, error
+    return result.image, result.text, None
+
+
+@dataclass
+class InlineProtocol:
+    vlm: VLM
+    tool_limits: ToolLimits
+    stop_ids: frozenset[int]
+
+    def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> bool:
+        if len(traj.tool_calls) >= limits.max_tool_calls:
+            return False
+        call = find_last_call(vlm.tokenizer.decode(traj.ids[traj.prompt_len:]), "inline")
+        image, text, error = run_call(traj, vlm, call or "no tool call found before </tool_call>", self.tool_limits)
+        if image is not None and len(traj.images) < limits.max_images:
+            traj.append_image(image, vlm)
+        elif image is not None:
+            error = f"image limit reached ({limits.max_images} images per answer)"
+        if text or error:
+            traj.append_injected(vlm.tokenizer(f"\n{text or 'Tool error: ' + error}\n",
+                                               add_special_tokens=False).input_ids)
+        return True
+
+
+@dataclass
+class MultiTurnProtocol:
+    vlm: VLM
+    tool_limits: ToolLimits
+    stop_ids: frozenset[int]
+
+    def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> bool:
+        if len(traj.tool_calls) >= limits.max_tool_calls:
+            return False
+        call = find_last_call(vlm.tokenizer.decode(traj.ids[traj.prompt_len:]), "multiturn")
+        image, text, error = run_call(traj, vlm, call or "no tool call found before </tool>", self.tool_limits)
+        tok = vlm.tokenizer
+        traj.append_injected(tok("<|im_end|>\n<|im_start|>user\n", add_special_tokens=False).input_ids)
+        if image is not None and len(traj.images) < limits.max_images:
+            traj.append_image(image, vlm)
+        elif image is not None:
+            error = f"image limit reached ({limits.max_images} images per episode)"
+        reply = text or (f"Tool error: {error}" if error else "Here is the result.")
+        traj.append_injected(tok(f"{reply}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).input_ids)
+        return True
+
+
+def make_protocol(name: str, vlm: VLM, tool_limits: ToolLimits | None = None):
+    tool_limits = tool_limits or ToolLimits()
+    if name == "none":
+        return None
+    if name == "inline":
+        return InlineProtocol(vlm, tool_limits, frozenset({_single_id(vlm, "</tool_call>", name)}))
+    if name == "multiturn":
+        return MultiTurnProtocol(vlm, tool_limits, frozenset({_single_id(vlm, "</tool>", name)}))
+    raise ValueError(f"unknown tool protocol {name!r}: choose none, inline or multiturn")

@@ -1,0 +1,37 @@
+"""Evaluate a model folder (or a run's checkpoint) on held-out data: greedy answers, reward-scored.
+
+    python eval.py --config configs/demo.toml --model.path runs/demo/checkpoints/step_000060/model
+    make eval ARGS="--config configs/demo.toml"
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from train import parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    from engine.evaluate import evaluate
+    from engine.tool_protocols import make_protocol
+    from engine.trainer import load_data, load_policy
+
+    try:
+        vlm = load_policy(cfg)
+        _, examples = load_data(cfg)
+        result = evaluate(vlm, examples, cfg, make_protocol(cfg.rollout.protocol, vlm))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

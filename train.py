@@ -1,0 +1,48 @@
+"""Train a VLM with SFT and/or GRPO-family RL.
+
+    python train.py --config configs/demo.toml [--rollout.group_size 8 ...]
+    torchrun --nproc_per_node N train.py --config ...     (multi-process support arrives with FSDP)
+    python train.py --help-config                         # every setting, its default and meaning
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.config import Config
+from engine.configlib import build_config, describe
+
+
+def parse(argv: list[str]) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True,
+                                     epilog="Any config key can be set as --section.key VALUE (see --help-config).")
+    parser.add_argument("--config", help="TOML preset (configs/*.toml)")
+    parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    args, overrides = parser.parse_known_args(argv)
+    if args.help_config:
+        print(describe(Config))
+        sys.exit(0)
+    return build_config(Config, toml_path=args.config, overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    from engine.trainer import run  # heavy imports only after the config is known to be good
+
+    try:
+        summary = run(cfg)
+    except ValueError as exc:  # user errors (bad data, bad paths) carry their own explanation
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    keys = [k for k in summary if k.startswith("accuracy_")]
+    print("summary: " + ", ".join(f"{k}={summary[k]:.3f}" for k in keys) + f" ({cfg.train.out_dir}/summary.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
