@@ -1,0 +1,179 @@
+"""An LLM/VLM judge reward over an OpenAI-compatible HTTP endpoint, with urllib only (no new packages).
+
+Use: `REWARDS["judge"] = make_judge_reward("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-VL-72B-Instruct",
+"Question: {question}\\nReference: {reference}\\nResponse: {answer}\\nIs the response correct? Answer yes or no.")`;
+`score_batch` then calls `judge.batch(...)` once per step (requests run concurrently).
+
+Each sample: extract the answer (`rewards.format.extract_answer`, "auto"); no answer, or one longer than
+`max_answer_chars` (`answer_length_cap`: a dump of candidates earns nothing), scores 0 without a request.
+Otherwise POST {base_url}/chat/completions {"model", "messages": [{"role": "user", "content": prompt}],
+"temperature": 0} and read choices[0].message.content: "yes"/"correct"/"true" -> 1, "no"/"incorrect"/"false"
+-> 0, or a bare number in [0, 1] ("0.8", "Score: 0.8"); anything else is garbage.
+Failures never stall a step: every request has `timeout_s` (urllib's socket timeout), transport errors and
+HTTP 429/5xx are retried `retries` times with exponential backoff (`backoff_s` * 2**attempt), garbage is not
+retried, at most `max_concurrency` requests run at once, and the whole batch stops at `deadline_s` (default:
+one request's worst case, timeout_s * (retries + 1) + backoffs, plus 1 s; raise it when a batch is larger than
+max_concurrency and the judge is slow). A failed sample is `None` in `batch()` (score_batch scores it 0 and
+counts it in errors) and is counted in `judge.stats`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from data.example import Example
+from rewards.format import answer_length_cap, extract_answer, response_text
+from rewards.registry import RewardContext
+
+log = logging.getLogger(__name__)
+
+_YES = re.compile(r"\W*(yes|correct|true|right)\b")
+_NO = re.compile(r"\W*(no|not|incorrect|false|wrong)\b")
+_SCORE = re.compile(r"\W*(?:score\s*[:=]?\s*)?(\d+(?:\.\d+)?)\s*\.?\s*")
+
+
+class JudgeError(RuntimeError):
+    """The judge gave no usable verdict (timeout, transport error, garbage)."""
+
+
+def parse_verdict(content: str) -> float | None:
+    """1.0 / 0.0 for a yes / no verdict, a bare number in [0, 1] as is, None for anything else."""
+    text = content.strip().lower()
+    if _YES.match(text):
+        return 1.0
+    if _NO.match(text):
+        return 0.0
+    m = _SCORE.fullmatch(text)
+    if m and 0.0 <= float(m.group(1)) <= 1.0:
+        return float(m.group(1))
+    return None
+
+
+@dataclass
+class Judge:
+    base_url: str
+    model: str
+    prompt_template: str  # str.format fields: {question}, {reference}, {answer}
+    timeout_s: float = 10.0
+    retries: int = 2
+    max_concurrency: int = 8
+    max_answer_chars: int = 500
+    backoff_s: float = 0.5
+    deadline_s: float | None = None  # per batch; None: one request's worst case + 1 s
+    stats: Counter = field(default_factory=Counter, init=False)  # requests ok failed no_answer too_long past_deadline
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.timeout_s <= 0 or self.retries < 0 or self.max_concurrency < 1 or self.max_answer_chars < 1:
+            raise ValueError("judge needs timeout_s > 0, retries >= 0, max_concurrency >= 1, max_answer_chars >= 1")
+        try:
+            self.prompt_template.format(question="", reference="", answer="")
+        except (KeyError, IndexError) as exc:
+            raise ValueError(f"judge prompt_template may only use {{question}}, {{reference}}, {{answer}} (write "
+                             f"literal braces as {{{{ }}}}): {exc!r}") from exc
+        if self.deadline_s is None:
+            backoffs = sum(self.backoff_s * 2**k for k in range(self.retries))
+            self.deadline_s = self.timeout_s * (self.retries + 1) + backoffs + 1.0
+
+    def __call__(self, completion: str, example: Example, ctx: RewardContext) -> float:
+        value = self.batch([completion], [example], [ctx])[0]
+        if value is None:
+            raise JudgeError(f"judge at {self.base_url} gave no verdict for {example.origin or 'sample'}")
+        return value
+
+    def batch(self, completions: list[str], examples: list[Example], contexts: list[RewardContext] | None = None,
+              ) -> list[float | None]:
+        """One score per sample (None where the judge failed), within `deadline_s` whatever the server does."""
+        contexts = contexts if contexts is not None else [RewardContext() for _ in completions]
+        if not len(completions) == len(examples) == len(contexts):
+            raise ValueError("judge.batch needs one example and one context per completion")
+        results: list[float | None] = [0.0] * len(completions)
+        prompts = {}
+        for i, (completion, example, ctx) in enumerate(zip(completions, examples, contexts)):
+            answer = extract_answer(response_text(completion, ctx), "auto")
+            capped = answer_length_cap(answer, self.max_answer_chars)
+            if capped is None:
+                self._count("no_answer" if answer is None else "too_long")
+                continue
+            prompts[i] = self.prompt_template.format(question=example.question, reference=example.answer,
+                                                     answer=capped)
+        if not prompts:
+            return results
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts)))
+        futures = {pool.submit(self._judge_one, prompt): i for i, prompt in prompts.items()}
+        done, not_done = wait(futures, timeout=self.deadline_s)
+        pool.shutdown(wait=False, cancel_futures=True)  # a hung request ends by its own timeout, unwaited
+        reasons = []
+        for future, i in futures.items():
+            if future not in done:
+                value, reason = None, f"past the {self.deadline_s:.1f} s deadline"
+            elif future.exception() is not None:  # _judge_one catches what urllib raises; this is a bug's path
+                value, reason = None, repr(future.exception())
+            else:
+                value, reason = future.result()
+            results[i] = value
+            if value is None:
+                reasons.append(reason)
+        self._count("ok", len(prompts) - len(reasons))
+        self._count("failed", len(reasons))
+        self._count("past_deadline", len(not_done))
+        if reasons:
+            log.warning("judge %s: %d/%d requests failed (scored 0); first: %s", self.base_url, len(reasons),
+                        len(prompts), reasons[0])
+        return results
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n
+
+    def _judge_one(self, prompt: str) -> tuple[float | None, str]:
+        """(verdict, "") or (None, why). Retries transport errors and 429/5xx; never raises."""
+        reason = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            self._count("requests")
+            try:
+                content = self._post(prompt)
+            except urllib.error.HTTPError as exc:
+                reason = f"HTTP {exc.code}"
+                if exc.code != 429 and exc.code < 500:
+                    return None, reason
+                continue
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # timeouts are OSErrors
+                reason = f"transport: {exc!r}"
+                continue
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                return None, f"malformed response: {exc!r}"
+            verdict = parse_verdict(content)
+            return (verdict, "") if verdict is not None else (None, f"unparseable verdict {content[:80]!r}")
+        return None, reason
+
+    def _post(self, prompt: str) -> str:
+        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+        request = urllib.request.Request(
+            self.base_url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode("utf-8"),
+            headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            payload = json.loads(response.read().decode("utf-8"))
+        content = payload["choices"][0]["message"]["content"]
+        if not isinstance(content, str):
+            raise TypeError(f"message content is {type(content).__name__}, not str")
+        return content
+
+
+def make_judge_reward(base_url: str, model: str, prompt_template: str, timeout_s: float = 10.0, retries: int = 2,
+                      max_concurrency: int = 8, **options) -> Judge:
+    """A RewardFn (with a `.batch` method and `.stats`) that asks the judge at `base_url`. Options: see Judge."""
+    return Judge(base_url=base_url, model=model, prompt_template=prompt_template, timeout_s=timeout_s,
+                 retries=retries, max_concurrency=max_concurrency, **options)

@@ -1,0 +1,83 @@
+"""Score one completion with one registered reward, and show what the reward parsed: a debugging CLI.
+
+    python -m rewards.score accuracy --completion "<think>..</think><answer>Two</answer>" --answer 2
+    python -m rewards.score iou --completion "<answer>[100, 100, 500, 500]</answer>" --answer "[10, 10, 50, 50]" \\
+        --box-frame norm1000 --image-size 100x100
+    python -m rewards.score reasoning --completion '{"reasoning_steps": ["..."], "answer": "x"}' --answer x \\
+        --example '{"reference_steps": ["..."]}'
+
+Prints one JSON object: the value, the extracted answer, its VQA-normalised form and number, the normalised
+references, and the predicted box (in --box-frame). `--answer` may repeat (several references); `--example`
+takes any Example field as JSON (question, answers, boxes, choices, reference_steps, metadata).
+An unknown NAME exits with 2 and lists the registered names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from data.example import Example
+from rewards import REWARDS
+from rewards.format import extract_answer, response_text
+from rewards.grounding import predicted_box
+from rewards.mathexpr import parse_number
+from rewards.normalize import normalize_answer
+from rewards.registry import RewardContext
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rewards.score", description="Score one completion.")
+    p.add_argument("name", help="a registered reward name")
+    p.add_argument("--completion", required=True)
+    p.add_argument("--answer", action="append", default=[], help="a reference answer (repeat for several)")
+    p.add_argument("--example", default="{}", help="JSON object of Example fields")
+    p.add_argument("--box-frame", default="pixels", choices=["pixels", "resized", "norm1000"])
+    p.add_argument("--image-size", default=None, help="WxH of the original image (for norm1000/resized boxes)")
+    p.add_argument("--resized-size", default=None, help="WxH after the processor's resize (for resized boxes)")
+    p.add_argument("--prefill", default="", help="text the chat template put before the completion")
+    return p
+
+
+def _size(text: str | None) -> list[tuple[int, int]]:
+    if not text:
+        return []
+    w, h = text.lower().split("x")
+    return [(int(w), int(h))]
+
+
+def build_example(answers: list[str], example_json: str) -> Example:
+    fields = json.loads(example_json)
+    if not isinstance(fields, dict):
+        raise ValueError("--example must be a JSON object of Example fields")
+    fields.setdefault("question", "")
+    fields.setdefault("images", [])
+    fields["answers"] = answers or fields.get("answers", [])
+    return Example(**fields)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.name not in REWARDS:
+        print(f"unknown reward {args.name!r}; registered rewards: {', '.join(sorted(REWARDS))}", file=sys.stderr)
+        return 2
+    example = build_example(args.answer, args.example)
+    ctx = RewardContext(box_frame=args.box_frame, image_sizes=_size(args.image_size),
+                        resized_sizes=_size(args.resized_size), prompt_prefill=args.prefill)
+    value = REWARDS[args.name](args.completion, example, ctx)
+    pred = extract_answer(response_text(args.completion, ctx), "auto")
+    print(json.dumps({
+        "reward": args.name,
+        "value": value,
+        "extracted_answer": pred,
+        "normalized_answer": None if pred is None else normalize_answer(pred),
+        "number": parse_number(pred),
+        "normalized_references": [normalize_answer(a) for a in example.answers],
+        "box_in_frame": predicted_box(response_text(args.completion, ctx)),  # before conversion to pixels
+    }, ensure_ascii=False, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
