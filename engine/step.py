@@ -76,16 +76,16 @@ def optimizer_step(state: RLState, rows, batch: StepBatch) -> dict[str, torch.Te
     model, cfg = state.policy.model, state.cfg
     state.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, torch.Tensor] = {}
-    total = 0
+    total, loss_sum = 0, torch.zeros(())
     for i, row in enumerate(rows):
         loss, metrics, n = policy_loss(model, row, i, batch, state.loss_cfg, temperature=cfg.rollout.temperature)
         loss.backward()
-        metrics["loss"] = loss.detach() * batch.num_tokens / max(n, 1)  # row's share, rescaled to a mean
+        loss_sum += loss.detach()  # rows are normalised by the step's global counts: their sum is the loss
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0) + v.float() * n
         total += n
-    out = {k: v / max(total, 1) for k, v in sums.items()}
-    out["loss"] = sums["loss"] / max(batch.num_tokens, 1) if "loss" in sums else torch.tensor(0.0)
+    out = {k: v / max(total, 1) for k, v in sums.items()}  # token-weighted means of per-row metrics
+    out["loss"] = loss_sum
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     out["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm)

@@ -49,6 +49,8 @@ class Family:
 def family_from(config, tokenizer, *, box_frame: str | None = None) -> Family:
     """Read the family facts from a loaded config and tokenizer. Raises ValueError for unsupported models."""
     model_type = config.model_type
+    if box_frame not in (None, "pixels", "resized", "norm1000"):
+        raise ValueError(f"box_frame {box_frame!r} is unknown: choose pixels, resized or norm1000")
     if model_type not in SUPPORTED:
         raise ValueError(
             f"model_type {model_type!r} is not supported yet; supported: {sorted(SUPPORTED)}. "

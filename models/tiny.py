@@ -124,8 +124,12 @@ def tiny_model_dir(arch: str = "qwen2_5_vl", seed: int = 0, cache_root: str | Pa
     build(arch, tmp, seed)
     try:
         tmp.rename(final)
-    except OSError:  # another process won the race: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        if (final / "config.json").exists():  # another process won the race: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:  # a half-written leftover from a crashed build: replace it
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
     return final
 
 
