@@ -67,8 +67,16 @@ def rollout(vlm: VLM, prompts: list[Prompt], *, group_size: int, params: Samplin
     for traj, out in zip(trajs, outs):
         _absorb(traj, out, tool_stops, fam.eos_ids)
     for _ in range(limits.max_tool_calls):
-        live = [t for t in trajs if t.stop == "tool" and protocol.on_stop(t, vlm, limits)]
-        live = [t for t in live if t.num_sampled < limits.max_new_tokens and len(t.ids) < limits.max_total_tokens]
+        live = []
+        for t in trajs:
+            if t.stop != "tool":
+                continue
+            # Out of budget: the call is not run (its result could never be read) and is never handled again.
+            has_budget = t.num_sampled < limits.max_new_tokens and len(t.ids) < limits.max_total_tokens
+            if has_budget and protocol.on_stop(t, vlm, limits):
+                live.append(t)
+            else:
+                t.stop = "limit"
         if not live:
             break
         outs = generate(vlm.model, [_request(t, vlm, limits) for t in live], params, pad_id=fam.pad_id,
@@ -83,7 +91,7 @@ def rollout(vlm: VLM, prompts: list[Prompt], *, group_size: int, params: Samplin
 def finish(traj: Trajectory, vlm: VLM) -> None:
     """Compute the complete trajectory's positions and response text."""
     if traj.stop == "tool":
-        traj.stop = "limit"  # stopped on a tool call it was not allowed to make
+        traj.stop = "limit"  # stopped on a tool call after the last tool round
     traj.positions = rope_positions(vlm.model, traj.ids, traj.grid_thw, vlm.family)
     # Rewards read only what the policy wrote: injected tool results and role headers are not its words.
     sampled = [t for t, m in zip(traj.ids[traj.prompt_len:], traj.mask[traj.prompt_len:]) if m]

@@ -46,6 +46,27 @@ def run_call(traj: Trajectory, vlm: VLM, call: ToolCall | str, tool_limits: Tool
     return result.image, result.text, None
 
 
+def latest_sampled_text(traj: Trajectory, vlm: VLM) -> str:
+    """What the policy wrote since the last injected token: only a call written there may run (an earlier call
+    was already answered; re-reading it on a stray closing tag would run it twice)."""
+    start = len(traj.ids)
+    while start > traj.prompt_len and traj.mask[start - 1]:
+        start -= 1
+    return vlm.tokenizer.decode(traj.ids[start:])
+
+
+def run_latest_call(traj: Trajectory, vlm: VLM, protocol: str, limits: RolloutLimits, tool_limits: ToolLimits):
+    """Parse and run the call the policy just wrote; an image over the trajectory's image limit is refused and
+    recorded as a failed call. Returns (image, text, error)."""
+    close = "</tool_call>" if protocol == "inline" else "</tool>"
+    call = find_last_call(latest_sampled_text(traj, vlm), protocol) or f"no tool call found before {close}"
+    image, text, error = run_call(traj, vlm, call, tool_limits)
+    if image is not None and len(traj.images) >= limits.max_images:
+        error, image = f"image limit reached ({limits.max_images} images per trajectory)", None
+        traj.tool_calls[-1].ok, traj.tool_calls[-1].error = False, error
+    return image, text, error
+
+
 @dataclass
 class InlineProtocol:
     vlm: VLM
@@ -55,12 +76,9 @@ class InlineProtocol:
     def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> bool:
         if len(traj.tool_calls) >= limits.max_tool_calls:
             return False
-        call = find_last_call(vlm.tokenizer.decode(traj.ids[traj.prompt_len:]), "inline")
-        image, text, error = run_call(traj, vlm, call or "no tool call found before </tool_call>", self.tool_limits)
-        if image is not None and len(traj.images) < limits.max_images:
+        image, text, error = run_latest_call(traj, vlm, "inline", limits, self.tool_limits)
+        if image is not None:
             traj.append_image(image, vlm)
-        elif image is not None:
-            error = f"image limit reached ({limits.max_images} images per answer)"
         if text or error:
             traj.append_injected(vlm.tokenizer(f"\n{text or 'Tool error: ' + error}\n",
                                                add_special_tokens=False).input_ids)
@@ -76,14 +94,11 @@ class MultiTurnProtocol:
     def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> bool:
         if len(traj.tool_calls) >= limits.max_tool_calls:
             return False
-        call = find_last_call(vlm.tokenizer.decode(traj.ids[traj.prompt_len:]), "multiturn")
-        image, text, error = run_call(traj, vlm, call or "no tool call found before </tool>", self.tool_limits)
+        image, text, error = run_latest_call(traj, vlm, "multiturn", limits, self.tool_limits)
         tok = vlm.tokenizer
         traj.append_injected(tok("<|im_end|>\n<|im_start|>user\n", add_special_tokens=False).input_ids)
-        if image is not None and len(traj.images) < limits.max_images:
+        if image is not None:
             traj.append_image(image, vlm)
-        elif image is not None:
-            error = f"image limit reached ({limits.max_images} images per episode)"
         reply = text or (f"Tool error: {error}" if error else "Here is the result.")
         traj.append_injected(tok(f"{reply}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).input_ids)
         return True

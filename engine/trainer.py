@@ -158,7 +158,7 @@ class Run:
         bar.close()
         self.summary["done_stages"].append("sft")
         self.evaluate("after_sft")
-        self._save("sft", s.steps, optimizer, scheduler, stream)
+        self.summary["final_checkpoint"] = str(self._save("sft", s.steps, optimizer, scheduler, stream))
 
     def rl(self) -> None:
         cfg = self.cfg

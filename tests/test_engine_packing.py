@@ -1,0 +1,187 @@
+"""engine.packing: several multimodal trajectories in one row give the same log-probs as each alone.
+
+- each trajectory packed ALONE == a plain forward of it (the model computing its own mrope positions), 1e-5;
+- packed rows == each alone (1e-5, fp32), for trajectories of different lengths and images, one with TWO images
+  (a crop injected mid-answer through Trajectory.append_image);
+- the check has teeth: the same row with row-0 positions running on across sequences (no per-sequence
+  restart), or with only the 3 mrope rows, lets sequences attend to each other and the log-probs move > 1e-3;
+- plan_rows: a hand-worked first-fit-decreasing example, the budget, every index exactly once, and an
+  over-long sequence in a row of its own.
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_engine_packing.py
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+
+from engine.packing import pack, pack_row, plan_rows, row_logps
+from engine.rollout import finish
+from engine.trajectory import Trajectory
+from tests.engine_helpers import load_tiny, make_prompt, noise_image, plain_logps
+
+# (width, height), question, seed, sampled-token runs: a run after the first is preceded by an injected crop
+SPECS = [((90, 60), "What colour?", 0, [7]),
+         ((112, 84), "How many dots are there in the picture?", 1, [4, 5]),  # two images
+         ((56, 112), "Is it a cat", 2, [10]),
+         ((84, 84), "Where?", 3, [3])]
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    return load_tiny()
+
+
+def _random_tokens(g: torch.Generator, n: int) -> list[int]:
+    return torch.randint(8, 1000, (n,), generator=g).tolist()  # ordinary tokens: no special, no vision id
+
+
+@pytest.fixture(scope="module")
+def trajs(vlm):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i, (size, q, seed, runs) in enumerate(SPECS):
+        traj = Trajectory.start(make_prompt(vlm, size, q, seed), i)
+        for k, n in enumerate(runs):
+            if k:  # a tool's crop, injected with mask 0 (as the inline protocol does)
+                traj.append_image(noise_image((40, 50), 100 + i), vlm)
+            toks = _random_tokens(g, n)
+            traj.append_sampled(toks, [0.0] * n)
+        traj.stop = "length"
+        finish(traj, vlm)
+        out.append(traj)
+    assert [len(t.grid_thw) for t in out] == [1, 2, 1, 1]
+    assert len({len(t.ids) for t in out}) == len(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def alone(vlm, trajs):
+    """Log-probs of each trajectory packed alone, by trajectory."""
+    with torch.no_grad():
+        return [row_logps(vlm.model, pack_row(trajs, [i]))[0] for i in range(len(trajs))]
+
+
+def test_alone_equals_plain_forward(vlm, trajs, alone):
+    for traj, logp in zip(trajs, alone):
+        assert logp.shape == (traj.num_sampled,)
+        with torch.no_grad():
+            expected = plain_logps(vlm, traj)
+        torch.testing.assert_close(logp, expected, rtol=0, atol=1e-5)
+
+
+def _split(row, logp_K: torch.Tensor, n: int) -> dict[int, torch.Tensor]:
+    return {i: logp_K[row.seq_K == i] for i in range(n) if (row.seq_K == i).any()}
+
+
+def test_row_bookkeeping(trajs):
+    row = pack_row(trajs, [0, 1, 2, 3])
+    assert row.ids_T.tolist() == [t for traj in trajs for t in traj.ids]
+    assert row.grid_thw.tolist() == [g for traj in trajs for g in traj.grid_thw.tolist()]
+    assert row.pixel_values.shape[0] == sum(t.pixel_values.shape[0] for t in trajs)
+    starts = [0]
+    for traj in trajs:
+        starts.append(starts[-1] + len(traj.ids))
+    for i, traj in enumerate(trajs):
+        sampled = [t for t, m in zip(traj.ids, traj.mask) if m]
+        assert row.ids_T[row.target_K[row.seq_K == i]].tolist() == sampled
+        assert (row.target_K[row.seq_K == i] - starts[i]).tolist() == row.offset_K[row.seq_K == i].tolist()
+        # row 0 restarts at 0 for every sequence; rows 1-3 are the sequence's own mrope positions
+        assert row.pos_4T[0, starts[i]:starts[i + 1]].tolist() == list(range(len(traj.ids)))
+        assert torch.equal(row.pos_4T[1:, starts[i]:starts[i + 1]], traj.positions)
+
+
+@pytest.mark.parametrize("members", [[0, 1, 2, 3], [2, 1], [1, 3, 0]])
+def test_packed_equals_alone(vlm, trajs, alone, members):
+    # members must be sorted as plan_rows returns them, but any order packs correctly: [2, 1] checks that too
+    row = pack_row(trajs, members)
+    with torch.no_grad():
+        logp_K, ent_K = row_logps(vlm.model, row, with_entropy=True)
+    assert logp_K.shape == (sum(trajs[i].num_sampled for i in members),)
+    assert ent_K.shape == logp_K.shape
+    for i, logp in _split(row, logp_K, len(trajs)).items():
+        torch.testing.assert_close(logp, alone[i], rtol=0, atol=1e-5)
+
+
+def test_pack_with_budget_equals_alone(vlm, trajs, alone):
+    budget = max(len(t.ids) for t in trajs) + 20  # room for one long and maybe one short trajectory
+    rows = pack(trajs, budget)
+    assert 1 < len(rows) < len(trajs)  # some rows really hold several trajectories
+    assert sorted(i for r in rows for i in r.members) == list(range(len(trajs)))
+    for row in rows:
+        assert row.num_tokens <= budget
+        with torch.no_grad():
+            logp_K, _ = row_logps(vlm.model, row)
+        got = _split(row, logp_K, len(trajs))
+        assert sorted(got) == row.members
+        for i, logp in got.items():
+            torch.testing.assert_close(logp, alone[i], rtol=0, atol=1e-5)
+
+
+def test_temperature_scales_logits(vlm, trajs):
+    row = pack_row(trajs, [0, 1])
+    with torch.no_grad():
+        logp_K, _ = row_logps(vlm.model, row, temperature=0.5)
+        expected = plain_logps(vlm, trajs[1], temperature=0.5)
+    torch.testing.assert_close(logp_K[row.seq_K == 1], expected, rtol=0, atol=1e-5)
+
+
+def test_cross_sequence_attention_would_be_caught(vlm, trajs, alone):
+    """Bogus packings: the later sequences' log-probs must move far beyond the 1e-5 tolerance used above."""
+    row = pack_row(trajs, [0, 1, 2, 3])
+    T = row.num_tokens
+    later = [i for i in range(1, len(trajs))]  # sequence 0 sees nothing before it either way
+
+    # (a) row 0 of the positions runs on 0..T-1 instead of restarting per sequence: no packing is detected
+    continuous = row.pos_4T.clone()
+    continuous[0] = torch.arange(T)
+    with torch.no_grad():
+        bad_K, _ = row_logps(vlm.model, replace(row, pos_4T=continuous))
+    bad = _split(row, bad_K, len(trajs))
+    torch.testing.assert_close(bad[0], alone[0], rtol=0, atol=1e-5)
+    for i in later:
+        assert (bad[i] - alone[i]).abs().max() > 1e-3
+
+    # (b) only the 3 mrope rows (what one would pass for a single sequence)
+    with torch.no_grad():
+        out = vlm.model(input_ids=row.ids_T.view(1, -1), position_ids=row.pos_4T[1:].view(3, 1, -1),
+                        attention_mask=None, use_cache=False, pixel_values=row.pixel_values,
+                        image_grid_thw=row.grid_thw)
+    logits_TV = out.logits[0].float()
+    three_K = torch.log_softmax(logits_TV[row.target_K - 1], -1).gather(-1, row.ids_T[row.target_K][:, None])[:, 0]
+    three = _split(row, three_K, len(trajs))
+    for i in later:
+        assert (three[i] - alone[i]).abs().max() > 1e-3
+
+
+def test_plan_rows_hand_example():
+    # First-fit decreasing, budget 10, lengths [5, 3, 8, 2, 20]; visit order by length: 20(i4) 8(i2) 5(i0) 3(i1) 2(i3)
+    # 20 -> new row A [4] (over budget, alone); 8 -> A has no room -> new row B [2] (room 2);
+    # 5 -> new row C [0] (room 5); 3 -> B full (2 < 3) -> C [0, 1] (room 2); 2 -> B [2, 3] (room 0).
+    assert plan_rows([5, 3, 8, 2, 20], 10) == [[4], [2, 3], [0, 1]]
+    assert plan_rows([4, 4, 4], 8) == [[0, 1], [2]]  # ties keep input order
+    assert plan_rows([], 8) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_rows_budget_and_coverage(seed):
+    rng = random.Random(seed)
+    budget = 100
+    lengths = [rng.randint(1, 60) for _ in range(30)] + [150, 101]  # two over-long ones
+    rows = plan_rows(lengths, budget)
+    flat = [i for r in rows for i in r]
+    assert sorted(flat) == list(range(len(lengths)))  # every index exactly once
+    for r in rows:
+        assert r == sorted(r)
+        total = sum(lengths[i] for i in r)
+        if any(lengths[i] > budget for i in r):
+            assert len(r) == 1  # an over-long sequence is alone
+        else:
+            assert total <= budget
+    # a lower bound any packing must respect, and FFD stays within 11/9 OPT + 1 of it
+    need = -(-sum(x for x in lengths if x <= budget) // budget) + 2
+    assert need <= len(rows) <= 11 / 9 * need + 1

@@ -1,0 +1,179 @@
+"""engine.sampler.generate on the tiny Qwen2.5-VL: checked against transformers' own `generate` and against
+independent full forwards, never against itself.
+
+- greedy == HF `model.generate(do_sample=False)` token for token, for prompts with images of different sizes;
+- a left-padded batch == each prompt alone (tokens equal, log-probs within 1e-5);
+- expand=G: G outputs per prompt in request-major order; a seeded generator reproduces samples, another seed differs;
+- stop ids end a row (and only that row) on the stop token; per-request caps end a row by "length";
+- banned ids are never drawn even when they are the argmax; top_k=1 (and a tiny top_p) equal greedy;
+- recorded log-probs == log_softmax(logits / T) of a full forward over prompt + sampled tokens (within 1e-4).
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_engine_sampler.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.sampler import GenRequest, SamplingParams, generate
+from models.vision import mm_token_type_ids
+from tests.engine_helpers import load_tiny, make_prompt, plain_logits, request
+
+N_NEW = 12
+# (width, height), question: three image sizes (grids 1x4x6, 1x8x4, 1x6x8) and three prompt lengths,
+# so the batch is really left-padded and the images really differ in token count.
+SPECS = [((90, 60), "What colour?", 0), ((56, 112), "How many dots are there in the picture?", 1),
+         ((112, 84), "Is it a cat", 2)]
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    return load_tiny()
+
+
+@pytest.fixture(scope="module")
+def prompts(vlm):
+    return [make_prompt(vlm, size, q, seed) for size, q, seed in SPECS]
+
+
+@pytest.fixture(scope="module")
+def greedy_alone(vlm, prompts):
+    """Each prompt generated ALONE, greedily, no stop ids: the reference for the batched / constrained runs."""
+    params = SamplingParams(max_new_tokens=N_NEW, temperature=0.0)
+    return [generate(vlm.model, [request(p, vlm)], params, pad_id=vlm.family.pad_id)[0] for p in prompts]
+
+
+def _full_logits(vlm, prompt, tokens: list[int]) -> torch.Tensor:
+    """Logits [T, V] of one plain forward over prompt + tokens (the model's own positions, no cache)."""
+    with torch.no_grad():
+        return plain_logits(vlm, list(prompt.ids) + list(tokens), prompt.pixel_values, prompt.grid_thw)
+
+
+def test_prompts_differ_in_images_and_lengths(prompts):
+    grids = [tuple(p.grid_thw[0].tolist()) for p in prompts]
+    assert grids == [(1, 4, 6), (1, 8, 4), (1, 6, 8)]  # smart resize to multiples of 28: 84x56, 56x112, 112x84
+    assert len({len(p.ids) for p in prompts}) == 3
+
+
+def test_greedy_equals_hf_generate(vlm, prompts, greedy_alone):
+    eos = set(vlm.family.eos_ids)
+    for p, ours in zip(prompts, greedy_alone):
+        ids_1T = torch.tensor([p.ids])
+        hf = vlm.model.generate(input_ids=ids_1T, attention_mask=torch.ones_like(ids_1T), pixel_values=p.pixel_values,
+                                image_grid_thw=p.grid_thw, mm_token_type_ids=mm_token_type_ids(ids_1T, vlm.family),
+                                do_sample=False, max_new_tokens=N_NEW)
+        hf_new = hf[0, len(p.ids):].tolist()
+        cut = next((i + 1 for i, t in enumerate(hf_new) if t in eos), len(hf_new))  # HF stops on eos, pads after
+        assert ours.tokens[:cut] == hf_new[:cut]
+        assert ours.stop == "length" and len(ours.tokens) == N_NEW
+    # not a degenerate check: at least one prompt's greedy answer is not a single repeated token
+    assert any(len(set(o.tokens)) > 1 for o in greedy_alone)
+
+
+def test_left_padded_batch_equals_each_alone(vlm, prompts, greedy_alone):
+    params = SamplingParams(max_new_tokens=N_NEW, temperature=0.0)
+    batched = generate(vlm.model, [request(p, vlm) for p in prompts], params, pad_id=vlm.family.pad_id)
+    assert len(batched) == len(prompts)
+    for b, a in zip(batched, greedy_alone):
+        assert b.tokens == a.tokens
+        assert b.stop == a.stop == "length"
+        torch.testing.assert_close(torch.tensor(b.logps), torch.tensor(a.logps), rtol=0, atol=1e-5)
+
+
+def test_stop_id_ends_only_its_row(vlm, prompts, greedy_alone):
+    # The stop id is the 3rd greedy token of a prompt whose first two tokens differ from it, so that row must end
+    # after exactly 3 tokens; every other row ends at its own first occurrence of that id, or runs to the length.
+    k = next(i for i, o in enumerate(greedy_alone) if o.tokens[2] not in o.tokens[:2])
+    stop = greedy_alone[k].tokens[2]
+    params = SamplingParams(max_new_tokens=N_NEW, temperature=0.0, stop_ids=frozenset({stop}))
+    outs = generate(vlm.model, [request(p, vlm) for p in prompts], params, pad_id=vlm.family.pad_id)
+    assert outs[k].tokens == greedy_alone[k].tokens[:3] and outs[k].stop == "stop"
+    for o, ref in zip(outs, greedy_alone):
+        if stop in ref.tokens:
+            end = ref.tokens.index(stop) + 1
+            assert (o.tokens, o.stop) == (ref.tokens[:end], "stop")
+        else:  # kept going after another row was dropped from the cache: still the same greedy tokens
+            assert (o.tokens, o.stop) == (ref.tokens, "length")
+        torch.testing.assert_close(torch.tensor(o.logps), torch.tensor(ref.logps[:len(o.tokens)]), rtol=0, atol=1e-5)
+    assert any(o.stop == "length" for o in outs), "need one row that outlives the stopped one"
+
+
+def test_per_request_cap_ends_row_by_length(vlm, prompts, greedy_alone):
+    reqs = [request(p, vlm) for p in prompts]
+    reqs[1] = GenRequest(**{**reqs[1].__dict__, "max_new_tokens": 2})
+    outs = generate(vlm.model, reqs, SamplingParams(max_new_tokens=N_NEW, temperature=0.0), pad_id=vlm.family.pad_id)
+    assert [len(o.tokens) for o in outs] == [N_NEW, 2, N_NEW]
+    assert [o.stop for o in outs] == ["length"] * 3
+    for o, ref in zip(outs, greedy_alone):
+        assert o.tokens == ref.tokens[:len(o.tokens)]
+
+
+def test_banned_argmax_is_never_drawn(vlm, prompts, greedy_alone):
+    p, ref = prompts[0], greedy_alone[0]
+    banned = frozenset({ref.tokens[0]})  # the argmax of the first step
+    # greedy: the first token becomes the runner-up of an independent forward's last logits
+    logits_V = _full_logits(vlm, p, [])[-1]
+    runner_up = logits_V.topk(2).indices[1].item()
+    out = generate(vlm.model, [request(p, vlm)], SamplingParams(max_new_tokens=N_NEW, temperature=0.0,
+                                                                 banned_ids=banned), pad_id=vlm.family.pad_id)[0]
+    assert out.tokens[0] == runner_up
+    assert not banned & set(out.tokens)
+    # sampling among the top 2 (the banned argmax would be drawn about half the time): 4 x 12 draws, none banned
+    g = torch.Generator().manual_seed(0)
+    outs = generate(vlm.model, [request(p, vlm)], SamplingParams(max_new_tokens=N_NEW, temperature=1.0, top_k=2,
+                                                                  banned_ids=banned),
+                    pad_id=vlm.family.pad_id, expand=4, generator=g)
+    drawn = [t for o in outs for t in o.tokens]
+    assert len(drawn) == 4 * N_NEW and not banned & set(drawn)
+    # the same draws without the ban do pick it: the ban, not luck, kept it out
+    g = torch.Generator().manual_seed(0)
+    free = generate(vlm.model, [request(p, vlm)], SamplingParams(max_new_tokens=N_NEW, temperature=1.0, top_k=2),
+                    pad_id=vlm.family.pad_id, expand=4, generator=g)
+    assert banned & {t for o in free for t in o.tokens}
+
+
+@pytest.mark.parametrize("knob", [dict(top_k=1), dict(top_p=1e-6)])
+def test_top_k_1_and_tiny_top_p_equal_greedy(vlm, prompts, greedy_alone, knob):
+    g = torch.Generator().manual_seed(123)
+    params = SamplingParams(max_new_tokens=N_NEW, temperature=1.0, **knob)
+    outs = generate(vlm.model, [request(p, vlm) for p in prompts], params, pad_id=vlm.family.pad_id, generator=g)
+    for o, ref in zip(outs, greedy_alone):
+        assert o.tokens == ref.tokens
+        # at T=1 the recorded logp is the plain log-softmax, the same quantity greedy records
+        torch.testing.assert_close(torch.tensor(o.logps), torch.tensor(ref.logps), rtol=0, atol=1e-5)
+
+
+def _sample(vlm, prompts, seed, G=3, temperature=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return generate(vlm.model, [request(p, vlm) for p in prompts], SamplingParams(max_new_tokens=N_NEW,
+                                                                                  temperature=temperature),
+                    pad_id=vlm.family.pad_id, expand=G, generator=g)
+
+
+def test_expand_and_seeded_generator(vlm, prompts):
+    G = 3
+    a, b, c = _sample(vlm, prompts, 0, G), _sample(vlm, prompts, 0, G), _sample(vlm, prompts, 1, G)
+    assert len(a) == G * len(prompts)
+    assert all(len(o.tokens) == N_NEW for o in a)
+    assert [o.tokens for o in a] == [o.tokens for o in b]
+    assert [o.logps for o in a] == [o.logps for o in b]
+    assert [o.tokens for o in a] != [o.tokens for o in c]
+    for i in range(len(prompts)):  # the G samples of one prompt are not copies of each other
+        group = [tuple(o.tokens) for o in a[i * G:(i + 1) * G]]
+        assert len(set(group)) > 1
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logps_equal_full_forward(vlm, prompts, temperature):
+    """Also pins request-major order under expand: output i belongs to prompt i // G (its logps only match the
+    full forward over THAT prompt)."""
+    G = 2
+    outs = _sample(vlm, prompts, 7, G, temperature)
+    for i, o in enumerate(outs):
+        p = prompts[i // G]
+        logits_TV = _full_logits(vlm, p, o.tokens)
+        L, n = len(p.ids), len(o.tokens)
+        logp_nV = torch.log_softmax(logits_TV[L - 1:L - 1 + n] / temperature, -1)
+        expected = logp_nV.gather(-1, torch.tensor(o.tokens)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(o.logps), expected, rtol=0, atol=1e-4)
