@@ -136,7 +136,7 @@ class TrainConfig:
     keep_checkpoints: int = doc(2, "Checkpoints kept on disk (the newest).")
     log_every: int = doc(1, "Write scalar metrics every N steps.")
     sample_every: int = doc(10, "Write a few sampled rollouts as text every N steps (0: never).")
-    eval_every: int = doc(0, "Evaluate held-out accuracy every N RL steps (0: only after each stage).")
+    eval_every: int = doc(0, "Evaluate held-out accuracy every N steps of each stage (0: only after each stage).")
     resume: bool = doc(False, "Continue from the latest checkpoint in out_dir.")
     eval_at_start: bool = doc(False, "Also evaluate before the first stage (accuracy_before in the summary).")
     threads: int = doc(0, "torch CPU threads (0: leave torch's default).")

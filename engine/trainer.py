@@ -23,6 +23,7 @@ from engine.evaluate import evaluate, prompts_for
 from engine.losses import LossConfig
 from engine.metrics import MetricsLogger, progress
 from engine.optim import build_optimizer, build_scheduler
+from engine.rollout_dump import dump_rollouts
 from engine.sft import sft_step, sft_trajectory, target_text
 from engine.step import RLState, rl_step
 from engine.tool_protocols import make_protocol
@@ -153,6 +154,8 @@ class Run:
             self.logger.log(self.global_step, metrics)
             bar.set_postfix(loss=f"{metrics['sft/loss']:.3f}")
             bar.update(1)
+            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < s.steps:
+                self.evaluate(f"sft_step{step + 1}")
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < s.steps:
                 self._save("sft", step + 1, optimizer, scheduler, stream)
         bar.close()
@@ -192,6 +195,7 @@ class Run:
         self.summary["final_checkpoint"] = str(self._save("rl", cfg.train.steps, optimizer, scheduler, stream))
 
     def _log_samples(self, trajs, rewards, adv, k: int = 4) -> None:
+        dump_rollouts(self.dir, self.global_step, trajs, rewards, adv)
         for i in range(min(k, len(trajs))):
             parts = ", ".join(f"{n}={v[i]:.2f}" for n, v in rewards.parts.items())
             text = (f"Q: {trajs[i].prompt.example.question}\nA*: {trajs[i].prompt.example.answer}\n"

@@ -1,0 +1,33 @@
+"""Write a sample of a step's rollouts to the run folder for inspection (`python -m tools.view RUN_DIR`).
+
+    run_dir/rollouts/step_000010.jsonl   one JSON object per trajectory:
+        {"step", "index", "question", "answer", "response", "reward", "parts": {name: value}, "advantage",
+         "stop", "images": ["images/step_000010_0_0.png", ...] (relative to rollouts/; original first, then tool
+         outputs), "tool_calls": [{"name", "args", "ok", "error"}]}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def dump_rollouts(run_dir: str | Path, step: int, trajs, rewards, adv_B, *, max_items: int = 8) -> Path:
+    out = Path(run_dir) / "rollouts"
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    path = out / f"step_{step:06d}.jsonl"
+    with open(path, "w") as f:
+        for i, t in enumerate(trajs[:max_items]):
+            images = []
+            for k, image in enumerate(t.images):
+                name = f"images/step_{step:06d}_{i}_{k}.png"
+                image.save(out / name)
+                images.append(name)
+            record = {
+                "step": step, "index": i, "question": t.prompt.example.question, "answer": t.prompt.example.answer,
+                "response": t.text, "reward": rewards.total[i], "advantage": float(adv_B[i]), "stop": t.stop,
+                "parts": {name: values[i] for name, values in rewards.parts.items()}, "images": images,
+                "tool_calls": [{"name": c.name, "args": c.args, "ok": c.ok, "error": c.error} for c in t.tool_calls],
+            }
+            f.write(json.dumps(record) + "\n")
+    return path
