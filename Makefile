@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test test-fast bench eval tiny clean
+.PHONY: venv demo test test-fast bench eval tiny clean browser
 
 venv: $(STAMP)
 
@@ -24,7 +24,12 @@ $(STAMP): requirements.txt requirements-dev.txt
 demo: $(STAMP)
 	$(VPY) scripts/demo.py
 
-test: $(STAMP)
+# The rollout viewer is tested in headless Chromium (Debian's package); installed once if missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "could not install chromium: the viewer test will fail (apt-get install chromium)"
+
+test: $(STAMP) browser
 	$(VPY) -m pytest -q tests
 
 test-fast: $(STAMP)

@@ -3,7 +3,7 @@
     run_dir/rollouts/step_000010.jsonl   one JSON object per trajectory:
         {"step", "index", "question", "answer", "response", "reward", "parts": {name: value}, "advantage",
          "stop", "images": ["images/step_000010_0_0.png", ...] (relative to rollouts/; original first, then tool
-         outputs), "tool_calls": [{"name", "args", "ok", "error"}]}
+         outputs), "tool_calls": [{"name", "args" (model frame), "ok", "error", "box_pixels" (original pixels)}]}
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def dump_rollouts(run_dir: str | Path, step: int, trajs, rewards, adv_B, *, max_
                 "step": step, "index": i, "question": t.prompt.example.question, "answer": t.prompt.example.answer,
                 "response": t.text, "reward": rewards.total[i], "advantage": float(adv_B[i]), "stop": t.stop,
                 "parts": {name: values[i] for name, values in rewards.parts.items()}, "images": images,
-                "tool_calls": [{"name": c.name, "args": c.args, "ok": c.ok, "error": c.error} for c in t.tool_calls],
+                "tool_calls": [{"name": c.name, "args": c.args, "ok": c.ok, "error": c.error,
+                                "box_pixels": c.box_pixels} for c in t.tool_calls],
             }
             f.write(json.dumps(record) + "\n")
     return path

@@ -17,7 +17,7 @@ from engine.rollout import RolloutLimits
 from engine.trajectory import ToolCallRecord, Trajectory
 from models.load import VLM
 from models.vision import resized_size
-from tools.boxes import args_to_pixels
+from tools.boxes import args_to_pixels, box_numbers
 from tools.protocols import ToolCall, find_last_call
 from tools.registry import ToolLimits, call_tool
 
@@ -40,7 +40,9 @@ def run_call(traj: Trajectory, vlm: VLM, call: ToolCall | str, tool_limits: Tool
                           resized_size=resized_size(traj.prompt.grid_thw[0], vlm.family))
     result = call_tool(call.name, args, original, tool_limits) if isinstance(args, dict) else None
     error = args if isinstance(args, str) else result.error
-    traj.tool_calls.append(ToolCallRecord(name=call.name, args=call.args, ok=error is None, error=error))
+    box_px = box_numbers(args.get("box")) if isinstance(args, dict) else None
+    traj.tool_calls.append(ToolCallRecord(name=call.name, args=call.args, ok=error is None, error=error,
+                                          box_pixels=box_px))
     if error:
         return None, None, error
     return result.image, result.text, None

@@ -26,6 +26,7 @@ from engine.optim import build_optimizer, build_scheduler
 from engine.rollout_dump import dump_rollouts
 from engine.sft import sft_step, sft_trajectory, target_text
 from engine.step import RLState, rl_step
+from engine.tool_health import ToolCallMonitor
 from engine.tool_protocols import make_protocol
 from models.load import VLM, load_vlm
 from models.tiny import tiny_model_dir
@@ -175,10 +176,17 @@ class Run:
         stream = DataStream(len(self.train_set), cfg.train.seed + 2)
         start = self._take_resume("rl", model, optimizer, scheduler, stream)
         bar = progress(cfg.train.steps, initial=start, desc="rl")
+        monitor = ToolCallMonitor() if cfg.rollout.protocol != "none" else None
         for step in range(start, cfg.train.steps):
             examples = [self.train_set[i] for i in stream.take(cfg.rollout.prompts_per_step)]
             metrics, trajs, rewards, adv = rl_step(state, prompts_for(examples, self.vlm, cfg))
             self.global_step += 1
+            if monitor is not None:  # RL with tools often stops calling them: say so when it happens
+                warning = monitor.update(metrics["tools/call_rate"])
+                metrics["tools/call_rate_avg"] = monitor.average
+                if warning:
+                    bar.write(f"step {self.global_step}: warning: {warning}")
+                    self.logger.log_text(self.global_step, "warnings/tools", warning)
             if (step + 1) % cfg.train.log_every == 0:
                 self.logger.log(self.global_step, metrics)
             if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:

@@ -34,6 +34,7 @@ class ToolCallRecord:
     args: dict
     ok: bool
     error: str | None = None
+    box_pixels: list[float] | None = None  # the call's "box" in original-image pixels (args keep the model's frame)
 
 
 @dataclass

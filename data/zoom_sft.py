@@ -1,0 +1,86 @@
+"""Crop-then-answer SFT targets for the `zoom` task: a generic-JSONL zoom dataset in, seed 001's QnA JSONL out.
+
+    python -m data.synth zoom --n 200 --out runs/data/zoom-train
+    python -m data.zoom_sft --src runs/data/zoom-train --out runs/data/zoom-sft.jsonl
+
+Each example becomes one line `{"image_path", "image_id", "QnA": [{"Q": question, "A3": A3}]}` with A3 =
+
+    <think>
+    The bold box is small; I look closer.
+    {Crop bold box [x1, y1, x2, y2]}
+    </think>
+    <answer>{answer}</answer>
+
+where the box is the dataset's "bbox" (original-image pixels, exclusive ends) and image_path is relative to the
+output file's folder. `data.load_examples` reads the file as "seed001": the crop becomes the SFT target's
+`<tool_call>[x1, y1, x2, y2]</tool_call>` and the Example's box, the <answer> its reference answer, so the same
+file feeds the SFT stage (crop, see the crop, answer) and the RL stage. The choices are dropped (seed 001 has no
+field for them): put the options in `data.question_template` instead. `--src` is the dataset's folder (holding
+data.jsonl) or the JSONL file itself; every example must have exactly one box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from data import load_examples
+
+REASONING = "The bold box is small; I look closer."
+A3_TEMPLATE = "<think>\n{reasoning}\n{{Crop bold box {box}}}\n</think>\n<answer>{answer}</answer>"
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def a3_text(box, answer: str, reasoning: str = REASONING) -> str:
+    """Seed 001's A3 string for one crop of `box` (original pixels) followed by `answer`."""
+    shown = "[" + ", ".join(_number(v) for v in box) + "]"
+    return A3_TEMPLATE.format(reasoning=reasoning, box=shown, answer=answer)
+
+
+def convert(src, out) -> int:
+    """Write `out` (seed-001 JSONL) from the generic-JSONL zoom dataset at `src`; returns the number of lines."""
+    src, out = Path(src), Path(out)
+    data = src / "data.jsonl" if src.is_dir() else src
+    if not data.is_file():
+        raise ValueError(f"{src}: no zoom dataset here (expected a folder with data.jsonl from "
+                         f"`python -m data.synth zoom --out DIR`, or that JSONL file)")
+    loaded = load_examples(data)
+    if loaded.format != "jsonl":
+        raise ValueError(f"{data}: expected a generic JSONL dataset, got the {loaded.format} format")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for ex in loaded.examples:
+        if len(ex.boxes) != 1:
+            raise ValueError(f"{ex.origin}: a zoom example needs exactly one bbox to crop, got {len(ex.boxes)}")
+        if "\n" in ex.answer or "<" in ex.answer:
+            raise ValueError(f"{ex.origin}: answer {ex.answer!r} cannot sit inside <answer>...</answer>")
+        image = ex.images[0]
+        rel = Path(os.path.relpath(image, os.path.abspath(out.parent))).as_posix()
+        lines.append(json.dumps({"image_path": rel, "image_id": Path(image).stem,
+                                 "QnA": [{"Q": ex.question, "A3": a3_text(ex.boxes[0], ex.answer)}]}))
+    out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return len(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data.zoom_sft", description=__doc__.splitlines()[0])
+    parser.add_argument("--src", required=True, help="zoom dataset folder (with data.jsonl) or its JSONL file")
+    parser.add_argument("--out", required=True, help="seed-001 JSONL file to write")
+    args = parser.parse_args(argv)
+    try:
+        n = convert(args.src, args.out)
+    except ValueError as exc:  # BadRecord is a ValueError: file:line: reason
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"zoom_sft: {n} crop-then-answer examples -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

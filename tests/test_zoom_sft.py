@@ -1,0 +1,119 @@
+"""data/zoom_sft.py: a generated zoom dataset -> seed-001 JSONL -> data.load_examples gives crop-then-answer SFT
+targets whose crop box is the dataset's bbox; and the two zoom presets (configs/zoom_*.toml) that use it.
+Run: `OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_zoom_sft.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data import load_examples
+from data.example import open_image
+from data.synth import write_dataset
+from data.zoom_sft import a3_text, convert
+from engine.config import Config
+from engine.configlib import build_config
+from tools.registry import ToolLimits, call_tool
+
+REPO = Path(__file__).resolve().parent.parent
+N = 5
+
+
+@pytest.fixture(scope="module")
+def zoom_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("zoom") / "zoom-train"
+    write_dataset("zoom", N, out, seed=3)
+    return out
+
+
+def test_round_trip_through_load_examples(zoom_dir, tmp_path):
+    out = tmp_path / "sft" / "zoom-sft.jsonl"  # another folder: image paths must be rewritten relative to it
+    assert convert(zoom_dir, out) == N
+    source = [json.loads(line) for line in (zoom_dir / "data.jsonl").read_text().splitlines()]
+    loaded = load_examples(out)
+    assert loaded.format == "seed001" and len(loaded.examples) == N and not loaded.skipped
+    for rec, ex, line in zip(source, loaded.examples, out.read_text().splitlines()):
+        x1, y1, x2, y2 = rec["bbox"]
+        # written by hand from the module docstring's template, not by calling a3_text
+        assert ex.target == ("<think>\nThe bold box is small; I look closer.\n"
+                             f"<tool_call>[{x1}, {y1}, {x2}, {y2}]</tool_call>\n</think>\n"
+                             f"<answer>{rec['answer']}</answer>")
+        assert ex.boxes == [[float(v) for v in rec["bbox"]]]  # the crop box IS the dataset bbox
+        assert ex.answers == [rec["answer"]] and ex.question == rec["question"]
+        raw = json.loads(line)
+        assert not os.path.isabs(raw["image_path"]) and raw["image_path"].startswith("../")
+        assert os.path.samefile(ex.images[0], zoom_dir / rec["image"])
+        assert raw["image_id"] == Path(rec["image"]).stem
+
+
+def test_sft_crop_is_the_bold_box(zoom_dir, tmp_path):
+    """The crop the SFT target asks for, run as engine/sft.py runs it, shows the box's dark border all round."""
+    out = tmp_path / "zoom-sft.jsonl"
+    convert(zoom_dir, out)
+    for ex in load_examples(out).examples:
+        image = open_image(ex.images[0])
+        result = call_tool("crop", {"box": ex.boxes[0]}, image, ToolLimits())
+        assert result.error is None
+        crop = np.asarray(image.crop(tuple(int(v) for v in ex.boxes[0])).convert("L"), dtype=float)
+        # border 8-10 px of grey 15-45 plus noise std 8: each 4 px edge strip is dark; the interior mean is 125-145
+        for strip in (crop[:4], crop[-4:], crop[:, :4], crop[:, -4:]):
+            assert strip.mean() < 70
+        assert crop[12:-12, 12:-12].mean() > 100
+
+
+def test_fractional_boxes_keep_their_digits(tmp_path):
+    assert a3_text([1, 2.5, 30, 40.0], "dots") == ("<think>\nThe bold box is small; I look closer.\n"
+                                                   "{Crop bold box [1, 2.5, 30, 40]}\n</think>\n<answer>dots</answer>")
+
+
+def test_dataset_without_boxes_is_refused(tmp_path):
+    src = tmp_path / "geo"
+    write_dataset("geometry", 2, src, seed=0)
+    with pytest.raises(ValueError, match=r"data.jsonl:1: a zoom example needs exactly one bbox"):
+        convert(src, tmp_path / "out.jsonl")
+    with pytest.raises(ValueError, match="no zoom dataset here"):
+        convert(tmp_path / "missing", tmp_path / "out.jsonl")
+
+
+def test_cli(zoom_dir, tmp_path):
+    out = tmp_path / "cli.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "data.zoom_sft", "--src", str(zoom_dir), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{N} crop-then-answer examples" in proc.stdout and len(out.read_text().splitlines()) == N
+    proc = subprocess.run([sys.executable, "-m", "data.zoom_sft", "--src", str(tmp_path / "nope"), "--out",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no zoom dataset here" in proc.stderr
+
+
+def _flat(cfg, prefix: str = "") -> dict:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out.update(_flat(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else {prefix + f.name: value})
+    return out
+
+
+def test_zoom_presets_differ_only_in_tools():
+    """configs/zoom_tools.toml vs zoom_notools.toml: same budgets; the tools one trains on this module's output."""
+    tools = build_config(Config, toml_path=str(REPO / "configs" / "zoom_tools.toml"))
+    plain = build_config(Config, toml_path=str(REPO / "configs" / "zoom_notools.toml"))
+    a, b = _flat(tools), _flat(plain)
+    assert {key for key in a if a[key] != b[key]} == {
+        "data.train", "data.sft_template", "rollout.protocol", "reward.weights", "train.out_dir"}
+    assert (tools.rollout.protocol, plain.rollout.protocol) == ("inline", "none")
+    assert tools.data.train == "runs/data/zoom-sft.jsonl" and plain.data.train == "runs/data/zoom-train/data.jsonl"
+    assert tools.data.eval == plain.data.eval == "runs/data/zoom-eval/data.jsonl"
+    assert plain.reward.weights == {"format": 0.2, "accuracy": 1.0}
+    assert tools.reward.weights == {**plain.reward.weights, "tool_success": 0.1}
+    # the control's SFT target is the tools target without its crop line
+    crop_line = "{Crop bold box [1, 2, 3, 4]}\n"
+    assert plain.data.sft_template.format(answer="dots") == a3_text([1, 2, 3, 4], "dots").replace(crop_line, "")
