@@ -3,8 +3,9 @@ PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-# CPU threads for this small machine; override with `make test THREADS=8`.
-THREADS ?= 2
+# torch CPU threads: 1 by default, because with 2 threads on a 2-core machine any busy neighbour process
+# makes every small op wait for a time slice (~20x slower, measured). Override with `make test THREADS=8`.
+THREADS ?= 1
 export OMP_NUM_THREADS := $(THREADS)
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1

@@ -117,6 +117,16 @@ class OptimConfig:
 class RewardConfig:
     weights: dict[str, float] = doc({"format": 0.2, "accuracy": 1.0}, "Reward components and their weights (rewards/registry.py lists names).")
     debug_path: str = doc("", "Write every sample's text and reward parts to this JSONL (empty: off).")
+    scorer: str = doc("none", "Model handle for model-based rewards (image_self, image_teacher, image_attention, image_embedding, blind): none, or policy (the policy itself, asked under no_grad in eval mode).")
+    teacher_path: str = doc("", "Local VLM folder that image_teacher asks (needs scorer = policy; empty: none).")
+    clip_path: str = doc("", "Local CLIP folder (transformers CLIPModel) for image_embedding (needs scorer = policy; empty: none).")
+    scorer_max_new_tokens: int = doc(128, "Tokens the scorer may generate per reply (the blind pass of 'blind').")
+
+    def validate(self) -> None:
+        if self.scorer not in ("none", "policy"):
+            raise ValueError(f"reward.scorer {self.scorer!r}: choose none or policy")
+        if self.scorer_max_new_tokens < 1:
+            raise ValueError("reward.scorer_max_new_tokens must be >= 1")
 
 
 @dataclass

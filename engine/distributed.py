@@ -9,6 +9,7 @@
     num_tokens = all_reduce_sum(local_tokens)      # the step's GLOBAL loss-token count, before the loss
     metrics = all_reduce_metrics(metrics)          # mean over ranks, one collective
     state = full_state_dict(model)                 # every rank calls; only rank 0 gets the tensors
+    optim = full_optimizer_state_dict(model, opt)  # likewise; load_*_state_dict broadcast rank 0's copy back
 
 Without torchrun every collective is the identity and `shard_model` returns the model untouched, so a single
 CPU process runs exactly the code a multi-GPU run does.
@@ -217,6 +218,18 @@ def shard_indices(n: int, rank: int, world: int) -> list[int]:
     return list(range(start, start + base + (rank < extra)))
 
 
+def _resharded(model):
+    """FSDP2 leaves the root's parameters gathered after a forward until the next backward (and for good after
+    a no_grad forward): state-dict code would then see plain tensors in place of the optimizer's shards
+    (get_optimizer_state_dict fails with a KeyError). Resharding is local: no collective."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in _hf_root(model).modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+    return model
+
+
 def full_state_dict(model) -> dict[str, torch.Tensor]:
     """Unsharded CPU tensors under the model's own keys (a PeftModel's keys for a PeftModel). Collective: every
     rank calls it; rank 0 gets the tensors, other ranks an empty dict."""
@@ -224,7 +237,25 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    _resharded(model)
+
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model, state: dict[str, torch.Tensor]) -> None:
+    """Load a full state dict (full_state_dict's keys) into a model sharded the same way, e.g. a frozen
+    reference built from the policy (FSDP modules refuse deepcopy). Every rank calls it; under torchrun only
+    rank 0 needs `state` (it is broadcast and each rank keeps its shard)."""
+    if not active():
+        model.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    _resharded(model)
+    # A copy of the mapping: set_model_state_dict replaces the entries of the dict it is given (the caller's
+    # tensors would be left with freed storage).
+    set_model_state_dict(model, dict(state),
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def full_optimizer_state_dict(model, optimizer) -> dict:
@@ -232,6 +263,8 @@ def full_optimizer_state_dict(model, optimizer) -> dict:
     Load it back with load_optimizer_state_dict on a model sharded (or not) the same way."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    if active():
+        _resharded(model)
     return get_optimizer_state_dict(model, optimizer,
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=active()))
 
@@ -242,7 +275,8 @@ def load_optimizer_state_dict(model, optimizer, state: dict) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     optimizer.zero_grad(set_to_none=True)
-
+    if active():
+        _resharded(model)
     set_optimizer_state_dict(model, optimizer, state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=active()))
 

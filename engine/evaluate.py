@@ -28,7 +28,8 @@ def prompts_for(examples, vlm: VLM, cfg):
 
 
 @torch.no_grad()
-def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, metric: str = "accuracy") -> EvalResult:
+def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, metric: str = "accuracy",
+             scorer=None) -> EvalResult:
     if not examples:
         raise ValueError("no held-out examples to evaluate: set data.eval")
     was_training = vlm.model.training
@@ -39,7 +40,7 @@ def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, metric:
     for start in range(0, len(examples), batch_size):
         prompts = prompts_for(examples[start:start + batch_size], vlm, cfg)
         trajs = rollout(vlm, prompts, group_size=1, params=params, protocol=protocol, limits=rollout_limits(cfg))
-        rewards = score(trajs, vlm, cfg if metric in cfg.reward.weights else _with_metric(cfg, metric))
+        rewards = score(trajs, vlm, cfg if metric in cfg.reward.weights else _with_metric(cfg, metric), scorer)
         for name, values in rewards.parts.items():
             parts.setdefault(name, []).extend(values)
         tool_rate += sum(bool(t.tool_calls) for t in trajs)

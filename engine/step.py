@@ -37,6 +37,7 @@ class RLState:
     generator: torch.Generator  # sampling randomness (checkpointed)
     protocol: ToolProtocol | None
     loss_cfg: LossConfig
+    scorer: object | None = None  # rewards.scorer.ModelScorer for model-based rewards (ctx.scorer), or None
 
 
 def sampling_params(cfg) -> SamplingParams:
@@ -50,16 +51,17 @@ def rollout_limits(cfg) -> RolloutLimits:
                          max_tool_calls=r.max_tool_calls if r.protocol != "none" else 0, max_images=r.max_images)
 
 
-def reward_context(traj: Trajectory, vlm: VLM) -> RewardContext:
+def reward_context(traj: Trajectory, vlm: VLM, scorer=None) -> RewardContext:
     p = traj.prompt
     return RewardContext(images=traj.images, tool_calls=traj.tool_calls, box_frame=vlm.family.box_frame,
                          image_sizes=[im.size for im in p.images],
-                         resized_sizes=[resized_size(g, vlm.family) for g in p.grid_thw], prompt_prefill=p.prefill)
+                         resized_sizes=[resized_size(g, vlm.family) for g in p.grid_thw], prompt_prefill=p.prefill,
+                         scorer=scorer)
 
 
-def score(trajs: list[Trajectory], vlm: VLM, cfg) -> RewardBatch:
+def score(trajs: list[Trajectory], vlm: VLM, cfg, scorer=None) -> RewardBatch:
     return score_batch([t.text for t in trajs], [t.prompt.example for t in trajs],
-                       [reward_context(t, vlm) for t in trajs], cfg.reward.weights,
+                       [reward_context(t, vlm, scorer) for t in trajs], cfg.reward.weights,
                        debug_path=cfg.reward.debug_path or None)
 
 
@@ -103,7 +105,7 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
                         protocol=state.protocol, limits=rollout_limits(cfg), generator=state.generator)
         vlm.model.train()
     with timer.phase("rewards"):
-        rewards = score(trajs, vlm, cfg)
+        rewards = score(trajs, vlm, cfg, state.scorer)
     with timer.phase("advantages"):
         rewards_B = torch.tensor(rewards.total, dtype=torch.float32)
         group_B = torch.tensor([t.group for t in trajs])

@@ -30,6 +30,7 @@ from engine.tool_health import ToolCallMonitor
 from engine.tool_protocols import make_protocol
 from models.load import VLM, load_vlm
 from models.tiny import tiny_model_dir
+from rewards.scorer import build_scorer
 
 
 def loss_config(cfg: Config) -> LossConfig:
@@ -84,6 +85,10 @@ class Run:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.vlm = load_policy(cfg)
+        r = cfg.reward
+        self.scorer = build_scorer(self.vlm, r.weights, kind=r.scorer, teacher_path=r.teacher_path,
+                                   clip_path=r.clip_path, max_new_tokens=r.scorer_max_new_tokens,
+                                   dtype=cfg.model.dtype, device=str(next(self.vlm.model.parameters()).device))
         self.train_set, self.eval_set = load_data(cfg)
         self.protocol = make_protocol(cfg.rollout.protocol, self.vlm)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
@@ -127,7 +132,7 @@ class Run:
     def evaluate(self, tag: str) -> None:
         if not self.eval_set:
             return
-        result = evaluate(self.vlm, self.eval_set, self.cfg, self.protocol)
+        result = evaluate(self.vlm, self.eval_set, self.cfg, self.protocol, scorer=self.scorer)
         self.summary[f"accuracy_{tag}"] = result.metrics["accuracy"]
         self.summary["num_eval_examples"] = result.metrics["num_examples"]
         self.summary[f"eval_{tag}"] = result.metrics
@@ -172,7 +177,8 @@ class Run:
         if cfg.algo.kl_beta > 0:
             reference = copy.deepcopy(model).eval().requires_grad_(False)
         state = RLState(cfg=cfg, policy=self.vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
-                        generator=self.generator, protocol=self.protocol, loss_cfg=loss_config(cfg))
+                        generator=self.generator, protocol=self.protocol, loss_cfg=loss_config(cfg),
+                        scorer=self.scorer)
         stream = DataStream(len(self.train_set), cfg.train.seed + 2)
         start = self._take_resume("rl", model, optimizer, scheduler, stream)
         bar = progress(cfg.train.steps, initial=start, desc="rl")

@@ -78,7 +78,7 @@ def test_grpo_raises_the_reward(colors, tmp_path):
     red.write_text("".join(json.dumps({**r, "answer": "red", "image": str(colors.parent / r["image"])}) + "\n"
                            for r in lines))
     rl = _cfg(red, tmp_path / "rl", "--model.path", str(sft_model), "--train.steps", "16",
-              "--rollout.prompts_per_step", "4", "--rollout.max_new_tokens", "16", "--optim.lr", "2e-3",
+              "--rollout.prompts_per_step", "4", "--rollout.max_new_tokens", "16", "--optim.lr", "3e-4",
               "--optim.warmup_steps", "0", "--reward.weights", '{"accuracy": 1.0}')
     trainer.run(rl)
     m = _metrics(tmp_path / "rl")
