@@ -50,3 +50,23 @@ def test_seed_mix_trains(preset, datasets, tmp_path):
         else:
             assert errors == 0, (name, errors)
     assert all(r["train/grad_norm"] == r["train/grad_norm"] for r in rl if "train/grad_norm" in r)  # finite
+
+
+@pytest.mark.slow
+def test_inline_crop_protocol_trains(tmp_path):
+    """The zoom preset (inline <tool_call> crops): SFT on seed-001 crop targets (crops injected with mask 0),
+    then RL steps with the inline protocol; the multi-turn protocol is covered by seed000 above."""
+    subprocess.run([sys.executable, "-m", "data.synth", "zoom", "--n", "6", "--out", str(tmp_path / "zoom"),
+                    "--seed", "7"], check=True, cwd=ROOT, capture_output=True)
+    subprocess.run([sys.executable, "-m", "data.zoom_sft", "--src", str(tmp_path / "zoom"), "--out",
+                    str(tmp_path / "zoom-sft.jsonl")], check=True, cwd=ROOT, capture_output=True)
+    cfg = build_config(Config, toml_path=ROOT / "configs/zoom_tools.toml", overrides=[
+        "--data.train", str(tmp_path / "zoom-sft.jsonl"), "--data.eval", "", "--train.out_dir", str(tmp_path / "run"),
+        "--train.threads", "1", "--train.tensorboard", "false", "--sft.steps", "3", "--sft.batch_size", "3",
+        "--train.steps", "2", "--rollout.group_size", "2", "--rollout.prompts_per_step", "2",
+        "--rollout.max_new_tokens", "24", "--train.sample_every", "1"])
+    trainer.run(cfg)
+    rl = [r for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if "reward/total" in r]
+    assert len(rl) == 2 and all("tools/call_rate" in r for r in rl)
+    dumped = [json.loads(line) for p in sorted((tmp_path / "run" / "rollouts").glob("step_*.jsonl")) for line in open(p)]
+    assert len(dumped) == 2 * 4 and all(d["images"] for d in dumped)  # every rollout dumped with its image(s)
