@@ -21,11 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     from engine.evaluate import evaluate
     from engine.tool_protocols import make_protocol
     from engine.trainer import load_data, load_policy
+    from rewards.setup import setup_rewards
 
     try:
         vlm = load_policy(cfg)
         _, examples = load_data(cfg)
-        result = evaluate(vlm, examples, cfg, make_protocol(cfg.rollout.protocol, vlm))
+        # the judge, sentence embedder and model scorer, exactly as training scores them
+        scorer = setup_rewards(cfg.reward, vlm, dtype=cfg.model.dtype, device=str(next(vlm.model.parameters()).device))
+        result = evaluate(vlm, examples, cfg, make_protocol(cfg.rollout.protocol, vlm), scorer=scorer)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,13 +1,14 @@
 """Train a VLM with SFT and/or GRPO-family RL.
 
     python train.py --config configs/demo.toml [--rollout.group_size 8 ...]
-    torchrun --nproc_per_node N train.py --config ...     (multi-process support arrives with FSDP)
+    torchrun --nproc_per_node N train.py --config ...     # FSDP2: N processes share the model and the prompts
     python train.py --help-config                         # every setting, its default and meaning
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from engine.config import Config
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # user errors (bad data, bad paths) carry their own explanation
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
+        return 0
     keys = [k for k in summary if k.startswith("accuracy_")]
     print("summary: " + ", ".join(f"{k}={summary[k]:.3f}" for k in keys) + f" ({cfg.train.out_dir}/summary.json)")
     return 0

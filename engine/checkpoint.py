@@ -16,8 +16,12 @@ Layout of `run_dir/checkpoints/`:
 A save writes everything into `.tmp-step_000010-XXXX/`, fsyncs it, writes COMPLETE, renames the folder into
 place, then replaces `latest`, then prunes to `keep_last` folders (never the one `latest` names). Leftover
 `.tmp-*` folders of a crashed save are never read and are deleted by the next save. Call on one rank only.
+Under FSDP pass what every rank gathered (engine/distributed.py): `model_state=full_state_dict(model)` (the
+weights are written from it; a peft model writes its adapter through engine.lora.save_adapter) and
+`optimizer_state=full_optimizer_state_dict(model, opt)` (written as is; `read_optimizer_state` reads it back).
 
-Loading is in place, into the existing model object (before FSDP sharding: full tensors expected).
+Loading is in place, into the existing model object (before FSDP sharding: full tensors expected); `model=None`
+skips the weights (a resumed trainer loaded them before sharding).
 `save_pretrained` may rename or transpose weights to the hub layout (transformers 5 reverts its load-time
 conversions, e.g. Qwen2.5-VL's `model.language_model.*` → `model.*`, Qwen3-VL-MoE's transposed experts), so the
 file's keys are mapped back by asking transformers for the same reverted view of the model's own tensors:
@@ -39,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
+
+from engine.lora import is_peft, save_adapter
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
@@ -73,8 +79,10 @@ def _step_dirs(root: Path) -> list[Path]:
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer=None, image_processor=None,
                     optimizer: torch.optim.Optimizer | None = None, scheduler=None, extra_state: dict,
-                    config_toml: str, keep_last: int = 2) -> Path:
-    """Write run_dir/checkpoints/step_{step:06d}/ atomically, point `latest` at it, prune old ones."""
+                    config_toml: str, keep_last: int = 2, model_state: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
+    """Write run_dir/checkpoints/step_{step:06d}/ atomically, point `latest` at it, prune old ones.
+    `model_state` / `optimizer_state`: full state dicts to write instead of the objects' own (FSDP)."""
     if keep_last < 1:
         raise ValueError(f"keep_last={keep_last}: keep at least 1 checkpoint (the one just written)")
     root = Path(run_dir) / "checkpoints"
@@ -84,11 +92,16 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer=None, im
     name = f"step_{step:06d}"
     tmp, final, aside = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root)), root / name, None
     try:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
+        if is_peft(model):  # the adapter only; save_adapter also names the class FSDP wrapped, not FSDP<Class>
+            save_adapter(model, tmp / "model", state_dict=model_state)
+        else:
+            model.save_pretrained(tmp / "model", state_dict=model_state, safe_serialization=True)
         for extra in (tokenizer, image_processor):
             if extra is not None:
                 extra.save_pretrained(tmp / "model")
-        if optimizer is not None:
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+        elif optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -188,11 +201,15 @@ def _load_adapter(model, model_dir: Path) -> None:
 
 def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer | None = None,
                     scheduler=None) -> dict[str, Any]:
-    """Load weights (in place), optimizer and scheduler state; return the saved extra_state."""
+    """Load weights (in place; model=None: skip them), optimizer and scheduler state; return the saved
+    extra_state. `optimizer` takes the plain `optimizer.state_dict()` format; a full (FSDP-format) one is read
+    with `read_optimizer_state` and loaded with engine.distributed.load_optimizer_state_dict."""
     path = Path(path)
     if not (path / COMPLETE).is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
-    if (path / "model" / "adapter_model.safetensors").is_file():
+    if model is None:
+        pass
+    elif (path / "model" / "adapter_model.safetensors").is_file():
         if not hasattr(model, "peft_config"):
             raise ValueError(f"{path}/model holds a peft adapter, but the model is not a peft model")
         _load_adapter(model, path / "model")
@@ -204,6 +221,14 @@ def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer
                 raise ValueError(f"{path}: no {file} to restore the {type(obj).__name__} from")
             obj.load_state_dict(torch.load(path / file, weights_only=False))
     return torch.load(path / "state.pt", weights_only=False)
+
+
+def read_optimizer_state(path: str | Path) -> dict[str, Any]:
+    """The optimizer state saved in a checkpoint, as written."""
+    file = Path(path) / "optimizer.pt"
+    if not file.is_file():
+        raise ValueError(f"{path}: no optimizer.pt to restore the optimizer from")
+    return torch.load(file, weights_only=False)
 
 
 def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:

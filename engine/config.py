@@ -52,7 +52,7 @@ class DataConfig:
 class RolloutConfig:
     sampler: str = doc("native", "Sampler: native (our batched KV-cache sampler). vllm arrives with the scale-out work.")
     group_size: int = doc(8, "Samples per prompt (G).")
-    prompts_per_step: int = doc(4, "Prompts per optimizer step (per process).")
+    prompts_per_step: int = doc(4, "Prompts per optimizer step over all processes (torchrun: a multiple of the number of processes, which split them).")
     max_new_tokens: int = doc(64, "Sampled tokens per trajectory, over all tool rounds.")
     max_total_tokens: int = doc(4096, "Cap on a trajectory's whole length: prompt, response and injected tool results.")
     temperature: float = doc(1.0, "Sampling temperature; the trainer scores tokens under the same temperature.")
@@ -119,20 +119,44 @@ class RewardConfig:
     debug_path: str = doc("", "Write every sample's text and reward parts to this JSONL (empty: off).")
     scorer: str = doc("none", "Model handle for model-based rewards (image_self, image_teacher, image_attention, image_embedding, blind): none, or policy (the policy itself, asked under no_grad in eval mode).")
     teacher_path: str = doc("", "Local VLM folder that image_teacher asks (needs scorer = policy; empty: none).")
-    clip_path: str = doc("", "Local CLIP folder (transformers CLIPModel) for image_embedding (needs scorer = policy; empty: none).")
+    clip_path: str = doc("", "Local CLIP folder for image_embedding, read by clip_backend (needs scorer = policy; empty: none).")
+    clip_backend: str = doc("transformers", "Library that reads clip_path: transformers (a CLIPModel folder) or open_clip (an open_clip local-dir folder: open_clip_config.json + weights; needs scripts/install_openclip.sh).")
     scorer_max_new_tokens: int = doc(128, "Tokens the scorer may generate per reply (the blind pass of 'blind').")
+    embedder_path: str = doc("", "Local sentence-embedding model folder (a transformers text encoder, e.g. a sentence-transformers model): 'reasoning' then matches steps by the cosine of mean-pooled embeddings instead of word F1 (needs 'reasoning' weighted; empty: word F1).")
+    judge_url: str = doc("", "OpenAI-compatible base URL of an LLM/VLM judge, e.g. http://127.0.0.1:8000/v1 (a local vLLM server); required when weights names 'judge', an error otherwise (empty: no judge).")
+    judge_model: str = doc("", "Model name the judge endpoint serves (the request's 'model'); required with judge_url.")
+    judge_prompt: str = doc("Question: {question}\nReference answer: {reference}\nResponse: {answer}\nIs the response correct? Answer yes or no.", "Judge prompt; {question}, {reference} and {answer} (the response's extracted answer) are filled in. The judge must reply yes/no or a number in [0, 1].")
+    judge_timeout_s: float = doc(10.0, "Seconds one judge request may take before it counts as failed.")
+    judge_retries: int = doc(2, "Retries of a judge request after a timeout, a transport error or HTTP 429/5xx (a step waits at most about timeout x (retries + 1) plus backoff).")
+    judge_max_concurrency: int = doc(8, "Judge requests in flight at once.")
 
     def validate(self) -> None:
         if self.scorer not in ("none", "policy"):
             raise ValueError(f"reward.scorer {self.scorer!r}: choose none or policy")
         if self.scorer_max_new_tokens < 1:
             raise ValueError("reward.scorer_max_new_tokens must be >= 1")
+        if self.clip_backend not in ("transformers", "open_clip"):
+            raise ValueError(f"reward.clip_backend {self.clip_backend!r}: choose transformers or open_clip")
+        if self.clip_backend != "transformers" and not self.clip_path:
+            raise ValueError("reward.clip_backend is set but reward.clip_path is empty: set clip_path or leave "
+                             "clip_backend at its default")
+        if self.judge_timeout_s <= 0 or self.judge_retries < 0 or self.judge_max_concurrency < 1:
+            raise ValueError("reward.judge_timeout_s must be > 0, judge_retries >= 0, judge_max_concurrency >= 1")
+        defaults = RewardConfig.__dataclass_fields__
+        judge_options = [k for k in ("judge_model", "judge_prompt", "judge_timeout_s", "judge_retries",
+                                     "judge_max_concurrency") if getattr(self, k) != defaults[k].default]
+        if not self.judge_url and judge_options:
+            raise ValueError(f"reward.{', '.join(judge_options)} set but reward.judge_url is empty (no judge): set "
+                             "judge_url or leave them at their defaults")
+        if self.judge_url and not self.judge_model:
+            raise ValueError("reward.judge_url is set but reward.judge_model is empty: name the model the endpoint "
+                             "serves (the request's 'model' field)")
 
 
 @dataclass
 class SftConfig:
     steps: int = doc(0, "SFT optimizer steps (stage sft).")
-    batch_size: int = doc(8, "Examples per SFT step.")
+    batch_size: int = doc(8, "Examples per SFT step over all processes (torchrun: a multiple of the number of processes).")
     lr: float = doc(1e-4, "SFT learning rate.")
 
 
@@ -151,11 +175,33 @@ class TrainConfig:
     eval_at_start: bool = doc(False, "Also evaluate before the first stage (accuracy_before in the summary).")
     threads: int = doc(0, "torch CPU threads (0: leave torch's default).")
     tensorboard: bool = doc(True, "Write TensorBoard scalars to out_dir/tb.")
+    mixed_precision: str = doc("", "FSDP mixed precision under torchrun: '' (compute in the model's dtype) or bf16 (bf16 compute, fp32 master weights and gradient reduction). One process: load the model in the dtype you want instead (model.dtype).")
 
     def validate(self) -> None:
         stages = self.stage.split(",")
         if not stages or any(s not in ("sft", "rl") for s in stages):
             raise ValueError(f"train.stage {self.stage!r}: use sft, rl, or sft,rl")
+        if self.mixed_precision not in ("", "bf16"):
+            raise ValueError(f"train.mixed_precision {self.mixed_precision!r}: choose '' (off) or bf16")
+
+
+@dataclass
+class LoraConfig:
+    r: int = doc(0, "LoRA rank (0: off, full fine-tune). With LoRA only the adapters train, the KL reference is the same model with its adapters off, checkpoints hold the adapter and the run ends with a merged export.")
+    alpha: float = doc(16.0, "LoRA alpha (the update is scaled by alpha / r).")
+    dropout: float = doc(0.0, "Dropout on the adapters' input, in [0, 1).")
+    target: str = doc("language", "Where adapters go: language (the language model's q/k/v/o projections) or language+vision (also the vision blocks' qkv and proj).")
+
+    def validate(self) -> None:
+        if self.r < 0:
+            raise ValueError(f"lora.r = {self.r}: use 0 (off) or a rank >= 1")
+        if self.target not in ("language", "language+vision"):
+            raise ValueError(f"lora.target {self.target!r}: choose language or language+vision")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout = {self.dropout} must be in [0, 1)")
+        if self.r == 0 and (self.alpha, self.dropout, self.target) != (16.0, 0.0, "language"):
+            raise ValueError("lora.alpha / dropout / target are set but lora.r is 0 (LoRA off): set --lora.r N "
+                             "or leave them at their defaults")
 
 
 @dataclass
@@ -168,6 +214,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self) -> None:
         if "sft" in self.train.stage.split(",") and self.sft.steps < 1:

@@ -1,6 +1,10 @@
 """Held-out evaluation: greedy answers (tools as configured), scored with the reward functions.
 
     result = evaluate(vlm, examples, cfg, protocol)   # result.metrics["accuracy"], result.records
+
+Under torchrun each rank answers a contiguous share of the examples inside `unsharded` (greedy decoding
+stops at different tokens on different ranks); the records and per-example scores are gathered in rank
+order, so every rank gets the metrics and records one process would compute.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from engine import distributed as D
 from engine.rollout import rollout
 from engine.step import rollout_limits, sampling_params, score
 from engine.trajectory import build_prompt
@@ -29,30 +34,37 @@ def prompts_for(examples, vlm: VLM, cfg):
 
 @torch.no_grad()
 def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, metric: str = "accuracy",
-             scorer=None) -> EvalResult:
+             scorer=None, dist: D.Dist | None = None) -> EvalResult:
     if not examples:
         raise ValueError("no held-out examples to evaluate: set data.eval")
+    dist = dist or D.Dist()
+    mine = [examples[i] for i in D.shard_indices(len(examples), dist.rank, dist.world)]
     was_training = vlm.model.training
     vlm.model.eval()
     params = replace(sampling_params(cfg), temperature=0.0)
     parts: dict[str, list[float]] = {}
     records, tool_rate = [], 0
-    for start in range(0, len(examples), batch_size):
-        prompts = prompts_for(examples[start:start + batch_size], vlm, cfg)
-        trajs = rollout(vlm, prompts, group_size=1, params=params, protocol=protocol, limits=rollout_limits(cfg))
-        rewards = score(trajs, vlm, cfg if metric in cfg.reward.weights else _with_metric(cfg, metric), scorer)
-        for name, values in rewards.parts.items():
-            parts.setdefault(name, []).extend(values)
-        tool_rate += sum(bool(t.tool_calls) for t in trajs)
-        for i, t in enumerate(trajs):
-            records.append({"question": t.prompt.example.question, "answer": t.prompt.example.answer,
-                            "response": t.text, "tool_calls": len(t.tool_calls),
-                            **{k: v[i] for k, v in rewards.parts.items()}})
+    with D.unsharded(vlm.model):  # no collectives inside: ranks may make different numbers of forwards
+        for start in range(0, len(mine), batch_size):
+            prompts = prompts_for(mine[start:start + batch_size], vlm, cfg)
+            trajs = rollout(vlm, prompts, group_size=1, params=params, protocol=protocol, limits=rollout_limits(cfg))
+            rewards = score(trajs, vlm, cfg if metric in cfg.reward.weights else _with_metric(cfg, metric), scorer)
+            for name, values in rewards.parts.items():
+                parts.setdefault(name, []).extend(values)
+            tool_rate += sum(bool(t.tool_calls) for t in trajs)
+            for i, t in enumerate(trajs):
+                records.append({"question": t.prompt.example.question, "answer": t.prompt.example.answer,
+                                "response": t.text, "tool_calls": len(t.tool_calls),
+                                **{k: v[i] for k, v in rewards.parts.items()}})
     vlm.model.train(was_training)
+    shares = D.all_gather_objects((parts, records, tool_rate))  # rank order = example order
+    names = next((list(p) for p, _, _ in shares if p), [])  # the reward mix: the same on every rank that scored
+    parts = {name: [x for p, _, _ in shares for x in p.get(name, [])] for name in names}
+    records = [r for _, recs, _ in shares for r in recs]
     n = len(examples)
     metrics = {name: sum(v) / n for name, v in parts.items()}
     metrics["accuracy"] = metrics[metric]
-    metrics["tool_call_rate"] = tool_rate / n
+    metrics["tool_call_rate"] = sum(t for _, _, t in shares) / n
     metrics["num_examples"] = n
     return EvalResult(metrics=metrics, records=records)
 

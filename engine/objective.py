@@ -5,6 +5,9 @@
 `StepBatch` holds the step-level tensors indexed by trajectory (advantages) or by trajectory and position
 (old / reference / sampler log-probs). The normalisers (num_tokens, num_seqs) are counted once per optimizer
 step, so summing this over micro-batches equals the loss of one big batch. Shapes: B trajectories, K kept tokens.
+
+Under FSDP every rank must run as many forwards and backwards as the busiest one: `padded_rows` tops a rank's
+rows up with zero-weight copies, whose `padding_loss` adds exactly 0 to the gradient.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine import distributed as D
 from engine.losses import LOSSES, LossConfig, add_kl, aggregate, tis_weight
 from engine.packing import PackedRow, row_logps
 
@@ -58,3 +62,24 @@ def rows_logps(model, rows: list[PackedRow], *, temperature: float = 1.0) -> dic
 def sampler_logps(rows: list[PackedRow], trajs) -> dict[int, torch.Tensor]:
     return {i: torch.tensor([trajs[s].sampler_logp[o] for s, o in zip(r.seq_K.tolist(), r.offset_K.tolist())])
             for i, r in enumerate(rows)}
+
+
+def padded_rows(rows: list[PackedRow], *, fallback) -> tuple[list[PackedRow], int]:
+    """(rows, number of real rows): this rank's rows topped up to the busiest rank's count with copies of its
+    last row, or of `fallback()` (a row of anything this rank has) when it has none. One process: unchanged."""
+    assert rows or fallback is not None, "a rank without rows needs a fallback row to pad with"
+    num_real = len(rows)
+    n = D.max_over_ranks(num_real)  # sync point
+    if n > num_real:
+        rows = rows + [rows[-1] if rows else fallback()] * (n - num_real)
+    return rows, num_real
+
+
+def padding_loss(model, row: PackedRow, *, temperature: float = 1.0) -> torch.Tensor:
+    """0 × a real forward: backward through it runs FSDP's collectives and adds exactly 0 to every gradient."""
+    return row_logps(model, row, temperature=temperature)[0].sum() * 0.0
+
+
+def full_value(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: clip_grad_norm_ over FSDP's sharded gradients returns a (replicated) DTensor."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

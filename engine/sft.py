@@ -13,6 +13,8 @@ import re
 import torch
 
 from data.example import Example
+from engine import distributed as D
+from engine.objective import full_value, padded_rows, padding_loss
 from engine.packing import pack, row_logps
 from engine.rollout import finish
 from engine.trajectory import Prompt, Trajectory
@@ -63,19 +65,26 @@ def sft_trajectory(prompt: Prompt, target: str, vlm: VLM, tool_limits: ToolLimit
 
 def sft_step(model, optimizer, scheduler, trajs: list[Trajectory], *, micro_batch_tokens: int,
              max_grad_norm: float) -> dict[str, float]:
-    """One optimizer step of token-mean cross-entropy over every assistant token of the batch."""
+    """One optimizer step of token-mean cross-entropy over every assistant token of the batch. Under torchrun
+    `trajs` is this rank's share: the token count is the whole batch's (all ranks), every rank runs as many rows
+    as the busiest (zero-weight padding), and the returned loss, norm and count are the whole batch's."""
     optimizer.zero_grad(set_to_none=True)
-    num_tokens = sum(sum(t.mask[1:]) for t in trajs)  # every mask-1 token after position 0 is predicted
+    local = sum(sum(t.mask[1:]) for t in trajs)  # every mask-1 token after position 0 is predicted
+    num_tokens = int(D.all_reduce_sum(local))  # sync point: the global count, before the loss
+    rows, num_real = padded_rows(pack(trajs, micro_batch_tokens), fallback=None)
     total = torch.zeros(())
-    for row in pack(trajs, micro_batch_tokens):
+    for i, row in enumerate(rows):
+        if i >= num_real:
+            padding_loss(model, row).backward()
+            continue
         logp_K, _ = row_logps(model, row)
         loss = -logp_K.sum() / num_tokens
         loss.backward()
-        total += loss.detach()
+        total = total + loss.detach()
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
-    return {"sft/loss": float(total), "sft/grad_norm": float(grad_norm), "sft/lr": lr,
-            "sft/tokens": float(num_tokens)}
+    return {"sft/loss": float(D.all_reduce_sum(total)), "sft/grad_norm": float(full_value(grad_norm)),
+            "sft/lr": lr, "sft/tokens": float(num_tokens)}

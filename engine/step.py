@@ -4,7 +4,14 @@
     → clip → AdamW step → metrics
 
 Each phase is one call, timed. Nothing here branches on a loss or estimator name: those are looked up in
-engine/losses.py and engine/advantages.py. Shapes: B trajectories.
+engine/losses.py and engine/advantages.py.
+
+Under torchrun each rank runs this on its own prompts (whole groups, so advantages stay local) with the policy
+FSDP-sharded (engine/distributed.py): rollout and rewards run inside `unsharded` (ranks stop at different
+tokens and make different numbers of forwards there); the loss normalisers are summed over ranks before the
+loss; every rank runs as many micro-batch rows as the busiest one (zero-weight padding rows); the metrics are
+gathered once and reduced as one process would reduce them. One process: every collective is the identity.
+Shapes: B trajectories.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
+from engine import distributed as D
 from engine.advantages import ADVANTAGES
+from engine.lora import adapters_disabled
 from engine.losses import LossConfig
 from engine.metrics import PhaseTimer
-from engine.objective import StepBatch, policy_loss, rows_logps, sampler_logps
+from engine.objective import StepBatch, full_value, padded_rows, padding_loss, policy_loss, rows_logps, sampler_logps
 from engine.packing import pack
 from engine.rollout import RolloutLimits, ToolProtocol, rollout
 from engine.sampler import SamplingParams
@@ -31,7 +40,7 @@ from rewards.registry import RewardContext
 class RLState:
     cfg: object  # engine.config.Config
     policy: VLM
-    reference: torch.nn.Module | None  # frozen; None when kl_beta = 0
+    reference: torch.nn.Module | None  # frozen copy; None when kl_beta = 0 or when it is the policy's adapters off
     optimizer: torch.optim.Optimizer
     scheduler: object
     generator: torch.Generator  # sampling randomness (checkpointed)
@@ -73,89 +82,133 @@ def keep_informative_groups(trajs: list[Trajectory], rewards_B: torch.Tensor) ->
     return [i for idx in groups.values() if rewards_B[idx].max() > rewards_B[idx].min() for i in idx]
 
 
-def optimizer_step(state: RLState, rows, batch: StepBatch) -> dict[str, torch.Tensor]:
-    """Loss + backward over every micro-batch row, clip, AdamW step. Returns token-weighted metrics."""
+def reference_logps(state: RLState, rows, *, temperature: float) -> dict[int, torch.Tensor]:
+    """The KL anchor: the frozen copy (full fine-tune) or, with LoRA, the policy with its adapters off."""
+    if state.reference is not None:
+        return rows_logps(state.reference, rows, temperature=temperature)
+    with adapters_disabled(state.policy.model):  # ValueError for a plain model: it needs a reference copy
+        return rows_logps(state.policy.model, rows, temperature=temperature)
+
+
+def optimizer_step(state: RLState, rows, num_real: int, batch: StepBatch) -> dict:
+    """Loss + backward over every micro-batch row (rows from `num_real` on are zero-weight padding), clip, AdamW
+    step. Returns this rank's token-weighted metric sums, their token count, loss, grad norm and lr."""
     model, cfg = state.policy.model, state.cfg
     state.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, torch.Tensor] = {}
     total, loss_sum = 0, torch.zeros(())
     for i, row in enumerate(rows):
+        if i >= num_real:
+            padding_loss(model, row, temperature=cfg.rollout.temperature).backward()
+            continue
         loss, metrics, n = policy_loss(model, row, i, batch, state.loss_cfg, temperature=cfg.rollout.temperature)
         loss.backward()
-        loss_sum += loss.detach()  # rows are normalised by the step's global counts: their sum is the loss
+        loss_sum = loss_sum + loss.detach()  # rows are normalised by the step's global counts: their sum is the loss
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0) + v.float() * n
         total += n
-    out = {k: v / max(total, 1) for k, v in sums.items()}  # token-weighted means of per-row metrics
-    out["loss"] = loss_sum
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
-    out["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    out["lr"] = torch.tensor(state.scheduler.get_last_lr()[0])
+    grad_norm = full_value(torch.nn.utils.clip_grad_norm_(params, max_norm))  # global over ranks (FSDP)
+    lr = torch.tensor(state.scheduler.get_last_lr()[0])
     state.optimizer.step()
     state.scheduler.step()
-    return out
+    return {"sums": sums, "tokens": total, "loss": loss_sum, "grad_norm": grad_norm, "lr": lr}
 
 
 def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajectory], RewardBatch, torch.Tensor]:
+    """One step on this rank's prompts. Returns the step's metrics (over all ranks) and this rank's
+    trajectories, rewards and advantages."""
     cfg, vlm, timer = state.cfg, state.policy, PhaseTimer()
-    with timer.phase("rollout"):
-        vlm.model.eval()
-        trajs = rollout(vlm, prompts, group_size=cfg.rollout.group_size, params=sampling_params(cfg),
-                        protocol=state.protocol, limits=rollout_limits(cfg), generator=state.generator)
-        vlm.model.train()
-    with timer.phase("rewards"):
-        rewards = score(trajs, vlm, cfg, state.scorer)
+    with D.unsharded(vlm.model):  # generation (and a policy scorer): forwards without collectives
+        with timer.phase("rollout"):
+            vlm.model.eval()
+            trajs = rollout(vlm, prompts, group_size=cfg.rollout.group_size, params=sampling_params(cfg),
+                            protocol=state.protocol, limits=rollout_limits(cfg), generator=state.generator)
+            vlm.model.train()
+        with timer.phase("rewards"):
+            rewards = score(trajs, vlm, cfg, state.scorer)
     with timer.phase("advantages"):
         rewards_B = torch.tensor(rewards.total, dtype=torch.float32)
         group_B = torch.tensor([t.group for t in trajs])
         adv_B = ADVANTAGES[cfg.algo.advantage](rewards_B=rewards_B, group_B=group_B, eps=cfg.algo.adv_eps)
         kept = keep_informative_groups(trajs, rewards_B) if cfg.algo.dynamic_sampling else list(range(len(trajs)))
     train_trajs = [trajs[i] for i in kept]
-    update: dict[str, torch.Tensor] = {}
-    num_tokens = sum(t.num_sampled for t in train_trajs)
-    if train_trajs and num_tokens > 0:
-        rows = pack(train_trajs, cfg.optim.micro_batch_tokens)
-        batch = StepBatch(adv_B=adv_B[kept], num_tokens=num_tokens, num_seqs=len(train_trajs))
-        temperature = cfg.rollout.temperature
+    # The step's normalisers over ALL ranks, counted before any loss (sync point: .tolist()).
+    local = [sum(t.num_sampled for t in train_trajs), len(train_trajs)]
+    num_tokens, num_seqs = D.all_reduce_sum(torch.tensor(local)).tolist()
+    update = None
+    if num_tokens > 0:  # the same decision on every rank
+        budget, temperature = cfg.optim.micro_batch_tokens, cfg.rollout.temperature
+        any_traj = next((t for t in trajs if t.num_sampled), trajs[0])  # to pad with when this rank kept nothing
+        rows, num_real = padded_rows(pack(train_trajs, budget), fallback=lambda: pack([any_traj], budget)[0])
+        batch = StepBatch(adv_B=adv_B[kept], num_tokens=num_tokens, num_seqs=num_seqs)
         with timer.phase("old_logp"):
             if cfg.algo.num_updates > 1:
                 batch.old_logp = rows_logps(vlm.model, rows, temperature=temperature)
         with timer.phase("ref_logp"):
-            if state.reference is not None:
-                batch.ref_logp = rows_logps(state.reference, rows, temperature=temperature)
+            if state.loss_cfg.kl_beta > 0:
+                batch.ref_logp = reference_logps(state, rows, temperature=temperature)
         if state.loss_cfg.tis_cap:
-            batch.sampler_logp = sampler_logps(rows, train_trajs)
+            batch.sampler_logp = sampler_logps(rows[:num_real], train_trajs)
         for _ in range(cfg.algo.num_updates):
             with timer.phase("update"):
-                update = optimizer_step(state, rows, batch)
-    metrics = step_metrics(trajs, rewards, adv_B, kept, update)
-    metrics.update(timer.pop())
-    sampled = sum(t.num_sampled for t in trajs)
-    metrics["throughput/sampled_tokens_per_s"] = sampled / max(metrics.get("time/rollout", 0.0), 1e-9)
+                update = optimizer_step(state, rows, num_real, batch)
+    mine = rank_record(trajs, rewards, adv_B, kept, update, timer.pop())
+    metrics = step_metrics(D.all_gather_objects(mine))  # one collective: every rank's plain numbers
     return metrics, trajs, rewards, adv_B
 
 
-def step_metrics(trajs, rewards: RewardBatch, adv_B, kept, update) -> dict:
-    n = len(trajs)
-    m = {f"train/{k}": v for k, v in update.items()}
-    m["reward/total"] = sum(rewards.total) / n
-    m["reward/std"] = float(torch.tensor(rewards.total).std()) if n > 1 else 0.0
-    for name, values in rewards.parts.items():
-        m[f"reward/{name}"] = sum(values) / n
-    for name, count in rewards.errors.items():
-        m[f"reward_errors/{name}"] = count
+def rank_record(trajs, rewards: RewardBatch, adv_B, kept, update, times: dict[str, float]) -> dict:
+    """What this rank contributes to the step's metrics: small, picklable, per trajectory."""
+    cpu = lambda t: t.detach().cpu()  # noqa: E731  (sync point, once per step)
+    if update is not None:
+        update = {**update, "sums": {k: cpu(v) for k, v in update["sums"].items()},
+                  **{k: cpu(update[k]) for k in ("loss", "grad_norm", "lr")}}
+    return {"reward": list(rewards.total), "parts": rewards.parts, "errors": rewards.errors, "adv": cpu(adv_B),
+            "kept": len(kept), "sampled": [t.num_sampled for t in trajs], "length": [len(t.ids) for t in trajs],
+            "stop": [t.stop for t in trajs], "calls": [[(c.name, c.ok) for c in t.tool_calls] for t in trajs],
+            "update": update, "time": times}
+
+
+def step_metrics(records: list[dict]) -> dict:
+    """The step's metrics from every rank's record (rank order), as one process would compute them over the
+    whole batch. Update metrics are token-weighted over all ranks; times are the mean over ranks."""
+    cat = lambda key: [x for r in records for x in r[key]]  # noqa: E731
+    reward, sampled, stop, calls = cat("reward"), cat("sampled"), cat("stop"), cat("calls")
+    adv_B, n = torch.cat([r["adv"] for r in records]), len(reward)
+    m = {}
+    updates = [r["update"] for r in records if r["update"] is not None]
+    if updates:
+        sums: dict[str, torch.Tensor] = {}
+        for u in updates:
+            for k, v in u["sums"].items():
+                sums[k] = sums[k] + v if k in sums else v
+        total = sum(u["tokens"] for u in updates)
+        m = {f"train/{k}": v / max(total, 1) for k, v in sums.items()}  # token-weighted means of per-row metrics
+        m["train/loss"] = sum(u["loss"] for u in updates)
+        m["train/grad_norm"], m["train/lr"] = updates[0]["grad_norm"], updates[0]["lr"]  # the same on every rank
+    m["reward/total"] = sum(reward) / n
+    m["reward/std"] = float(torch.tensor(reward).std()) if n > 1 else 0.0
+    for name in records[0]["parts"]:
+        m[f"reward/{name}"] = sum(x for r in records for x in r["parts"][name]) / n
+    for r in records:
+        for name, count in r["errors"].items():
+            m[f"reward_errors/{name}"] = m.get(f"reward_errors/{name}", 0) + count
     m["adv/mean"], m["adv/std"] = float(adv_B.mean()), float(adv_B.std()) if n > 1 else 0.0
     m["adv/abs_max"] = float(adv_B.abs().max())
-    m["batch/kept_fraction"] = len(kept) / n
-    m["length/response_mean"] = sum(t.num_sampled for t in trajs) / n
-    m["length/total_mean"] = sum(len(t.ids) for t in trajs) / n
-    m["stop/eos_rate"] = sum(t.stop == "eos" for t in trajs) / n
-    m["stop/truncated_rate"] = sum(t.stop == "length" for t in trajs) / n
-    m["tools/call_rate"] = sum(bool(t.tool_calls) for t in trajs) / n
-    m["tools/calls_per_traj"] = sum(len(t.tool_calls) for t in trajs) / n
-    calls = [c for t in trajs for c in t.tool_calls]
-    m["tools/success_rate"] = sum(c.ok for c in calls) / len(calls) if calls else 0.0
-    for c in calls:
-        m[f"tools/count_{c.name}"] = m.get(f"tools/count_{c.name}", 0) + 1
+    m["batch/kept_fraction"] = sum(r["kept"] for r in records) / n
+    m["length/response_mean"] = sum(sampled) / n
+    m["length/total_mean"] = sum(cat("length")) / n
+    m["stop/eos_rate"] = sum(s == "eos" for s in stop) / n
+    m["stop/truncated_rate"] = sum(s == "length" for s in stop) / n
+    m["tools/call_rate"] = sum(bool(c) for c in calls) / n
+    m["tools/calls_per_traj"] = sum(len(c) for c in calls) / n
+    flat = [c for cs in calls for c in cs]
+    m["tools/success_rate"] = sum(ok for _, ok in flat) / len(flat) if flat else 0.0
+    for name, _ in flat:
+        m[f"tools/count_{name}"] = m.get(f"tools/count_{name}", 0) + 1
+    for key in records[0]["time"]:
+        m[key] = sum(r["time"].get(key, 0.0) for r in records) / len(records)
+    m["throughput/sampled_tokens_per_s"] = sum(sampled) / max(m.get("time/rollout", 0.0), 1e-9)
     return m

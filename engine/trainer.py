@@ -1,25 +1,49 @@
 """The training run: set up once, then the stages (sft, rl) in order, with evaluation after each stage,
 checkpoints, resume, progress bar, TensorBoard and a summary.
 
-    python train.py --config configs/demo.toml          # see train.py
+    python train.py --config configs/demo.toml                         # one process (see train.py)
+    torchrun --nproc_per_node N train.py --config configs/demo.toml    # FSDP2 over N processes
+    python train.py --config configs/demo.toml --lora.r 8              # LoRA (either way)
+
+One code path for 1 and N processes (engine/distributed.py; without torchrun every collective is the identity):
+- Every rank reads the same data stream and takes its contiguous share (shard_indices) of each step's prompts or
+  SFT examples, so a prompt's group stays on one rank; rollout.prompts_per_step and sft.batch_size are global.
+- Rank r samples with its own generator, seeded train.seed + 1000·r (rank 0 = the one-process run); every rank
+  has the same global torch seed, so LoRA adapters start identical everywhere.
+- Only rank 0 writes: config, metrics, TensorBoard, progress bar, prints, checkpoints, rollout dumps, summary.
+- The policy is loaded (and a checkpoint resumed into it, full tensors) before FSDP shards it.
+- Checkpoints hold full weights (or the LoRA adapter), the optimizer state in the full format (keyed by
+  parameter name, one format for any number of processes), every rank's RNG and the global data position: a run
+  resumes on any number of processes (every rank reads the checkpoint: out_dir must be visible to every node).
+  Rank r restores rank r's RNG; a rank beyond those saved seeds its generator train.seed + 1000·r +
+  7919·global_step. On a different number of processes the run continues correctly, not bitwise: the prompts'
+  split over ranks and the sampling streams change (SFT, which samples nothing, continues exactly).
+- KL reference: with LoRA, the policy with its adapters off (the base model, i.e. the model before any SFT);
+  for a full fine-tune, a frozen copy of the policy as RL starts: a fresh model, sharded like the policy and
+  loaded from its full state (FSDP modules cannot be deep-copied). When SFT ran first, rank 0 also writes that
+  copy to out_dir/reference/, so that a run resumed mid-RL anchors to it and not to the resumed weights.
+- With LoRA the run ends with a merged export (out_dir/merged/, a plain HF folder; summary.json names it).
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from data import load_examples
-from engine.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from engine import distributed as D
+from engine.checkpoint import (capture_rng, latest_checkpoint, load_checkpoint, read_optimizer_state, restore_rng,
+                               save_checkpoint)
 from engine.config import Config
 from engine.configlib import to_toml
 from engine.data_stream import DataStream
 from engine.evaluate import evaluate, prompts_for
+from engine.lora import apply_lora, is_peft, merged_export
 from engine.losses import LossConfig
 from engine.metrics import MetricsLogger, progress
 from engine.optim import build_optimizer, build_scheduler
@@ -30,7 +54,7 @@ from engine.tool_health import ToolCallMonitor
 from engine.tool_protocols import make_protocol
 from models.load import VLM, load_vlm
 from models.tiny import tiny_model_dir
-from rewards.scorer import build_scorer
+from rewards.setup import setup_rewards
 
 
 def loss_config(cfg: Config) -> LossConfig:
@@ -41,13 +65,15 @@ def loss_config(cfg: Config) -> LossConfig:
                       tis_cap=a.tis_cap or None, norm_len=norm_len)
 
 
-def load_policy(cfg: Config) -> VLM:
-    path = cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed)
+def load_policy(cfg: Config, device: str | None = None, path: str | Path | None = None) -> VLM:
+    """The model of `path` (default: model.path, or the tiny model) on `device` (default: cuda if available)."""
+    path = path or cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed)
     return load_vlm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                    device="cuda" if torch.cuda.is_available() else "cpu", box_frame=cfg.model.box_frame or None)
+                    device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                    box_frame=cfg.model.box_frame or None)
 
 
-def load_data(cfg: Config):
+def load_data(cfg: Config, verbose: bool = True):
     d = cfg.data
     root = d.image_root or None
     # Splits only exist in folder formats; a JSONL file is one split already.
@@ -55,13 +81,14 @@ def load_data(cfg: Config):
         return name if Path(path).is_dir() else None
 
     train = load_examples(d.train, image_root=root, split=split(d.train, d.train_split), skip_bad=d.skip_bad)
-    for msg in train.skipped:
+    for msg in train.skipped if verbose else ():
         print(f"skipped: {msg}")
     evals = []
     if d.eval:
         result = load_examples(d.eval, image_root=root, split=split(d.eval, d.eval_split), skip_bad=d.skip_bad)
         evals = result.examples[: d.num_eval_examples or None]
-    print(f"data: {len(train.examples)} training examples ({train.format}), {len(evals)} held-out")
+    if verbose:
+        print(f"data: {len(train.examples)} training examples ({train.format}), {len(evals)} held-out")
     return train.examples, evals
 
 
@@ -73,32 +100,69 @@ def _optimizer(model, cfg: Config, lr: float, total: int):
     return opt, sched
 
 
+def _check_world(cfg: Config, world: int) -> None:
+    stages = cfg.train.stage.split(",")
+    for stage, key, n in (("sft", "sft.batch_size", cfg.sft.batch_size),
+                          ("rl", "rollout.prompts_per_step", cfg.rollout.prompts_per_step)):
+        if stage in stages and n % world:
+            raise ValueError(f"{key} = {n} is not a multiple of the {world} processes, which split it evenly: "
+                             f"set --{key} to a multiple of {world} or change --nproc_per_node")
+
+
 class Run:
     """Everything a run holds between steps. Methods are the stages; `main` is the order."""
 
     def __init__(self, cfg: Config):
-        self.cfg = cfg
+        self.cfg, self.dist = cfg, D.init()
+        self.main_rank = self.dist.is_main
+        _check_world(cfg, self.dist.world)
         self.dir = Path(cfg.train.out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.toml").write_text(to_toml(cfg))
+        if self.main_rank:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.toml").write_text(to_toml(cfg))
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        self.vlm = load_policy(cfg, device=str(self.dist.device))
+        # Seeded after loading (building an uncached tiny model reseeds the global RNG), the same on every rank:
+        # LoRA's initial adapters must be identical on all ranks before FSDP shards them.
         torch.manual_seed(cfg.train.seed)
-        self.vlm = load_policy(cfg)
-        r = cfg.reward
-        self.scorer = build_scorer(self.vlm, r.weights, kind=r.scorer, teacher_path=r.teacher_path,
-                                   clip_path=r.clip_path, max_new_tokens=r.scorer_max_new_tokens,
-                                   dtype=cfg.model.dtype, device=str(next(self.vlm.model.parameters()).device))
-        self.train_set, self.eval_set = load_data(cfg)
+        lo = cfg.lora
+        if lo.r:
+            self.vlm.model = apply_lora(self.vlm.model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target=lo.target)
+            n = sum(p.numel() for p in self.vlm.model.parameters() if p.requires_grad)
+            self._print(f"lora: r={lo.r}, {lo.target}, {n} trainable parameters")
+        # The judge (registered in REWARDS), the sentence embedder and the model scorer, checked against the weights.
+        self.scorer = setup_rewards(cfg.reward, self.vlm, dtype=cfg.model.dtype,
+                                    device=str(next(self.vlm.model.parameters()).device))
+        self.train_set, self.eval_set = load_data(cfg, verbose=self.main_rank)
+        if self.dist.world > 1 and (bare := next((e for e in self.train_set if not e.images), None)):
+            raise ValueError(f"{bare.origin}: a training example without an image; under torchrun every rank must "
+                             "run the vision tower in each training forward (FSDP collectives): train text-only "
+                             "examples in one process or give them an image")
         self.protocol = make_protocol(cfg.rollout.protocol, self.vlm)
-        self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.logger = MetricsLogger(self.dir, tensorboard=cfg.train.tensorboard)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed + 1000 * self.dist.rank)
+        self.logger = MetricsLogger(self.dir, tensorboard=cfg.train.tensorboard) if self.main_rank else None
         self.summary: dict = {"done_stages": []}
         self.resume_from = None
         self.global_step = 0
         if cfg.train.resume:
-            self._resume()
+            self._resume()  # full weights (or the adapter) into the model before it is sharded
+        self.mixed_precision = {"": None, "bf16": "bfloat16"}[cfg.train.mixed_precision]
+        D.shard_model(self.vlm.model, mixed_precision=self.mixed_precision)
 
+    # ------------------------------------------------------------------------------------- rank-0 output
+    def _print(self, msg: str) -> None:
+        if self.main_rank:
+            print(msg)
+
+    def _log(self, step: int, metrics: dict) -> None:
+        if self.logger is not None:
+            self.logger.log(step, metrics)
+
+    def _bar(self, total: int, initial: int, desc: str) -> tqdm:
+        return progress(total, initial=initial, desc=desc) if self.main_rank else tqdm(total=total, disable=True)
+
+    # ------------------------------------------------------------------------------------- checkpoints
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.dir)
         if ckpt is None:
@@ -106,7 +170,7 @@ class Run:
         state = load_checkpoint(ckpt, model=self.vlm.model)
         self.summary, self.global_step = state["summary"], state["global_step"]
         self.resume_from = (ckpt, state)
-        print(f"resuming from {ckpt} (stage {state['stage']}, step {state['stage_step']})")
+        self._print(f"resuming from {ckpt} (stage {state['stage']}, step {state['stage_step']})")
 
     def _take_resume(self, stage: str, model, optimizer, scheduler, stream: DataStream) -> int:
         """If resuming inside this stage, restore its optimizer, schedule, data position and RNG: the steps
@@ -114,29 +178,89 @@ class Run:
         if self.resume_from is None or self.resume_from[1]["stage"] != stage:
             return 0
         ckpt, state = self.resume_from
-        load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        load_checkpoint(ckpt, model=None, scheduler=scheduler)  # the weights went in before sharding
+        optim_state = read_optimizer_state(ckpt)
+        if isinstance(optim_state["param_groups"][0]["params"][0], int):  # written before the full format
+            optimizer.load_state_dict(optim_state)
+        else:
+            D.load_optimizer_state_dict(model, optimizer, optim_state)
         stream.load_state_dict(state["data"])
-        restore_rng(state["rng"], {"sampler": self.generator})
+        saved = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per rank that saved
+        if self.dist.rank < len(saved):
+            restore_rng(saved[self.dist.rank], {"sampler": self.generator})
+        else:  # more processes than saved: a fresh stream for this rank
+            self.generator.manual_seed(self.cfg.train.seed + 1000 * self.dist.rank + 7919 * self.global_step)
         self.resume_from = None
         return state["stage_step"]
 
     def _save(self, stage: str, stage_step: int, optimizer, scheduler, stream: DataStream) -> Path:
-        extra = {"stage": stage, "stage_step": stage_step, "global_step": self.global_step,
-                 "data": stream.state_dict(), "rng": capture_rng({"sampler": self.generator}),
-                 "summary": self.summary}
-        return save_checkpoint(self.dir, self.global_step, model=self.vlm.model, tokenizer=self.vlm.tokenizer,
-                               image_processor=self.vlm.image_processor, optimizer=optimizer,
-                               scheduler=scheduler, extra_state=extra, config_toml=to_toml(self.cfg),
-                               keep_last=self.cfg.train.keep_checkpoints)
+        """Every rank gathers (collectives); rank 0 writes; all wait for it."""
+        model = self.vlm.model
+        model_state = D.full_state_dict(model)
+        optimizer_state = D.full_optimizer_state_dict(model, optimizer)
+        rngs = D.all_gather_objects(capture_rng({"sampler": self.generator}))
+        path = self.dir / "checkpoints" / f"step_{self.global_step:06d}"
+        if self.main_rank:
+            extra = {"stage": stage, "stage_step": stage_step, "global_step": self.global_step,
+                     "data": stream.state_dict(), "rng": rngs, "summary": self.summary}
+            path = save_checkpoint(self.dir, self.global_step, model=model, tokenizer=self.vlm.tokenizer,
+                                   image_processor=self.vlm.image_processor, extra_state=extra,
+                                   scheduler=scheduler, config_toml=to_toml(self.cfg),
+                                   keep_last=self.cfg.train.keep_checkpoints, model_state=model_state,
+                                   optimizer_state=optimizer_state)
+        D.barrier()
+        return path
+
+    def _reference(self) -> torch.nn.Module:
+        """A frozen copy of the policy as RL starts (full fine-tune, kl_beta > 0), sharded like the policy."""
+        saved = self.dir / "reference"
+        resumed = self.resume_from is not None and self.resume_from[1]["stage"] == "rl"
+        after_sft = "sft" in self.summary["done_stages"]
+        # Resumed mid-RL, the policy holds the checkpoint's weights: the copy is the one written when RL started
+        # (after SFT), or the initial model, which load_policy gives as is.
+        path = saved if resumed and after_sft else None
+        if path is not None and not (saved / "config.json").is_file():  # a run from before reference/ existed
+            self._print(f"warning: {saved} is missing; the KL reference is the resumed policy, not the policy "
+                        "as RL started")
+            path, resumed = None, False
+        reference = load_policy(self.cfg, device=str(self.dist.device), path=path).model
+        D.shard_model(reference, mixed_precision=self.mixed_precision)
+        if not resumed:
+            state = D.full_state_dict(self.vlm.model)  # collective; rank 0 gets the tensors
+            D.load_full_state_dict(reference, state)
+            if after_sft and self.main_rank:
+                shutil.rmtree(saved, ignore_errors=True)
+                reference.save_pretrained(saved, state_dict=state, safe_serialization=True)
+                self.vlm.tokenizer.save_pretrained(saved)
+                self.vlm.image_processor.save_pretrained(saved)
+            D.barrier()
+        return reference.eval().requires_grad_(False)
+
+    def _export_merged(self) -> Path:
+        """LoRA: base + adapters as a plain Hugging Face folder (every rank gathers, rank 0 writes)."""
+        state = D.full_state_dict(self.vlm.model)
+        out = self.dir / "merged"
+        if self.main_rank:
+            shutil.rmtree(out, ignore_errors=True)
+            merged_export(self.vlm.model, out, self.vlm.tokenizer, self.vlm.image_processor, state_dict=state)
+        D.barrier()
+        return out
+
+    # ------------------------------------------------------------------------------------- stages
+    def _mine(self, examples: list) -> list:
+        """This rank's contiguous share of a step's examples (all of them in one process)."""
+        return [examples[i] for i in D.shard_indices(len(examples), self.dist.rank, self.dist.world)]
 
     def evaluate(self, tag: str) -> None:
         if not self.eval_set:
             return
-        result = evaluate(self.vlm, self.eval_set, self.cfg, self.protocol, scorer=self.scorer)
+        result = evaluate(self.vlm, self.eval_set, self.cfg, self.protocol, scorer=self.scorer, dist=self.dist)
         self.summary[f"accuracy_{tag}"] = result.metrics["accuracy"]
         self.summary["num_eval_examples"] = result.metrics["num_examples"]
         self.summary[f"eval_{tag}"] = result.metrics
-        self.logger.log(self.global_step, {f"eval/{k}": v for k, v in result.metrics.items()})
+        if not self.main_rank:
+            return
+        self._log(self.global_step, {f"eval/{k}": v for k, v in result.metrics.items()})
         with open(self.dir / f"eval_{tag}.jsonl", "w") as f:
             for rec in result.records:
                 f.write(json.dumps(rec) + "\n")
@@ -149,15 +273,15 @@ class Run:
         stream = DataStream(len(self.train_set), cfg.train.seed + 1)
         start = self._take_resume("sft", model, optimizer, scheduler, stream)
         model.train()
-        bar = progress(s.steps, initial=start, desc="sft")
+        bar = self._bar(s.steps, initial=start, desc="sft")
         for step in range(start, s.steps):
-            examples = [self.train_set[i] for i in stream.take(s.batch_size)]
+            examples = self._mine([self.train_set[i] for i in stream.take(s.batch_size)])
             trajs = [sft_trajectory(p, target_text(e, cfg.data.sft_template), self.vlm)
                      for p, e in zip(prompts_for(examples, self.vlm, cfg), examples)]
             metrics = sft_step(model, optimizer, scheduler, trajs, micro_batch_tokens=cfg.optim.micro_batch_tokens,
                                max_grad_norm=cfg.optim.max_grad_norm)
             self.global_step += 1
-            self.logger.log(self.global_step, metrics)
+            self._log(self.global_step, metrics)
             bar.set_postfix(loss=f"{metrics['sft/loss']:.3f}")
             bar.update(1)
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < s.steps:
@@ -173,30 +297,29 @@ class Run:
         cfg = self.cfg
         model = self.vlm.model
         optimizer, scheduler = _optimizer(model, cfg, cfg.optim.lr, cfg.train.steps * cfg.algo.num_updates)
-        reference = None
-        if cfg.algo.kl_beta > 0:
-            reference = copy.deepcopy(model).eval().requires_grad_(False)
+        # LoRA: the reference is the policy with its adapters off (engine/step.py); no copy.
+        reference = self._reference() if cfg.algo.kl_beta > 0 and not is_peft(model) else None
         state = RLState(cfg=cfg, policy=self.vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
                         generator=self.generator, protocol=self.protocol, loss_cfg=loss_config(cfg),
                         scorer=self.scorer)
         stream = DataStream(len(self.train_set), cfg.train.seed + 2)
         start = self._take_resume("rl", model, optimizer, scheduler, stream)
-        bar = progress(cfg.train.steps, initial=start, desc="rl")
+        bar = self._bar(cfg.train.steps, initial=start, desc="rl")
         monitor = ToolCallMonitor() if cfg.rollout.protocol != "none" else None
         for step in range(start, cfg.train.steps):
-            examples = [self.train_set[i] for i in stream.take(cfg.rollout.prompts_per_step)]
+            examples = self._mine([self.train_set[i] for i in stream.take(cfg.rollout.prompts_per_step)])
             metrics, trajs, rewards, adv = rl_step(state, prompts_for(examples, self.vlm, cfg))
             self.global_step += 1
             if monitor is not None:  # RL with tools often stops calling them: say so when it happens
                 warning = monitor.update(metrics["tools/call_rate"])
                 metrics["tools/call_rate_avg"] = monitor.average
-                if warning:
+                if warning and self.main_rank:
                     bar.write(f"step {self.global_step}: warning: {warning}")
                     self.logger.log_text(self.global_step, "warnings/tools", warning)
             if (step + 1) % cfg.train.log_every == 0:
-                self.logger.log(self.global_step, metrics)
-            if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
-                self._log_samples(trajs, rewards, adv)
+                self._log(self.global_step, metrics)
+            if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0 and self.main_rank:
+                self._log_samples(trajs, rewards, adv)  # rank 0's own share
             bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", loss=f"{float(metrics.get('train/loss', 0)):.4f}")
             bar.update(1)
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
@@ -225,13 +348,18 @@ class Run:
             if stage in self.summary["done_stages"]:
                 continue
             getattr(self, stage)()
+        if is_peft(self.vlm.model):
+            self.summary["merged_model"] = str(self._export_merged())
         self.summary["steps"] = {"sft": self.cfg.sft.steps if "sft" in stages else 0,
                                  "rl": self.cfg.train.steps if "rl" in stages else 0}
         self.summary["seconds"] = round(time.time() - start, 1)
-        (self.dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
-        self.logger.close()
+        if self.main_rank:
+            (self.dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
+            self.logger.close()
         return self.summary
 
 
 def run(cfg: Config) -> dict:
-    return Run(cfg).main()
+    summary = Run(cfg).main()
+    D.close()  # torchrun: leave the process group cleanly (one process: nothing to do)
+    return summary
