@@ -4,9 +4,12 @@ Importing this package imports every reward module, which fills REWARDS through 
 format, format_strict, format_tools, format_json, format_scan (rewards/format.py); accuracy, tool_success
 (rewards/accuracy.py); iou, iou50 (rewards/grounding.py); reasoning (rewards/reasoning.py); visual_grounding
 (rewards/visual.py); image_self, image_teacher, image_attention, image_embedding
-(rewards/image_rewards.py) and blind (rewards/blind.py), which need a model scorer (rewards/scorer.py). The HTTP judge needs a server, so it is built, not registered: `REWARDS["judge"] =
-make_judge_reward(...)` (rewards/judge.py). Score a batch with `score_batch` (rewards/combine.py); try one
-reward from the shell with `python -m rewards.score NAME --completion TEXT --answer TEXT`.
+(rewards/image_rewards.py) and blind (rewards/blind.py), which need a model scorer (rewards/scorer.py). The HTTP judge
+needs a server, so it is built, not registered at import: rewards/setup.py does `REWARDS["judge"] =
+make_judge_reward(...)` (rewards/judge.py) from reward.judge_url & co. when reward.weights names "judge", and
+attaches the sentence embedder of reward.embedder_path ("reasoning") to the scorer handle. Score a batch with
+`score_batch` (rewards/combine.py); try one reward from the shell with
+`python -m rewards.score NAME --completion TEXT --answer TEXT`.
 Tests: `OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_rewards*.py`.
 """
 

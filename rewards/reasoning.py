@@ -12,7 +12,9 @@ Source: seed 003 (VQA training with JSON reasoning steps, "Match F1" from its ml
 - precision = matched / #predicted, recall = matched / #reference, score = their harmonic mean (F1).
 Embedding hook: seed 003 compares steps by semantic similarity; the lexical F1 is the model-free default. When
 `ctx.scorer` has an `embed(list[str]) -> unit vectors` callable, similarity is the cosine of the embeddings
-instead (same threshold; vectors are re-normalised in case they are not unit length).
+instead (same threshold; vectors are re-normalised in case they are not unit length). In training that is
+reward.embedder_path: a local sentence-embedding model, mean-pooled (rewards/text_embedder.py, set up by
+rewards/setup.py). A random or weak encoder puts most sentences above the 0.5 threshold: use a real one.
 An example without reference steps raises ValueError (score_batch counts it), since that is a data error.
 """
 

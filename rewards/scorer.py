@@ -24,11 +24,14 @@ rendered with the chat template like engine/trajectory.py `build_prompt`, withou
   or no answer tokens. It is a ratio of image mass, not of total mass, so that attention sinks (mass parked on
   the first tokens) do not swamp it. With uniform attention it equals the processed images' share of image
   tokens. Cost: every layer's [B, H, T, T] weights are kept at once; use a small `batch_size`.
-- `embed_text` / `embed_image`: unit CLIP vectors [N, D] (numpy) from the `clip` ClipEmbedder, a transformers
-  `CLIPModel` loaded from a local folder. open_clip is not used: it is not installed here and imports torchvision,
-  which fails beside CPU torch (see PLATFORM.md). `build_tiny_clip(DIR)` writes a tiny random CLIP with a byte
+- `embed_text` / `embed_image`: unit CLIP vectors [N, D] (numpy) from the `clip` embedder: by default
+  ClipEmbedder, a transformers `CLIPModel` loaded from a local folder; with reward.clip_backend = "open_clip",
+  rewards/clip_openclip.py (an optional install: scripts/install_openclip.sh, which patches torchvision to
+  import beside CPU torch, PLATFORM.md). `build_tiny_clip(DIR)` writes a tiny random CLIP with a byte
   tokenizer for the tests; a real openai/clip-vit-* folder should load the same way (CLIPTokenizer, and the PIL
   image processor when the fast one needs torchvision), but none was available here to try.
+- `embed`: the sentence embedder's `embed(list[str])` when one is attached (reward.embedder_path, set up by
+  rewards/setup.py), else None; "reasoning" then compares steps by cosine instead of word F1.
 The model is put in eval mode for each call and its training mode restored afterwards.
 
 Under FSDP the policy's forward is collective: every rank must make the same number of scorer forwards (chunks),
@@ -92,12 +95,13 @@ class ModelScorer:
     """Questions to a VLM (the policy, or any other) for model-based rewards. See the module docstring."""
 
     def __init__(self, vlm: VLM, *, system_prompt: str = "", teacher: "ModelScorer | None" = None,
-                 clip: "ClipEmbedder | None" = None, batch_size: int = 16, max_new_tokens: int = 128,
+                 clip: "ClipEmbedder | None" = None, embedder=None, batch_size: int = 16, max_new_tokens: int = 128,
                  yes: str = "yes", no: str = "no"):
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError("ModelScorer needs batch_size >= 1 and max_new_tokens >= 1")
         self.vlm, self.system_prompt = vlm, system_prompt
         self.teacher, self.clip = teacher, clip  # image_teacher / image_embedding read these
+        self.embedder = embedder  # a sentence embedder (rewards/text_embedder.py) for "reasoning", or None
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.yes_id, self.no_id = _first_id(vlm.tokenizer, yes), _first_id(vlm.tokenizer, no)
         if self.yes_id == self.no_id:
@@ -198,6 +202,12 @@ class ModelScorer:
                     shares[i] = s
         return shares
 
+    @property
+    def embed(self):
+        """The sentence embedder's `embed(list[str])`, which "reasoning" uses for cosine Match-F1; None without
+        one (reasoning then matches words)."""
+        return self.embedder.embed if self.embedder is not None else None
+
     def embed_text(self, texts: list[str]) -> np.ndarray:
         return self._clip().embed_text(texts)
 
@@ -207,7 +217,8 @@ class ModelScorer:
     def _clip(self) -> "ClipEmbedder":
         if self.clip is None:
             raise ValueError("this scorer has no CLIP model: set reward.clip_path to a local CLIP folder "
-                             "(transformers CLIPModel), e.g. one written by rewards.scorer.build_tiny_clip")
+                             "(transformers CLIPModel, or open_clip with reward.clip_backend = 'open_clip'), "
+                             "e.g. one written by rewards.scorer.build_tiny_clip")
         return self.clip
 
 
@@ -314,12 +325,24 @@ def check_scorer(weights: dict[str, float], scorer: ModelScorer | None) -> None:
                              f"{'image_teacher' if part == 'teacher' else 'image_embedding'}")
 
 
+def load_clip(path: str | Path, *, backend: str = "transformers", device: str = "cpu"):
+    """A CLIP embedder (`embed_text` / `embed_image`, unit rows) from a local folder: backend "transformers"
+    (ClipEmbedder, a CLIPModel folder) or "open_clip" (rewards/clip_openclip.py, an open_clip local-dir folder)."""
+    if backend == "open_clip":
+        from rewards.clip_openclip import OpenClipEmbedder  # needs scripts/install_openclip.sh
+
+        return OpenClipEmbedder.load(path, device=device)
+    if backend != "transformers":
+        raise ValueError(f"reward.clip_backend {backend!r}: choose transformers or open_clip")
+    return ClipEmbedder.load(path, device=device)
+
+
 def build_scorer(policy: VLM, weights: dict[str, float], *, kind: str, system_prompt: str = "", teacher_path: str = "",
-                 clip_path: str = "", max_new_tokens: int = 128, dtype: str = "float32",
-                 device: str = "cpu") -> ModelScorer | None:
-    """The trainer's hook: kind "none" -> None; "policy" -> a scorer on the policy itself, with a teacher VLM
-    (teacher_path) and a CLIP model (clip_path) when given. Checked against the weighted rewards
-    (`check_scorer`); raises ValueError for anything that does not fit."""
+                 clip_path: str = "", clip_backend: str = "transformers", max_new_tokens: int = 128,
+                 dtype: str = "float32", device: str = "cpu") -> ModelScorer | None:
+    """The trainer's hook (through rewards/setup.py): kind "none" -> None; "policy" -> a scorer on the policy
+    itself, with a teacher VLM (teacher_path) and a CLIP model (clip_path, read by `clip_backend`) when given.
+    Checked against the weighted rewards (`check_scorer`); raises ValueError for anything that does not fit."""
     if kind not in ("none", "policy"):
         raise ValueError(f"reward.scorer {kind!r}: choose none or policy")
     if kind == "none" and (teacher_path or clip_path):
@@ -334,7 +357,7 @@ def build_scorer(policy: VLM, weights: dict[str, float], *, kind: str, system_pr
             teacher_vlm = load_vlm(teacher_path, dtype=dtype, device=device)
             teacher_vlm.model.eval().requires_grad_(False)
             teacher = ModelScorer(teacher_vlm, system_prompt=system_prompt, max_new_tokens=max_new_tokens)
-        clip = ClipEmbedder.load(clip_path, device=device) if clip_path else None
+        clip = load_clip(clip_path, backend=clip_backend, device=device) if clip_path else None
         scorer = ModelScorer(policy, system_prompt=system_prompt, teacher=teacher, clip=clip,
                              max_new_tokens=max_new_tokens)
     check_scorer(weights, scorer)
