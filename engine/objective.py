@@ -39,10 +39,15 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Lo
     old_K = logp_K.detach() if batch.old_logp is None else batch.old_logp[row_index]
     per_token_K, metrics = LOSSES[cfg.name](logp=logp_K, old_logp=old_K, adv=batch.adv_B[seq_K], mask=mask_K,
                                             seq_idx=seq_K, num_seqs=batch.num_seqs, cfg=cfg)
-    if cfg.tis_cap:
-        sampler_K = batch.sampler_logp[row_index]
-        per_token_K = per_token_K * tis_weight(old_logp=old_K, sampler_logp=sampler_K, mask=mask_K, cap=cfg.tis_cap)
-        metrics["tis/mismatch_abs"] = (old_K - sampler_K).abs().mean().detach()
+    if batch.sampler_logp is not None:  # the trainer's vs the sampler's log-prob of the same tokens
+        sampler_K = batch.sampler_logp[row_index].to(old_K.device)
+        log_ratio_K = (old_K - sampler_K).detach()
+        metrics["tis/mismatch_abs"] = log_ratio_K.abs().mean()
+        metrics["tis/ratio_mean"] = log_ratio_K.exp().mean()
+        if cfg.tis_cap:
+            per_token_K = per_token_K * tis_weight(old_logp=old_K, sampler_logp=sampler_K, mask=mask_K,
+                                                   cap=cfg.tis_cap)
+            metrics["tis/capped_frac"] = (log_ratio_K.exp() > cfg.tis_cap).float().mean()
     per_token_K, kl_metrics = add_kl(per_token_K, logp=logp_K, mask=mask_K, beta=cfg.kl_beta,
                                      estimator=cfg.kl_estimator,
                                      ref_logp=None if batch.ref_logp is None else batch.ref_logp[row_index])

@@ -56,14 +56,22 @@ def _absorb(traj: Trajectory, out, stop_ids_tool: frozenset[int], eos_ids: tuple
 @torch.no_grad()
 def rollout(vlm: VLM, prompts: list[Prompt], *, group_size: int, params: SamplingParams,
             protocol: ToolProtocol | None, limits: RolloutLimits,
-            generator: torch.Generator | None = None) -> list[Trajectory]:
+            generator: torch.Generator | None = None, sampler=None) -> list[Trajectory]:
+    """`sampler` None: our sampler on `vlm.model`; an engine.vllm_sampler.VLLMSampler holding the same weights:
+    vLLM (same outputs; it reads each sequence's PIL images instead of its pixel_values)."""
     fam = vlm.family
     tool_stops = protocol.stop_ids if protocol else frozenset()
     params = replace(params, stop_ids=frozenset(fam.eos_ids) | tool_stops, max_new_tokens=limits.max_new_tokens,
                      banned_ids=fam.vision_ids)
+
+    def sample(requests: list[GenRequest], images: list[list], expand: int = 1):
+        if sampler is None:
+            return generate(vlm.model, requests, params, pad_id=fam.pad_id, expand=expand, generator=generator)
+        return sampler.generate(requests, params, expand=expand, images_per_request=images, generator=generator)
+
     trajs = [Trajectory.start(p, g) for g, p in enumerate(prompts) for _ in range(group_size)]
     requests = [_request(Trajectory.start(p, 0), vlm, limits) for p in prompts]
-    outs = generate(vlm.model, requests, params, pad_id=fam.pad_id, expand=group_size, generator=generator)
+    outs = sample(requests, [p.images for p in prompts], expand=group_size)
     for traj, out in zip(trajs, outs):
         _absorb(traj, out, tool_stops, fam.eos_ids)
     for _ in range(limits.max_tool_calls):
@@ -79,8 +87,7 @@ def rollout(vlm: VLM, prompts: list[Prompt], *, group_size: int, params: Samplin
                 t.stop = "limit"
         if not live:
             break
-        outs = generate(vlm.model, [_request(t, vlm, limits) for t in live], params, pad_id=fam.pad_id,
-                        generator=generator)
+        outs = sample([_request(t, vlm, limits) for t in live], [t.images for t in live])
         for traj, out in zip(live, outs):
             _absorb(traj, out, tool_stops, fam.eos_ids)
     for traj in trajs:

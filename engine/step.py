@@ -22,7 +22,7 @@ import torch
 
 from engine import distributed as D
 from engine.advantages import ADVANTAGES
-from engine.lora import adapters_disabled
+from engine.lora import adapters_disabled, is_peft, merged_state_dict
 from engine.losses import LossConfig
 from engine.metrics import PhaseTimer
 from engine.objective import StepBatch, full_value, padded_rows, padding_loss, policy_loss, rows_logps, sampler_logps
@@ -47,6 +47,14 @@ class RLState:
     protocol: ToolProtocol | None
     loss_cfg: LossConfig
     scorer: object | None = None  # rewards.scorer.ModelScorer for model-based rewards (ctx.scorer), or None
+    sampler: object | None = None  # engine.vllm_sampler.VLLMSampler (rollout.sampler = vllm); None: native
+
+
+def policy_weights(model):
+    """(name, tensor) pairs in HF checkpoint naming for the vLLM sampler: the policy's weights, LoRA merged in.
+    Collective under FSDP, where only rank 0 gets tensors (the trainer refuses vllm with torchrun for now)."""
+    state = D.full_state_dict(model)
+    return (merged_state_dict(model, state) if is_peft(model) else state).items()
 
 
 def sampling_params(cfg) -> SamplingParams:
@@ -124,7 +132,8 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
         with timer.phase("rollout"):
             vlm.model.eval()
             trajs = rollout(vlm, prompts, group_size=cfg.rollout.group_size, params=sampling_params(cfg),
-                            protocol=state.protocol, limits=rollout_limits(cfg), generator=state.generator)
+                            protocol=state.protocol, limits=rollout_limits(cfg), generator=state.generator,
+                            sampler=state.sampler)
             vlm.model.train()
         with timer.phase("rewards"):
             rewards = score(trajs, vlm, cfg, state.scorer)
@@ -149,11 +158,14 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
         with timer.phase("ref_logp"):
             if state.loss_cfg.kl_beta > 0:
                 batch.ref_logp = reference_logps(state, rows, temperature=temperature)
-        if state.loss_cfg.tis_cap:
+        if state.loss_cfg.tis_cap or state.sampler is not None:  # vLLM: the mismatch is always logged
             batch.sampler_logp = sampler_logps(rows[:num_real], train_trajs)
         for _ in range(cfg.algo.num_updates):
             with timer.phase("update"):
                 update = optimizer_step(state, rows, num_real, batch)
+    with timer.phase("weight_sync"):
+        if state.sampler is not None and update is not None:  # the next rollout samples the updated policy
+            state.sampler.push_weights(policy_weights(vlm.model))
     mine = rank_record(trajs, rewards, adv_B, kept, update, timer.pop())
     metrics = step_metrics(D.all_gather_objects(mine))  # one collective: every rank's plain numbers
     return metrics, trajs, rewards, adv_B

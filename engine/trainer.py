@@ -49,7 +49,7 @@ from engine.metrics import MetricsLogger, progress
 from engine.optim import build_optimizer, build_scheduler
 from engine.rollout_dump import dump_rollouts
 from engine.sft import sft_step, sft_trajectory, target_text
-from engine.step import RLState, rl_step
+from engine.step import RLState, policy_weights, rl_step
 from engine.tool_health import ToolCallMonitor
 from engine.tool_protocols import make_protocol
 from models.load import VLM, load_vlm
@@ -116,6 +116,9 @@ class Run:
         self.cfg, self.dist = cfg, D.init()
         self.main_rank = self.dist.is_main
         _check_world(cfg, self.dist.world)
+        if cfg.rollout.sampler == "vllm" and self.dist.world > 1:
+            raise ValueError("rollout.sampler = vllm runs in one process for now (each rank would need its own "
+                             "engine and the full weights): use the native sampler under torchrun")
         self.dir = Path(cfg.train.out_dir)
         if self.main_rank:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -246,6 +249,19 @@ class Run:
         D.barrier()
         return out
 
+    def _sampler(self):
+        """rollout.sampler = vllm: vLLM in this process, holding the policy's CURRENT weights (built from the
+        model folder, then pushed what SFT or a resume made of them). None: the native sampler."""
+        r = self.cfg.rollout
+        if r.sampler != "vllm":
+            return None
+        from engine.vllm_sampler import VLLMSampler
+
+        sampler = VLLMSampler(self.vlm.path, max_model_len=r.max_total_tokens, kv_cache_gib=r.vllm_kv_cache_gib,
+                              seed=self.cfg.train.seed, limit_images=r.max_images, dtype=self.cfg.model.dtype)
+        sampler.push_weights(policy_weights(self.vlm.model))
+        return sampler
+
     # ------------------------------------------------------------------------------------- stages
     def _mine(self, examples: list) -> list:
         """This rank's contiguous share of a step's examples (all of them in one process)."""
@@ -304,6 +320,7 @@ class Run:
                         scorer=self.scorer)
         stream = DataStream(len(self.train_set), cfg.train.seed + 2)
         start = self._take_resume("rl", model, optimizer, scheduler, stream)
+        state.sampler = self._sampler()
         bar = self._bar(cfg.train.steps, initial=start, desc="rl")
         monitor = ToolCallMonitor() if cfg.rollout.protocol != "none" else None
         for step in range(start, cfg.train.steps):
@@ -327,6 +344,8 @@ class Run:
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.steps:
                 self._save("rl", step + 1, optimizer, scheduler, stream)
         bar.close()
+        if state.sampler is not None:
+            state.sampler.close()
         self.summary["done_stages"].append("rl")
         self.evaluate("after_rl")
         self.summary["final_checkpoint"] = str(self._save("rl", cfg.train.steps, optimizer, scheduler, stream))

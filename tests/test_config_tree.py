@@ -44,7 +44,9 @@ def test_unknown_toml_key_names_the_file(tmp_path):
     (["--rollout.protocol", "pigeon"], "rollout.protocol"),
     (["--rollout.group_size", "1"], "group_size 1"),
     (["--train.stage", "rlhf"], "train.stage"),
-    (["--rollout.sampler", "vllm"], "rollout.sampler"),
+    (["--rollout.sampler", "sglang"], "rollout.sampler"),
+    (["--rollout.sampler", "vllm", "--rollout.top_p", "0.9"], "top_p"),
+    (["--rollout.vllm_kv_cache_gib", "4"], "vllm_kv_cache_gib"),
 ])
 def test_settings_that_would_do_nothing_or_nonsense_raise(overrides, message):
     with pytest.raises(ValueError, match=message):
