@@ -1,15 +1,22 @@
 """The `zoom` task: the one where cropping must pay off.
 
-A 448-640 px cluttered image holds exactly one bold box (dark border 8-10 px, outer side 64-112 px). Its interior is
-filled with a pattern of period 4 px - horizontal stripes, vertical stripes, a checkerboard, or dots - and every
-pattern has the SAME mean grey. Smart-resizing the whole image to <= 112*112 pixels is a 4-7.6x bicubic downscale,
-whose antialiasing kernel spans >= 16 px: each interior becomes the same flat grey (the kernel's stopband leaks
-<= ~0.5 grey level of the pattern, under the per-pixel noise). A crop of the box (<= 112 px) is resized by
-0.8-1.2x at most, and its 2 px stripes, cells and dots stay plain. Period 2 would hide the pattern even better in
-the full view, but a 0.8x resize of a crop already turns it into faint moire; period 4 survives that.
-The dark border survives downscaling, so the box is easy to find in the low-resolution view. Clutter (thin 1 px
-lines, small faint shapes) is light (every channel >= 120) and never comes within `_CLEAR` px of the box; noise
-(std 8) covers everything. `tests/test_synth_zoom.py` measures all of this.
+A square 448-640 px cluttered image holds exactly one bold box (dark border 8-10 px, outer side 64-96 px), lying
+wholly inside one cell of a 4x4 grid over the image (cells of 112-160 px; the box keeps >= 12 px from the cell's
+edges). Its interior is filled with a pattern of period 4 px - horizontal stripes, vertical stripes, a checkerboard,
+or dots - and every pattern has the SAME mean grey. Smart-resizing the whole image to <= 112*112 pixels is a
+4-5.7x bicubic downscale, whose antialiasing kernel spans >= 16 px: each interior becomes the same flat grey (the
+kernel's stopband leaks <= ~0.5 grey level of the pattern, under the per-pixel noise). A crop of the box's grid cell
+is resized by 1-1.43x at most, and its 2 px stripes, cells and dots stay plain (a crop of the box itself too).
+Period 2 would hide the pattern even better in the full view, but a 0.8x resize of a crop already turns it into
+faint moire; period 4 survives that. The dark border survives downscaling, so the box is easy to find in the
+low-resolution view.
+
+Why a grid: a square image is seen by the tiny Qwen2.5-VL as 112x112 pixels = 4x4 merged visual tokens, one per
+cell (`cell_of` gives the cell). Cropping the cell is choosing which of 16 tokens holds the dark box, a
+classification a randomly initialised tiny model learns; regressing the box's own pixel coordinates is not (measured:
+SFT on exact boxes collapsed to one constant box). data/zoom_sft.py writes crops of cells by default.
+Clutter (thin 1 px lines, small faint shapes) is light (every channel >= 120) and never comes within `_CLEAR` px of
+the box; noise (std 8) covers everything. `tests/test_synth_zoom.py` measures all of this.
 
 Generate: `python -m data.synth zoom --n 60 --out runs/synth/zoom`.
 """
@@ -19,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data.synth_base import Sample, boxes_overlap, light_background
+from data.synth_base import Sample, boxes_overlap, light_background, smart_resize
 
 PATTERNS = ("horizontal", "vertical", "checker", "dots")
 QUESTION = "What pattern is inside the bold box?"
@@ -27,6 +34,11 @@ PERIOD = 4  # px; stripes and checker cells are PERIOD // 2 wide, dots are PERIO
 _CONTRAST = 64  # stripes/checker: mean +- 64; dots: mean - 96 on 25% of pixels, mean + 32 on the rest
 _CLEAR = 12  # px of untouched background around the box
 _NOISE_STD = 8.0  # grey levels of per-pixel noise; it also buries the sub-grey-level residue of the pattern
+GRID = 4  # cells per side: the tiny model's 4x4 merged visual tokens of a square image
+_CELL_MARGIN = _CLEAR  # px between the box and its cell's edges (so also >= _CLEAR from the image's)
+# image sides 448..640 in steps of 16 (cells a multiple of 4 px) that smart-resize to exactly 112x112 (576 does not:
+# floating point makes it 84x84)
+SIDES = tuple(s for s in range(448, 641, 16) if smart_resize(s, s) == (112, 112))
 
 
 def pattern(name: str, height: int, width: int, mean: float, phase: tuple[int, int]) -> np.ndarray:
@@ -49,13 +61,26 @@ def pattern(name: str, height: int, width: int, mean: float, phase: tuple[int, i
     raise ValueError(f"unknown pattern {name!r}; expected one of {PATTERNS}")
 
 
-def _place_target(rng: np.random.Generator, width: int, height: int) -> tuple[list[int], int]:
+def cell_of(box, image_size) -> list[int]:
+    """The GRID x GRID cell (original pixels, exclusive ends) holding the centre of `box` in an image of
+    image_size = (width, height); for a zoom sample it holds the whole box."""
+    width, height = image_size
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    col, row = min(int(cx * GRID // width), GRID - 1), min(int(cy * GRID // height), GRID - 1)
+    return [col * width // GRID, row * height // GRID, (col + 1) * width // GRID, (row + 1) * height // GRID]
+
+
+def _place_target(rng: np.random.Generator, side: int) -> tuple[list[int], int]:
+    """A box inside a random cell of the GRID x GRID grid over a side x side image, >= _CELL_MARGIN from its edges."""
     border = int(rng.integers(8, 11))
-    inner_w, inner_h = (PERIOD * int(rng.integers(-(-(64 - 2 * border) // PERIOD), (112 - 2 * border) // PERIOD + 1))
+    cell = side // GRID
+    largest = min(96, cell - 2 * _CELL_MARGIN)
+    inner_w, inner_h = (PERIOD * int(rng.integers(-(-(64 - 2 * border) // PERIOD), (largest - 2 * border) // PERIOD + 1))
                         for _ in range(2))
     outer_w, outer_h = inner_w + 2 * border, inner_h + 2 * border
-    x1 = int(rng.integers(_CLEAR, width - outer_w - _CLEAR + 1))
-    y1 = int(rng.integers(_CLEAR, height - outer_h - _CLEAR + 1))
+    col, row = (int(v) for v in rng.integers(0, GRID, size=2))
+    x1 = col * cell + int(rng.integers(_CELL_MARGIN, cell - outer_w - _CELL_MARGIN + 1))
+    y1 = row * cell + int(rng.integers(_CELL_MARGIN, cell - outer_h - _CELL_MARGIN + 1))
     return [x1, y1, x1 + outer_w, y1 + outer_h], border
 
 
@@ -93,8 +118,9 @@ def _draw_clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size, tar
 def make_zoom(rng: np.random.Generator, label: int | None) -> Sample:
     assert label is not None, "zoom is a classification task: generate() passes a balanced label"
     name = PATTERNS[label]
-    width, height = (int(v) for v in rng.integers(448, 641, size=2))
-    box, border = _place_target(rng, width, height)
+    side = int(rng.choice(SIDES))
+    width = height = side
+    box, border = _place_target(rng, side)
     canvas = Image.fromarray(light_background(rng, width, height))
     _draw_clutter(rng, ImageDraw.Draw(canvas), (width, height), box)
 
@@ -110,4 +136,4 @@ def make_zoom(rng: np.random.Generator, label: int | None) -> Sample:
     pixels = np.clip(np.rint(pixels + noise), 0, 255).astype(np.uint8)
 
     return Sample(image=Image.fromarray(pixels), question=QUESTION, answer=name, bbox=box, choices=list(PATTERNS),
-                  info={"border": border, "interior": inner, "mean": mean})
+                  info={"border": border, "interior": inner, "mean": mean, "cell": cell_of(box, (width, height))})

@@ -11,8 +11,10 @@ Each example becomes one line `{"image_path", "image_id", "QnA": [{"Q": question
     </think>
     <answer>{answer}</answer>
 
-where the box is the dataset's "bbox" (original-image pixels, exclusive ends) and image_path is relative to the
-output file's folder. `data.load_examples` reads the file as "seed001": the crop becomes the SFT target's
+where the box (original-image pixels, exclusive ends) is, with `--crop cell` (the default), the 4x4-grid cell
+holding the dataset's "bbox" (data/synth_zoom.py: one merged visual token of the tiny model's 112x112 view, a crop
+a tiny model learns to choose), or with `--crop box` the bbox itself (for a model that can regress pixel boxes);
+image_path is relative to the output file's folder. `data.load_examples` reads the file as "seed001": the crop becomes the SFT target's
 `<tool_call>[x1, y1, x2, y2]</tool_call>` and the Example's box, the <answer> its reference answer, so the same
 file feeds the SFT stage (crop, see the crop, answer) and the RL stage. The choices are dropped (seed 001 has no
 field for them): put the options in `data.question_template` instead. `--src` is the dataset's folder (holding
@@ -27,8 +29,12 @@ import os
 import sys
 from pathlib import Path
 
-from data import load_examples
+from PIL import Image
 
+from data import load_examples
+from data.synth_zoom import cell_of
+
+CROPS = ("cell", "box")
 REASONING = "The bold box is small; I look closer."
 A3_TEMPLATE = "<think>\n{reasoning}\n{{Crop bold box {box}}}\n</think>\n<answer>{answer}</answer>"
 
@@ -43,8 +49,11 @@ def a3_text(box, answer: str, reasoning: str = REASONING) -> str:
     return A3_TEMPLATE.format(reasoning=reasoning, box=shown, answer=answer)
 
 
-def convert(src, out) -> int:
-    """Write `out` (seed-001 JSONL) from the generic-JSONL zoom dataset at `src`; returns the number of lines."""
+def convert(src, out, crop: str = "cell") -> int:
+    """Write `out` (seed-001 JSONL) from the generic-JSONL zoom dataset at `src`, cropping each example's grid
+    cell (crop="cell") or its bbox (crop="box"); returns the number of lines."""
+    if crop not in CROPS:
+        raise ValueError(f"crop {crop!r}: choose one of {', '.join(CROPS)}")
     src, out = Path(src), Path(out)
     data = src / "data.jsonl" if src.is_dir() else src
     if not data.is_file():
@@ -61,9 +70,13 @@ def convert(src, out) -> int:
         if "\n" in ex.answer or "<" in ex.answer:
             raise ValueError(f"{ex.origin}: answer {ex.answer!r} cannot sit inside <answer>...</answer>")
         image = ex.images[0]
+        box = ex.boxes[0]
+        if crop == "cell":
+            with Image.open(image) as im:
+                box = cell_of(box, im.size)
         rel = Path(os.path.relpath(image, os.path.abspath(out.parent))).as_posix()
         lines.append(json.dumps({"image_path": rel, "image_id": Path(image).stem,
-                                 "QnA": [{"Q": ex.question, "A3": a3_text(ex.boxes[0], ex.answer)}]}))
+                                 "QnA": [{"Q": ex.question, "A3": a3_text(box, ex.answer)}]}))
     out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return len(lines)
 
@@ -72,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.zoom_sft", description=__doc__.splitlines()[0])
     parser.add_argument("--src", required=True, help="zoom dataset folder (with data.jsonl) or its JSONL file")
     parser.add_argument("--out", required=True, help="seed-001 JSONL file to write")
+    parser.add_argument("--crop", choices=CROPS, default="cell",
+                        help="what the SFT target crops: the 4x4-grid cell holding the bold box (default) or the box")
     args = parser.parse_args(argv)
     try:
-        n = convert(args.src, args.out)
+        n = convert(args.src, args.out, args.crop)
     except ValueError as exc:  # BadRecord is a ValueError: file:line: reason
         print(f"error: {exc}", file=sys.stderr)
         return 2

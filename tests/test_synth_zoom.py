@@ -9,7 +9,7 @@ import pytest
 
 from data import synth_zoom
 from data.synth import generate, model_view
-from data.synth_zoom import PATTERNS, pattern
+from data.synth_zoom import GRID, PATTERNS, SIDES, cell_of, pattern
 
 N = 60  # 15 of each pattern
 
@@ -60,8 +60,8 @@ def _crop_rule(patch: np.ndarray) -> str:
     return "dots" if (d ** 3).mean() / patch.std() ** 3 < -0.5 else "checker"
 
 
-def _crop_interior(sample, jitter=(0, 0, 0, 0)) -> np.ndarray:
-    box = [v + j * s for v, j, s in zip(sample.bbox, jitter, (-1, -1, 1, 1))]
+def _crop_interior(sample, jitter=(0, 0, 0, 0), box=None) -> np.ndarray:
+    box = [v + j * s for v, j, s in zip(box or sample.bbox, jitter, (-1, -1, 1, 1))]
     view = _grey(model_view(sample.image.crop(box)))
     return _interior_in_view(view, sample.info["interior"], (box[2] - box[0], box[3] - box[1]), tuple(box[:2]), 2)
 
@@ -81,8 +81,15 @@ def test_layout(samples):
     for s in samples:
         width, height = s.image.size
         x1, y1, x2, y2 = s.bbox
-        assert 448 <= width <= 640 and 448 <= height <= 640
-        assert 64 <= x2 - x1 <= 112 and 64 <= y2 - y1 <= 112 and s.info["border"] >= 6
+        assert width == height and width in SIDES and 448 <= width <= 640
+        assert 64 <= x2 - x1 <= 96 and 64 <= y2 - y1 <= 96 and s.info["border"] >= 6
+        cell = width // GRID
+        col, row = x1 // cell, y1 // cell  # the whole box, with its margin, inside one cell
+        assert col * cell + 12 <= x1 and x2 <= (col + 1) * cell - 12, (s.bbox, width)
+        assert row * cell + 12 <= y1 and y2 <= (row + 1) * cell - 12, (s.bbox, width)
+        assert s.info["cell"] == cell_of(s.bbox, s.image.size) == [col * cell, row * cell, (col + 1) * cell,
+                                                                    (row + 1) * cell]
+        assert model_view(s.image).size == (112, 112), "one merged 28x28 token of the view per cell"
         ring = _grey(s.image)[y1:y2, x1:x2].copy()
         b = s.info["border"]
         ring[b:-b, b:-b] = 0
@@ -125,9 +132,9 @@ def test_pattern_is_plain_in_a_crop(samples):
     jitter = np.random.default_rng(1).integers(0, 9, size=(len(samples), 4))  # an imprecise crop: up to 8 px more
     feats = []
     for s, j in zip(samples, jitter):
-        exact, loose = _crop_interior(s), _crop_interior(s, tuple(j))
-        assert exact.std() > 40 and loose.std() > 40
-        assert _crop_rule(exact) == s.answer and _crop_rule(loose) == s.answer
+        exact, loose, cell = _crop_interior(s), _crop_interior(s, tuple(j)), _crop_interior(s, box=s.info["cell"])
+        assert exact.std() > 40 and loose.std() > 40 and cell.std() > 35  # a cell is resized by up to 1.43x
+        assert _crop_rule(exact) == s.answer and _crop_rule(loose) == s.answer and _crop_rule(cell) == s.answer
         feats.append(_features(exact, s.info["mean"]))
     assert _nearest_class_mean_accuracy(np.array(feats), labels) >= 0.95
 
@@ -143,3 +150,10 @@ def test_box_is_easy_to_find_at_low_resolution(samples):
         inter = np.prod(np.clip(np.minimum(found[2:], truth[2:]) - np.maximum(found[:2], truth[:2]), 0, None))
         union = np.prod(found[2:] - found[:2]) + np.prod(truth[2:] - truth[:2]) - inter
         assert inter / union > 0.7
+
+
+def test_cell_of_by_hand():
+    # 624 px image, 156 px cells: centre (209, 46) is in column 1, row 0; centre (600, 600) in the last cell
+    assert cell_of([168, 9, 250, 83], (624, 624)) == [156, 0, 312, 156]
+    assert cell_of([580, 580, 620, 620], (624, 624)) == [468, 468, 624, 624]
+    assert cell_of([0, 0, 10, 10], (448, 448)) == [0, 0, 112, 112]

@@ -1,5 +1,5 @@
 """data/zoom_sft.py: a generated zoom dataset -> seed-001 JSONL -> data.load_examples gives crop-then-answer SFT
-targets whose crop box is the dataset's bbox; and the two zoom presets (configs/zoom_*.toml) that use it.
+targets whose crop box is the grid cell holding the dataset's bbox (or the bbox itself); and the two zoom presets (configs/zoom_*.toml) that use it.
 Run: `OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_zoom_sft.py`.
 """
 
@@ -36,7 +36,7 @@ def zoom_dir(tmp_path_factory) -> Path:
 
 def test_round_trip_through_load_examples(zoom_dir, tmp_path):
     out = tmp_path / "sft" / "zoom-sft.jsonl"  # another folder: image paths must be rewritten relative to it
-    assert convert(zoom_dir, out) == N
+    assert convert(zoom_dir, out, crop="box") == N
     source = [json.loads(line) for line in (zoom_dir / "data.jsonl").read_text().splitlines()]
     loaded = load_examples(out)
     assert loaded.format == "seed001" and len(loaded.examples) == N and not loaded.skipped
@@ -54,10 +54,26 @@ def test_round_trip_through_load_examples(zoom_dir, tmp_path):
         assert raw["image_id"] == Path(rec["image"]).stem
 
 
+def test_default_crop_is_the_grid_cell_holding_the_box(zoom_dir, tmp_path):
+    out = tmp_path / "zoom-cell.jsonl"
+    assert convert(zoom_dir, out) == N
+    source = [json.loads(line) for line in (zoom_dir / "data.jsonl").read_text().splitlines()]
+    for rec, ex in zip(source, load_examples(out).examples):
+        side = open_image(ex.images[0]).width
+        cell = side // 4
+        x1, y1, x2, y2 = rec["bbox"]
+        col, row = x1 // cell, y1 // cell  # computed here from the layout rule, not with cell_of
+        assert ex.boxes == [[col * cell, row * cell, (col + 1) * cell, (row + 1) * cell]]
+        assert col * cell < x1 < x2 < (col + 1) * cell and row * cell < y1 < y2 < (row + 1) * cell
+        assert f"<tool_call>[{col * cell}, {row * cell}, {(col + 1) * cell}, {(row + 1) * cell}]</tool_call>" in ex.target
+    with pytest.raises(ValueError, match="crop 'middle'"):
+        convert(zoom_dir, out, crop="middle")
+
+
 def test_sft_crop_is_the_bold_box(zoom_dir, tmp_path):
     """The crop the SFT target asks for, run as engine/sft.py runs it, shows the box's dark border all round."""
     out = tmp_path / "zoom-sft.jsonl"
-    convert(zoom_dir, out)
+    convert(zoom_dir, out, crop="box")
     for ex in load_examples(out).examples:
         image = open_image(ex.images[0])
         result = call_tool("crop", {"box": ex.boxes[0]}, image, ToolLimits())
