@@ -24,6 +24,7 @@ class ModelConfig:
     dtype: str = doc("float32", "Parameter dtype: float32, bfloat16 or float16 (bf16 is slow on CPUs without bf16 units).")
     attn_implementation: str = doc("sdpa", "Attention kernel: sdpa, eager, or flash_attention_2 (GPU, if installed).")
     box_frame: str = doc("", "Coordinate frame the model writes boxes in: pixels, resized, norm1000. Empty: the family's own.")
+    gradient_checkpointing: bool = doc(False, "Recompute each decoder layer's and vision block's activations in the backward pass instead of storing them: less activation memory for about one extra forward per update.")
 
     def validate(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -57,6 +57,14 @@ from models.tiny import tiny_model_dir
 from rewards.setup import setup_rewards
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """transformers' own per-layer checkpointing (every decoder layer and vision block), non-reentrant: it works
+    with frozen inputs (LoRA), FSDP2 and packed rows, and only acts in training mode (rollouts run in eval)."""
+    if not getattr(model, "supports_gradient_checkpointing", True):
+        raise ValueError(f"model.gradient_checkpointing: {type(model).__name__} does not support it in transformers")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def loss_config(cfg: Config) -> LossConfig:
     a = cfg.algo
     norm_len = (a.norm_len or cfg.rollout.max_new_tokens) if a.aggregation == "seq_mean_token_sum_norm" else None
@@ -134,6 +142,8 @@ class Run:
             self.vlm.model = apply_lora(self.vlm.model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target=lo.target)
             n = sum(p.numel() for p in self.vlm.model.parameters() if p.requires_grad)
             self._print(f"lora: r={lo.r}, {lo.target}, {n} trainable parameters")
+        if cfg.model.gradient_checkpointing:
+            enable_gradient_checkpointing(self.vlm.model)
         # The judge (registered in REWARDS), the sentence embedder and the model scorer, checked against the weights.
         self.scorer = setup_rewards(cfg.reward, self.vlm, dtype=cfg.model.dtype,
                                     device=str(next(self.vlm.model.parameters()).device))
