@@ -45,6 +45,7 @@ Shapes: T tokens, G samples per prompt.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -74,6 +75,20 @@ def check_params(params: SamplingParams) -> None:
             "scores; use top_k=0, top_p=1 with vllm, or the native sampler")
 
 
+class _BufferOnlyReloadNotice(logging.Filter):
+    """Drops vLLM's "<Layer>: Failed to load weights" at every push for layers that hold only derived buffers no
+    checkpoint carries, which vLLM puts back itself: rotary cos/sin caches and the image input normalisation
+    (mean/std). A layer with real weights that did not load still warns."""
+
+    BUFFER_ONLY = ("RotaryEmbedding", "MRotaryEmbedding", "FusedMMInputNorm")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.getMessage() == f"{name}: Failed to load weights" for name in self.BUFFER_ONLY)
+
+
+_BUFFER_ONLY_NOTICE = _BufferOnlyReloadNotice()  # one instance: addFilter ignores it when already there
+
+
 class VLLMSampler:
     def __init__(self, model_dir: str | Path, *, max_model_len: int, kv_cache_gib: int = 1, seed: int = 0,
                  limit_images: int = 4, dtype: str = "float32", gpu_memory_utilization: float = 0.4):
@@ -90,6 +105,7 @@ class VLLMSampler:
             raise ValueError("rollout.sampler = vllm needs vLLM: build .venv-vllm with `bash scripts/install_vllm.sh` "
                              f"and run with .venv-vllm/bin/python ({e})") from e
         self._vllm = vllm
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_BUFFER_ONLY_NOTICE)
         self.model_dir = Path(model_dir)
         # In-process, vLLM's CPU worker reseeds torch's global RNG and replaces torch.set_num_threads with a
         # no-op for the rest of the process: the trainer owns both, so both are put back.

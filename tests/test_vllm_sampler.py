@@ -16,7 +16,7 @@ sampler, never against itself:
   whose sampler log-probs are the trainer's (skipped, saying so, before that).
 
 Needs vLLM: runs under .venv-vllm (bash scripts/install_vllm.sh; make test-vllm). Elsewhere the vLLM tests are
-skipped with the reason printed by `pytest -rs`; the two pure-function tests run everywhere.
+skipped with the reason printed by `pytest -rs`; the pure-function tests run everywhere.
 
 Run: OMP_NUM_THREADS=1 .venv-vllm/bin/python -m pytest -q -rs tests/test_vllm_sampler.py
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import os
 import sys
 import time
@@ -36,7 +37,7 @@ from engine.packing import pack, row_logps
 from engine.rollout import RolloutLimits, finish, rollout
 from engine.sampler import GenRequest, SamplingParams, generate
 from engine.trajectory import Trajectory
-from engine.vllm_sampler import check_params, collapse_image_runs
+from engine.vllm_sampler import _BufferOnlyReloadNotice, check_params, collapse_image_runs
 from models.tiny import tiny_model_dir
 from models.vision import rope_positions
 from tests.engine_helpers import (encode, load_tiny, loss_positions, make_prompt, noise_image, plain_logits,
@@ -68,6 +69,17 @@ def test_top_k_top_p_are_refused():
     for bad in (SamplingParams(top_k=5), SamplingParams(top_p=0.9)):
         with pytest.raises(ValueError, match="top_k"):
             check_params(bad)
+
+
+def test_push_notices_of_buffer_only_layers_are_dropped_others_kept():
+    notice = _BufferOnlyReloadNotice()
+
+    def record(layer: str) -> logging.LogRecord:
+        return logging.LogRecord("vllm", logging.WARNING, "layerwise.py", 266, "%s: Failed to load weights",
+                                 (layer,), None)
+
+    assert not notice.filter(record("MRotaryEmbedding")) and not notice.filter(record("FusedMMInputNorm"))
+    assert notice.filter(record("QKVParallelLinear")), "a layer with real weights that did not load must warn"
 
 
 @pytest.fixture(scope="module")
