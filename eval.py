@@ -14,7 +14,7 @@ from train import parse
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg = parse(sys.argv[1:] if argv is None else argv)
+        cfg = parse(sys.argv[1:] if argv is None else argv, description=__doc__.split("\n\n")[0])
     except ValueError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -15,8 +15,8 @@ from engine.config import Config
 from engine.configlib import build_config, describe
 
 
-def parse(argv: list[str]) -> Config:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=True,
+def parse(argv: list[str], description: str | None = None) -> Config:
+    parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0], add_help=True,
                                      epilog="Any config key can be set as --section.key VALUE (see --help-config).")
     parser.add_argument("--config", help="TOML preset (configs/*.toml)")
     parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
