@@ -15,6 +15,13 @@ Why a grid: a square image is seen by the tiny Qwen2.5-VL as 112x112 pixels = 4x
 cell (`cell_of` gives the cell). Cropping the cell is choosing which of 16 tokens holds the dark box, a
 classification a randomly initialised tiny model learns; regressing the box's own pixel coordinates is not (measured:
 SFT on exact boxes collapsed to one constant box). data/zoom_sft.py writes crops of cells by default.
+Why the box's cell is tinted: the tiny Qwen2.5-VL has no absolute position in its visual tokens (2-D rotary only) and
+no pretraining, so "which of 16 tokens is dark" does not become coordinates it writes (measured: SFT on cell crops
+picked the right cell for 2-7% of held-out images, chance 6%, even with every cell tinted its own hue, which needs
+finding the dark token and then reading its colour). So the light background of the box's own cell carries a hue
+(`cell_hue`: 16 hues 22.5 degrees apart at equal lightness, one per cell) and the other cells stay neutral: the
+image's overall colour says which cell to crop, a mapping the tiny model learns like the `colors` task. The hue
+says nothing about the pattern, so the task still needs the crop. A pretrained VLM does not need this cue.
 Clutter (thin 1 px lines, small faint shapes) is light (every channel >= 120) and never comes within `_CLEAR` px of
 the box; noise (std 8) covers everything. `tests/test_synth_zoom.py` measures all of this.
 
@@ -26,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data.synth_base import Sample, boxes_overlap, light_background, smart_resize
+from data.synth_base import Sample, boxes_overlap, smart_resize
 
 PATTERNS = ("horizontal", "vertical", "checker", "dots")
 QUESTION = "What pattern is inside the bold box?"
@@ -38,6 +45,7 @@ GRID = 4  # cells per side: the tiny model's 4x4 merged visual tokens of a squar
 _CELL_MARGIN = _CLEAR  # px between the box and its cell's edges (so also >= _CLEAR from the image's)
 # image sides 448..640 in steps of 16 (cells a multiple of 4 px) that smart-resize to exactly 112x112 (576 does not:
 # floating point makes it 84x84)
+_HUE_CHROMA = 48.0  # grey levels: each cell's background is its base white + this much chroma in its own hue
 SIDES = tuple(s for s in range(448, 641, 16) if smart_resize(s, s) == (112, 112))
 
 
@@ -68,6 +76,20 @@ def cell_of(box, image_size) -> list[int]:
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     col, row = min(int(cx * GRID // width), GRID - 1), min(int(cy * GRID // height), GRID - 1)
     return [col * width // GRID, row * height // GRID, (col + 1) * width // GRID, (row + 1) * height // GRID]
+
+
+def cell_hue(col: int, row: int) -> np.ndarray:
+    """The RGB offset (zero mean: a pure hue at equal lightness) added to cell (col, row)'s light background."""
+    angle = 2 * np.pi * (row * GRID + col) / GRID ** 2
+    return _HUE_CHROMA * np.cos(angle - np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]))
+
+
+def _hue_map(side: int, box) -> np.ndarray:
+    """side x side x 3 offsets: the grid cell holding `box` filled with its cell_hue, every other cell neutral."""
+    out = np.zeros((side, side, 3), dtype=np.float32)
+    x1, y1, x2, y2 = cell_of(box, (side, side))
+    out[y1:y2, x1:x2] = cell_hue(x1 * GRID // side, y1 * GRID // side)
+    return out
 
 
 def _place_target(rng: np.random.Generator, side: int) -> tuple[list[int], int]:
@@ -121,7 +143,9 @@ def make_zoom(rng: np.random.Generator, label: int | None) -> Sample:
     side = int(rng.choice(SIDES))
     width = height = side
     box, border = _place_target(rng, side)
-    canvas = Image.fromarray(light_background(rng, width, height))
+    white = float(rng.integers(236, 256)) - _HUE_CHROMA  # a neutral white (no tint of its own), room for the hue
+    base = np.full((height, width, 3), white, dtype=np.float32)
+    canvas = Image.fromarray(np.clip(np.rint(base + _hue_map(side, box)), 0, 255).astype(np.uint8))
     _draw_clutter(rng, ImageDraw.Draw(canvas), (width, height), box)
 
     pixels = np.array(canvas)

@@ -9,7 +9,7 @@ import pytest
 
 from data import synth_zoom
 from data.synth import generate, model_view
-from data.synth_zoom import GRID, PATTERNS, SIDES, cell_of, pattern
+from data.synth_zoom import GRID, PATTERNS, SIDES, cell_hue, cell_of, pattern
 
 N = 60  # 15 of each pattern
 
@@ -104,8 +104,10 @@ def test_clutter_never_looks_like_or_touches_the_box(monkeypatch):
         ring = np.zeros(pixels.shape[:2], dtype=bool)
         ring[y1 - 12:y2 + 12, x1 - 12:x2 + 12] = True
         ring[y1:y2, x1:x2] = False
-        background = np.median(pixels.reshape(-1, 3), axis=0)
+        background = pixels[ring][0]  # the box's cell: one flat colour, its base white plus the cell's hue
         assert (pixels[ring] == background).all(), f"sample {i}: clutter within 12 px of the box"
+        col, row = (v * GRID // s.image.width for v in s.bbox[:2])
+        assert np.abs(background - background.mean() - cell_hue(col, row)).max() <= 1.0
         outside = pixels.copy()
         outside[y1:y2, x1:x2] = 255
         assert outside.min() >= 120, f"sample {i}: something dark besides the box"
@@ -157,3 +159,21 @@ def test_cell_of_by_hand():
     assert cell_of([168, 9, 250, 83], (624, 624)) == [156, 0, 312, 156]
     assert cell_of([580, 580, 620, 620], (624, 624)) == [468, 468, 624, 624]
     assert cell_of([0, 0, 10, 10], (448, 448)) == [0, 0, 112, 112]
+
+
+def test_the_box_tokens_hue_tells_its_cell(samples):
+    """In the model's view the merged 28x28 token holding the box has, as its colour's hue, the hue of its own cell
+    (nearest of the 16), however much of it the dark box covers, and so has the whole view, whose other cells are
+    neutral: the cue a tiny model can locate the box by."""
+    hues = np.stack([cell_hue(c, r) for r in range(GRID) for c in range(GRID)])
+    for s in samples:
+        view = np.asarray(model_view(s.image), dtype=np.float64)
+        col, row = (v * GRID // s.image.width for v in s.bbox[:2])
+        token = view[row * 28:(row + 1) * 28, col * 28:(col + 1) * 28].reshape(-1, 3).mean(0)
+        chroma = token - token.mean()
+        cosine = hues @ chroma / (np.linalg.norm(hues, axis=1) * np.linalg.norm(chroma))
+        assert int(np.argmax(cosine)) == row * GRID + col and cosine.max() > 0.97, (s.bbox, cosine.max())
+        whole = view.reshape(-1, 3).mean(0)
+        assert int(np.argmax(hues @ (whole - whole.mean()))) == row * GRID + col
+        others = np.delete(view.reshape(GRID, 28, GRID, 28, 3).mean((1, 3)).reshape(-1, 3), row * GRID + col, 0)
+        assert np.abs(others - others.mean(1, keepdims=True)).max() < 2.0, "the other cells carry no hue"
