@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test test-fast test-vllm bench eval tiny clean browser
+.PHONY: venv demo test test-fast test-vllm test-openclip bench eval tiny clean browser
 
 venv: $(STAMP)
 
@@ -40,6 +40,11 @@ test-fast: $(STAMP)
 test-vllm:
 	bash scripts/install_vllm.sh
 	.venv-vllm/bin/python -m pytest -q -rs tests/test_vllm_sampler.py tests/test_vllm_train.py
+
+# The open_clip CLIP backend's lane (reward.clip_backend = "open_clip"): builds .venv-openclip, then its tests.
+test-openclip:
+	bash scripts/install_openclip.sh
+	.venv-openclip/bin/python -m pytest -q -rs tests/test_rewards_openclip.py
 
 bench: $(STAMP)
 	$(VPY) scripts/bench.py
