@@ -23,7 +23,7 @@ PY=${PY:-python3}
 STAMP="$VENV/.openclip-installed"
 start=$(date +%s)
 
-if [ -f "$STAMP" ] && [ "$STAMP" -nt requirements.txt ] && [ "$STAMP" -nt scripts/install_openclip.sh ]; then
+if [ -f "$STAMP" ] && [ "$STAMP" -nt requirements.txt ] && [ "$STAMP" -nt scripts/install_openclip.sh ] && [ "$STAMP" -nt scripts/patch_torchvision.py ]; then
     echo "install_openclip: $VENV is up to date (delete $STAMP to reinstall)"
     exit 0
 fi
@@ -35,38 +35,7 @@ PIP=("$VPY" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" -c requirements.txt -r requirements.txt \
     open_clip_torch==3.3.0 torchvision==0.28.0 timm==1.0.31 ftfy==6.3.1
 
-META=$("$VPY" - <<'PY'
-import importlib.util, pathlib
-spec = importlib.util.find_spec("torchvision")
-print(pathlib.Path(spec.origin).parent / "_meta_registrations.py")
-PY
-)
-"$VPY" - "$META" <<'PY'
-import re, sys, pathlib
-path = pathlib.Path(sys.argv[1])
-src = path.read_text()
-MARK = "# patched by scripts/install_openclip.sh"
-if MARK in src or "# patched by scripts/install_vllm.sh" in src:
-    print(f"install_openclip: torchvision fix already applied ({path})")
-    sys.exit(0)
-pattern = re.compile(r'^@torch\.library\.register_fake\(("torchvision::[a-z_0-9]+")\)$', re.M)
-hits = pattern.findall(src)
-if not hits:
-    print(f"install_openclip: torchvision fix not needed (no unguarded register_fake in {path})")
-    sys.exit(0)
-guard = ("\n\n" + MARK + ": a CUDA torchvision beside CPU torch has no torchvision::* operators, and\n"
-         "# register_fake on a missing operator raises at import time (PLATFORM.md).\n"
-         "def _register_fake_if_ops(name):\n"
-         "    import torchvision.extension\n"
-         "    if torchvision.extension._has_ops():\n"
-         "        return torch.library.register_fake(name)\n"
-         "    return lambda fn: fn\n")
-src = pattern.sub(r'@_register_fake_if_ops(\1)', src)
-first = src.index("@_register_fake_if_ops(")  # the helper goes before the first decorator that uses it
-src = src[:first].rstrip("\n") + guard + "\n\n" + src[first:]
-path.write_text(src)
-print(f"install_openclip: torchvision fix applied to {len(hits)} register_fake decorator(s): {', '.join(hits)}")
-PY
+"$VPY" scripts/patch_torchvision.py install_openclip
 
 "$VPY" - <<'PY'
 import torch, torchvision, open_clip, transformers

@@ -23,7 +23,7 @@ STAMP="$VENV/.installed"
 start=$(date +%s)
 
 if [ -f "$STAMP" ] && [ "$STAMP" -nt requirements.txt ] && [ "$STAMP" -nt requirements-vllm.txt ] \
-        && [ "$STAMP" -nt scripts/install_vllm.sh ]; then
+        && [ "$STAMP" -nt scripts/install_vllm.sh ] && [ "$STAMP" -nt scripts/patch_torchvision.py ]; then
     echo "install_vllm: $VENV is up to date (delete $STAMP to reinstall)"
     exit 0
 fi
@@ -67,43 +67,7 @@ done
 
 # torchvision fix: guard the two fake-kernel registrations that fail with `operator torchvision::nms does not
 # exist` when the CUDA torchvision wheel sits beside CPU torch.
-META=$("$VPY" - <<'PY'
-import importlib.util, pathlib
-spec = importlib.util.find_spec("torchvision")
-print(pathlib.Path(spec.origin).parent / "_meta_registrations.py" if spec else "")
-PY
-)
-if [ -n "$META" ]; then
-    "$VPY" - "$META" <<'PY'
-import re, sys, pathlib
-path = pathlib.Path(sys.argv[1])
-src = path.read_text()
-MARK = "# patched by scripts/install_vllm.sh"
-if MARK in src:
-    print(f"install_vllm: torchvision fix already applied ({path})")
-    sys.exit(0)
-# Unguarded: `@torch.library.register_fake("torchvision::name")` at column 0.
-pattern = re.compile(r'^@torch\.library\.register_fake\(("torchvision::[a-z_0-9]+")\)$', re.M)
-hits = pattern.findall(src)
-if not hits:
-    print(f"install_vllm: torchvision fix not needed (no unguarded register_fake in {path})")
-    sys.exit(0)
-guard = ("\n\n" + MARK + ": a CUDA torchvision beside CPU torch has no torchvision::* operators, and\n"
-         "# register_fake on a missing operator raises at import time (PLATFORM.md).\n"
-         "def _register_fake_if_ops(name):\n"
-         "    import torchvision.extension\n"
-         "    if torchvision.extension._has_ops():\n"
-         "        return torch.library.register_fake(name)\n"
-         "    return lambda fn: fn\n")
-src = pattern.sub(r'@_register_fake_if_ops(\1)', src)
-# the helper goes right after the imports (before the first decorator that uses it)
-first = src.index("@_register_fake_if_ops(")
-head, tail = src[:first], src[first:]
-src = head.rstrip("\n") + guard + "\n\n" + tail
-path.write_text(src)
-print(f"install_vllm: torchvision fix applied to {len(hits)} register_fake decorator(s): {', '.join(hits)}")
-PY
-fi
+"$VPY" scripts/patch_torchvision.py install_vllm
 
 "$VPY" - "$PINS" <<'PY'
 import sys
