@@ -138,6 +138,19 @@ def test_two_processes_train_like_one(one, two):
 
 
 @pytest.mark.slow
+def test_gradient_checkpointing_under_fsdp_trains_like_one_process_without_it(data, one, tmp_path):
+    """--model.gradient_checkpointing with FSDP2 on 2 processes: the same SFT losses and gradient norms as the
+    1-process run without checkpointing (recomputation inside sharded layers changes nothing numerically)."""
+    out = tmp_path / "run"
+    _torchrun("train.py", *_cli(data, out, "--train.stage", "sft", "--model.gradient_checkpointing", "true"))
+    a, b = _metrics(one), _metrics(out)
+    assert sorted(b) == [1, 2, 3, 4]
+    for step in range(1, 5):
+        assert b[step]["sft/loss"] == pytest.approx(a[step]["sft/loss"], abs=1e-5), step
+        assert b[step]["sft/grad_norm"] == pytest.approx(a[step]["sft/grad_norm"], rel=1e-4), step
+
+
+@pytest.mark.slow
 def test_rl_step_on_two_processes_equals_one(tmp_path):
     from tests.dist_rl_worker import run
 
