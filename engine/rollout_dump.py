@@ -3,7 +3,8 @@
     run_dir/rollouts/step_000010.jsonl   one JSON object per trajectory:
         {"step", "index", "question", "answer", "response", "reward", "parts": {name: value}, "advantage",
          "stop", "images": ["images/step_000010_0_0.png", ...] (relative to rollouts/; original first, then tool
-         outputs), "tool_calls": [{"name", "args" (model frame), "ok", "error", "box_pixels" (original pixels)}]}
+         outputs), "box_frame": the frame of the calls' "args" boxes (pixels | resized | norm1000),
+         "tool_calls": [{"name", "args" (model frame), "ok", "error", "box_pixels" (original pixels)}]}
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 from pathlib import Path
 
 
-def dump_rollouts(run_dir: str | Path, step: int, trajs, rewards, adv_B, *, max_items: int = 8) -> Path:
+def dump_rollouts(run_dir: str | Path, step: int, trajs, rewards, adv_B, *, box_frame: str = "",
+                  max_items: int = 8) -> Path:
     out = Path(run_dir) / "rollouts"
     (out / "images").mkdir(parents=True, exist_ok=True)
     path = out / f"step_{step:06d}.jsonl"
@@ -27,6 +29,7 @@ def dump_rollouts(run_dir: str | Path, step: int, trajs, rewards, adv_B, *, max_
                 "step": step, "index": i, "question": t.prompt.example.question, "answer": t.prompt.example.answer,
                 "response": t.text, "reward": rewards.total[i], "advantage": float(adv_B[i]), "stop": t.stop,
                 "parts": {name: values[i] for name, values in rewards.parts.items()}, "images": images,
+                **({"box_frame": box_frame} if box_frame else {}),
                 "tool_calls": [{"name": c.name, "args": c.args, "ok": c.ok, "error": c.error,
                                 "box_pixels": c.box_pixels} for c in t.tool_calls],
             }

@@ -361,7 +361,7 @@ class Run:
         self.summary["final_checkpoint"] = str(self._save("rl", cfg.train.steps, optimizer, scheduler, stream))
 
     def _log_samples(self, trajs, rewards, adv, k: int = 4) -> None:
-        dump_rollouts(self.dir, self.global_step, trajs, rewards, adv)
+        dump_rollouts(self.dir, self.global_step, trajs, rewards, adv, box_frame=self.vlm.family.box_frame)
         for i in range(min(k, len(trajs))):
             parts = ", ".join(f"{n}={v[i]:.2f}" for n, v in rewards.parts.items())
             text = (f"Q: {trajs[i].prompt.example.question}\nA*: {trajs[i].prompt.example.answer}\n"

@@ -8,6 +8,7 @@ tests/test_view.py`.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -147,6 +148,17 @@ def test_unknown_frame_draws_nothing(tmp_path):
     assert view.main([str(run)]) == 0
     text = (run / "rollouts" / "index.html").read_text()
     assert 'class="box"' not in text and "not drawn: box frame &#x27;unknown&#x27;" in text
+
+
+def test_dump_records_the_models_box_frame_and_the_page_names_it(tmp_path):
+    run = make_run(tmp_path / "run", box_frame="")  # config says nothing: the family's own frame
+    dump_rollouts(run, 11, [_traj(0, [ToolCallRecord("crop", {"box": BOX}, True)], "eos")],
+                  RewardBatch(total=[1.0], parts={"format": [1.0]}, errors={}), torch.tensor([0.5]), box_frame="resized")
+    records = [json.loads(line) for line in open(run / "rollouts" / "step_000011.jsonl")]
+    assert [r["box_frame"] for r in records] == ["resized"]
+    assert all("box_frame" not in json.loads(line) for line in open(run / "rollouts" / "step_000010.jsonl"))
+    assert view.main([str(run)]) == 0
+    assert "box frame (from the dump): resized" in (run / "rollouts" / "index.html").read_text()
 
 
 def test_max_spreads_over_the_run():

@@ -228,7 +228,11 @@ def render_rollout(rec: dict, *, folder: Path, page_dir: Path, frame: str) -> st
 
 def render_page(records: list[dict], *, folder: Path, page_dir: Path, frame: str, title: str) -> str:
     body = "\n".join(render_rollout(r, folder=folder, page_dir=page_dir, frame=frame) for r in records)
-    note = f"box frame from config: {frame!r}" if frame else "box frame: unknown (only box_pixels are drawn)"
+    dumped = sorted({str(r["box_frame"]) for r in records if r.get("box_frame")})
+    if dumped:
+        note = f"box frame (from the dump): {', '.join(dumped)}"
+    else:
+        note = f"box frame from config: {frame!r}" if frame else "box frame: unknown (only box_pixels are drawn)"
     return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{_esc(title)}</title>'
             f'<style>{STYLE}</style></head><body><h1>{_esc(title)}</h1>'
             f'<p>{len(records)} rollouts; {_esc(note)}</p>\n{body}\n<script>{SCRIPT}</script></body></html>\n')
