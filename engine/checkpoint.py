@@ -232,20 +232,28 @@ def read_optimizer_state(path: str | Path) -> dict[str, Any]:
 
 
 def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """States of python `random`, numpy's global RNG, torch CPU (and every CUDA device), and named generators."""
+    """States of python `random`, numpy's global RNG, torch CPU (and every CUDA device), and named generators
+    (each a CPU uint8 tensor from `get_state()`, a CUDA generator's too, with its device type beside it: a CUDA
+    state does not fit a CPU generator, see `generator_device`)."""
+    generators = generators or {}
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "generators": {name: g.get_state() for name, g in (generators or {}).items()}}
+             "generators": {name: g.get_state() for name, g in generators.items()},
+             "generator_devices": {name: g.device.type for name, g in generators.items()}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
-    """Inverse of capture_rng; the named generators must be the ones that were captured."""
+    """Inverse of capture_rng; the named generators must be the ones that were captured, on the same device type."""
     generators = generators or {}
     if set(generators) != set(state["generators"]):
         raise ValueError(f"restore_rng: checkpoint has generators {sorted(state['generators'])}, "
                          f"got {sorted(generators)}")
+    for name, g in generators.items():
+        if generator_device(state, name) != g.device.type:
+            raise ValueError(f"restore_rng: generator {name!r} was saved on {generator_device(state, name)} and is "
+                             f"restored into a {g.device.type} generator; reseed it instead")
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -253,3 +261,8 @@ def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | 
         torch.cuda.set_rng_state_all(state["cuda"])
     for name, g in generators.items():
         g.set_state(state["generators"][name])
+
+
+def generator_device(state: dict[str, Any], name: str) -> str:
+    """Device type ("cpu", "cuda") of a generator captured by capture_rng (checkpoints from before this field: cpu)."""
+    return state.get("generator_devices", {}).get(name, "cpu")

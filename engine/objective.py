@@ -37,10 +37,11 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Lo
     seq_K = row.seq_K.to(logp_K.device)
     mask_K = torch.ones_like(logp_K)  # kept positions are exactly the loss tokens
     old_K = logp_K.detach() if batch.old_logp is None else batch.old_logp[row_index]
-    per_token_K, metrics = LOSSES[cfg.name](logp=logp_K, old_logp=old_K, adv=batch.adv_B[seq_K], mask=mask_K,
+    adv_K = batch.adv_B.to(logp_K.device)[seq_K]  # a no-op when rl_step already put adv_B on the model's device
+    per_token_K, metrics = LOSSES[cfg.name](logp=logp_K, old_logp=old_K, adv=adv_K, mask=mask_K,
                                             seq_idx=seq_K, num_seqs=batch.num_seqs, cfg=cfg)
     if batch.sampler_logp is not None:  # the trainer's vs the sampler's log-prob of the same tokens
-        sampler_K = batch.sampler_logp[row_index].to(old_K.device)
+        sampler_K = batch.sampler_logp[row_index]
         log_ratio_K = (old_K - sampler_K).detach()
         metrics["tis/mismatch_abs"] = log_ratio_K.abs().mean()
         metrics["tis/ratio_mean"] = log_ratio_K.exp().mean()
@@ -64,9 +65,11 @@ def rows_logps(model, rows: list[PackedRow], *, temperature: float = 1.0) -> dic
     return {i: row_logps(model, row, temperature=temperature)[0] for i, row in enumerate(rows)}
 
 
-def sampler_logps(rows: list[PackedRow], trajs) -> dict[int, torch.Tensor]:
-    return {i: torch.tensor([trajs[s].sampler_logp[o] for s, o in zip(r.seq_K.tolist(), r.offset_K.tolist())])
-            for i, r in enumerate(rows)}
+def sampler_logps(rows: list[PackedRow], trajs, device: torch.device) -> dict[int, torch.Tensor]:
+    """The sampler's log-prob of every kept token, per row, on `device` (rows' index tensors live on the CPU:
+    the .tolist() calls read host memory, no device sync)."""
+    return {i: torch.tensor([trajs[s].sampler_logp[o] for s, o in zip(r.seq_K.tolist(), r.offset_K.tolist())],
+                            device=device) for i, r in enumerate(rows)}
 
 
 def padded_rows(rows: list[PackedRow], *, fallback) -> tuple[list[PackedRow], int]:

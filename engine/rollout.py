@@ -62,7 +62,7 @@ def rollout(vlm: VLM, prompts: list[Prompt], *, group_size: int, params: Samplin
     fam = vlm.family
     tool_stops = protocol.stop_ids if protocol else frozenset()
     params = replace(params, stop_ids=frozenset(fam.eos_ids) | tool_stops, max_new_tokens=limits.max_new_tokens,
-                     banned_ids=fam.vision_ids)
+                     banned_ids=fam.vision_ids, num_token_ids=fam.num_token_ids)
 
     def sample(requests: list[GenRequest], images: list[list], expand: int = 1):
         if sampler is None:

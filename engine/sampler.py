@@ -27,6 +27,7 @@ class SamplingParams:
     top_p: float = 1.0  # 1 → off
     stop_ids: frozenset[int] = field(default_factory=frozenset)
     banned_ids: frozenset[int] = field(default_factory=frozenset)  # never drawn (e.g. image placeholders)
+    num_token_ids: int = 0  # ids >= this name no token (padded embedding rows) and are never drawn; 0: off
 
 
 @dataclass
@@ -46,13 +47,17 @@ class GenOutput:
 
 
 def _sample(logits_BV: torch.Tensor, p: SamplingParams, gen: torch.Generator | None):
-    """Returns (token_B, logp_B); logp is under the temperature-scaled distribution with banned ids removed.
-    top-k/top-p only decide what may be drawn and do not change logp (the trainer recomputes the same quantity;
-    banned ids hold ~0 probability in any trained model, so removing them changes logp negligibly)."""
+    """Returns (token_B, logp_B); logp is under the temperature-scaled distribution with banned ids and ids past
+    the tokenizer (`num_token_ids`) removed. top-k/top-p only decide what may be drawn and do not change logp (the
+    trainer recomputes the same quantity; banned and padded ids hold ~0 probability in any trained model, so
+    removing them changes logp negligibly; in a random-init model they do not, and only the sampler masks them).
+    `gen` must live on the logits' device (torch.multinomial's rule)."""
     logits_BV = logits_BV.float()
-    if p.banned_ids:
+    if p.banned_ids or 0 < p.num_token_ids < logits_BV.shape[-1]:
         logits_BV = logits_BV.clone()
         logits_BV[:, sorted(p.banned_ids)] = float("-inf")
+        if p.num_token_ids:
+            logits_BV[:, p.num_token_ids:] = float("-inf")
     if p.temperature <= 0:
         tok_B = logits_BV.argmax(-1)
         return tok_B, torch.log_softmax(logits_BV, -1).gather(-1, tok_B[:, None])[:, 0]
@@ -98,6 +103,9 @@ def generate(model, requests: list[GenRequest], params: SamplingParams, *, pad_i
              generator: torch.Generator | None = None) -> list[GenOutput]:
     """Continue every request; with expand=G each request yields G outputs (request-major order)."""
     device = next(model.parameters()).device
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"the sampling generator is on {generator.device} and the model on {device}: make it with "
+                         "torch.Generator(device=<the model's device>)")
     ids_BT, mask_BT, pos_3BT = (t.to(device) for t in _left_pad(requests, pad_id))
     pixels, grids = _images(requests)
     out = model(input_ids=ids_BT, attention_mask=mask_BT, position_ids=pos_3BT, use_cache=True,
@@ -116,9 +124,10 @@ def generate(model, requests: list[GenRequest], params: SamplingParams, *, pad_i
     stops = ["length"] * n
     row_B = torch.arange(n, device=device)  # which output each live row writes to
     stop_t = torch.tensor(sorted(params.stop_ids), device=device, dtype=torch.long)
-    for step in range(int(limit_B.max().item()) if n else 0):  # sync point: one .item() per call
+    for step in range(int(limit_B.max().item()) if n else 0):  # host sync: one .item() per call, the loop bound
         tok_B, logp_B = _sample(logits_BV, params, generator)
-        for r, t, lp in zip(row_B.tolist(), tok_B.tolist(), logp_B.tolist()):  # sync point per step
+        # host sync per step: the tokens go to Python lists, and which rows stopped decides the next forward
+        for r, t, lp in zip(row_B.tolist(), tok_B.tolist(), logp_B.tolist()):
             tokens[r].append(t)
             logps[r].append(lp)
         hit_B = torch.isin(tok_B, stop_t)

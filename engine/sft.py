@@ -72,7 +72,7 @@ def sft_step(model, optimizer, scheduler, trajs: list[Trajectory], *, micro_batc
     local = sum(sum(t.mask[1:]) for t in trajs)  # every mask-1 token after position 0 is predicted
     num_tokens = int(D.all_reduce_sum(local))  # sync point: the global count, before the loss
     rows, num_real = padded_rows(pack(trajs, micro_batch_tokens), fallback=None)
-    total = torch.zeros(())
+    total = torch.zeros((), device=next(model.parameters()).device)
     for i, row in enumerate(rows):
         if i >= num_real:
             padding_loss(model, row).backward()

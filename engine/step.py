@@ -57,6 +57,11 @@ def policy_weights(model):
     return (merged_state_dict(model, state) if is_peft(model) else state).items()
 
 
+def model_device(model) -> torch.device:
+    """Where the model computes (FSDP2's DTensor parameters report their local device)."""
+    return next(model.parameters()).device
+
+
 def sampling_params(cfg) -> SamplingParams:
     r = cfg.rollout
     return SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p)
@@ -104,7 +109,7 @@ def optimizer_step(state: RLState, rows, num_real: int, batch: StepBatch) -> dic
     model, cfg = state.policy.model, state.cfg
     state.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, torch.Tensor] = {}
-    total, loss_sum = 0, torch.zeros(())
+    total, loss_sum = 0, torch.zeros((), device=model_device(model))
     for i, row in enumerate(rows):
         if i >= num_real:
             padding_loss(model, row, temperature=cfg.rollout.temperature).backward()
@@ -151,7 +156,8 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
         budget, temperature = cfg.optim.micro_batch_tokens, cfg.rollout.temperature
         any_traj = next((t for t in trajs if t.num_sampled), trajs[0])  # to pad with when this rank kept nothing
         rows, num_real = padded_rows(pack(train_trajs, budget), fallback=lambda: pack([any_traj], budget)[0])
-        batch = StepBatch(adv_B=adv_B[kept], num_tokens=num_tokens, num_seqs=num_seqs)
+        device = model_device(vlm.model)  # rewards and advantages are computed on the host; the loss is not
+        batch = StepBatch(adv_B=adv_B[kept].to(device), num_tokens=num_tokens, num_seqs=num_seqs)
         with timer.phase("old_logp"):
             if cfg.algo.num_updates > 1:
                 batch.old_logp = rows_logps(vlm.model, rows, temperature=temperature)
@@ -159,7 +165,7 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
             if state.loss_cfg.kl_beta > 0:
                 batch.ref_logp = reference_logps(state, rows, temperature=temperature)
         if state.loss_cfg.tis_cap or state.sampler is not None:  # vLLM: the mismatch is always logged
-            batch.sampler_logp = sampler_logps(rows[:num_real], train_trajs)
+            batch.sampler_logp = sampler_logps(rows[:num_real], train_trajs, device)
         for _ in range(cfg.algo.num_updates):
             with timer.phase("update"):
                 update = optimizer_step(state, rows, num_real, batch)

@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from data import load_examples
 from engine import distributed as D
-from engine.checkpoint import (capture_rng, latest_checkpoint, load_checkpoint, read_optimizer_state, restore_rng,
-                               save_checkpoint)
+from engine.checkpoint import (capture_rng, generator_device, latest_checkpoint, load_checkpoint,
+                               read_optimizer_state, restore_rng, save_checkpoint)
 from engine.config import Config
 from engine.configlib import to_toml
 from engine.data_stream import DataStream
@@ -49,7 +49,7 @@ from engine.metrics import MetricsLogger, progress
 from engine.optim import build_optimizer, build_scheduler
 from engine.rollout_dump import dump_rollouts
 from engine.sft import sft_step, sft_trajectory, target_text
-from engine.step import RLState, policy_weights, rl_step
+from engine.step import RLState, model_device, policy_weights, rl_step
 from engine.tool_health import ToolCallMonitor
 from engine.tool_protocols import make_protocol
 from models.load import VLM, load_vlm
@@ -146,14 +146,16 @@ class Run:
             enable_gradient_checkpointing(self.vlm.model)
         # The judge (registered in REWARDS), the sentence embedder and the model scorer, checked against the weights.
         self.scorer = setup_rewards(cfg.reward, self.vlm, dtype=cfg.model.dtype,
-                                    device=str(next(self.vlm.model.parameters()).device))
+                                    device=str(model_device(self.vlm.model)))
         self.train_set, self.eval_set = load_data(cfg, verbose=self.main_rank)
         if self.dist.world > 1 and (bare := next((e for e in self.train_set if not e.images), None)):
             raise ValueError(f"{bare.origin}: a training example without an image; under torchrun every rank must "
                              "run the vision tower in each training forward (FSDP collectives): train text-only "
                              "examples in one process or give them an image")
         self.protocol = make_protocol(cfg.rollout.protocol, self.vlm)
-        self.generator = torch.Generator().manual_seed(cfg.train.seed + 1000 * self.dist.rank)
+        # On the model's device: torch.multinomial on CUDA probabilities needs a CUDA generator.
+        self.generator = torch.Generator(device=model_device(self.vlm.model))
+        self.generator.manual_seed(cfg.train.seed + 1000 * self.dist.rank)
         self.logger = MetricsLogger(self.dir, tensorboard=cfg.train.tensorboard) if self.main_rank else None
         self.summary: dict = {"done_stages": []}
         self.resume_from = None
@@ -199,9 +201,15 @@ class Run:
             D.load_optimizer_state_dict(model, optimizer, optim_state)
         stream.load_state_dict(state["data"])
         saved = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per rank that saved
-        if self.dist.rank < len(saved):
-            restore_rng(saved[self.dist.rank], {"sampler": self.generator})
-        else:  # more processes than saved: a fresh stream for this rank
+        mine = saved[self.dist.rank] if self.dist.rank < len(saved) else None
+        here = self.generator.device.type
+        if mine is not None and generator_device(mine, "sampler") != here:  # a CPU state does not fit a CUDA one
+            self._print(f"note: the checkpoint sampled on {generator_device(mine, 'sampler')}, this run samples on "
+                        f"{here}: a fresh sampling stream (the run continues correctly, not bitwise)")
+            mine = None
+        if mine is not None:
+            restore_rng(mine, {"sampler": self.generator})
+        else:  # more processes than saved, or another device type: a fresh stream for this rank
             self.generator.manual_seed(self.cfg.train.seed + 1000 * self.dist.rank + 7919 * self.global_step)
         self.resume_from = None
         return state["stage_step"]

@@ -122,15 +122,17 @@ class VLLMSampler:
         self.image_token_id = int(config.image_token_id)
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         self.generator = torch.Generator().manual_seed(seed)
-        self._allowed: dict[frozenset[int], list[int]] = {}  # banned ids → allowed ids, built once per set
+        self._allowed: dict[tuple, list[int]] = {}  # (banned ids, num_token_ids) → allowed ids, built once each
 
     def _sampling_params(self, params: SamplingParams, r: GenRequest, n: int, seed: int):
         limit = min(r.max_new_tokens or params.max_new_tokens, params.max_new_tokens)
         allowed = None
-        if params.banned_ids:  # masked before temperature, as ours: logps are over the allowed ids
-            if params.banned_ids not in self._allowed:
-                self._allowed[params.banned_ids] = [i for i in range(self.vocab_size) if i not in params.banned_ids]
-            allowed = self._allowed[params.banned_ids]
+        num_ids = min(params.num_token_ids or self.vocab_size, self.vocab_size)
+        if params.banned_ids or num_ids < self.vocab_size:  # masked before temperature, as ours: logps are over them
+            key = (params.banned_ids, num_ids)
+            if key not in self._allowed:
+                self._allowed[key] = [i for i in range(num_ids) if i not in params.banned_ids]
+            allowed = self._allowed[key]
         return self._vllm.SamplingParams(
             n=n, temperature=max(params.temperature, 0.0), max_tokens=limit, logprobs=0, seed=seed,
             stop_token_ids=sorted(params.stop_ids), ignore_eos=True, allowed_token_ids=allowed, detokenize=False,
@@ -150,7 +152,9 @@ class VLLMSampler:
         greedy = params.temperature <= 0  # vLLM refuses n > 1 when greedy: sample once, copy G times
         n = 1 if greedy else expand
         gen = generator if generator is not None else self.generator
-        seeds = torch.randint(0, 2**30, (len(requests),), generator=gen).tolist()  # room for seed + k, k < G
+        # Room for seed + k, k < G. Drawn on the generator's device (the trainer's is the policy's, maybe CUDA);
+        # host sync: .tolist(), once per call, because vLLM takes Python seeds.
+        seeds = torch.randint(0, 2**30, (len(requests),), generator=gen, device=gen.device).tolist()
         prompts, sps = [], []
         for r, images, seed in zip(requests, images_per_request, seeds):
             n_img = 0 if r.grid_thw is None else len(r.grid_thw)

@@ -34,6 +34,9 @@ class Family:
     pad_id: int
     tool_call_start_id: int | None  # <tool_call>, when the tokenizer has it as one id
     tool_call_end_id: int | None  # </tool_call>
+    # Ids from here on name no token: real checkpoints pad the embedding (151,936 rows for Qwen2.5-VL's 151,665
+    # tokens) and never sample them. 0: unknown (every row is a token).
+    num_token_ids: int = 0
 
     @property
     def vision_ids(self) -> frozenset[int]:
@@ -80,4 +83,5 @@ def family_from(config, tokenizer, *, box_frame: str | None = None) -> Family:
         pad_id=pad,
         tool_call_start_id=token_id("<tool_call>"),
         tool_call_end_id=token_id("</tool_call>"),
+        num_token_ids=max(vocab.values()) + 1,
     )

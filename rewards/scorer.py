@@ -152,7 +152,7 @@ class ModelScorer:
                 out, _ = self._forward([self._request(images_per_item[i], questions[i]) for i in chunk],
                                        logits_to_keep=1)
                 pair_B2 = out.logits[:, -1, [self.yes_id, self.no_id]].float()
-                probs += torch.softmax(pair_B2, dim=-1)[:, 0].tolist()  # sync point
+                probs += torch.softmax(pair_B2, dim=-1)[:, 0].tolist()  # host sync: once per chunk
         return probs
 
     @torch.no_grad()
@@ -162,7 +162,8 @@ class ModelScorer:
         n = _check_items(images_per_item, questions)
         fam = self.vlm.family
         params = SamplingParams(max_new_tokens=max_new_tokens or self.max_new_tokens, temperature=0.0,
-                                stop_ids=frozenset(fam.eos_ids), banned_ids=fam.vision_ids)
+                                stop_ids=frozenset(fam.eos_ids), banned_ids=fam.vision_ids,
+                                num_token_ids=fam.num_token_ids)
         texts: list[str] = []
         with _eval_mode(self.vlm.model):
             for chunk in self._chunks(n):
@@ -185,20 +186,23 @@ class ModelScorer:
                 answer_ids = [tok(answers[i], add_special_tokens=False).input_ids for i in items]
                 requests = [self._request(images_per_item[i], questions[i], a) for i, a in zip(items, answer_ids)]
                 out, ids_BT = self._forward(requests, output_attentions=True, logits_to_keep=1)
-                T = ids_BT.shape[1]
+                # Masks on the model's device: each layer's [B, H, T, T] weights stay where they were computed.
+                device = out.attentions[0].device
+                ids_BT, T = ids_BT.to(device), ids_BT.shape[1]
                 image_BT = ids_BT == fam.image_token_id
                 image_index_BT = (ids_BT == fam.vision_start_id).cumsum(1) - 1  # which image a placeholder is in
-                first_B1 = torch.tensor([first_processed[i] for i in items])[:, None]
+                first_B1 = torch.tensor([first_processed[i] for i in items], device=device)[:, None]
                 processed_BT = image_BT & (image_index_BT >= first_B1)
-                num_answer_B1 = torch.tensor([len(a) for a in answer_ids])[:, None]
-                query_BT = torch.arange(T)[None, :] >= T - num_answer_B1  # left padding: answers end every row
-                to_processed_B, to_images_B = torch.zeros(len(items)), torch.zeros(len(items))
+                num_answer_B1 = torch.tensor([len(a) for a in answer_ids], device=device)[:, None]
+                query_BT = torch.arange(T, device=device)[None, :] >= T - num_answer_B1  # left padding: answers last
+                to_processed_B = torch.zeros(len(items), device=device)
+                to_images_B = torch.zeros(len(items), device=device)
                 for attn_BHTT in out.attentions:
-                    attn_BHTT = attn_BHTT.float().cpu()
+                    attn_BHTT = attn_BHTT.float()
                     to_processed_B += ((attn_BHTT * processed_BT[:, None, None, :]).sum((1, 3)) * query_BT).sum(1)
                     to_images_B += ((attn_BHTT * image_BT[:, None, None, :]).sum((1, 3)) * query_BT).sum(1)
                 share_B = torch.where(to_images_B > 0, to_processed_B / to_images_B.clamp_min(1e-30), 0.0)
-                for i, s in zip(items, share_B.tolist()):  # sync point
+                for i, s in zip(items, share_B.tolist()):  # host sync: once per chunk
                     shares[i] = s
         return shares
 

@@ -65,7 +65,7 @@ def setup(threads: int, total_steps: int):
     optimizer, scheduler = _optimizer(model, cfg, cfg.optim.lr, total_steps)
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     state = RLState(cfg=cfg, policy=vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
-                    generator=torch.Generator().manual_seed(cfg.train.seed),
+                    generator=torch.Generator(device=model.device).manual_seed(cfg.train.seed),
                     protocol=make_protocol(cfg.rollout.protocol, vlm), loss_cfg=loss_config(cfg))
     return cfg, vlm, state, train_set, DataStream(len(train_set), cfg.train.seed + 2)
 

@@ -14,7 +14,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import engine.checkpoint as ckpt
-from engine.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from engine.checkpoint import (capture_rng, generator_device, latest_checkpoint, load_checkpoint, restore_rng,
+                               save_checkpoint)
 
 
 def _model(seed: int) -> GPT2LMHeadModel:
@@ -225,3 +226,9 @@ def test_rng_restore_reproduces_draws(tmp_path):
     assert _draw(gen) == first
     with pytest.raises(ValueError, match="generators"):
         restore_rng(state, {"other": gen})
+    # The sampling generator's state is a plain uint8 tensor (loadable with weights_only=True), its device type
+    # beside it: a CUDA generator's state (seed + offset) does not fit a CPU generator, and is refused by name.
+    assert state["generators"]["sampler"].dtype == torch.uint8 and generator_device(state, "sampler") == "cpu"
+    with pytest.raises(ValueError, match="'sampler' was saved on cuda"):
+        restore_rng({**state, "generator_devices": {"sampler": "cuda"}}, {"sampler": gen})
+    assert generator_device({"generators": {}}, "sampler") == "cpu"  # checkpoints from before the field

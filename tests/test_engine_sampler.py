@@ -177,3 +177,20 @@ def test_logps_equal_full_forward(vlm, prompts, temperature):
         logp_nV = torch.log_softmax(logits_TV[L - 1:L - 1 + n] / temperature, -1)
         expected = logp_nV.gather(-1, torch.tensor(o.tokens)[:, None])[:, 0]
         torch.testing.assert_close(torch.tensor(o.logps), expected, rtol=0, atol=1e-4)
+
+
+def test_ids_past_the_tokenizer_are_never_drawn_and_leave_logp():
+    """A padded vocabulary (real checkpoints: 151,936 rows for 151,665 tokens): the padded rows hold the largest
+    logits here, yet are never drawn, and logp is log-softmax over the real ids only (worked out by hand)."""
+    from engine.sampler import _sample
+
+    logits_BV = torch.tensor([[0.0, 0.0, 5.0, 9.0, 9.0], [1.0, 0.0, 0.0, 9.0, 9.0]])  # ids 3, 4 name no token
+    params = SamplingParams(temperature=1.0, num_token_ids=3)
+    draws = torch.stack([_sample(logits_BV, params, torch.Generator().manual_seed(s))[0] for s in range(200)])
+    assert int(draws.max()) < 3 and set(draws[:, 0].tolist()) >= {0, 1, 2}  # every real id is reachable
+    tok_B, logp_B = _sample(logits_BV, SamplingParams(temperature=0.0, num_token_ids=3), None)
+    assert tok_B.tolist() == [2, 0]  # greedy: the best REAL id
+    # row 0: log(e^5 / (1 + 1 + e^5)); row 1: log(e / (e + 1 + 1))
+    expected = torch.log(torch.tensor([torch.e**5 / (2 + torch.e**5), torch.e / (torch.e + 2)]))
+    assert torch.allclose(logp_B, expected, atol=1e-6)
+

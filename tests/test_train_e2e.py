@@ -1,5 +1,5 @@
-"""End to end on the tiny offline VLM: the trainer's pinned first losses survive a crash + resume exactly,
-and a short GRPO run raises the reward."""
+"""End to end on the tiny offline VLM: the trainer's pinned first losses and sampled tokens survive a crash +
+resume exactly, and a short GRPO run raises the reward."""
 
 import json
 import subprocess
@@ -43,23 +43,36 @@ def test_resume_after_crash_reproduces_the_uninterrupted_losses(colors, tmp_path
              "--train.save_every", "2", "--optim.lr", "1e-3", "--algo.kl_beta", "0.04",
              # pinned here, not inherited from the demo preset: these give varied rewards at steps 3-4
              "--sft.lr", "2e-3", "--rollout.temperature", "1.0", "--rollout.max_new_tokens", "24"]
+    real_step, sampled = trainer.rl_step, {"straight": [], "crashed": []}  # each RL step's sampled token ids
+
+    def recording(run):
+        def step(*args, **kwargs):
+            out = real_step(*args, **kwargs)
+            sampled[run].append([t.ids[t.prompt_len:] for t in out[1]])
+            return out
+        return step
+
+    monkeypatch.setattr(trainer, "rl_step", recording("straight"))
     trainer.run(_cfg(colors, tmp_path / "straight", *extra))
     straight = _metrics(tmp_path / "straight")
-
-    real_step, calls = trainer.rl_step, {"n": 0}
+    calls = {"n": 0}
 
     def crash_on_third(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("simulated crash after step 2")
-        return real_step(*args, **kwargs)
+        return recording("crashed")(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "rl_step", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         trainer.run(_cfg(colors, tmp_path / "crashed", *extra))
-    monkeypatch.setattr(trainer, "rl_step", real_step)
+    monkeypatch.setattr(trainer, "rl_step", recording("crashed"))
     trainer.run(_cfg(colors, tmp_path / "crashed", *extra, "--train.resume", "true"))
     resumed = _metrics(tmp_path / "crashed")
+    # The resumed run samples exactly the tokens the uninterrupted one sampled (the sampling generator's state is
+    # in the checkpoint); steps 1-2 ran before the crash, steps 3-4 after the resume.
+    assert len(sampled["straight"]) == len(sampled["crashed"]) == 4
+    assert sampled["crashed"] == sampled["straight"]
     assert sorted(straight) == [1, 2, 3, 4] and sorted(resumed) == [1, 2, 3, 4]
     assert any(straight[s]["adv/abs_max"] > 0 for s in (3, 4))  # real advantages: the loss is not a constant
     for step in (3, 4):  # the steps after the crash: bitwise the same run
