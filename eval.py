@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         _, examples = load_data(cfg)
         # the judge, sentence embedder and model scorer, exactly as training scores them
         scorer = setup_rewards(cfg.reward, vlm, dtype=cfg.model.dtype, device=str(next(vlm.model.parameters()).device))
-        result = evaluate(vlm, examples, cfg, make_protocol(cfg.rollout.protocol, vlm), scorer=scorer)
+        result = evaluate(vlm, examples, cfg, make_protocol(cfg.rollout.protocol, vlm, tools=cfg.rollout.tools), scorer=scorer)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

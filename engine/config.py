@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tools.schema import check_tool_names
+
 
 def doc(default, help: str):
     """A config field with its documentation (every field has one; tests check)."""
@@ -61,6 +63,7 @@ class RolloutConfig:
     top_p: float = doc(1.0, "Nucleus sampling threshold (1: off).")
     top_k: int = doc(0, "Top-k sampling (0: off).")
     protocol: str = doc("none", "Tool protocol: none, inline (<tool_call>…</tool_call> inside the answer) or multiturn (<tool>…</tool> ends the turn).")
+    tools: list[str] = doc([], "Tools the model may call (names from `python -m tools.run --list`): the system prompt then lists their signatures and the protocol's call format (Qwen's `# Tools` convention, tools/schema.py), and a call to any other tool is answered with an error. Empty: every tool may run and the prompt lists none (write your own instructions in data.question_template or system_prompt). Needs protocol inline or multiturn.")
     max_tool_calls: int = doc(2, "Tool calls allowed per trajectory.")
     max_images: int = doc(4, "Images per trajectory, the original included.")
 
@@ -74,6 +77,9 @@ class RolloutConfig:
             raise ValueError("rollout.vllm_kv_cache_gib: an integer >= 1, and only with rollout.sampler = vllm")
         if self.protocol not in ("none", "inline", "multiturn"):
             raise ValueError(f"rollout.protocol {self.protocol!r}: choose none, inline or multiturn")
+        if self.tools and self.protocol == "none":
+            raise ValueError("rollout.tools is set but rollout.protocol is none: choose inline or multiturn")
+        check_tool_names(self.tools)
         if self.group_size < 1 or self.prompts_per_step < 1 or self.max_new_tokens < 1:
             raise ValueError("rollout.group_size, prompts_per_step and max_new_tokens must be ≥ 1")
         if not 0 < self.top_p <= 1:

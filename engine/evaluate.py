@@ -18,6 +18,7 @@ from engine.rollout import rollout
 from engine.step import rollout_limits, sampling_params, score
 from engine.trajectory import build_prompt
 from models.load import VLM
+from tools.schema import system_with_tools
 
 
 @dataclass
@@ -26,9 +27,15 @@ class EvalResult:
     records: list[dict]  # per example: question, answer, response, reward parts
 
 
+def system_prompt(cfg, vlm: VLM) -> str:
+    """data.system_prompt, followed by the enabled tools' signatures and call format (rollout.tools)."""
+    return system_with_tools(cfg.data.system_prompt, cfg.rollout.protocol, cfg.rollout.tools, vlm.family.box_frame)
+
+
 def prompts_for(examples, vlm: VLM, cfg):
     d = cfg.data
-    return [build_prompt(e, vlm, system_prompt=d.system_prompt, question_template=d.question_template,
+    system = system_prompt(cfg, vlm)
+    return [build_prompt(e, vlm, system_prompt=system, question_template=d.question_template,
                          prefill=d.prefill) for e in examples]
 
 

@@ -1,12 +1,15 @@
 """Where tools meet sampling: what happens when a sample stops on a tool call.
 
     protocol = make_protocol("inline", vlm, limits)   # or "multiturn", or "none" → None
+    protocol = make_protocol("multiturn", vlm, tools=["crop", "zoom"])   # only these two may run
 
 inline (seed 001): `<tool_call>[x1, y1, x2, y2]</tool_call>` (or Qwen's JSON form) inside the answer; the result
 image is injected right after the call, in the same assistant turn. multiturn (seed 000):
 `<tool>{"name": ..., "args": {...}}</tool>` ends the turn; the result comes back as the next user message.
 Tools always run on the ORIGINAL image; boxes are read in the model family's frame and converted to pixels.
 Every injected token has loss mask 0. A bad call never ends the rollout: the error text is the tool's result.
+With `tools` given (rollout.tools), a call to any other tool is answered with an error naming the enabled ones; the
+prompt lists the same tools (tools/schema.py, engine/evaluate.py `prompts_for`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from models.load import VLM
 from models.vision import resized_size
 from tools.boxes import args_to_pixels, box_numbers
 from tools.protocols import ToolCall, find_last_call
-from tools.registry import ToolLimits, call_tool
+from tools.registry import ToolLimits, call_tool, canonical_name
+from tools.schema import check_tool_names
 
 
 def _single_id(vlm: VLM, text: str, protocol: str) -> int:
@@ -30,8 +34,12 @@ def _single_id(vlm: VLM, text: str, protocol: str) -> int:
     return ids[0]
 
 
-def run_call(traj: Trajectory, vlm: VLM, call: ToolCall | str, tool_limits: ToolLimits):
-    """Run one parsed call on the trajectory's original image. Returns the ToolResult-like (image, text, error)."""
+def run_call(traj: Trajectory, vlm: VLM, call: ToolCall | str, tool_limits: ToolLimits,
+             enabled: frozenset[str] = frozenset()):
+    """Run one parsed call on the trajectory's original image. Returns the ToolResult-like (image, text, error).
+    `enabled`: the canonical names that may run (empty: every registered tool)."""
+    if not isinstance(call, str) and enabled and canonical_name(call.name) not in enabled:
+        call = f"tool {call.name!r} is not available; tools: {', '.join(sorted(enabled))}"
     if isinstance(call, str):
         traj.tool_calls.append(ToolCallRecord(name="invalid", args={}, ok=False, error=call))
         return None, None, call
@@ -57,12 +65,13 @@ def latest_sampled_text(traj: Trajectory, vlm: VLM) -> str:
     return vlm.tokenizer.decode(traj.ids[start:])
 
 
-def run_latest_call(traj: Trajectory, vlm: VLM, protocol: str, limits: RolloutLimits, tool_limits: ToolLimits):
+def run_latest_call(traj: Trajectory, vlm: VLM, protocol: str, limits: RolloutLimits, tool_limits: ToolLimits,
+                    enabled: frozenset[str] = frozenset()):
     """Parse and run the call the policy just wrote; an image over the trajectory's image limit is refused and
     recorded as a failed call. Returns (image, text, error)."""
     close = "</tool_call>" if protocol == "inline" else "</tool>"
     call = find_last_call(latest_sampled_text(traj, vlm), protocol) or f"no tool call found before {close}"
-    image, text, error = run_call(traj, vlm, call, tool_limits)
+    image, text, error = run_call(traj, vlm, call, tool_limits, enabled)
     if image is not None and len(traj.images) >= limits.max_images:
         error, image = f"image limit reached ({limits.max_images} images per trajectory)", None
         traj.tool_calls[-1].ok, traj.tool_calls[-1].error = False, error
@@ -74,11 +83,12 @@ class InlineProtocol:
     vlm: VLM
     tool_limits: ToolLimits
     stop_ids: frozenset[int]
+    enabled: frozenset[str] = frozenset()  # canonical tool names that may run (empty: all)
 
     def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> bool:
         if len(traj.tool_calls) >= limits.max_tool_calls:
             return False
-        image, text, error = run_latest_call(traj, vlm, "inline", limits, self.tool_limits)
+        image, text, error = run_latest_call(traj, vlm, "inline", limits, self.tool_limits, self.enabled)
         if image is not None:
             traj.append_image(image, vlm)
         if text or error:
@@ -92,11 +102,12 @@ class MultiTurnProtocol:
     vlm: VLM
     tool_limits: ToolLimits
     stop_ids: frozenset[int]
+    enabled: frozenset[str] = frozenset()  # canonical tool names that may run (empty: all)
 
     def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> bool:
         if len(traj.tool_calls) >= limits.max_tool_calls:
             return False
-        image, text, error = run_latest_call(traj, vlm, "multiturn", limits, self.tool_limits)
+        image, text, error = run_latest_call(traj, vlm, "multiturn", limits, self.tool_limits, self.enabled)
         tok = vlm.tokenizer
         traj.append_injected(tok("<|im_end|>\n<|im_start|>user\n", add_special_tokens=False).input_ids)
         if image is not None:
@@ -106,12 +117,16 @@ class MultiTurnProtocol:
         return True
 
 
-def make_protocol(name: str, vlm: VLM, tool_limits: ToolLimits | None = None):
+def make_protocol(name: str, vlm: VLM, tool_limits: ToolLimits | None = None, tools: list[str] = ()):
+    """The protocol `name` with `tools` enabled (empty: every registered tool may run)."""
     tool_limits = tool_limits or ToolLimits()
+    enabled = frozenset(check_tool_names(list(tools)))
     if name == "none":
+        if enabled:
+            raise ValueError("rollout.tools is set but rollout.protocol is none: choose inline or multiturn")
         return None
     if name == "inline":
-        return InlineProtocol(vlm, tool_limits, frozenset({_single_id(vlm, "</tool_call>", name)}))
+        return InlineProtocol(vlm, tool_limits, frozenset({_single_id(vlm, "</tool_call>", name)}), enabled)
     if name == "multiturn":
-        return MultiTurnProtocol(vlm, tool_limits, frozenset({_single_id(vlm, "</tool>", name)}))
+        return MultiTurnProtocol(vlm, tool_limits, frozenset({_single_id(vlm, "</tool>", name)}), enabled)
     raise ValueError(f"unknown tool protocol {name!r}: choose none, inline or multiturn")

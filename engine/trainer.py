@@ -152,7 +152,7 @@ class Run:
             raise ValueError(f"{bare.origin}: a training example without an image; under torchrun every rank must "
                              "run the vision tower in each training forward (FSDP collectives): train text-only "
                              "examples in one process or give them an image")
-        self.protocol = make_protocol(cfg.rollout.protocol, self.vlm)
+        self.protocol = make_protocol(cfg.rollout.protocol, self.vlm, tools=cfg.rollout.tools)
         # On the model's device: torch.multinomial on CUDA probabilities needs a CUDA generator.
         self.generator = torch.Generator(device=model_device(self.vlm.model))
         self.generator.manual_seed(cfg.train.seed + 1000 * self.dist.rank)

@@ -1,8 +1,8 @@
 """Rewards: plain functions `RewardFn(completion, example, ctx) -> float` in the `REWARDS` dict.
 
 Importing this package imports every reward module, which fills REWARDS through `@register`:
-format, format_strict, format_tools, format_json, format_scan (rewards/format.py); accuracy, tool_success
-(rewards/accuracy.py); iou, iou50 (rewards/grounding.py); reasoning (rewards/reasoning.py); visual_grounding
+format, format_strict, format_tools, format_json, format_scan (rewards/format.py); accuracy, tool_success,
+tool (rewards/accuracy.py); iou, iou50 (rewards/grounding.py); reasoning (rewards/reasoning.py); visual_grounding
 (rewards/visual.py); image_self, image_teacher, image_attention, image_embedding
 (rewards/image_rewards.py) and blind (rewards/blind.py), which need a model scorer (rewards/scorer.py). The HTTP judge
 needs a server, so it is built, not registered at import: rewards/setup.py does `REWARDS["judge"] =

@@ -1,4 +1,4 @@
-"""Answer accuracy ("accuracy") and the accuracy-gated tool reward ("tool_success").
+"""Answer accuracy ("accuracy"), the accuracy-gated tool reward ("tool_success") and seed 000's plain one ("tool").
 
 Try one: `python -m rewards.score accuracy --completion "<answer>Two</answer>" --answer 2`.
 
@@ -110,5 +110,18 @@ def tool_success_reward(completion: str, example: Example, ctx: RewardContext) -
     way to a wrong answer, earns nothing.
     """
     if not ctx.tool_calls or accuracy_reward(completion, example, ctx) <= 0.0:
+        return 0.0
+    return sum(_call_ok(c) for c in ctx.tool_calls) / len(ctx.tool_calls)
+
+
+@register("tool")
+def tool_reward(completion: str, example: Example, ctx: RewardContext) -> float:
+    """Seed 000's plain tool reward: the fraction of the trajectory's tool calls that worked, right answer or not;
+    0 with no calls.
+
+    Without a gate it pays for calling tools for their own sake: weight it below "accuracy" (seed 000: 0.3 beside
+    answer 0.3), or use "tool_success", which pays only when the answer is right.
+    """
+    if not ctx.tool_calls:
         return 0.0
     return sum(_call_ok(c) for c in ctx.tool_calls) / len(ctx.tool_calls)

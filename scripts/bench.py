@@ -66,7 +66,8 @@ def setup(threads: int, total_steps: int):
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     state = RLState(cfg=cfg, policy=vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
                     generator=torch.Generator(device=model.device).manual_seed(cfg.train.seed),
-                    protocol=make_protocol(cfg.rollout.protocol, vlm), loss_cfg=loss_config(cfg))
+                    protocol=make_protocol(cfg.rollout.protocol, vlm, tools=cfg.rollout.tools),
+                    loss_cfg=loss_config(cfg))
     return cfg, vlm, state, train_set, DataStream(len(train_set), cfg.train.seed + 2)
 
 

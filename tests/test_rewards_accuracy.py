@@ -125,3 +125,14 @@ def test_tool_success_is_paid_only_for_a_correct_answer():
     assert tool(right, _ex(["2"]), RewardContext()) == 0.0  # no calls
     failed = [SimpleNamespace(name="crop", error="box outside image"), {"name": "zoom", "ok": True}]
     assert tool(right, _ex(["2"]), RewardContext(tool_calls=failed)) == 0.5
+
+
+def test_plain_tool_reward_pays_for_working_calls_whatever_the_answer():
+    tool = REWARDS["tool"]
+    calls = [SimpleNamespace(name="crop", ok=True), SimpleNamespace(name="crop", ok=False),
+             SimpleNamespace(name="rotate", error=None)]
+    right, wrong = "<answer>2</answer>", "<answer>3</answer>"
+    assert tool(right, _ex(["2"]), RewardContext(tool_calls=calls)) == pytest.approx(2 / 3)  # 2 of 3 worked
+    assert tool(wrong, _ex(["2"]), RewardContext(tool_calls=calls)) == pytest.approx(2 / 3)  # no gate: paid anyway
+    assert REWARDS["tool_success"](wrong, _ex(["2"]), RewardContext(tool_calls=calls)) == 0.0  # the gated one: not
+    assert tool(wrong, _ex(["2"]), RewardContext()) == 0.0  # no calls

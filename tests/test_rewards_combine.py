@@ -96,7 +96,7 @@ def test_cli_unknown_name_exits_2_listing_names():
 
 
 TEXT_REWARDS = ["format", "format_strict", "format_tools", "format_json", "format_scan", "accuracy", "tool_success",
-                "iou", "iou50", "reasoning", "visual_grounding"]  # the model-free rewards of this package
+                "tool", "iou", "iou50", "reasoning", "visual_grounding"]  # the model-free rewards of this package
 ADVERSARIAL = {
     "no tags": "a" * 100_000,
     "many opening tags": "<think>" * 20_000 + "<answer>" * 20_000,
