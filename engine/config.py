@@ -188,7 +188,7 @@ class TrainConfig:
     eval_at_start: bool = doc(False, "Also evaluate before the first stage (accuracy_before in the summary).")
     threads: int = doc(0, "torch CPU threads (0: leave torch's default).")
     tensorboard: bool = doc(True, "Write TensorBoard scalars to out_dir/tb.")
-    mixed_precision: str = doc("", "FSDP mixed precision under torchrun: '' (compute in the model's dtype) or bf16 (bf16 compute, fp32 master weights and gradient reduction). One process: load the model in the dtype you want instead (model.dtype).")
+    mixed_precision: str = doc("", "'' (compute in model.dtype) or bf16: bf16 compute with fp32 master weights, fp32 gradients and fp32 AdamW state, in one process or under torchrun alike (FSDP2's MixedPrecisionPolicy; one process joins a process group of one). Needs model.dtype = float32. Pure bf16 weights (model.dtype = bfloat16) instead lose every update smaller than half a bf16 step of the weight.")
 
     def validate(self) -> None:
         stages = self.stage.split(",")
@@ -234,5 +234,12 @@ class Config:
             raise ValueError("train.stage includes sft but sft.steps is 0: set --sft.steps N or drop the sft stage")
         if "rl" in self.train.stage.split(",") and self.rollout.group_size < 2 and self.algo.advantage != "none":
             raise ValueError("rollout.group_size 1 gives every sample zero group advantage: use ≥ 2")
+        if self.train.mixed_precision and self.model.dtype != "float32":
+            raise ValueError(f"train.mixed_precision = {self.train.mixed_precision} keeps fp32 master weights: set "
+                             f"model.dtype = float32 (not {self.model.dtype}); the compute runs in bf16 anyway")
+        if self.train.mixed_precision and self.rollout.sampler == "vllm":
+            raise ValueError("train.mixed_precision with rollout.sampler = vllm: the in-process vLLM engine makes a "
+                             "torch.distributed group of its own; use the native sampler, or model.dtype without "
+                             "mixed precision")
         if not self.data.train:
             raise ValueError("data.train is empty: point it at a dataset (python -m data.check PATH tells the format)")

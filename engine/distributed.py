@@ -4,6 +4,8 @@
     python train.py ...                                                   # the same calls, single process
 
     dist = init()                                  # reads RANK / WORLD_SIZE / LOCAL_RANK; no-op without torchrun
+    dist = init(world_of_one=True)                 # without torchrun: a group of this process alone (FSDP2 in one
+                                                   # process, for bf16 mixed precision with fp32 master weights)
     shard_model(model, mixed_precision="bfloat16") # vision blocks, vision tower, decoder layers, then the root
     mine = [prompts[i] for i in shard_indices(len(prompts), dist.rank, dist.world)]
     num_tokens = all_reduce_sum(local_tokens)      # the step's GLOBAL loss-token count, before the loss
@@ -12,7 +14,10 @@
     optim = full_optimizer_state_dict(model, opt)  # likewise; load_*_state_dict broadcast rank 0's copy back
 
 Without torchrun every collective is the identity and `shard_model` returns the model untouched, so a single
-CPU process runs exactly the code a multi-GPU run does.
+CPU process runs exactly the code a multi-GPU run does. One process that wants FSDP2's mixed precision
+(bf16 compute, fp32 master weights and optimizer state: train.mixed_precision) joins a group of one
+(`init(world_of_one=True)`, an in-process store, no ports) and is sharded like one rank of many: the same policy
+as under torchrun, every collective a copy.
 
 Gradients are SUMMED over ranks, not averaged (FSDP2's default): every loss in this engine is already divided by
 the global token / sequence count of the optimizer step, so per-rank gradients add up to the full-batch
@@ -57,17 +62,30 @@ def active() -> bool:
     return _JOINED and dist.is_initialized()
 
 
-def init() -> Dist:
-    """Join torchrun's process group (gloo on CPU, nccl on CUDA); without torchrun, a single-process Dist."""
+def init(*, world_of_one: bool = False) -> Dist:
+    """Join torchrun's process group (gloo on CPU, nccl on CUDA); without torchrun, a single-process Dist, which
+    with `world_of_one` is also a process group of this process alone (so that FSDP2 can shard it)."""
     cuda = torch.cuda.is_available()
+    global _JOINED
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return Dist(device=torch.device("cuda" if cuda else "cpu"))
+        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        if active() and not world_of_one:  # a group of one that an earlier run in this process left (it crashed)
+            close()
+        if world_of_one and not active():  # (an earlier run's group of one is reused as is)
+            if dist.is_initialized():
+                raise ValueError("a torch.distributed group already exists in this process (an in-process vLLM "
+                                 "engine?): train.mixed_precision in one process needs its own group of one")
+            if cuda:
+                torch.cuda.set_device(device)
+            # An in-process store: nothing listens on a port, and two runs on one machine never collide.
+            dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+            _JOINED = True
+        return Dist(device=device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    global _JOINED
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     _JOINED = True
@@ -113,9 +131,13 @@ def shard_model(model, *, mixed_precision: str | None = None):
         raise ValueError(f"mixed_precision {mixed_precision!r} unknown; choose one of {sorted(DTYPES)} or None")
     if not active():
         if mixed_precision is not None:
-            raise ValueError("mixed_precision needs a torchrun launch (FSDP); in one process load the model "
-                             "in the dtype you want instead (model.dtype)")
+            raise ValueError("mixed_precision shards the model with FSDP2: launch with torchrun, or in one process "
+                             "call init(world_of_one=True) first (the trainer does for train.mixed_precision)")
         return model
+    master = {p.dtype for p in model.parameters()}
+    if mixed_precision is not None and master != {torch.float32}:
+        raise ValueError(f"mixed_precision {mixed_precision!r} keeps fp32 master weights, but the model's parameters "
+                         f"are {sorted(map(str, master))}: load the model in float32 (model.dtype = float32)")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 

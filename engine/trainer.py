@@ -12,6 +12,10 @@ One code path for 1 and N processes (engine/distributed.py; without torchrun eve
   has the same global torch seed, so LoRA adapters start identical everywhere.
 - Only rank 0 writes: config, metrics, TensorBoard, progress bar, prints, checkpoints, rollout dumps, summary.
 - The policy is loaded (and a checkpoint resumed into it, full tensors) before FSDP shards it.
+- train.mixed_precision = bf16 (bf16 compute, fp32 master weights and AdamW state) is FSDP2's policy: one process
+  joins a process group of itself alone for it, so 1 and N processes train under the same numerics.
+- The sampling generator lives on the model's device (a CUDA generator on a GPU) and its state is checkpointed with
+  its device type; resumed on another device type, the run continues with a fresh stream (correct, not bitwise).
 - Checkpoints hold full weights (or the LoRA adapter), the optimizer state in the full format (keyed by
   parameter name, one format for any number of processes), every rank's RNG and the global data position: a run
   resumes on any number of processes (every rank reads the checkpoint: out_dir must be visible to every node).
@@ -121,7 +125,8 @@ class Run:
     """Everything a run holds between steps. Methods are the stages; `main` is the order."""
 
     def __init__(self, cfg: Config):
-        self.cfg, self.dist = cfg, D.init()
+        # train.mixed_precision shards with FSDP2 in one process too: a process group of one (engine/distributed.py)
+        self.cfg, self.dist = cfg, D.init(world_of_one=bool(cfg.train.mixed_precision))
         self.main_rank = self.dist.is_main
         _check_world(cfg, self.dist.world)
         if cfg.rollout.sampler == "vllm" and self.dist.world > 1:
