@@ -107,7 +107,7 @@ def two(data, tmp_path_factory):
 
 
 def test_world_size_must_divide_the_batch(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "init", lambda: D.Dist(rank=0, world=3))  # a 3-process launch, seen from rank 0
+    monkeypatch.setattr(D, "init", lambda **_: D.Dist(rank=0, world=3))  # a 3-process launch, seen from rank 0
     cfg = build_config(Config, toml_path=ROOT / "configs/demo.toml", overrides=_cli(data, tmp_path)[2:])
     with pytest.raises(ValueError, match="sft.batch_size = 4 is not a multiple of the 3 processes"):
         trainer.Run(cfg)
