@@ -1,0 +1,261 @@
+"""Memory planner: the peak GPU memory of an RL run, split by what holds it, and the settings that fit.
+
+    python -m engine.memory --config configs/demo.toml --model.path /models/Qwen2.5-VL-3B-Instruct \
+        --gpu-gib 80 --gpus 1
+
+Any config key can be set as in train.py (`--optim.micro_batch_tokens 8192`, `--lora.r 16`). The model's
+dimensions come from its config.json (model.path, or the tiny model); parameters are counted exactly on the meta
+device (no weights are read). Per GPU, the estimate is
+
+    peak = weights + optimizer state + reference + max(gradients + activations(micro_batch_tokens), rollout KV cache)
+
+because gradients are freed (set to None) between steps, while the rollout runs. Under N processes FSDP2 shards
+weights, gradients, optimizer state and reference N ways; activations are per process; each process samples
+prompts_per_step / N prompts. Activation bytes per token are counted tensor by tensor for one decoder layer (and
+one vision block per patch), bf16, as the backward pass keeps them (`layer_bytes`): with gradient checkpointing only
+each layer's input stays, plus one layer being recomputed. The log-prob head keeps, per response token, the
+bf16 logits, their fp32 copy and the entropy's softmax and product (LOGIT_BYTES per vocabulary row).
+
+Checked against measured peaks (tests/test_memory.py; H200, Qwen2.5-VL-3B dims with the offline tokenizer's
+1,010-row vocabulary, i.e. 3.45B parameters; bf16 weights and AdamW state, KL reference, 8 x 8 samples of 256 new
+tokens on 448 px images, 35 text tokens per prompt): 41 GiB measured with checkpointing at micro_batch_tokens
+16384 (estimated 41.0), 101 GiB without at 8192 (estimated 106).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+GiB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+LOGIT_BYTES = 2 + 4 + 4 + 4  # per kept token and vocabulary row: bf16 logits, fp32 copy, softmax, p * logits
+MICRO_BATCH_CHOICES = (2048, 4096, 8192, 16384, 32768, 65536)
+
+
+@dataclass
+class Dims:
+    """What memory depends on, read from a model folder's config.json (transformers 4.x and 5.x layouts)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    vision_hidden: int
+    vision_depth: int
+    vision_intermediate: int
+    patch: int  # pixels per patch side
+    merge: int  # patches per visual token side
+    params: int  # all parameters (tied embeddings once)
+    vision_params: int
+    lora_params_per_rank: dict  # lora.target -> parameters per unit of rank
+
+
+def read_dims(model_dir: str | Path) -> Dims:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{path} not found: point --model.path at a Hugging Face VLM folder")
+    raw = json.loads(path.read_text())
+    text, vision = raw.get("text_config") or raw, raw.get("vision_config") or {}
+    hidden, heads = text["hidden_size"], text["num_attention_heads"]
+    params, vision_params, lora = count_params(model_dir)
+    return Dims(hidden=hidden, layers=text["num_hidden_layers"], heads=heads,
+                kv_heads=text.get("num_key_value_heads", heads), head_dim=text.get("head_dim") or hidden // heads,
+                intermediate=text["intermediate_size"], vocab=text["vocab_size"],
+                vision_hidden=vision.get("hidden_size", vision.get("embed_dim", 0)),
+                vision_depth=vision.get("depth", 0),
+                vision_intermediate=vision.get("intermediate_size", 4 * vision.get("embed_dim", 0)),
+                patch=vision.get("patch_size", 14), merge=vision.get("spatial_merge_size", 2),
+                params=params, vision_params=vision_params, lora_params_per_rank=lora)
+
+
+def count_params(model_dir: str | Path) -> tuple[int, int, dict]:
+    """(all parameters, vision parameters, LoRA parameters per rank for each lora.target), counted on the meta
+    device: the model is built from its config without allocating a single weight."""
+    import re
+
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from engine.lora import TARGETS, target_regex
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    params = sum(p.numel() for p in model.parameters())  # shared (tied) tensors are yielded once
+    vision = sum(p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}")
+    lora = {}
+    for target in TARGETS:
+        pattern = re.compile(target_regex(target))
+        lora[target] = sum(m.in_features + m.out_features for n, m in model.named_modules()
+                           if isinstance(m, torch.nn.Linear) and pattern.fullmatch(n))
+    return params, vision, lora
+
+
+@dataclass
+class Workload:
+    """The run's shape: per trajectory, image patches, prompt and response tokens; sequences sampled per process."""
+
+    image_px: int = 448  # side of a square image (after the processor's resize)
+    prompt_text_tokens: int = 64  # system + question text
+    new_tokens: int = 256  # rollout.max_new_tokens: responses counted at full length (the worst case)
+    tool_images: int = 0  # images a tool injects per trajectory (rollout.max_tool_calls with a tool protocol)
+    sequences: int = 32  # prompts_per_step x group_size, over all processes
+
+
+@dataclass
+class Setting:
+    micro_batch_tokens: int
+    checkpointing: bool
+    lora_rank: int = 0
+    lora_target: str = "language"
+    dtype: str = "bfloat16"
+    mixed_precision: bool = False  # fp32 master weights, gradients and AdamW state, bf16 compute
+    kl_reference: bool = True
+    gpus: int = 1
+
+
+def layer_bytes(d: Dims) -> tuple[float, float]:
+    """Bytes one decoder layer keeps per token for its backward pass, and one vision block per patch (bf16).
+    Per layer: two RMSNorms (input, fp32 copy, fp32 normalised, output: 2+4+4+2 per element), q and its rotary
+    copy, k and v and their rotary copies, the attention output; the MLP's gate, up, silu(gate) and product."""
+    norms = 2 * 12 * d.hidden
+    attn = 2 * (2 * d.hidden + 2 * 2 * d.kv_heads * d.head_dim + d.hidden)
+    mlp = 2 * 4 * d.intermediate
+    v_norms, v_attn, v_mlp = 2 * 12 * d.vision_hidden, 2 * 6 * d.vision_hidden, 2 * 4 * d.vision_intermediate
+    return norms + attn + mlp, v_norms + v_attn + v_mlp
+
+
+def estimate(d: Dims, w: Workload, s: Setting) -> dict[str, float]:
+    """Peak memory per GPU in bytes, by part. `activations_per_token` is the micro-batch's bytes per token."""
+    compute = DTYPE_BYTES[s.dtype]
+    master = 4 if s.mixed_precision else compute  # weights (and the optimizer's copy) the optimizer steps
+    trainable = s.lora_rank * d.lora_params_per_rank[s.lora_target] if s.lora_rank else d.params
+    shard = 1 / s.gpus
+    out = {
+        # LoRA: the frozen base in the compute dtype, the adapters in the optimizer's
+        "weights": (d.params * compute + trainable * master if s.lora_rank else d.params * master) * shard,
+        "gradients": trainable * master * shard,
+        "optimizer": trainable * 2 * master * shard,  # AdamW: exp_avg and exp_avg_sq in the parameters' dtype
+        "reference": d.params * compute * shard if s.kl_reference and not s.lora_rank else 0.0,
+    }
+    side = w.image_px // d.patch
+    patches, image_tokens = side * side, side * side // (d.merge * d.merge)
+    seq = (1 + w.tool_images) * image_tokens + w.prompt_text_tokens + w.new_tokens
+    patches_per_token, kept_per_token = (1 + w.tool_images) * patches / seq, w.new_tokens / seq
+    text_b, vision_b = layer_bytes(d)
+    scale = compute / 2  # layer_bytes counts bf16 tensors
+    if s.checkpointing:  # each layer's input kept, one layer recomputed at a time
+        per_token = scale * (d.layers * 2 * d.hidden + text_b
+                             + patches_per_token * (d.vision_depth * 2 * d.vision_hidden + vision_b))
+    else:
+        per_token = scale * (d.layers * text_b + patches_per_token * d.vision_depth * vision_b)
+    per_token += kept_per_token * d.vocab * LOGIT_BYTES
+    out["activations_per_token"] = per_token
+    out["activations"] = per_token * s.micro_batch_tokens
+    sequences = math.ceil(w.sequences / s.gpus)
+    out["rollout_kv_cache"] = sequences * seq * 2 * d.layers * d.kv_heads * d.head_dim * compute
+    out["peak"] = (out["weights"] + out["optimizer"] + out["reference"]
+                   + max(out["gradients"] + out["activations"], out["rollout_kv_cache"]))
+    out["trajectory_tokens"] = seq
+    return out
+
+
+def fitting_settings(d: Dims, w: Workload, base: Setting, gpu_bytes: float) -> list[tuple[Setting, dict]]:
+    """For each of full / LoRA x checkpointing off / on (fastest first), the largest micro_batch_tokens that fits
+    and holds one whole trajectory; settings where nothing fits are left out."""
+    found = []
+    for lora_rank in ([0, base.lora_rank or 16]):
+        for checkpointing in (False, True):
+            best = None
+            for mbt in MICRO_BATCH_CHOICES:
+                s = Setting(**{**base.__dict__, "micro_batch_tokens": mbt, "checkpointing": checkpointing,
+                               "lora_rank": lora_rank})
+                est = estimate(d, w, s)
+                if mbt >= est["trajectory_tokens"] and est["peak"] <= gpu_bytes:
+                    best = (s, est)
+            if best:
+                found.append(best)
+    return found
+
+
+def max_prompts(d: Dims, w: Workload, s: Setting, group_size: int, gpu_bytes: float) -> int:
+    """The most prompts per step (a multiple of the number of GPUs) whose rollout KV cache fits beside the rest."""
+    n = s.gpus
+    while n < 4096:  # more is never the memory's limit in practice
+        est = estimate(d, Workload(**{**w.__dict__, "sequences": (n + s.gpus) * group_size}), s)
+        if est["peak"] > gpu_bytes:
+            break
+        n += s.gpus
+    return n
+
+
+def report(d: Dims, w: Workload, s: Setting, gpu_gib: float, group_size: int) -> str:
+    est = estimate(d, w, s)
+    gib = lambda x: f"{x / GiB:7.2f} GiB"  # noqa: E731
+    mode = f"LoRA r={s.lora_rank}" if s.lora_rank else "full fine-tune"
+    lines = [f"model: {d.params / 1e9:.3f}B parameters ({d.vision_params / 1e9:.3f}B vision), {d.layers} layers, "
+             f"hidden {d.hidden}, vocab {d.vocab}; {s.gpus} GPU(s) of {gpu_gib:g} GiB",
+             f"this config: {mode}, {s.dtype}{' mixed precision' if s.mixed_precision else ''}, gradient "
+             f"checkpointing {'on' if s.checkpointing else 'off'}, micro_batch_tokens {s.micro_batch_tokens}, "
+             f"{w.sequences} sequences of ~{est['trajectory_tokens']} tokens ({w.image_px} px images)",
+             f"  weights            {gib(est['weights'])}",
+             f"  gradients          {gib(est['gradients'])}",
+             f"  optimizer state    {gib(est['optimizer'])}",
+             f"  reference          {gib(est['reference'])}",
+             f"  activations        {gib(est['activations'])}  ({est['activations_per_token'] / 2**20:.3f} MiB "
+             "per micro-batch token)",
+             f"  rollout KV cache   {gib(est['rollout_kv_cache'])}",
+             f"  estimated peak     {gib(est['peak'])}  {'fits' if est['peak'] <= gpu_gib * GiB else 'DOES NOT FIT'}",
+             "settings that fit (fastest first):"]
+    fits = fitting_settings(d, w, s, gpu_gib * GiB)
+    for f, e in fits:
+        lora = f"--lora.r {f.lora_rank}" if f.lora_rank else "--lora.r 0"
+        prompts = max_prompts(d, w, f, group_size, gpu_gib * GiB)
+        lines.append(f"  {lora} --model.gradient_checkpointing {str(f.checkpointing).lower()} "
+                     f"--optim.micro_batch_tokens {f.micro_batch_tokens}   peak {e['peak'] / GiB:.1f} GiB, "
+                     f"rollout.prompts_per_step up to {prompts}")
+    if not fits:
+        lines.append("  none: use more GPUs (--gpus), LoRA, smaller images or shorter responses")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Any config key can be set as --section.key VALUE (train.py --help-config).")
+    parser.add_argument("--config", help="TOML preset (configs/*.toml)")
+    parser.add_argument("--gpu-gib", type=float, default=80.0, help="memory of one GPU in GiB (default 80)")
+    parser.add_argument("--gpus", type=int, default=1, help="number of GPUs (FSDP2 processes)")
+    parser.add_argument("--image-px", type=int, default=448, help="image side after resizing (default 448)")
+    parser.add_argument("--prompt-tokens", type=int, default=64, help="text tokens per prompt (system + question)")
+    args, overrides = parser.parse_known_args(argv)
+    from engine.config import Config
+    from engine.configlib import build_config
+    from models.tiny import tiny_model_dir
+
+    try:
+        cfg = build_config(Config, toml_path=args.config, overrides=overrides, validate=False)
+        d = read_dims(cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    r = cfg.rollout
+    w = Workload(image_px=args.image_px, prompt_text_tokens=args.prompt_tokens, new_tokens=r.max_new_tokens,
+                 tool_images=r.max_tool_calls if r.protocol != "none" else 0,
+                 sequences=r.prompts_per_step * r.group_size)
+    s = Setting(micro_batch_tokens=cfg.optim.micro_batch_tokens, checkpointing=cfg.model.gradient_checkpointing,
+                lora_rank=cfg.lora.r, lora_target=cfg.lora.target, dtype=cfg.model.dtype,
+                mixed_precision=cfg.train.mixed_precision == "bf16", kl_reference=cfg.algo.kl_beta > 0, gpus=args.gpus)
+    print(report(d, w, s, args.gpu_gib, r.group_size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
