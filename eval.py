@@ -20,12 +20,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from engine.evaluate import evaluate
     from engine.tool_protocols import make_protocol
-    from engine.trainer import load_data, load_policy
+    from engine.data_setup import load_eval
+    from engine.trainer import load_policy
     from rewards.setup import setup_rewards
 
     try:
         vlm = load_policy(cfg)
-        _, examples = load_data(cfg)
+        examples = load_eval(cfg)
         # the judge, sentence embedder and model scorer, exactly as training scores them
         scorer = setup_rewards(cfg.reward, vlm, dtype=cfg.model.dtype, device=str(next(vlm.model.parameters()).device))
         result = evaluate(vlm, examples, cfg, make_protocol(cfg.rollout.protocol, vlm, tools=cfg.rollout.tools), scorer=scorer)

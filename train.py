@@ -42,9 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
         return 0
-    keys = [k for k in summary if k.startswith("accuracy_")]
-    print("summary: " + ", ".join(f"{k}={summary[k]:.3f}" for k in keys) + f" ({cfg.train.out_dir}/summary.json)")
+    print(summary_line(summary, cfg))
     return 0
+
+
+def summary_line(summary: dict, cfg: Config) -> str:
+    """The task's headline metrics after each stage: 'summary: iou_after_sft=0.412, iou50_after_sft=0.375 (...)'."""
+    keys = [k for k in summary if any(k.startswith(f"{m}_") for m in cfg.eval.metrics)
+            and isinstance(summary[k], float)]
+    return "summary: " + ", ".join(f"{k}={summary[k]:.3f}" for k in keys) + f" ({cfg.train.out_dir}/summary.json)"
 
 
 if __name__ == "__main__":

@@ -11,12 +11,14 @@ kept exactly as written), and the crop boxes are the Example's boxes, in origina
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from data.example import Example
+from data.example import Example, ImageSource
 from data.records import (
     MISSING, BadRecord, LoadOptions, answer_list, check_box, check_boxes, image_size, need_str, resolve_path, str_list,
 )
@@ -46,7 +48,8 @@ def read_objects(path: Path, shown: str) -> Iterator[tuple[str, dict | BadRecord
 
 
 # ---------------------------------------------------------------------------------------------- generic JSONL
-GENERIC_FIELDS = ("image", "images", "question", "answer", "bbox", "choices", "reference_steps", "target")
+GENERIC_FIELDS = ("image", "images", "image_data", "question", "answer", "bbox", "choices", "reference_steps", "target")
+IMAGE_FIELDS = ("image", "images", "image_data")
 
 
 def load_jsonl(path: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]:
@@ -64,15 +67,7 @@ def load_jsonl(path: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]:
 def generic_example(obj: dict, *, where: str, base: Path, verify: bool) -> Example:
     question = need_str(obj.get("question", MISSING), "question", where=where)
     answers = answer_list(obj.get("answer", MISSING), where=where)
-    if ("image" in obj) == ("images" in obj):
-        raise BadRecord(where, 'give exactly one of "image" (a path) or "images" (a list of paths)')
-    if "image" in obj:
-        paths = [need_str(obj["image"], "image", where=where)]
-    else:
-        paths = str_list(obj["images"], "images", where=where)
-        if not paths:
-            raise BadRecord(where, '"images" is empty')
-    images = [resolve_path(p, base) for p in paths]
+    images = record_images(obj, where=where, base=base)
     sizes = [image_size(src, where=where, verify=verify) for src in images]
     target = obj.get("target")
     if target is not None and not isinstance(target, str):
@@ -88,6 +83,39 @@ def generic_example(obj: dict, *, where: str, base: Path, verify: bool) -> Examp
         metadata={k: v for k, v in obj.items() if k not in GENERIC_FIELDS},
         origin=where,
     )
+
+
+def record_images(obj: dict, *, where: str, base: Path) -> list[ImageSource]:
+    """The images of one generic record: "image" (a path), "images" (a list of paths) or "image_data" (seed 000:
+    a base64-encoded image, or a list of them, with or without a `data:image/...;base64,` prefix)."""
+    given = [name for name in IMAGE_FIELDS if name in obj]
+    if len(given) != 1:
+        raise BadRecord(where, 'give exactly one of "image" (a path), "images" (a list of paths) or "image_data" '
+                               f'(base64 image bytes){"; got " + " and ".join(given) if given else ""}')
+    if "image" in obj:
+        return [resolve_path(need_str(obj["image"], "image", where=where), base)]
+    if "images" in obj:
+        paths = str_list(obj["images"], "images", where=where)
+        if not paths:
+            raise BadRecord(where, '"images" is empty')
+        return [resolve_path(p, base) for p in paths]
+    value = obj["image_data"]
+    cells = str_list(value, "image_data", where=where) if isinstance(value, list) else [
+        need_str(value, "image_data", where=where)]
+    if not cells:
+        raise BadRecord(where, '"image_data" is empty')
+    return [decode_base64(cell, where=where) for cell in cells]
+
+
+def decode_base64(text: str, *, where: str) -> bytes:
+    """The bytes of a base64 image string; a data URL's `data:image/png;base64,` head is dropped."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRecord(where, f'"image_data" is not valid base64 ({exc}); encode the image file\'s bytes with '
+                               "base64.b64encode") from None
 
 
 # ---------------------------------------------------------------------------------------------- seed 001 QnA

@@ -1,4 +1,4 @@
-"""The two table formats, read with pyarrow only (the `datasets` package is not needed at run time).
+"""The table formats, read with pyarrow only (the `datasets` package is not needed at run time).
 
 - "hf_disk": a `datasets.save_to_disk` folder. It holds state.json (`"_data_files": [{"filename": ...}]`),
   dataset_info.json and Arrow IPC *stream* files; a DatasetDict folder holds dataset_dict.json (`"splits"`) and one
@@ -7,9 +7,12 @@
   go to metadata. Errors are `folder:row N`, N counted over the whole split as `load_from_disk(folder)[N]`.
 - "geometry3k": a folder of `{split}-00000-of-00001.parquet` files (or under `data/`), columns images (list of
   {bytes, path}), problem (with an `<image>` placeholder, removed) and answer. Errors are `file.parquet:row N`.
+- "parquet": one .parquet file (no splits: it is one).
+Every table format reads the same columns: image or images, question or problem, answer, and the optional ones
+above, so a save_to_disk folder exported to parquet (`Dataset.to_parquet`) reads the same.
 
-Image cells are structs {bytes, path}: the bytes go into Example.images; a cell with only a path is resolved
-against --image-root (default: the dataset folder) and kept as a path.
+Image cells are structs {bytes, path}, plain bytes or path strings: bytes go into Example.images; a path is
+resolved against --image-root (default: the dataset folder) and kept as a path.
 Run through `python -m data.check FOLDER [--split test]`; tested in tests/test_data_loaders.py.
 """
 
@@ -28,6 +31,7 @@ from data.records import (
 
 PARQUET_RE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)(-\d+-of-\d+)?\.parquet$")  # train-00000-of-00001.parquet
 IMAGE_PLACEHOLDER = "<image>"
+TABLE_COLUMNS = ["image|images", "question|problem", "answer"]  # `a|b`: either will do
 
 
 # ---------------------------------------------------------------------------------------------- hf_disk
@@ -40,7 +44,7 @@ def load_hf_disk(path: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]
     for file in files:
         with memory_map(str(file)) as source:
             reader = ipc.open_stream(source)
-            check_columns(reader.schema.names, ["image|images", "question", "answer"], shown=shown)
+            check_columns(reader.schema.names, TABLE_COLUMNS, shown=shown)
             for batch in reader:
                 for record in batch.to_pylist():  # copies out of the map, so closing it later is safe
                     where = f"{shown}:row {row}"
@@ -60,24 +64,32 @@ def split_folder(path: Path, opts: LoadOptions) -> tuple[Path, str]:
                              f"drop the split {opts.split!r}")
         return path, opts.shown
     splits = read_json(path / "dataset_dict.json")["splits"]
-    split = opts.split or "train"
+    split = opts.split or opts.default_split
     if split not in splits:
         raise ValueError(f"{opts.shown}: no split {split!r}; splits present: {', '.join(splits)}")
     return path / split, os.path.join(opts.shown, split)
 
 
 def hf_example(record: dict, *, where: str, base: Path, opts: LoadOptions) -> Example:
+    """One table row (save_to_disk or parquet) as an Example. Images: `image` or `images`; question: `question`,
+    or Geometry3K's `problem` with its `<image>` placeholder removed."""
     image_col = "image" if "image" in record else "images"
     images = table_images(record[image_col], where=where, base=base)
     sizes = [image_size(src, where=where, verify=opts.verify_images) for src in images]
+    if "question" in record:
+        question = need_str(record["question"], "question", where=where)
+    else:
+        question = need_str(record["problem"], "problem", where=where).replace(IMAGE_PLACEHOLDER, "").strip()
     choices = str_list(record.get("choices"), "choices", where=where)
     options = str_list(record.get("options"), "options", where=where)
     known = {image_col, "question", "answer", "reference_steps", "choices", "options", "bboxs"}
+    if "question" not in record:
+        known.add("problem")
     metadata = {k: v for k, v in record.items() if k not in known}
     if choices and options and options != choices:  # two different lists: keep the second one visible
         metadata["options"] = options
     return Example(
-        question=need_str(record["question"], "question", where=where),
+        question=question,
         answers=answer_list(record["answer"], where=where),
         images=images,
         boxes=check_boxes(record.get("bboxs"), sizes[0], where=where),
@@ -101,39 +113,33 @@ def parquet_splits(path: Path) -> dict[str, list[Path]]:
 
 
 def load_geometry3k(path: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]:
-    from pyarrow import parquet  # imported here so that `import data` stays light
-
     splits = parquet_splits(path)
-    split = opts.split or "train"
+    split = opts.split or opts.default_split
     if split not in splits:
         raise ValueError(f"{opts.shown}: no split {split!r}; splits present: {', '.join(sorted(splits))}")
     for file in splits[split]:
-        shown = os.path.join(opts.shown, os.path.relpath(file, path))
-        table = parquet.ParquetFile(file)
-        check_columns(table.schema_arrow.names, ["images", "problem", "answer"], shown=shown)
-        row = 0
-        for batch in table.iter_batches(batch_size=64):
-            for record in batch.to_pylist():
-                where = f"{shown}:row {row}"
-                row += 1
-                try:
-                    yield geometry3k_example(record, where=where, base=Path(opts.image_root or path), opts=opts)
-                except BadRecord as bad:
-                    yield bad
+        yield from parquet_rows(file, os.path.join(opts.shown, os.path.relpath(file, path)), path, opts)
 
 
-def geometry3k_example(record: dict, *, where: str, base: Path, opts: LoadOptions) -> Example:
-    images = table_images(record["images"], where=where, base=base)
-    for src in images:
-        image_size(src, where=where, verify=opts.verify_images)
-    problem = need_str(record["problem"], "problem", where=where)
-    return Example(
-        question=problem.replace(IMAGE_PLACEHOLDER, "").strip(),
-        answers=answer_list(record["answer"], where=where),
-        images=images,
-        metadata={k: v for k, v in record.items() if k not in ("images", "problem", "answer")},
-        origin=where,
-    )
+def load_parquet(path: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]:
+    """One .parquet file: the same columns as a save_to_disk folder, or Geometry3K's."""
+    yield from parquet_rows(path, opts.shown, path.parent, opts)
+
+
+def parquet_rows(file: Path, shown: str, folder: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]:
+    from pyarrow import parquet  # imported here so that `import data` stays light
+
+    table = parquet.ParquetFile(file)
+    check_columns(table.schema_arrow.names, TABLE_COLUMNS, shown=shown)
+    row = 0
+    for batch in table.iter_batches(batch_size=64):
+        for record in batch.to_pylist():
+            where = f"{shown}:row {row}"
+            row += 1
+            try:
+                yield hf_example(record, where=where, base=Path(opts.image_root or folder), opts=opts)
+            except BadRecord as bad:
+                yield bad
 
 
 # ---------------------------------------------------------------------------------------------- shared
@@ -155,12 +161,16 @@ def check_columns(names: list[str], required: list[str], *, shown: str) -> None:
 
 
 def table_images(cell, *, where: str, base: Path) -> list[bytes | str]:
-    """The images of one cell: a {bytes, path} struct or a list of them. Bytes win; a lone path is resolved."""
+    """The images of one cell: a {bytes, path} struct (Bytes win; a lone path is resolved), plain bytes or a path
+    string, or a list of these."""
     cells = cell if isinstance(cell, list) else [cell]
     if cell is None or not cells:
         raise BadRecord(where, "no image (the image cell is empty)")
     images: list[bytes | str] = []
     for item in cells:
+        if isinstance(item, (bytes, str)) and item:  # a plain binary or string column: bytes or a path
+            images.append(item if isinstance(item, bytes) else resolve_path(item, base))
+            continue
         if not isinstance(item, dict) or not (item.get("bytes") or item.get("path")):
             raise BadRecord(where, f"image cell {item!r:.80} has neither bytes nor a path")
         images.append(item["bytes"] if item.get("bytes") else resolve_path(item["path"], base))

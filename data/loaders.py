@@ -13,13 +13,14 @@ every image). Check a dataset from the shell with `python -m data.check PATH`.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from data.example import Example
 from data.formats_jsonl import load_jsonl, load_seed001
-from data.formats_table import load_geometry3k, load_hf_disk, parquet_splits
+from data.formats_table import load_geometry3k, load_hf_disk, load_parquet, parquet_splits
 from data.records import BadRecord, LoadOptions, LoadResult
 
 
@@ -31,30 +32,36 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {
-    "jsonl": Format('a .jsonl file, one object a line: {"image": path, "question": str, "answer": str or [str], '
-                    '"bbox"?: [x1, y1, x2, y2], "choices"?, "reference_steps"?}', load_jsonl, has_splits=False),
+    "jsonl": Format('a .jsonl file, one object a line: {"image": path (or "images": [paths], or "image_data": '
+                    'base64), "question": str, "answer": str or [str], "bbox"?: [x1, y1, x2, y2], "choices"?, '
+                    '"reference_steps"?}', load_jsonl, has_splits=False),
     "seed001": Format('a .jsonl file, one object a line: {"image_path": path, "image_id": str, '
                       '"QnA": [{"Q": str, "A3": str with {Crop desc [x1, y1, x2, y2]} calls}]}',
                       load_seed001, has_splits=False),
     "hf_disk": Format("a datasets.save_to_disk folder: state.json + data-*.arrow (or dataset_dict.json + one "
                       "such folder per split), columns image, question, answer, ...", load_hf_disk, has_splits=True),
     "geometry3k": Format("a folder of {split}-00000-of-00001.parquet files (or under data/), columns images, "
-                         "problem, answer", load_geometry3k, has_splits=True),
+                         "problem, answer (or the save_to_disk columns)", load_geometry3k, has_splits=True),
+    "parquet": Format("one .parquet file with the columns of a save_to_disk folder or of Geometry3K", load_parquet,
+                      has_splits=False),
 }
 DETECT_LINES = 50  # how many non-blank lines a JSONL file may start with that are not JSON objects
 
 
-def load_examples(path, *, image_root=None, split=None, skip_bad=False, verify_images=False) -> LoadResult:
+def load_examples(path, *, image_root=None, split=None, default_split="train", skip_bad=False,
+                  verify_images=False) -> LoadResult:
     """Every Example of the dataset at `path`. The first bad record raises BadRecord, unless `skip_bad`, where
-    each one's message goes to `skipped` and the rest load. `split` picks a split of a folder format (default
-    "train"); `image_root` is where relative image paths live (default: the dataset's own folder)."""
+    each one's message goes to `skipped` and the rest load. `split` picks a split of a format with splits (an
+    error for one without: a JSONL file, a parquet file, a save_to_disk Dataset saved under another split);
+    None reads `default_split` where the data has splits and the whole data where it has none. `image_root` is
+    where relative image paths live (default: the dataset's own folder)."""
     fmt = detect_format(path)
     if split is not None and not FORMATS[fmt].has_splits:
         raise ValueError(f"{path}: a {fmt} file has no splits; drop split={split!r} (give the file of that split)")
     if image_root is not None and not Path(image_root).is_dir():
         raise ValueError(f"image_root {image_root} is not a folder")
     opts = LoadOptions(shown=str(path), image_root=None if image_root is None else str(image_root),
-                       split=split, verify_images=verify_images)
+                       split=split, default_split=default_split, verify_images=verify_images)
     result = LoadResult(format=fmt, examples=[])
     for item in FORMATS[fmt].load(Path(path), opts):
         if isinstance(item, Example):
@@ -64,6 +71,15 @@ def load_examples(path, *, image_root=None, split=None, skip_bad=False, verify_i
         else:
             raise item
     return result
+
+
+def subsample(examples: list[Example], num: int, seed: int) -> list[Example]:
+    """`num` examples drawn without replacement, seeded, kept in data order (seed 000's --num_samples); all of
+    them when `num` is 0 or at least their number."""
+    if num <= 0 or num >= len(examples):
+        return list(examples)
+    keep = sorted(random.Random(seed).sample(range(len(examples)), num))
+    return [examples[i] for i in keep]
 
 
 def detect_format(path) -> str:
@@ -77,6 +93,10 @@ def detect_format(path) -> str:
         if parquet_splits(p):
             return "geometry3k"
         raise unknown_format(path, "a folder with no state.json, dataset_dict.json or split-named .parquet files")
+    if p.suffix == ".arrow":
+        raise unknown_format(path, "a single .arrow file: give the save_to_disk folder that holds it and state.json")
+    if p.suffix == ".parquet":
+        return "parquet"
     first = first_object(p)
     if first is not None and "QnA" in first:
         return "seed001"

@@ -45,7 +45,8 @@ class LoadResult:
 class LoadOptions:
     shown: str  # the path as the user gave it: the `file` in `file:line` and the `folder` in `folder:row N`
     image_root: str | None = None
-    split: str | None = None
+    split: str | None = None  # the split the user asked for (None: default_split, when the data has splits)
+    default_split: str = "train"
     verify_images: bool = False
 
 

@@ -40,15 +40,25 @@ class DataConfig:
     train: str = doc("", "Training data: a JSONL file, seed-001 JSONL, datasets.save_to_disk folder or Geometry3K parquet folder.")
     eval: str = doc("", "Held-out data in any of the same formats (empty: no evaluation).")
     image_root: str = doc("", "Folder that relative image paths are under (default: the data file's folder).")
-    train_split: str = doc("train", "Split to read when `train` is a folder with several splits (ignored for JSONL files, which are one split).")
-    eval_split: str = doc("test", "Split to read when `eval` is a folder with several splits (ignored for JSONL files).")
+    train_split: str = doc("", "Split of `train` to read when it has splits (a DatasetDict folder, a parquet folder); empty: train. Data without splits (a JSONL or parquet file, a single save_to_disk Dataset) is read whole, and naming a split for it is an error.")
+    eval_split: str = doc("", "Split of `eval` to read when it has splits; empty: test.")
+    num_samples: int = doc(0, "Train on N training examples drawn at random (seeded by train.seed), in data order (0: all).")
+    max_pixels: int = doc(0, "Largest pixel count the image processor resizes an image to (Qwen's max_pixels; 0: the model folder's own).")
+    min_pixels: int = doc(0, "Smallest pixel count the image processor resizes an image to (Qwen's min_pixels; 0: the model folder's own).")
+    image_short_side: int = doc(0, "Resize each question image so its shorter side is this many pixels, keeping the aspect ratio, before the image processor sees it (seed 001: 448); crops are still cut from the original. 0: as is.")
     skip_bad: bool = doc(False, "Skip malformed records (each is reported) instead of stopping at the first.")
     num_eval_examples: int = doc(0, "Evaluate on the first N held-out examples (0: all).")
     system_prompt: str = doc("", "System message; empty uses the chat template's default.")
     question_template: str = doc("{question}", "User text around the question; may use {question} and {choices}.")
     prefill: str = doc("", "Text placed at the start of the assistant turn (e.g. '<think>'); rewards see it too.")
     sft_template: str = doc("<think>{reasoning}</think><answer>{answer}</answer>",
-                            "SFT target for examples without one; {answer}, {reasoning} (reference steps, or a default sentence).")
+                            "SFT target for examples without one; {answer}, {reasoning} (the reference steps joined, or a default sentence), {steps_json} (the reference steps as a JSON list, one item per step), {answer_json} (the answer as a JSON string), {box} (the first box in the model's frame, [x1, y1, x2, y2]).")
+
+    def validate(self) -> None:
+        if min(self.num_samples, self.max_pixels, self.min_pixels, self.image_short_side) < 0:
+            raise ValueError("data.num_samples, max_pixels, min_pixels and image_short_side must be >= 0")
+        if self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"data.min_pixels {self.min_pixels} is above data.max_pixels {self.max_pixels}")
 
 
 @dataclass
@@ -171,12 +181,18 @@ class SftConfig:
     steps: int = doc(0, "SFT optimizer steps (stage sft).")
     batch_size: int = doc(8, "Examples per SFT step over all processes (torchrun: a multiple of the number of processes).")
     lr: float = doc(1e-4, "SFT learning rate.")
+    epochs: float = doc(0.0, "Passes over the training set; when > 0 it sets sft.steps to ceil(epochs x examples / batch_size).")
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise ValueError("sft.epochs must be >= 0")
 
 
 @dataclass
 class TrainConfig:
     stage: str = doc("rl", "Stages to run, in order: sft, rl, or sft,rl.")
     steps: int = doc(10, "RL optimizer steps.")
+    epochs: float = doc(0.0, "Passes of RL over the training prompts; when > 0 it sets train.steps to ceil(epochs x examples / rollout.prompts_per_step).")
     seed: int = doc(0, "Seed for data order, sampling and initialisation.")
     out_dir: str = doc("runs/default", "Run folder: config, checkpoints, metrics, TensorBoard logs.")
     save_every: int = doc(0, "Checkpoint every N steps (0: only at the end).")
@@ -196,6 +212,17 @@ class TrainConfig:
             raise ValueError(f"train.stage {self.stage!r}: use sft, rl, or sft,rl")
         if self.mixed_precision not in ("", "bf16"):
             raise ValueError(f"train.mixed_precision {self.mixed_precision!r}: choose '' (off) or bf16")
+        if self.epochs < 0:
+            raise ValueError("train.epochs must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = doc(["accuracy"], "What held-out evaluation reports, by reward name (scored with weight 0 when not in the mix): each lands in the summary as <metric>_after_<stage> and is printed at the end; the first is the headline (grounding: iou, iou50; VQA reasoning: accuracy, reasoning = Match-F1).")
+
+    def validate(self) -> None:
+        if not self.metrics:
+            raise ValueError("eval.metrics is empty: name at least one reward (e.g. accuracy)")
 
 
 @dataclass
@@ -228,10 +255,12 @@ class Config:
     sft: SftConfig = field(default_factory=SftConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
-        if "sft" in self.train.stage.split(",") and self.sft.steps < 1:
-            raise ValueError("train.stage includes sft but sft.steps is 0: set --sft.steps N or drop the sft stage")
+        if "sft" in self.train.stage.split(",") and self.sft.steps < 1 and not self.sft.epochs:
+            raise ValueError("train.stage includes sft but sft.steps is 0: set --sft.steps N (or --sft.epochs E) or "
+                             "drop the sft stage")
         if "rl" in self.train.stage.split(",") and self.rollout.group_size < 2 and self.algo.advantage != "none":
             raise ValueError("rollout.group_size 1 gives every sample zero group advantage: use ≥ 2")
         if self.train.mixed_precision and self.model.dtype != "float32":
@@ -241,5 +270,10 @@ class Config:
             raise ValueError("train.mixed_precision with rollout.sampler = vllm: the in-process vLLM engine makes a "
                              "torch.distributed group of its own; use the native sampler, or model.dtype without "
                              "mixed precision")
+        resized = [k for k in ("max_pixels", "min_pixels", "image_short_side") if getattr(self.data, k)]
+        if self.rollout.sampler == "vllm" and resized:
+            raise ValueError(f"data.{', data.'.join(resized)} with rollout.sampler = vllm: vLLM resizes images with the "
+                             "model folder's own processor settings, so its image tokens would not match the "
+                             "trainer's; use the native sampler, or write the bounds into preprocessor_config.json")
         if not self.data.train:
             raise ValueError("data.train is empty: point it at a dataset (python -m data.check PATH tells the format)")

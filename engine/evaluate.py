@@ -1,6 +1,7 @@
 """Held-out evaluation: greedy answers (tools as configured), scored with the reward functions.
 
     result = evaluate(vlm, examples, cfg, protocol)   # result.metrics["accuracy"], result.records
+    headline(result.metrics, cfg.eval.metrics)       # "accuracy 0.810" (grounding: "iou 0.412, iou50 0.375")
 
 Under torchrun each rank answers a contiguous share of the examples inside `unsharded` (greedy decoding
 stops at different tokens on different ranks); the records and per-example scores are gathered in rank
@@ -23,7 +24,7 @@ from tools.schema import system_with_tools
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, float]  # "accuracy", "format", ..., "tool_call_rate", "num_examples"
+    metrics: dict[str, float]  # each of cfg.eval.metrics, each reward of the mix, "tool_call_rate", "num_examples"
     records: list[dict]  # per example: question, answer, response, reward parts
 
 
@@ -36,12 +37,13 @@ def prompts_for(examples, vlm: VLM, cfg):
     d = cfg.data
     system = system_prompt(cfg, vlm)
     return [build_prompt(e, vlm, system_prompt=system, question_template=d.question_template,
-                         prefill=d.prefill) for e in examples]
+                         prefill=d.prefill, short_side=d.image_short_side) for e in examples]
 
 
 @torch.no_grad()
-def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, metric: str = "accuracy",
-             scorer=None, dist: D.Dist | None = None) -> EvalResult:
+def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, scorer=None,
+             dist: D.Dist | None = None) -> EvalResult:
+    """Greedy answers to `examples`, scored by the reward mix and by every reward named in cfg.eval.metrics."""
     if not examples:
         raise ValueError("no held-out examples to evaluate: set data.eval")
     dist = dist or D.Dist()
@@ -49,13 +51,14 @@ def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, metric:
     was_training = vlm.model.training
     vlm.model.eval()
     params = replace(sampling_params(cfg), temperature=0.0)
+    scored = _with_metrics(cfg, cfg.eval.metrics)
     parts: dict[str, list[float]] = {}
     records, tool_rate = [], 0
     with D.unsharded(vlm.model):  # no collectives inside: ranks may make different numbers of forwards
         for start in range(0, len(mine), batch_size):
             prompts = prompts_for(mine[start:start + batch_size], vlm, cfg)
             trajs = rollout(vlm, prompts, group_size=1, params=params, protocol=protocol, limits=rollout_limits(cfg))
-            rewards = score(trajs, vlm, cfg if metric in cfg.reward.weights else _with_metric(cfg, metric), scorer)
+            rewards = score(trajs, vlm, scored, scorer)
             for name, values in rewards.parts.items():
                 parts.setdefault(name, []).extend(values)
             tool_rate += sum(bool(t.tool_calls) for t in trajs)
@@ -70,13 +73,19 @@ def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, metric:
     records = [r for _, recs, _ in shares for r in recs]
     n = len(examples)
     metrics = {name: sum(v) / n for name, v in parts.items()}
-    metrics["accuracy"] = metrics[metric]
     metrics["tool_call_rate"] = sum(t for _, _, t in shares) / n
     metrics["num_examples"] = n
     return EvalResult(metrics=metrics, records=records)
 
 
-def _with_metric(cfg, metric: str):
-    """The config with the eval metric added to the reward mix (weight 0: scored, not summed)."""
-    reward = replace(cfg.reward, weights={**cfg.reward.weights, metric: 0.0})
-    return replace(cfg, reward=reward)
+def _with_metrics(cfg, metrics: list[str]):
+    """The config with each eval metric missing from the reward mix added at weight 0 (scored, not summed)."""
+    missing = {m: 0.0 for m in metrics if m not in cfg.reward.weights}
+    if not missing:
+        return cfg
+    return replace(cfg, reward=replace(cfg.reward, weights={**cfg.reward.weights, **missing}))
+
+
+def headline(metrics: dict[str, float], names: list[str]) -> str:
+    """The named metrics as one phrase, in order: "iou 0.412, iou50 0.375"."""
+    return ", ".join(f"{name} {metrics[name]:.3f}" for name in names)

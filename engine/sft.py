@@ -8,6 +8,7 @@ mask 0, exactly as the rollout would inject it — so SFT teaches the same forma
 
 from __future__ import annotations
 
+import json
 import re
 
 import torch
@@ -27,11 +28,34 @@ _CALL = re.compile(r"<tool_call>\s*\[([^\]]*)\]\s*</tool_call>")
 DEFAULT_REASONING = "I look at the image carefully."
 
 
-def target_text(example: Example, template: str) -> str:
+def target_text(example: Example, template: str, prompt: Prompt | None = None, vlm: VLM | None = None) -> str:
+    """The example's own target, else `template` filled in: {answer}, {reasoning} (the reference steps joined,
+    or a default sentence), {steps_json} (the steps as a JSON list, one item per step: seed 003's
+    reasoning_steps), {answer_json} (the answer as a JSON string) and {box} (the example's first box in the
+    model's frame, which needs `prompt` and `vlm`: seed 002's `<answer>[x1, y1, x2, y2]</answer>`)."""
     if example.target is not None:
         return example.target
-    reasoning = " ".join(example.reference_steps) or DEFAULT_REASONING
-    return template.format(answer=example.answer, reasoning=reasoning)
+    return template.format_map(_TargetFields(example, prompt, vlm))
+
+
+class _TargetFields(dict):
+    """The fields of an SFT template, the box computed only when the template asks for it."""
+
+    def __init__(self, example: Example, prompt: Prompt | None, vlm: VLM | None):
+        steps = example.reference_steps or [DEFAULT_REASONING]
+        super().__init__(answer=example.answer, reasoning=" ".join(steps), steps_json=json.dumps(steps),
+                         answer_json=json.dumps(example.answer))
+        self.example, self.prompt, self.vlm = example, prompt, vlm
+
+    def __missing__(self, key: str) -> str:
+        if key != "box":
+            raise ValueError(f"data.sft_template names {{{key}}}; it may use {{answer}}, {{reasoning}}, "
+                             "{steps_json}, {answer_json} and {box} ({{ and }} for literal braces)")
+        if not self.example.boxes:
+            raise ValueError(f"{self.example.origin}: data.sft_template uses {{box}} but this example has no box "
+                             "(a bbox / bboxs field)")
+        assert self.prompt is not None and self.vlm is not None, "{box} needs the prompt and the model"
+        return _frame_box(self.example.boxes[0], self.prompt, self.vlm)
 
 
 def _frame_box(box_px: list[float], prompt: Prompt, vlm: VLM) -> str:

@@ -39,14 +39,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data import load_examples
 from engine import distributed as D
 from engine.checkpoint import (capture_rng, generator_device, latest_checkpoint, load_checkpoint,
                                read_optimizer_state, restore_rng, save_checkpoint)
 from engine.config import Config
 from engine.configlib import to_toml
+from engine.data_setup import load_data, with_epochs
 from engine.data_stream import DataStream
-from engine.evaluate import evaluate, prompts_for
+from engine.evaluate import evaluate, headline, prompts_for
 from engine.lora import apply_lora, is_peft, merged_export
 from engine.losses import LossConfig
 from engine.metrics import MetricsLogger, progress
@@ -82,26 +82,8 @@ def load_policy(cfg: Config, device: str | None = None, path: str | Path | None 
     path = path or cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed)
     return load_vlm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                     device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                    box_frame=cfg.model.box_frame or None)
-
-
-def load_data(cfg: Config, verbose: bool = True):
-    d = cfg.data
-    root = d.image_root or None
-    # Splits only exist in folder formats; a JSONL file is one split already.
-    def split(path: str, name: str) -> str | None:
-        return name if Path(path).is_dir() else None
-
-    train = load_examples(d.train, image_root=root, split=split(d.train, d.train_split), skip_bad=d.skip_bad)
-    for msg in train.skipped if verbose else ():
-        print(f"skipped: {msg}")
-    evals = []
-    if d.eval:
-        result = load_examples(d.eval, image_root=root, split=split(d.eval, d.eval_split), skip_bad=d.skip_bad)
-        evals = result.examples[: d.num_eval_examples or None]
-    if verbose:
-        print(f"data: {len(train.examples)} training examples ({train.format}), {len(evals)} held-out")
-    return train.examples, evals
+                    box_frame=cfg.model.box_frame or None, min_pixels=cfg.data.min_pixels,
+                    max_pixels=cfg.data.max_pixels)
 
 
 def _optimizer(model, cfg: Config, lr: float, total: int):
@@ -126,8 +108,11 @@ class Run:
 
     def __init__(self, cfg: Config):
         # train.mixed_precision shards with FSDP2 in one process too: a process group of one (engine/distributed.py)
-        self.cfg, self.dist = cfg, D.init(world_of_one=bool(cfg.train.mixed_precision))
+        self.dist = D.init(world_of_one=bool(cfg.train.mixed_precision))
         self.main_rank = self.dist.is_main
+        # Data first: a bad dataset fails before the model loads, and epochs become step counts here.
+        self.train_set, self.eval_set = load_data(cfg, verbose=self.main_rank)
+        self.cfg = cfg = with_epochs(cfg, len(self.train_set))
         _check_world(cfg, self.dist.world)
         if cfg.rollout.sampler == "vllm" and self.dist.world > 1:
             raise ValueError("rollout.sampler = vllm runs in one process for now (each rank would need its own "
@@ -152,7 +137,6 @@ class Run:
         # The judge (registered in REWARDS), the sentence embedder and the model scorer, checked against the weights.
         self.scorer = setup_rewards(cfg.reward, self.vlm, dtype=cfg.model.dtype,
                                     device=str(model_device(self.vlm.model)))
-        self.train_set, self.eval_set = load_data(cfg, verbose=self.main_rank)
         if self.dist.world > 1 and (bare := next((e for e in self.train_set if not e.images), None)):
             raise ValueError(f"{bare.origin}: a training example without an image; under torchrun every rank must "
                              "run the vision tower in each training forward (FSDP collectives): train text-only "
@@ -294,7 +278,8 @@ class Run:
         if not self.eval_set:
             return
         result = evaluate(self.vlm, self.eval_set, self.cfg, self.protocol, scorer=self.scorer, dist=self.dist)
-        self.summary[f"accuracy_{tag}"] = result.metrics["accuracy"]
+        for name in self.cfg.eval.metrics:  # the task's headline metrics, by name: accuracy_after_rl, iou_after_rl
+            self.summary[f"{name}_{tag}"] = result.metrics[name]
         self.summary["num_eval_examples"] = result.metrics["num_examples"]
         self.summary[f"eval_{tag}"] = result.metrics
         if not self.main_rank:
@@ -303,7 +288,8 @@ class Run:
         with open(self.dir / f"eval_{tag}.jsonl", "w") as f:
             for rec in result.records:
                 f.write(json.dumps(rec) + "\n")
-        print(f"eval {tag}: accuracy {result.metrics['accuracy']:.3f} on {result.metrics['num_examples']} examples")
+        print(f"eval {tag}: {headline(result.metrics, self.cfg.eval.metrics)} on {result.metrics['num_examples']} "
+              "examples")
 
     def sft(self) -> None:
         cfg, s = self.cfg, self.cfg.sft
@@ -315,7 +301,7 @@ class Run:
         bar = self._bar(s.steps, initial=start, desc="sft")
         for step in range(start, s.steps):
             examples = self._mine([self.train_set[i] for i in stream.take(s.batch_size)])
-            trajs = [sft_trajectory(p, target_text(e, cfg.data.sft_template), self.vlm)
+            trajs = [sft_trajectory(p, target_text(e, cfg.data.sft_template, p, self.vlm), self.vlm)
                      for p, e in zip(prompts_for(examples, self.vlm, cfg), examples)]
             metrics = sft_step(model, optimizer, scheduler, trajs, micro_batch_tokens=cfg.optim.micro_batch_tokens,
                                max_grad_norm=cfg.optim.max_grad_norm)

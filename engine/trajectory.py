@@ -86,9 +86,11 @@ class Trajectory:
 
 
 def build_prompt(example: Example, vlm: VLM, *, system_prompt: str, question_template: str,
-                 prefill: str = "") -> Prompt:
+                 prefill: str = "", short_side: int = 0) -> Prompt:
     """Chat-template one example: [system], user(images..., question) and the assistant header + prefill.
-    `question_template` formats with {question} and {choices} (choices as 'A. x, B. y', empty when none)."""
+    `question_template` formats with {question} and {choices} (choices as 'A. x, B. y', empty when none).
+    `short_side` > 0: the model sees each image resized to that shorter side (seed 001's 448 px rule); the
+    Prompt keeps the originals, which crops are cut from and original-pixel boxes refer to."""
     images = example.open_images()
     choices = ", ".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(example.choices))
     text = question_template.format(question=example.question, choices=choices)
@@ -97,9 +99,19 @@ def build_prompt(example: Example, vlm: VLM, *, system_prompt: str, question_tem
         {"role": "user", "content": content}]
     rendered = vlm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
     ids = vlm.tokenizer(rendered, add_special_tokens=False).input_ids
-    pixel_values, grid = encode_images(vlm.image_processor, images)
+    pixel_values, grid = encode_images(vlm.image_processor, [resize_short_side(im, short_side) for im in images])
     return Prompt(example=example, ids=expand_image_pads(ids, grid, vlm), images=images,
                   pixel_values=pixel_values, grid_thw=grid, prefill=prefill)
+
+
+def resize_short_side(image: Image.Image, side: int) -> Image.Image:
+    """`image` scaled (bicubic, aspect ratio kept, long side rounded) so its shorter side is `side`; 0: as is."""
+    if side <= 0 or min(image.size) == side:
+        return image
+    w, h = image.size
+    scale = side / min(w, h)
+    size = (side, max(1, round(h * scale))) if w <= h else (max(1, round(w * scale)), side)
+    return image.resize(size, Image.BICUBIC)
 
 
 def expand_image_pads(ids: list[int], grid_thw: torch.Tensor, vlm: VLM) -> list[int]:

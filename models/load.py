@@ -51,8 +51,24 @@ def load_image_processor(path: Path):
         return Qwen2VLImageProcessorPil.from_pretrained(path)
 
 
+def set_pixel_range(image_processor, *, min_pixels: int = 0, max_pixels: int = 0) -> None:
+    """Qwen's min_pixels / max_pixels: the processor resizes every image to a pixel count in that range (0 keeps
+    the folder's own bound). Both live in `size` as shortest_edge / longest_edge (transformers 5.x)."""
+    if not (min_pixels or max_pixels):
+        return
+    size = dict(image_processor.size)
+    if min_pixels:
+        size["shortest_edge"] = min_pixels
+    if max_pixels:
+        size["longest_edge"] = max_pixels
+    if size["shortest_edge"] > size["longest_edge"]:
+        raise ValueError(f"min_pixels {size['shortest_edge']} is above max_pixels {size['longest_edge']} (with the "
+                         "model folder's own bound for the one not set): raise max_pixels or lower min_pixels")
+    image_processor.size = size
+
+
 def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "sdpa",
-             box_frame: str | None = None) -> VLM:
+             box_frame: str | None = None, min_pixels: int = 0, max_pixels: int = 0) -> VLM:
     path = Path(path)
     _check_folder(path)
     if dtype not in DTYPES:
@@ -61,5 +77,7 @@ def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", a
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=DTYPES[dtype], attn_implementation=attn_implementation).to(device)
-    return VLM(model=model, tokenizer=tokenizer, image_processor=load_image_processor(path),
+    image_processor = load_image_processor(path)
+    set_pixel_range(image_processor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return VLM(model=model, tokenizer=tokenizer, image_processor=image_processor,
                family=family_from(config, tokenizer, box_frame=box_frame), path=path)

@@ -36,7 +36,8 @@ from engine.data_stream import DataStream  # noqa: E402
 from engine.evaluate import prompts_for  # noqa: E402
 from engine.step import RLState, rl_step  # noqa: E402
 from engine.tool_protocols import make_protocol  # noqa: E402
-from engine.trainer import _optimizer, load_data, load_policy, loss_config  # noqa: E402
+from engine.data_setup import load_data  # noqa: E402
+from engine.trainer import _optimizer, load_policy, loss_config  # noqa: E402
 
 DATA = ROOT / "runs" / "bench-data"
 PHASES = ("rollout", "rewards", "advantages", "old_logp", "ref_logp", "update")

@@ -86,7 +86,11 @@ def generic_bad_cases(root):
         "short_box": ({**GOOD, "bbox": [1, 2, 3]}, f"box [1, 2, 3] is not 4 numbers; {HINT}"),
         "answer_type": ({**GOOD, "answer": 7}, '"answer" must be a string or a non-empty list of strings, got 7'),
         "two_image_fields": ({**GOOD, "images": ["imgs/a.png"]},
-                             'give exactly one of "image" (a path) or "images" (a list of paths)'),
+                             'give exactly one of "image" (a path), "images" (a list of paths) or "image_data" '
+                             '(base64 image bytes); got image and images'),
+        "bad_base64": ({"image_data": "not base64!", "question": "q", "answer": "a"},
+                       '"image_data" is not valid base64 (Only base64 data is allowed); encode the image '
+                       "file's bytes with base64.b64encode"),
         "not_an_object": ("[1, 2]", "expected a JSON object, got list"),
     }
 

@@ -136,7 +136,8 @@ def test_geometry3k_missing_column(tmp_path):
     from tests.data_fixtures import write_geometry3k_split
 
     shard = write_geometry3k_split(tmp_path, "train", [{"images": [{"bytes": png_bytes((4, 4)), "path": "a.png"}],
-                                                         "question": "Find x.", "answer": "1"}])
+                                                         "text": "Find x.", "answer": "1"}])
     with pytest.raises(ValueError) as info:
         load_examples(tmp_path)
-    assert str(info.value) == f"{shard}: missing column 'problem'; columns present: images, question, answer"
+    assert str(info.value) == (f"{shard}: missing column 'question' or 'problem'; columns present: images, text, "
+                               "answer")

@@ -1,0 +1,62 @@
+"""The run's data from its config: the one place where train.py and eval.py turn `[data]` into Examples.
+
+    train, held_out = load_data(cfg)        # training examples (subsampled) and held-out examples
+    held_out = load_eval(cfg)               # eval.py: held-out data only
+    cfg = with_epochs(cfg, len(train))      # sft.epochs / train.epochs -> step counts
+
+Every format `data.load_examples` reads works for both (`python -m data.check PATH` shows what it reads). A split
+is read only where the data has splits: the training split defaults to "train", the held-out one to "test".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from data import Example, load_examples, subsample
+from engine.config import Config
+
+
+def _load(path: str, cfg: Config, split: str, default_split: str, verbose: bool) -> tuple[list[Example], str]:
+    d = cfg.data
+    result = load_examples(path, image_root=d.image_root or None, split=split or None, default_split=default_split,
+                           skip_bad=d.skip_bad)
+    for msg in result.skipped if verbose else ():
+        print(f"skipped: {msg}")
+    return result.examples, result.format
+
+
+def load_train(cfg: Config, verbose: bool = True) -> list[Example]:
+    """The training examples: `data.train` (its `train_split`), `data.num_samples` of them when set."""
+    examples, fmt = _load(cfg.data.train, cfg, cfg.data.train_split, "train", verbose)
+    kept = subsample(examples, cfg.data.num_samples, cfg.train.seed)
+    if verbose:
+        drawn = f", {len(kept)} drawn (data.num_samples)" if len(kept) < len(examples) else ""
+        print(f"data: {len(examples)} training examples ({fmt}){drawn}")
+    return kept
+
+
+def load_eval(cfg: Config, verbose: bool = True) -> list[Example]:
+    """The held-out examples: `data.eval` (its `eval_split`), the first `data.num_eval_examples` when set."""
+    if not cfg.data.eval:
+        return []
+    examples, fmt = _load(cfg.data.eval, cfg, cfg.data.eval_split, "test", verbose)
+    kept = examples[: cfg.data.num_eval_examples or None]
+    if verbose:
+        print(f"data: {len(kept)} held-out examples ({fmt})")
+    return kept
+
+
+def load_data(cfg: Config, verbose: bool = True) -> tuple[list[Example], list[Example]]:
+    return load_train(cfg, verbose), load_eval(cfg, verbose)
+
+
+def with_epochs(cfg: Config, num_examples: int) -> Config:
+    """The config with `sft.steps` / `train.steps` set from `sft.epochs` / `train.epochs` where those are > 0:
+    ceil(epochs x examples / examples per step), so the last partial batch still counts as a step."""
+    sft, train = cfg.sft, cfg.train
+    if sft.epochs > 0:
+        sft = replace(sft, steps=max(1, math.ceil(sft.epochs * num_examples / sft.batch_size)))
+    if train.epochs > 0:
+        train = replace(train, steps=max(1, math.ceil(train.epochs * num_examples / cfg.rollout.prompts_per_step)))
+    return replace(cfg, sft=sft, train=train)
