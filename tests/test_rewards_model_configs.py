@@ -7,7 +7,10 @@ Run: `OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_rewards_model_c
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from data.example import Example
 from data.synth import generate
@@ -50,13 +53,18 @@ def test_seed_config_builds_and_its_sft_target_scores(name):
     if hasattr(cfg.reward, "scorer"):  # once the engine has reward.scorer: on exactly when a model reward is weighted
         assert (cfg.reward.scorer == "policy") == bool(set(cfg.reward.weights) & MODEL_REWARDS)
     samples = generate(task, 3, seed=0)
-    examples = [Example(question=s.question, answers=[s.answer], images=[], boxes=[s.bbox] if s.bbox else [],
+    examples = [Example(question=s.question, answers=[s.answer], images=[], boxes=[[float(v) for v in s.bbox]] if s.bbox else [],
                         choices=list(s.choices or []), origin=f"{task}:{i}") for i, s in enumerate(samples)]
     for e in examples:  # the template formats, and keeps the question
         assert e.question in cfg.data.question_template.format(question=e.question, choices="A. x")
     frame = cfg.model.box_frame or SUPPORTED["qwen2_5_vl"]
     contexts = [RewardContext(box_frame=frame, prompt_prefill=cfg.data.prefill) for _ in examples]
-    targets = [target_text(e, cfg.data.sft_template) for e in examples]
+    # {box} (seed002) is written in the model's frame, which needs the image's size and the processor's grid: a
+    # stand-in prompt and model family give them (engine/sft.py reads nothing else of either)
+    family = SimpleNamespace(box_frame=frame, patch_size=14)
+    prompts = [SimpleNamespace(images=[s.image], grid_thw=torch.tensor([[1, 8, 8]])) for s in samples]
+    targets = [target_text(e, cfg.data.sft_template, p, SimpleNamespace(family=family))
+               for e, p in zip(examples, prompts)]
     text_weights = {k: v for k, v in cfg.reward.weights.items() if k not in MODEL_REWARDS}
     batch = score_batch(targets, examples, contexts, text_weights)
     assert {k: v[0] for k, v in batch.parts.items()} == expected, targets[0]
