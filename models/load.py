@@ -81,3 +81,22 @@ def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", a
     set_pixel_range(image_processor, min_pixels=min_pixels, max_pixels=max_pixels)
     return VLM(model=model, tokenizer=tokenizer, image_processor=image_processor,
                family=family_from(config, tokenizer, box_frame=box_frame), path=path)
+
+
+def init_vlm(path: str | Path, *, dtype: str = "bfloat16", device: str = "cpu", attn_implementation: str = "sdpa",
+             seed: int = 0) -> VLM:
+    """A randomly initialised model from a folder's config (its weights, if any, are not read), built directly on
+    `device`, with the folder's tokenizer and image processor: e.g. a released checkpoint's shape written by
+    `python -m models.tiny --shape 3b --no-weights` (a 3B model is built on a GPU in seconds; no 7 GB file)."""
+    path = Path(path)
+    _check_folder(path)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} unknown; choose one of {sorted(DTYPES)}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[dtype],
+                                                        attn_implementation=attn_implementation)
+    return VLM(model=model, tokenizer=tokenizer, image_processor=load_image_processor(path),
+               family=family_from(config, tokenizer), path=path)

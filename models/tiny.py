@@ -2,9 +2,16 @@
 Qwen chat template and a Qwen image processor, saved as a normal folder that `from_pretrained` loads.
 
     python -m models.tiny --arch qwen2_5_vl --out runs/tiny [--seed 0]
+    python -m models.tiny --arch qwen2_5_vl --shape 3b --out runs/qwen2_5_vl-3b [--no-weights]
 
 Archs: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe. The same seed gives byte-identical files. `tiny_model_dir()`
 caches builds under .cache/tiny/ so tests and the demo pay once.
+
+`--shape` (models/shapes.py: 2b/7b for qwen2_vl, 3b/7b for qwen2_5_vl, 2b/8b for qwen3_vl) keeps the offline
+tokenizer but takes a released checkpoint's text and vision dimensions, its padded vocabulary (151,936 embedding
+rows for Qwen2.5-VL-3B; ids past the tokenizer are never sampled) and its image processor's pixel range (448 px
+images and larger). Its weights are random, in bfloat16, built on a GPU when there is one (a 3B model takes ~7 GB);
+`--no-weights` writes the folder without them, for `models.load.init_vlm` to build the model in memory.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from models.shapes import SHAPES, get_shape
 from models.tiny_tokenizer import build_tokenizer
 
 HIDDEN, LAYERS, HEADS, HEAD_DIM = 128, 4, 4, 32
@@ -74,37 +82,58 @@ ARCHS = {
 MAX_SIDE = {"qwen2_vl": 112, "qwen2_5_vl": 112, "qwen3_vl": 128, "qwen3_vl_moe": 128}
 
 
-def build(arch: str, out: str | Path, seed: int = 0) -> Path:
-    """Build and save one tiny model folder. Deterministic: the same seed gives byte-identical files."""
+def model_config(arch: str, tokenizer, shape: str = "tiny"):
+    """The transformers config of a tiny model, or of a released checkpoint's `shape` around the offline tokenizer."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
-    out = Path(out)
-    tokenizer = build_tokenizer(seed)
-    vocab = len(tokenizer)
     ids = tokenizer.convert_tokens_to_ids
-    parts = ARCHS[arch](vocab)
+    real = None if shape == "tiny" else get_shape(arch, shape)
+    parts = ARCHS[arch](len(tokenizer))
+    if real is not None:  # the real dimensions replace the tiny ones (rope settings included)
+        parts["text_config"].update(real.text, vocab_size=real.vocab_size)
+        parts["vision_config"].update(real.vision)
     parts["text_config"].update(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
                                 pad_token_id=ids("<|endoftext|>"))
-    config = AutoConfig.for_model(
+    return AutoConfig.for_model(
         arch, **parts,
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=False,
+        tie_word_embeddings=False if real is None else real.tie_word_embeddings,
+        **({} if real is None else real.extra),
     )
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    model.generation_config.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
-    model.generation_config.pad_token_id = ids("<|endoftext|>")
+
+
+def build(arch: str, out: str | Path, seed: int = 0, *, shape: str = "tiny", weights: bool = True) -> Path:
+    """Build and save one model folder (tiny, or a released checkpoint's `shape` with random weights; without
+    `weights`, everything but the weights). Deterministic: the same seed gives byte-identical files."""
+    out = Path(out)
+    tokenizer = build_tokenizer(seed)
+    ids = tokenizer.convert_tokens_to_ids
+    config = model_config(arch, tokenizer, shape)
+    if weights:
+        torch.manual_seed(seed)
+        # A real shape in bf16 (the released checkpoints' dtype; half the disk), built where it is fastest.
+        device = "cuda" if shape != "tiny" and torch.cuda.is_available() else "cpu"
+        with torch.device(device):
+            model = AutoModelForImageTextToText.from_config(
+                config, dtype=torch.float32 if shape == "tiny" else torch.bfloat16)
+        model.generation_config.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
+        model.generation_config.pad_token_id = ids("<|endoftext|>")
     patch = config.vision_config.patch_size
     factor = patch * config.vision_config.spatial_merge_size
     side = MAX_SIDE[arch]
+    pixels = ((2 * factor) ** 2, side * side) if shape == "tiny" else (get_shape(arch, shape).min_pixels,
+                                                                          get_shape(arch, shape).max_pixels)
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=patch, merge_size=config.vision_config.spatial_merge_size,
         temporal_patch_size=config.vision_config.temporal_patch_size,
-        size={"shortest_edge": (2 * factor) ** 2, "longest_edge": side * side},
+        size={"shortest_edge": pixels[0], "longest_edge": pixels[1]},
     )
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    if weights:
+        model.save_pretrained(out)
+    else:
+        config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
     return out
@@ -138,10 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="qwen2_5_vl", choices=sorted(ARCHS))
     parser.add_argument("--out", required=True, help="folder to write (created)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", default="tiny",
+                        help="tiny, or a released checkpoint's size: " + "; ".join(
+                            f"{a}: {', '.join(s)}" for a, s in SHAPES.items()))
+    parser.add_argument("--no-weights", action="store_true",
+                        help="write config, tokenizer and image processor only (models.load.init_vlm builds the "
+                             "model in memory from them)")
     args = parser.parse_args(argv)
-    path = build(args.arch, args.out, args.seed)
+    try:
+        path = build(args.arch, args.out, args.seed, shape=args.shape, weights=not args.no_weights)
+    except ValueError as e:
+        parser.error(str(e))
     n = sum(f.stat().st_size for f in path.iterdir())
-    print(f"built tiny {args.arch} (seed {args.seed}) in {path} ({n / 1e6:.1f} MB)")
+    print(f"built {args.shape} {args.arch} (seed {args.seed}) in {path} ({n / 1e6:.1f} MB)")
     return 0
 
 
