@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test test-fast test-vllm test-openclip bench eval tiny clean browser
+.PHONY: venv demo test test-fast test-vllm test-openclip bench bench-peer eval tiny clean browser
 
 venv: $(STAMP)
 
@@ -48,6 +48,12 @@ test-openclip:
 
 bench: $(STAMP)
 	$(VPY) scripts/bench.py
+
+# The peer on the same work, right after `make bench` (whose runs/bench.json it reads): TRL's GRPOTrainer in its
+# own .venv-peer (scripts/install_peer.sh; a no-op when up to date), then both results and their ratio.
+bench-peer:
+	bash scripts/install_peer.sh
+	.venv-peer/bin/python scripts/bench_peer.py
 
 eval: $(STAMP)
 	$(VPY) eval.py $(ARGS)

@@ -24,13 +24,17 @@ class ModelConfig:
     path: str = doc("", "Local Hugging Face VLM folder. Empty: build the tiny model named by `tiny_arch` (cached).")
     tiny_arch: str = doc("qwen2_5_vl", "Tiny offline model to build when `path` is empty: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe.")
     dtype: str = doc("float32", "Parameter dtype: float32, bfloat16 or float16 (bf16 is slow on CPUs without bf16 units).")
-    attn_implementation: str = doc("sdpa", "Attention kernel: sdpa, eager, or flash_attention_2 (GPU, if installed).")
+    attn_implementation: str = doc("sdpa", "Attention kernel: sdpa, eager, varlen (GPU: torch's variable-length flash attention, or flash-attn's when installed; packed rows without masks, one call per vision block), or flash_attention_2 (GPU, flash-attn installed). sdpa / eager score each micro-batch as a right-padded batch.")
     box_frame: str = doc("", "Coordinate frame the model writes boxes in: pixels, resized, norm1000. Empty: the family's own.")
+    logprob_chunk_tokens: int = doc(2048, "Log-probs and entropy are computed from the LM head this many tokens at a time, and recomputed in the backward: peak logits memory ~ this × vocabulary × 4 bytes, whatever the micro-batch (Qwen's 151,936-token vocabulary: ~1.2 GB at 2048). 0: all kept tokens at once (autograd keeps their [tokens, vocab] logits).")
     gradient_checkpointing: bool = doc(False, "Recompute each decoder layer's and vision block's activations in the backward pass instead of storing them: less activation memory for about one extra forward per update.")
 
     def validate(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype {self.dtype!r}: choose float32, bfloat16 or float16")
+        if self.logprob_chunk_tokens < 0:
+            raise ValueError(f"model.logprob_chunk_tokens {self.logprob_chunk_tokens}: 0 (no chunking) or a positive "
+                             "number of tokens")
         if self.box_frame not in ("", "pixels", "resized", "norm1000"):
             raise ValueError(f"model.box_frame {self.box_frame!r}: choose pixels, resized or norm1000 (or leave empty)")
 

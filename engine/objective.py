@@ -32,8 +32,8 @@ class StepBatch:
 
 
 def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: LossConfig, *,
-                temperature: float = 1.0):
-    logp_K, entropy_K = row_logps(model, row, temperature=temperature, with_entropy=True)
+                temperature: float = 1.0, chunk_tokens: int = 0):
+    logp_K, entropy_K = row_logps(model, row, temperature=temperature, with_entropy=True, chunk_tokens=chunk_tokens)
     seq_K = row.seq_K.to(logp_K.device)
     mask_K = torch.ones_like(logp_K)  # kept positions are exactly the loss tokens
     old_K = logp_K.detach() if batch.old_logp is None else batch.old_logp[row_index]
@@ -60,9 +60,11 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Lo
 
 
 @torch.no_grad()
-def rows_logps(model, rows: list[PackedRow], *, temperature: float = 1.0) -> dict[int, torch.Tensor]:
+def rows_logps(model, rows: list[PackedRow], *, temperature: float = 1.0,
+               chunk_tokens: int = 0) -> dict[int, torch.Tensor]:
     """Log-probs of every row without gradients (old policy or reference)."""
-    return {i: row_logps(model, row, temperature=temperature)[0] for i, row in enumerate(rows)}
+    return {i: row_logps(model, row, temperature=temperature, chunk_tokens=chunk_tokens)[0]
+            for i, row in enumerate(rows)}
 
 
 def sampler_logps(rows: list[PackedRow], trajs, device: torch.device) -> dict[int, torch.Tensor]:
@@ -83,9 +85,9 @@ def padded_rows(rows: list[PackedRow], *, fallback) -> tuple[list[PackedRow], in
     return rows, num_real
 
 
-def padding_loss(model, row: PackedRow, *, temperature: float = 1.0) -> torch.Tensor:
+def padding_loss(model, row: PackedRow, *, temperature: float = 1.0, chunk_tokens: int = 0) -> torch.Tensor:
     """0 × a real forward: backward through it runs FSDP's collectives and adds exactly 0 to every gradient."""
-    return row_logps(model, row, temperature=temperature)[0].sum() * 0.0
+    return row_logps(model, row, temperature=temperature, chunk_tokens=chunk_tokens)[0].sum() * 0.0
 
 
 def full_value(t: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,7 @@ def sft_trajectory(prompt: Prompt, target: str, vlm: VLM, tool_limits: ToolLimit
 
 
 def sft_step(model, optimizer, scheduler, trajs: list[Trajectory], *, micro_batch_tokens: int,
-             max_grad_norm: float) -> dict[str, float]:
+             max_grad_norm: float, chunk_tokens: int = 0) -> dict[str, float]:
     """One optimizer step of token-mean cross-entropy over every assistant token of the batch. Under torchrun
     `trajs` is this rank's share: the token count is the whole batch's (all ranks), every rank runs as many rows
     as the busiest (zero-weight padding), and the returned loss, norm and count are the whole batch's."""
@@ -99,9 +99,9 @@ def sft_step(model, optimizer, scheduler, trajs: list[Trajectory], *, micro_batc
     total = torch.zeros((), device=next(model.parameters()).device)
     for i, row in enumerate(rows):
         if i >= num_real:
-            padding_loss(model, row).backward()
+            padding_loss(model, row, chunk_tokens=chunk_tokens).backward()
             continue
-        logp_K, _ = row_logps(model, row)
+        logp_K, _ = row_logps(model, row, chunk_tokens=chunk_tokens)
         loss = -logp_K.sum() / num_tokens
         loss.backward()
         total = total + loss.detach()

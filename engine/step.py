@@ -97,10 +97,11 @@ def keep_informative_groups(trajs: list[Trajectory], rewards_B: torch.Tensor) ->
 
 def reference_logps(state: RLState, rows, *, temperature: float) -> dict[int, torch.Tensor]:
     """The KL anchor: the frozen copy (full fine-tune) or, with LoRA, the policy with its adapters off."""
+    chunk = state.cfg.model.logprob_chunk_tokens
     if state.reference is not None:
-        return rows_logps(state.reference, rows, temperature=temperature)
+        return rows_logps(state.reference, rows, temperature=temperature, chunk_tokens=chunk)
     with adapters_disabled(state.policy.model):  # ValueError for a plain model: it needs a reference copy
-        return rows_logps(state.policy.model, rows, temperature=temperature)
+        return rows_logps(state.policy.model, rows, temperature=temperature, chunk_tokens=chunk)
 
 
 def optimizer_step(state: RLState, rows, num_real: int, batch: StepBatch) -> dict:
@@ -110,11 +111,12 @@ def optimizer_step(state: RLState, rows, num_real: int, batch: StepBatch) -> dic
     state.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, torch.Tensor] = {}
     total, loss_sum = 0, torch.zeros((), device=model_device(model))
+    scoring = {"temperature": cfg.rollout.temperature, "chunk_tokens": cfg.model.logprob_chunk_tokens}
     for i, row in enumerate(rows):
         if i >= num_real:
-            padding_loss(model, row, temperature=cfg.rollout.temperature).backward()
+            padding_loss(model, row, **scoring).backward()
             continue
-        loss, metrics, n = policy_loss(model, row, i, batch, state.loss_cfg, temperature=cfg.rollout.temperature)
+        loss, metrics, n = policy_loss(model, row, i, batch, state.loss_cfg, **scoring)
         loss.backward()
         loss_sum = loss_sum + loss.detach()  # rows are normalised by the step's global counts: their sum is the loss
         for k, v in metrics.items():
@@ -160,7 +162,8 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
         batch = StepBatch(adv_B=adv_B[kept].to(device), num_tokens=num_tokens, num_seqs=num_seqs)
         with timer.phase("old_logp"):
             if cfg.algo.num_updates > 1:
-                batch.old_logp = rows_logps(vlm.model, rows, temperature=temperature)
+                batch.old_logp = rows_logps(vlm.model, rows, temperature=temperature,
+                                            chunk_tokens=cfg.model.logprob_chunk_tokens)
         with timer.phase("ref_logp"):
             if state.loss_cfg.kl_beta > 0:
                 batch.ref_logp = reference_logps(state, rows, temperature=temperature)

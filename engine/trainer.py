@@ -304,6 +304,7 @@ class Run:
             trajs = [sft_trajectory(p, target_text(e, cfg.data.sft_template, p, self.vlm), self.vlm)
                      for p, e in zip(prompts_for(examples, self.vlm, cfg), examples)]
             metrics = sft_step(model, optimizer, scheduler, trajs, micro_batch_tokens=cfg.optim.micro_batch_tokens,
+                               chunk_tokens=cfg.model.logprob_chunk_tokens,
                                max_grad_norm=cfg.optim.max_grad_norm)
             self.global_step += 1
             self._log(self.global_step, metrics)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
+from models.attention import VARLEN, set_attention
 from models.family import SUPPORTED, Family, family_from
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,6 +68,16 @@ def set_pixel_range(image_processor, *, min_pixels: int = 0, max_pixels: int = 0
     image_processor.size = size
 
 
+def _loadable(attn_implementation: str) -> str:
+    """"varlen" (models/attention.py) is not a name transformers loads: load with sdpa, then switch."""
+    return "sdpa" if attn_implementation == "varlen" else attn_implementation
+
+
+def _switch_attention(model, attn_implementation: str) -> None:
+    if attn_implementation == "varlen":
+        set_attention(model, VARLEN)
+
+
 def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "sdpa",
              box_frame: str | None = None, min_pixels: int = 0, max_pixels: int = 0) -> VLM:
     path = Path(path)
@@ -76,7 +87,8 @@ def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", a
     tokenizer = AutoTokenizer.from_pretrained(path)
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation).to(device)
+        path, dtype=DTYPES[dtype], attn_implementation=_loadable(attn_implementation)).to(device)
+    _switch_attention(model, attn_implementation)
     image_processor = load_image_processor(path)
     set_pixel_range(image_processor, min_pixels=min_pixels, max_pixels=max_pixels)
     return VLM(model=model, tokenizer=tokenizer, image_processor=image_processor,
@@ -97,6 +109,7 @@ def init_vlm(path: str | Path, *, dtype: str = "bfloat16", device: str = "cpu", 
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[dtype],
-                                                        attn_implementation=attn_implementation)
+                                                        attn_implementation=_loadable(attn_implementation))
+    _switch_attention(model, attn_implementation)
     return VLM(model=model, tokenizer=tokenizer, image_processor=load_image_processor(path),
                family=family_from(config, tokenizer), path=path)

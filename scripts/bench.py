@@ -1,6 +1,7 @@
 """GRPO step benchmark on the tiny Qwen2.5-VL: the peer's workload (PLATFORM.md, "The peer on identical work").
 
     OMP_NUM_THREADS=1 python scripts/bench.py [--steps 10] [--threads 1] [--out runs/bench.json]   # `make bench`
+    make bench && make bench-peer        # then TRL's GRPOTrainer on the same work, and the ratio (bench_peer.py)
 
 Per optimizer step: 2 prompts × 8 samples × 32 new tokens, β = 0.04 (so a frozen-reference forward is part of
 the step), fp32, CPU. The pieces are built as engine/trainer.py's Run.rl builds them and the step is
@@ -8,7 +9,7 @@ engine.step.rl_step itself. Every sample is forced to its full 32 tokens: the ro
 family's eos ids (it overrides SamplingParams.stop_ids with them), so the benchmark hands the rollout a copy of
 the family with no eos ids; nothing in the engine changes. Prints seconds per step (median, min) split by phase,
 token throughput, CPU seconds per step, peak RSS and the load average before and after (other processes on a
-2-core machine distort every timing).
+2-core machine distort every timing). No peer figure lives here: `make bench-peer` measures it right after.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from engine.trainer import _optimizer, load_policy, loss_config  # noqa: E402
 
 DATA = ROOT / "runs" / "bench-data"
 PHASES = ("rollout", "rewards", "advantages", "old_logp", "ref_logp", "update")
-TRL_S_PER_STEP, TRL_RSS_MB = 0.79, 670  # PLATFORM.md: TRL 1.16 GRPOTrainer, measured by a colleague, quiet machine
+PROMPTS, GROUP, NEW_TOKENS, KL_BETA = 2, 8, 32, 0.04  # the workload, shared with scripts/bench_peer.py
 
 
 def make_data() -> Path:
@@ -54,8 +55,9 @@ def make_data() -> Path:
 def setup(threads: int, total_steps: int):
     cfg = build_config(Config, overrides=[
         "--model.tiny_arch", "qwen2_5_vl", "--model.dtype", "float32", "--data.train", str(make_data()),
-        "--rollout.group_size", "8", "--rollout.prompts_per_step", "2", "--rollout.max_new_tokens", "32",
-        "--rollout.temperature", "1.0", "--algo.kl_beta", "0.04", "--train.threads", str(threads)])
+        "--rollout.group_size", str(GROUP), "--rollout.prompts_per_step", str(PROMPTS),
+        "--rollout.max_new_tokens", str(NEW_TOKENS), "--rollout.temperature", "1.0", "--algo.kl_beta", str(KL_BETA),
+        "--train.threads", str(threads)])
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
     vlm = load_policy(cfg)
@@ -98,7 +100,7 @@ def summarise(steps: list[dict], threads: int, load_before, load_after) -> dict:
         "rollout_sampled_tok_per_s": sampled / med["rollout"], "update_trained_tok_per_s": sampled / med["update"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "loadavg_before": load_before, "loadavg_after": load_after,
-        "trl_s_per_step": TRL_S_PER_STEP, "trl_peak_rss_mb": TRL_RSS_MB, "per_step": steps,
+        "per_step": steps,
     }
 
 
@@ -106,15 +108,14 @@ def report(r: dict) -> None:
     ph = r["phase_s_median"]
     print(f"\n{r['workload']}; {r['steps']} timed steps, torch threads {r['torch_threads']}")
     print(f"load average (1/5/15 min) before {r['loadavg_before']}, after {r['loadavg_after']}")
-    print(f"s/step        median {r['s_per_step_median']:.3f}  min {r['s_per_step_min']:.3f}  "
-          f"(TRL, colleague's quiet-machine run: {TRL_S_PER_STEP})")
+    print(f"s/step        median {r['s_per_step_median']:.3f}  min {r['s_per_step_min']:.3f}")
     print(f"CPU s/step    median {r['cpu_s_per_step_median']:.3f}")
     print("phases (median s): " + ", ".join(f"{p} {ph[p]:.3f}" for p in PHASES) + f", other {r['other_s_median']:.3f}")
     print(f"tokens/step   sampled {r['sampled_tokens_per_step']}, in sequences {r['sequence_tokens_per_step']}; "
           f"response length mean {r['response_len_mean']:.1f}, eos rate {r['eos_rate_mean']:.2f}")
     print(f"throughput    rollout {r['rollout_sampled_tok_per_s']:.0f} sampled tok/s, "
           f"update {r['update_trained_tok_per_s']:.0f} trained tok/s")
-    print(f"peak RSS      {r['peak_rss_mb']:.0f} MB (TRL: ~{TRL_RSS_MB} MB)")
+    print(f"peak RSS      {r['peak_rss_mb']:.0f} MB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", default="", help="write the results as JSON to this file")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench.json"),
+                        help="write the results as JSON here (`make bench-peer` reads it); empty: don't")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.threads < 1:
         parser.error("--steps and --threads must be >= 1")

@@ -95,12 +95,15 @@ def test_row_bookkeeping(trajs):
         assert torch.equal(row.pos_4T[1:, starts[i]:starts[i + 1]], traj.positions)
 
 
+@pytest.mark.parametrize("layout", ["packed", "padded"])
 @pytest.mark.parametrize("members", [[0, 1, 2, 3], [2, 1], [1, 3, 0]])
-def test_packed_equals_alone(vlm, trajs, alone, members):
-    # members must be sorted as plan_rows returns them, but any order packs correctly: [2, 1] checks that too
+def test_packed_equals_alone(vlm, trajs, alone, members, layout):
+    # members must be sorted as plan_rows returns them, but any order packs correctly: [2, 1] checks that too.
+    # "packed": one [1, T] sequence (sdpa gets transformers' block mask here; a varlen kernel on GPU);
+    # "padded": a right-padded [S, L] batch (what sdpa / eager use by default)
     row = pack_row(trajs, members)
     with torch.no_grad():
-        logp_K, ent_K = row_logps(vlm.model, row, with_entropy=True)
+        logp_K, ent_K = row_logps(vlm.model, row, with_entropy=True, layout=layout)
     assert logp_K.shape == (sum(trajs[i].num_sampled for i in members),)
     assert ent_K.shape == logp_K.shape
     for i, logp in _split(row, logp_K, len(trajs)).items():
@@ -140,7 +143,7 @@ def test_cross_sequence_attention_would_be_caught(vlm, trajs, alone):
     continuous = row.pos_4T.clone()
     continuous[0] = torch.arange(T)
     with torch.no_grad():
-        bad_K, _ = row_logps(vlm.model, replace(row, pos_4T=continuous))
+        bad_K, _ = row_logps(vlm.model, replace(row, pos_4T=continuous), layout="packed")
     bad = _split(row, bad_K, len(trajs))
     torch.testing.assert_close(bad[0], alone[0], rtol=0, atol=1e-5)
     for i in later:

@@ -1,0 +1,130 @@
+"""Variable-length attention for packed rows, plugged into transformers' attention interface.
+
+    from models.attention import VARLEN, uses_varlen
+    load_vlm(path, attn_implementation=VARLEN)          # models/load.py does the registration
+
+Several sequences packed into one row [1, T] attend each to itself through a variable-length kernel given the
+cumulative sequence lengths (cu_seqlens): no T×T mask, no work across sequences. The kernel is torch's own
+`torch.nn.attention.varlen.varlen_attn` (flash attention inside torch, CUDA only), or flash-attn's
+`flash_attn_varlen_func` when that package is installed. Qwen2.5-VL's vision tower takes the same path: with an
+implementation whose name contains "flash", transformers hands it the windows' and images' cu_seqlens, so each
+vision block is ONE varlen call instead of one sdpa call per window.
+
+What transformers passes (5.17-5.19): text layers give `position_ids` (row 0 of the 4-row packed positions;
+a sequence starts where it is 0) and a 2-D padding mask or None (the flash mask function); the vision tower
+gives `cu_seq_lens_q/k` and `max_length_q/k`. Anything else (a KV cache, a padding mask: the sampler's left-padded
+batches) goes to sdpa with the equivalent boolean mask, so one loaded model serves training and sampling.
+Shapes: B batch, H heads, Q query tokens, K key tokens, D head dim, N sequences.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+VARLEN = "flash_varlen_torch"  # must contain "flash": see the docstring
+
+
+def uses_varlen(model) -> bool:
+    """True when the model's attention takes packed rows without a mask (ours or flash-attn's)."""
+    return "flash" in (getattr(model.config, "_attn_implementation", None) or "")
+
+
+def _varlen_kernel():
+    """(fn, causal_kwargs(is_causal) -> dict): flash-attn's varlen function when installed, else torch's."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+
+        return flash_attn_varlen_func, "flash_attn"
+    except ImportError:
+        from torch.nn.attention.varlen import varlen_attn
+
+        return varlen_attn, "torch"
+
+
+def _torch_varlen_kwargs(fn, is_causal: bool, scale: float | None, head_dim: int) -> tuple[dict, float]:
+    """(keyword arguments, factor to pre-scale queries by) for torch's varlen_attn, whose signature moved:
+    2.10 took `is_causal`; 2.11+ take window_size=(-1, 0) for causal ((-1, -1): full) and `scale` (2.13 checked
+    in its source; a release without `scale` gets the queries pre-scaled instead)."""
+    params = inspect.signature(fn).parameters
+    kw = ({"window_size": (-1, 0) if is_causal else (-1, -1)} if "window_size" in params
+          else {"is_causal": is_causal})
+    if scale is None:
+        return kw, 1.0
+    if "scale" in params:
+        return {**kw, "scale": scale}, 1.0
+    return kw, scale * head_dim**0.5  # the kernel's default scale is 1/sqrt(head_dim)
+
+
+def cu_seqlens_from_positions(pos_T: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sequence starts are where the (plain, row-0) position is 0. Returns (cu_seqlens [N+1] int32, max length).
+    sync point: the max length is a host int the kernel needs."""
+    T = pos_T.numel()
+    starts = torch.nonzero(pos_T == 0)[:, 0]
+    cu = torch.cat([starts, starts.new_tensor([T])]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+def _sdpa_fallback(query_BHQD, key_BHKD, value_BHKD, attention_mask, scaling, is_causal):
+    """Ordinary batches (the sampler's): causal within each row, a 2-D padding mask if given, KV cache aware."""
+    Q, K = query_BHQD.shape[2], key_BHKD.shape[2]
+    mask = None
+    if is_causal and Q > 1:  # queries are the last Q of the K keys
+        mask = torch.ones(Q, K, dtype=torch.bool, device=query_BHQD.device).tril(K - Q)[None, None]
+    if attention_mask is not None:
+        pad = attention_mask[:, -K:].bool()[:, None, None, :]
+        mask = pad if mask is None else mask & pad
+    return F.scaled_dot_product_attention(query_BHQD, key_BHKD, value_BHKD, attn_mask=mask, scale=scaling,
+                                          enable_gqa=query_BHQD.shape[1] != key_BHKD.shape[1])
+
+
+def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                             is_causal=None, position_ids=None, cu_seq_lens_q=None, cu_seq_lens_k=None,
+                             max_length_q=None, max_length_k=None, **kwargs):
+    """transformers' attention-interface signature: q/k/v [B, H, T, D] in, ([B, T, H, D], None) out."""
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    B, _, Q, _ = query.shape
+    if cu_seq_lens_q is None and (B == 1 and position_ids is not None and attention_mask is None
+                                  and key.shape[2] == Q and Q > 1):
+        cu_seq_lens_q, max_length_q = cu_seqlens_from_positions(position_ids.reshape(-1))
+        cu_seq_lens_k, max_length_k = cu_seq_lens_q, max_length_q
+    if cu_seq_lens_q is None:
+        out = _sdpa_fallback(query, key, value, attention_mask, scaling, is_causal)
+        return out.transpose(1, 2).contiguous(), None
+    fn, kind = _varlen_kernel()
+    q_THD, k_THD, v_THD = (t[0].transpose(0, 1) for t in (query, key, value))
+    if kind == "torch" and k_THD.shape[1] != q_THD.shape[1]:  # grouped-query attention: repeat the kv heads
+        rep = q_THD.shape[1] // k_THD.shape[1]
+        k_THD, v_THD = k_THD.repeat_interleave(rep, 1), v_THD.repeat_interleave(rep, 1)
+    cu_q, cu_k = cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32)
+    if kind == "flash_attn":
+        out_THD = fn(q_THD, k_THD, v_THD, cu_q, cu_k, int(max_length_q), int(max_length_k), dropout_p=dropout,
+                     softmax_scale=scaling, causal=is_causal)
+    else:
+        kw, q_factor = _torch_varlen_kwargs(fn, is_causal, scaling, q_THD.shape[-1])
+        q_THD = q_THD * q_factor if q_factor != 1.0 else q_THD
+        out_THD = fn(q_THD, k_THD, v_THD, cu_q, cu_k, int(max_length_q), int(max_length_k), **kw)
+    return out_THD[None], None
+
+
+def register() -> None:
+    """Make VARLEN a name transformers accepts on a loaded model (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    AttentionInterface.register(VARLEN, varlen_attention_forward)
+    AttentionMaskInterface.register(VARLEN, flash_attention_mask)  # None for packed rows: no T×T mask is built
+
+
+def set_attention(model, name: str) -> None:
+    """Switch a loaded model (and its text / vision sub-configs) to attention implementation `name`.
+    `from_pretrained(attn_implementation=VARLEN)` would look for a flash-attn package or a hub kernel by
+    that name (it contains "flash"), so the model loads with sdpa and switches here."""
+    if name == VARLEN:
+        register()
+    configs = [model.config] + [getattr(model.config, k) for k in ("text_config", "vision_config")
+                                if getattr(model.config, k, None) is not None]
+    for c in configs:
+        c._attn_implementation = name
