@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from engine.sampler import GenRequest, SamplingParams, generate
+from models.generation import GenRequest, SamplingParams, generate
 from engine.trajectory import Prompt, Trajectory
 from models.load import VLM
 from models.vision import rope_positions

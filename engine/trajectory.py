@@ -15,7 +15,7 @@ from PIL import Image
 
 from data.example import Example
 from models.load import VLM
-from models.vision import encode_images, image_block
+from models.vision import encode_images, expand_image_pads, image_block
 
 
 @dataclass
@@ -100,7 +100,7 @@ def build_prompt(example: Example, vlm: VLM, *, system_prompt: str, question_tem
     rendered = vlm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
     ids = vlm.tokenizer(rendered, add_special_tokens=False).input_ids
     pixel_values, grid = encode_images(vlm.image_processor, [resize_short_side(im, short_side) for im in images])
-    return Prompt(example=example, ids=expand_image_pads(ids, grid, vlm), images=images,
+    return Prompt(example=example, ids=expand_image_pads(ids, grid, vlm.family), images=images,
                   pixel_values=pixel_values, grid_thw=grid, prefill=prefill)
 
 
@@ -112,20 +112,3 @@ def resize_short_side(image: Image.Image, side: int) -> Image.Image:
     scale = side / min(w, h)
     size = (side, max(1, round(h * scale))) if w <= h else (max(1, round(w * scale)), side)
     return image.resize(size, Image.BICUBIC)
-
-
-def expand_image_pads(ids: list[int], grid_thw: torch.Tensor, vlm: VLM) -> list[int]:
-    """Replace each single <|image_pad|> the chat template wrote with the image's full placeholder run."""
-    fam = vlm.family
-    out, k = [], 0
-    for i, t in enumerate(ids):
-        if t == fam.image_token_id:
-            if k >= len(grid_thw):
-                raise ValueError("the prompt has more image placeholders than images")
-            out += image_block(grid_thw[k], fam)[1:-1]
-            k += 1
-        else:
-            out.append(t)
-    if k != len(grid_thw):
-        raise ValueError(f"the chat template wrote {k} image placeholders for {len(grid_thw)} images")
-    return out

@@ -1,4 +1,4 @@
-"""vLLM as the rollout sampler (`rollout.sampler = "vllm"`), with the same contract as engine/sampler.py.
+"""vLLM as the rollout sampler (`rollout.sampler = "vllm"`), with the same contract as models/generation.py.
 
     sampler = VLLMSampler(model_dir, max_model_len=4096, seed=0, limit_images=4)
     outs = sampler.generate(requests, SamplingParams(max_new_tokens=32), expand=G, images_per_request=images)
@@ -11,7 +11,7 @@ file imports anywhere.
 
 Where it departs from vLLM's defaults, on purpose (facts in PLATFORM.md, "vLLM on CPU"):
 - Log-probs: `logprobs_mode="processed_logprobs"`, i.e. log_softmax of the logits after the banned-id mask and
-  the temperature: exactly engine.sampler's definition (and the trainer's row_logps at the same temperature).
+  the temperature: exactly models.generation's definition (and the trainer's row_logps at the same temperature).
   vLLM's default ("raw_logprobs") is the log-softmax BEFORE temperature. Greedy (temperature 0) gives
   log_softmax(logits) as ours does. Processed log-probs are renormalised over the top-k / top-p set, which ours
   are not, so top_k / top_p raise here instead of returning log-probs of another distribution.
@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from engine.sampler import GenOutput, GenRequest, SamplingParams
+from models.generation import GenOutput, GenRequest, SamplingParams
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -141,7 +141,7 @@ class VLLMSampler:
     def generate(self, requests: list[GenRequest], params: SamplingParams, *, expand: int = 1,
                  images_per_request: list[list], generator: torch.Generator | None = None) -> list[GenOutput]:
         """Continue every request; with expand=G each request yields G outputs (request-major order), as
-        engine.sampler.generate. `images_per_request[i]` are request i's PIL images in sequence order (those
+        models.generation.generate. `images_per_request[i]` are request i's PIL images in sequence order (those
         its `grid_thw` rows were encoded from). `positions` / `pixel_values` of the requests are not used:
         vLLM computes both from the ids and the images."""
         check_params(params)

@@ -32,6 +32,22 @@ def image_block(grid_thw: torch.Tensor, family: Family) -> list[int]:
     return [family.vision_start_id] + [family.image_token_id] * n + [family.vision_end_id]
 
 
+def expand_image_pads(ids: list[int], grid_thw: torch.Tensor, family: Family) -> list[int]:
+    """Replace each single <|image_pad|> the chat template wrote with the image's full placeholder run."""
+    out, k = [], 0
+    for i, t in enumerate(ids):
+        if t == family.image_token_id:
+            if k >= len(grid_thw):
+                raise ValueError("the prompt has more image placeholders than images")
+            out += image_block(grid_thw[k], family)[1:-1]
+            k += 1
+        else:
+            out.append(t)
+    if k != len(grid_thw):
+        raise ValueError(f"the chat template wrote {k} image placeholders for {len(grid_thw)} images")
+    return out
+
+
 def resized_size(grid_thw: torch.Tensor, family: Family) -> tuple[int, int]:
     """(width, height) in pixels of the image as the processor resized it (Qwen2.5-VL's box frame)."""
     _, h, w = (int(v) for v in grid_thw.tolist())

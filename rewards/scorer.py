@@ -14,8 +14,8 @@ rendered with the chat template like engine/trajectory.py `build_prompt`, withou
 - `prob_yes`: P("yes") / (P("yes") + P("no")) at the first answer position: the softmax over the logits of the
   two tokens that "yes" and "no" START with as the assistant turn's first word (single ids in Qwen tokenizers and
   the tiny one; pass yes="Yes", no="No" for a model that capitalises). One left-padded forward per chunk, the
-  same padding as engine/sampler.py, so a batch gives what one-by-one calls give.
-- `answer`: greedy text from engine/sampler.py `generate` (eos stops; image placeholders never drawn).
+  same padding as models/generation.py, so a batch gives what one-by-one calls give.
+- `answer`: greedy text from models/generation.py `generate` (eos stops; image placeholders never drawn).
 - `attention_share`: the item's answer text is appended to its prompt and one forward is run with EAGER attention
   (the model's kernel is switched with `set_attn_implementation("eager")` for the call and switched back after;
   sdpa/flash kernels return no weights). Over every decoder layer, head and answer-token query, it sums the
@@ -49,10 +49,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.sampler import GenRequest, SamplingParams, _images, _left_pad, generate
-from engine.trajectory import expand_image_pads
+from models.generation import GenRequest, SamplingParams, concat_images, generate, left_pad
 from models.load import VLM
-from models.vision import encode_images, rope_positions
+from models.vision import encode_images, expand_image_pads, rope_positions
 
 
 @contextlib.contextmanager
@@ -116,22 +115,22 @@ class ModelScorer:
         tok = self.vlm.tokenizer
         rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         pixel_values, grid = encode_images(self.vlm.image_processor, list(images))
-        return expand_image_pads(tok(rendered, add_special_tokens=False).input_ids, grid, self.vlm), pixel_values, grid
+        return expand_image_pads(tok(rendered, add_special_tokens=False).input_ids, grid, self.vlm.family), pixel_values, grid
 
     def _request(self, images, question: str, answer_ids: list[int] = ()) -> GenRequest:
         ids, pixel_values, grid = self.prompt_ids(images, question)
         ids = ids + list(answer_ids)
         model, fam = self.vlm.model, self.vlm.family
-        # An image-less item keeps its empty tensors: engine.sampler._images skips requests without grid rows.
+        # An image-less item keeps its empty tensors: models.generation.concat_images skips requests without grid rows.
         return GenRequest(ids=ids, positions=rope_positions(model, ids, grid, fam), pixel_values=pixel_values,
                           grid_thw=grid)
 
     def _forward(self, requests: list[GenRequest], **kwargs):
-        """One left-padded forward (engine/sampler.py's padding); returns (model output, ids_BT)."""
+        """One left-padded forward (models/generation.py's padding); returns (model output, ids_BT)."""
         model = self.vlm.model
         device = next(model.parameters()).device
-        ids_BT, mask_BT, pos_3BT = _left_pad(requests, self.vlm.family.pad_id)
-        pixels, grids = _images(requests)
+        ids_BT, mask_BT, pos_3BT = left_pad(requests, self.vlm.family.pad_id)
+        pixels, grids = concat_images(requests)
         out = model(input_ids=ids_BT.to(device), attention_mask=mask_BT.to(device), position_ids=pos_3BT.to(device),
                     pixel_values=None if pixels is None else pixels.to(device, dtype=model.dtype),
                     image_grid_thw=None if grids is None else grids.to(device), use_cache=False, **kwargs)

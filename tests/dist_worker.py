@@ -40,7 +40,7 @@ from engine.distributed import (Dist, all_gather_objects, all_reduce_metrics, al
                                 load_optimizer_state_dict, max_over_ranks, shard_indices, shard_model, unsharded)
 from engine.lora import adapters_disabled, apply_lora, merged_export, save_adapter
 from engine.packing import pack, row_logps
-from engine.sampler import SamplingParams, generate
+from models.generation import SamplingParams, generate
 from engine.sft import sft_trajectory
 from engine.trajectory import build_prompt
 from tests.engine_helpers import SYSTEM, load_tiny, request

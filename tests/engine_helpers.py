@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from data.example import Example
-from engine.sampler import GenRequest
+from models.generation import GenRequest
 from engine.trajectory import Prompt, Trajectory, build_prompt
 from models.load import VLM, load_vlm
 from models.tiny import tiny_model_dir

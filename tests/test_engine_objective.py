@@ -23,7 +23,7 @@ from engine.losses import LossConfig
 from engine.objective import StepBatch, policy_loss
 from engine.packing import pack
 from engine.rollout import RolloutLimits, rollout
-from engine.sampler import SamplingParams
+from models.generation import SamplingParams
 from engine.sft import sft_trajectory
 from tests.engine_helpers import encode, load_tiny, make_prompt, plain_logps
 

@@ -25,7 +25,7 @@ import torch
 
 from engine.packing import pack, row_logps
 from engine.rollout import RolloutLimits, rollout
-from engine.sampler import SamplingParams
+from models.generation import SamplingParams
 from engine.tool_protocols import make_protocol
 from models.vision import image_block, rope_positions
 from tests.engine_helpers import encode, load_tiny, make_prompt, plain_logits

@@ -1,4 +1,4 @@
-"""engine.sampler.generate on the tiny Qwen2.5-VL: checked against transformers' own `generate` and against
+"""models.generation.generate on the tiny Qwen2.5-VL: checked against transformers' own `generate` and against
 independent full forwards, never against itself.
 
 - greedy == HF `model.generate(do_sample=False)` token for token, for prompts with images of different sizes;
@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.sampler import GenRequest, SamplingParams, generate
+from models.generation import GenRequest, SamplingParams, generate
 from models.vision import mm_token_type_ids
 from tests.engine_helpers import load_tiny, make_prompt, plain_logits, request
 
@@ -182,7 +182,7 @@ def test_logps_equal_full_forward(vlm, prompts, temperature):
 def test_ids_past_the_tokenizer_are_never_drawn_and_leave_logp():
     """A padded vocabulary (real checkpoints: 151,936 rows for 151,665 tokens): the padded rows hold the largest
     logits here, yet are never drawn, and logp is log-softmax over the real ids only (worked out by hand)."""
-    from engine.sampler import _sample
+    from models.generation import _sample
 
     logits_BV = torch.tensor([[0.0, 0.0, 5.0, 9.0, 9.0], [1.0, 0.0, 0.0, 9.0, 9.0]])  # ids 3, 4 name no token
     params = SamplingParams(temperature=1.0, num_token_ids=3)

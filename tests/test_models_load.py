@@ -12,10 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.trajectory import expand_image_pads
 from models.load import load_vlm
 from models.tiny import ARCHS, build
-from models.vision import encode_images, image_block, mm_token_type_ids, num_image_tokens, resized_size, rope_positions
+from models.vision import encode_images, expand_image_pads, image_block, mm_token_type_ids, num_image_tokens, resized_size, rope_positions
 
 # arch -> (box frame, patch size); DESIGN.md "Box frames" and the HF configs of the real checkpoints.
 FACTS = {
@@ -121,7 +120,7 @@ def _prompt(vlm, image):
     messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image"},
                                              {"type": "text", "text": "what color?"}]}]
     text = vlm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return expand_image_pads(vlm.tokenizer(text, add_special_tokens=False).input_ids, grid, vlm), pixels, grid
+    return expand_image_pads(vlm.tokenizer(text, add_special_tokens=False).input_ids, grid, vlm.family), pixels, grid
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from engine.sampler import SamplingParams, generate
+from models.generation import SamplingParams, generate
 from models.load import init_vlm
 from models.shapes import SHAPES
 from models.tiny import build, main, model_config

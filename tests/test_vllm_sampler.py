@@ -34,7 +34,7 @@ import torch
 
 from engine.packing import pack, row_logps
 from engine.rollout import RolloutLimits, finish, rollout
-from engine.sampler import GenRequest, SamplingParams, generate
+from models.generation import GenRequest, SamplingParams, generate
 from engine.trajectory import Trajectory
 from engine.vllm_sampler import _BufferOnlyReloadNotice, check_params, collapse_image_runs
 from models.tiny import tiny_model_dir

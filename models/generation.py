@@ -77,7 +77,8 @@ def _sample(logits_BV: torch.Tensor, p: SamplingParams, gen: torch.Generator | N
     return tok_B, logp_BV.gather(-1, tok_B[:, None])[:, 0]
 
 
-def _left_pad(requests: list[GenRequest], pad_id: int):
+def left_pad(requests: list[GenRequest], pad_id: int):
+    """(ids_BT, mask_BT, pos_3BT): the requests left-padded into one batch (also the scorer's forward layout)."""
     B, T = len(requests), max(len(r.ids) for r in requests)
     ids_BT = torch.full((B, T), pad_id, dtype=torch.long)
     mask_BT = torch.zeros(B, T, dtype=torch.long)
@@ -90,7 +91,8 @@ def _left_pad(requests: list[GenRequest], pad_id: int):
     return ids_BT, mask_BT, pos_3BT
 
 
-def _images(requests: list[GenRequest]):
+def concat_images(requests: list[GenRequest]):
+    """(pixel_values, grid_thw) of every request that has images, concatenated; (None, None) when none has."""
     pix = [r.pixel_values for r in requests if r.grid_thw is not None and len(r.grid_thw)]
     if not pix:
         return None, None
@@ -106,8 +108,8 @@ def generate(model, requests: list[GenRequest], params: SamplingParams, *, pad_i
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"the sampling generator is on {generator.device} and the model on {device}: make it with "
                          "torch.Generator(device=<the model's device>)")
-    ids_BT, mask_BT, pos_3BT = (t.to(device) for t in _left_pad(requests, pad_id))
-    pixels, grids = _images(requests)
+    ids_BT, mask_BT, pos_3BT = (t.to(device) for t in left_pad(requests, pad_id))
+    pixels, grids = concat_images(requests)
     out = model(input_ids=ids_BT, attention_mask=mask_BT, position_ids=pos_3BT, use_cache=True,
                 pixel_values=None if pixels is None else pixels.to(device, dtype=model.dtype),
                 image_grid_thw=None if grids is None else grids.to(device), logits_to_keep=1)
