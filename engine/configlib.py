@@ -8,6 +8,8 @@
 Layers: defaults in code → the TOML file → CLI flags (`--section.key value`, `--section.key=value`, `--key value`
 for top-level fields; `-` in a flag name reads as `_`). Then `validate()` runs on every dataclass in the tree that
 defines it, children before parents. A TOML or CLI value replaces a dict setting whole (no merging).
+A root class may define `MOVED: ClassVar[dict[str, str]] = {"old.key": "new.key"}`: a renamed key then fails
+with a message naming its new place, not "unknown key".
 
 Fields: `field(default=..., metadata={"help": "..."})`; `undocumented_fields(cls)` lists settings without help
 (section fields, i.e. nested dataclasses, are groupings and need none). Supported annotations (strings are
@@ -171,19 +173,27 @@ def _unknown(what: str, key: str, known: list[str], quote: str, fallback: str) -
     return ValueError(f"{what} {quote}{key}{quote}; {hint}")
 
 
-def _toml_updates(cls: type, table: dict, source: str, path: str = "") -> dict:
+def _moved(moved: dict[str, str], key: str, where: str) -> None:
+    """A key the tree renamed: say where it lives now (the root class's `MOVED = {old: new}`)."""
+    if key in moved:
+        raise ValueError(f"{where}{key} was moved to {moved[key]}: write {moved[key]} instead "
+                         f"(TOML: `{moved[key].rpartition('.')[2]} = ...` under [{moved[key].rpartition('.')[0]}])")
+
+
+def _toml_updates(cls: type, table: dict, source: str, path: str = "", moved: dict[str, str] = {}) -> dict:
     """Check a parsed TOML table against `cls`; return {field: value or nested updates}."""
     loc = f"{source}: [{path or 'top level'}]"
     by_name = {name: tp for name, tp, _ in _fields(cls)}
     updates = {}
     for key, v in table.items():
         if key not in by_name:
+            _moved(moved, f"{path}.{key}" if path else key, f"{source}: ")
             raise _unknown(f"{loc} unknown key", key, list(by_name), "'", "known: " + ", ".join(by_name))
         tp = by_name[key]
         if _is_section(tp):
             if not isinstance(v, dict):
                 raise ValueError(f"{loc} {key} is a section: expected a table [{path + '.' if path else ''}{key}], got {v!r}")
-            updates[key] = _toml_updates(tp, v, source, f"{path}.{key}" if path else key)
+            updates[key] = _toml_updates(tp, v, source, f"{path}.{key}" if path else key, moved)
         else:
             updates[key] = _check_value(tp, v, f"{loc} {key}")
     return updates
@@ -197,7 +207,7 @@ def _walk(cls: type, prefix: str = ""):
             yield from _walk(tp, f"{prefix}{name}.")
 
 
-def _cli_updates(cls: type, overrides: list[str]) -> dict:
+def _cli_updates(cls: type, overrides: list[str], moved: dict[str, str] = {}) -> dict:
     keys, updates, i = {k: tp for k, tp, _ in _walk(cls)}, {}, 0
     while i < len(overrides):
         flag = overrides[i]
@@ -211,6 +221,7 @@ def _cli_updates(cls: type, overrides: list[str]) -> dict:
         i += 1
         key = name.replace("-", "_")
         if key not in keys:
+            _moved(moved, key, "--")
             raise _unknown("unknown flag", "--" + name, ["--" + k for k in keys], "", "see --help-config")
         if _is_section(keys[key]):
             raise ValueError(f"--{name} is a section, not a setting: set its fields, e.g. --{name}.<key> VALUE")
@@ -252,8 +263,8 @@ def build_config(cls: type, *, toml_path: str | Path | None = None, overrides: l
             table = tomllib.loads(toml_text)
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{source}: invalid TOML: {e}") from None
-        cfg = _apply(cfg, _toml_updates(cls, table, source))
-    cfg = _apply(cfg, _cli_updates(cls, list(overrides)))
+        cfg = _apply(cfg, _toml_updates(cls, table, source, moved=getattr(cls, "MOVED", {})))
+    cfg = _apply(cfg, _cli_updates(cls, list(overrides), getattr(cls, "MOVED", {})))
     if validate:
         _validate(cfg)
     return cfg

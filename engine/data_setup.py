@@ -2,7 +2,7 @@
 
     train, held_out = load_data(cfg)        # training examples (subsampled) and held-out examples
     held_out = load_eval(cfg)               # eval.py: held-out data only
-    cfg = with_epochs(cfg, len(train))      # sft.epochs / train.epochs -> step counts
+    cfg = with_epochs(cfg, len(train))      # sft.epochs / rl.epochs -> step counts
 
 Every format `data.load_examples` reads works for both (`python -m data.check PATH` shows what it reads). A split
 is read only where the data has splits: the training split defaults to "train", the held-out one to "test".
@@ -52,11 +52,11 @@ def load_data(cfg: Config, verbose: bool = True) -> tuple[list[Example], list[Ex
 
 
 def with_epochs(cfg: Config, num_examples: int) -> Config:
-    """The config with `sft.steps` / `train.steps` set from `sft.epochs` / `train.epochs` where those are > 0:
+    """The config with `sft.steps` / `rl.steps` set from `sft.epochs` / `rl.epochs` where those are > 0:
     ceil(epochs x examples / examples per step), so the last partial batch still counts as a step."""
-    sft, train = cfg.sft, cfg.train
+    sft, rl = cfg.sft, cfg.rl
     if sft.epochs > 0:
         sft = replace(sft, steps=max(1, math.ceil(sft.epochs * num_examples / sft.batch_size)))
-    if train.epochs > 0:
-        train = replace(train, steps=max(1, math.ceil(train.epochs * num_examples / cfg.rollout.prompts_per_step)))
-    return replace(cfg, sft=sft, train=train)
+    if rl.epochs > 0:
+        rl = replace(rl, steps=max(1, math.ceil(rl.epochs * num_examples / cfg.rollout.prompts_per_step)))
+    return replace(cfg, sft=sft, rl=rl)

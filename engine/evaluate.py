@@ -16,7 +16,7 @@ import torch
 
 from engine import distributed as D
 from engine.rollout import rollout
-from engine.step import rollout_limits, sampling_params, score
+from engine.step import score
 from engine.trajectory import build_prompt
 from models.load import VLM
 from tools.schema import system_with_tools
@@ -50,14 +50,14 @@ def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, scorer=
     mine = [examples[i] for i in D.shard_indices(len(examples), dist.rank, dist.world)]
     was_training = vlm.model.training
     vlm.model.eval()
-    params = replace(sampling_params(cfg), temperature=0.0)
+    settings = replace(cfg.rollout, group_size=1, temperature=0.0)  # greedy, one answer per question
     scored = _with_metrics(cfg, cfg.eval.metrics)
     parts: dict[str, list[float]] = {}
     records, tool_rate = [], 0
     with D.unsharded(vlm.model):  # no collectives inside: ranks may make different numbers of forwards
         for start in range(0, len(mine), batch_size):
             prompts = prompts_for(mine[start:start + batch_size], vlm, cfg)
-            trajs = rollout(vlm, prompts, group_size=1, params=params, protocol=protocol, limits=rollout_limits(cfg))
+            trajs = rollout(vlm, prompts, settings, protocol=protocol)
             rewards = score(trajs, vlm, scored, scorer)
             for name, values in rewards.parts.items():
                 parts.setdefault(name, []).extend(values)

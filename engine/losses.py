@@ -2,7 +2,7 @@
 
 A micro-batch's loss is four separate pieces, composed by the step in this order:
 
-    per_token, metrics = LOSSES[cfg.name](logp=..., old_logp=..., adv=..., mask=..., seq_idx=...,
+    per_token, metrics = LOSSES[cfg.loss](logp=..., old_logp=..., adv=..., mask=..., seq_idx=...,
                                           num_seqs=..., cfg=cfg)
     per_token = per_token * tis_weight(old_logp=..., sampler_logp=..., mask=..., cap=cfg.tis_cap)   # optional
     per_token, kl_metrics = add_kl(per_token, logp=..., ref_logp=..., mask=..., beta=cfg.kl_beta,
@@ -68,9 +68,9 @@ whole optimizer step (every micro-batch, every rank), counted once by the caller
   constant (verl uses the padded width, TRL max_completion_length): set it to the max new tokens.
 """
 
-import math
-from dataclasses import dataclass
-from typing import Callable
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
@@ -78,56 +78,10 @@ from torch import Tensor
 LOG_RATIO_CLAMP = 20.0  # verl's bound on log ρ: exp(20) ≈ 4.9e8 is finite in fp32 and bf16.
 K3_VALUE_CLAMP = 10.0  # verl's bound on the k3 value.
 
+if TYPE_CHECKING:  # the settings every loss reads: the `algo` config section itself, not a copy
+    from engine.config import AlgoConfig
+
 LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
-
-
-@dataclass
-class LossConfig:
-    """Everything that shapes the policy loss. Validated on construction; a setting that would silently
-    do nothing raises."""
-
-    name: str = "ppo_clip"  # key of LOSSES
-    aggregation: str = "token_mean"  # key of AGGREGATIONS
-    clip_low: float = 0.2  # ratio lower bound 1 − clip_low (1.0 removes it: ρ ≥ 0 anyway)
-    clip_high: float = 0.2  # ratio upper bound 1 + clip_high (DAPO clip-higher: 0.28; GSPO: ~4e-4)
-    dual_clip_c: float | None = None  # dual-clip bound c > 1 for A < 0 (verl uses 3.0); ppo_clip and gspo
-    kl_beta: float = 0.0  # β of the per-token KL penalty; 0 needs no reference model
-    kl_estimator: str = "k3"  # key of KL_ESTIMATORS
-    tis_cap: float | None = None  # truncated-IS cap on exp(old_logp − sampler_logp); None = off (verl: 2.0)
-    norm_len: int | None = None  # Dr.GRPO's constant length; required by (only) seq_mean_token_sum_norm
-
-    def __post_init__(self):
-        for field, value, table in (
-            ("name", self.name, LOSSES),
-            ("aggregation", self.aggregation, AGGREGATIONS),
-            ("kl_estimator", self.kl_estimator, KL_ESTIMATORS),
-        ):
-            if value not in table:
-                raise ValueError(f"loss.{field} = {value!r} is unknown; choose one of {sorted(table)}")
-        if not 0.0 <= self.clip_low <= 1.0:
-            raise ValueError(f"loss.clip_low = {self.clip_low} must be in [0, 1] (lower ratio bound 1 − clip_low)")
-        if self.clip_high < 0.0:
-            raise ValueError(f"loss.clip_high = {self.clip_high} must be >= 0 (upper ratio bound 1 + clip_high)")
-        if self.dual_clip_c is not None:
-            if self.dual_clip_c <= 1.0:
-                raise ValueError(f"loss.dual_clip_c = {self.dual_clip_c} must be > 1 (verl uses 3.0), or None")
-            if self.name not in USES_DUAL_CLIP:
-                raise ValueError(
-                    f"loss.dual_clip_c is set but loss {self.name!r} has no dual clip; it applies to "
-                    f"{sorted(USES_DUAL_CLIP)}. Unset it."
-                )
-        if self.kl_beta < 0.0:
-            raise ValueError(f"loss.kl_beta = {self.kl_beta} must be >= 0")
-        if self.tis_cap is not None and self.tis_cap <= 0.0:
-            raise ValueError(f"loss.tis_cap = {self.tis_cap} must be > 0 (verl uses 2.0), or None to turn TIS off")
-        wants_len = self.aggregation == "seq_mean_token_sum_norm"
-        if wants_len != (self.norm_len is not None):
-            raise ValueError(
-                f"loss.norm_len = {self.norm_len} with aggregation {self.aggregation!r}: norm_len is required by, "
-                "and only used by, 'seq_mean_token_sum_norm' (set it to the max new tokens)"
-            )
-        if self.norm_len is not None and self.norm_len <= 0:
-            raise ValueError(f"loss.norm_len = {self.norm_len} must be a positive token count")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -170,7 +124,7 @@ def _ratio_metrics(ratio: Tensor, log_ratio: Tensor, keep: Tensor) -> dict[str, 
     }
 
 
-def _clipped_surrogate(*, ratio: Tensor, adv: Tensor, keep: Tensor, cfg: LossConfig) -> tuple[Tensor, dict]:
+def _clipped_surrogate(*, ratio: Tensor, adv: Tensor, keep: Tensor, cfg: AlgoConfig) -> tuple[Tensor, dict]:
     """−min(ρA, clip(ρ)A) per token, then dual-clip for A < 0 when cfg.dual_clip_c is set."""
     clipped = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
     loss = torch.maximum(-ratio * adv, -clipped * adv)  # = −min(ρA, clip(ρ)A)
@@ -192,7 +146,7 @@ def _clipped_surrogate(*, ratio: Tensor, adv: Tensor, keep: Tensor, cfg: LossCon
 # ---------------------------------------------------------------------------------------------- surrogates
 
 
-def ppo_clip(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
+def ppo_clip(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: AlgoConfig):
     """PPO clip with asymmetric bounds (DAPO clip-higher) and optional dual clip. `num_seqs` unused."""
     keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
     log_ratio = logp - old_logp
@@ -201,7 +155,7 @@ def ppo_clip(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
     return loss, {**metrics, **_ratio_metrics(ratio, log_ratio, keep)}
 
 
-def is_pg(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
+def is_pg(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: AlgoConfig):
     """−ρA, unclipped importance-sampled policy gradient. `seq_idx`, `num_seqs` and the clip fields unused."""
     keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
     log_ratio = logp - old_logp
@@ -209,7 +163,7 @@ def is_pg(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
     return -ratio * adv, _ratio_metrics(ratio, log_ratio, keep)
 
 
-def gspo(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
+def gspo(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: AlgoConfig):
     """GSPO-token: the clipped surrogate on the per-token ratio sg(s_i)·exp(logp − sg(logp)) (value s_i)."""
     keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
     log_ratio = logp - old_logp  # 0 on padding, so sums over a sequence only see its masked tokens
@@ -221,7 +175,7 @@ def gspo(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
     return loss, {**metrics, **_ratio_metrics(ratio, log_ratio, keep)}
 
 
-def cispo(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
+def cispo(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: AlgoConfig):
     """−sg(clip(ρ))·A·logp: gradient −clip(ρ)·A∇logp on every token. `seq_idx`, `num_seqs` unused."""
     keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
     log_ratio = logp - old_logp
@@ -238,7 +192,7 @@ def cispo(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: LossConfig):
 
 
 LOSSES: dict[str, LossFn] = {"ppo_clip": ppo_clip, "is_pg": is_pg, "gspo": gspo, "cispo": cispo}
-USES_DUAL_CLIP = frozenset({"ppo_clip", "gspo"})  # the losses that read cfg.dual_clip_c (validation only)
+USES_DUAL_CLIP = frozenset({"ppo_clip", "gspo"})  # the losses that read cfg.dual_clip_c (config validation)
 
 
 # ---------------------------------------------------------------------------------------------- KL

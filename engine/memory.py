@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     r = cfg.rollout
     w = Workload(image_px=args.image_px, prompt_text_tokens=args.prompt_tokens, new_tokens=r.max_new_tokens,
-                 tool_images=r.max_tool_calls if r.protocol != "none" else 0,
+                 tool_images=r.max_tool_calls if r.protocol is not None else 0,
                  sequences=r.prompts_per_step * r.group_size)
     s = Setting(micro_batch_tokens=cfg.optim.micro_batch_tokens, checkpointing=cfg.model.gradient_checkpointing,
                 lora_rank=cfg.lora.r, lora_target=cfg.lora.target, dtype=cfg.model.dtype,

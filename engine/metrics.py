@@ -2,7 +2,7 @@
 
     timer = PhaseTimer()
     logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard)
-    bar = progress(total=cfg.train.steps, initial=start_step, desc="rl")
+    bar = progress(total=cfg.rl.steps, initial=start_step, desc="rl")
     for step in ...:
         with timer.phase("rollout"):
             ...

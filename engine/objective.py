@@ -1,6 +1,6 @@
 """The one place a policy loss is called: surrogate → truncated IS → KL → aggregation, for one packed row.
 
-    loss, metrics = policy_loss(model, row, batch, loss_cfg, temperature=1.0)
+    loss, metrics, n = policy_loss(model, row, row_index, batch, cfg.algo, temperature=1.0)
 
 `StepBatch` holds the step-level tensors indexed by trajectory (advantages) or by trajectory and position
 (old / reference / sampler log-probs). The normalisers (num_tokens, num_seqs) are counted once per optimizer
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from engine import distributed as D
-from engine.losses import LOSSES, LossConfig, add_kl, aggregate, tis_weight
+from engine.config import AlgoConfig
+from engine.losses import LOSSES, add_kl, aggregate, tis_weight
 from engine.packing import PackedRow, row_logps
 
 
@@ -26,26 +27,27 @@ class StepBatch:
     adv_B: torch.Tensor
     num_tokens: int  # loss tokens in the whole optimizer step
     num_seqs: int  # trajectories in the whole optimizer step
+    norm_len: int | None = None  # Dr.GRPO's constant length (seq_mean_token_sum_norm): algo.norm_len or max_new_tokens
     old_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None: on-policy (old = logp.detach())
     ref_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None when kl_beta = 0
     sampler_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; for truncated IS
 
 
-def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: LossConfig, *,
+def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: AlgoConfig, *,
                 temperature: float = 1.0, chunk_tokens: int = 0):
     logp_K, entropy_K = row_logps(model, row, temperature=temperature, with_entropy=True, chunk_tokens=chunk_tokens)
     seq_K = row.seq_K.to(logp_K.device)
     mask_K = torch.ones_like(logp_K)  # kept positions are exactly the loss tokens
     old_K = logp_K.detach() if batch.old_logp is None else batch.old_logp[row_index]
     adv_K = batch.adv_B.to(logp_K.device)[seq_K]  # a no-op when rl_step already put adv_B on the model's device
-    per_token_K, metrics = LOSSES[cfg.name](logp=logp_K, old_logp=old_K, adv=adv_K, mask=mask_K,
+    per_token_K, metrics = LOSSES[cfg.loss](logp=logp_K, old_logp=old_K, adv=adv_K, mask=mask_K,
                                             seq_idx=seq_K, num_seqs=batch.num_seqs, cfg=cfg)
     if batch.sampler_logp is not None:  # the trainer's vs the sampler's log-prob of the same tokens
         sampler_K = batch.sampler_logp[row_index]
         log_ratio_K = (old_K - sampler_K).detach()
         metrics["tis/mismatch_abs"] = log_ratio_K.abs().mean()
         metrics["tis/ratio_mean"] = log_ratio_K.exp().mean()
-        if cfg.tis_cap:
+        if cfg.tis_cap is not None:
             per_token_K = per_token_K * tis_weight(old_logp=old_K, sampler_logp=sampler_K, mask=mask_K,
                                                    cap=cfg.tis_cap)
             metrics["tis/capped_frac"] = (log_ratio_K.exp() > cfg.tis_cap).float().mean()
@@ -54,7 +56,7 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Lo
                                      ref_logp=None if batch.ref_logp is None else batch.ref_logp[row_index])
     metrics.update(kl_metrics)
     loss = aggregate(per_token_K, mask=mask_K, seq_idx=seq_K, mode=cfg.aggregation, num_tokens=batch.num_tokens,
-                     num_seqs=batch.num_seqs, norm_len=cfg.norm_len)
+                     num_seqs=batch.num_seqs, norm_len=batch.norm_len)
     metrics["entropy"] = entropy_K.mean()
     return loss, {k: v.detach() for k, v in metrics.items()}, logp_K.numel()
 

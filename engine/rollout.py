@@ -1,6 +1,9 @@
 """Rollout: G samples per prompt from the policy, with tool results re-injected mid-answer.
 
-    trajs = rollout(vlm, prompts, group_size=8, params=SamplingParams(...), protocol=protocol, limits=limits)
+    trajs = rollout(vlm, prompts, cfg.rollout, protocol=protocol, generator=g)
+
+`settings` is the `rollout` config section itself (engine/config.py RolloutConfig): group size, sampling
+(temperature, top-k, top-p) and limits (max_new_tokens, max_total_tokens, max_tool_calls, max_images).
 
 Round 0 prefills each prompt once and samples G continuations from the shared cache. A sample that stops on
 the protocol's stop token (e.g. `</tool_call>`) is handed to the protocol, which runs the tool and injects the
@@ -10,34 +13,26 @@ whole sequence (all images) in the next round. Rounds end when no sample called 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
 
-from models.generation import GenRequest, SamplingParams, generate
+from engine.config import RolloutConfig
 from engine.trajectory import Prompt, Trajectory
+from models.generation import GenRequest, generate
 from models.load import VLM
 from models.vision import rope_positions
-
-
-@dataclass
-class RolloutLimits:
-    max_new_tokens: int = 64  # sampled tokens per trajectory, over all rounds
-    max_total_tokens: int = 4096  # prompt + response + injected tokens
-    max_tool_calls: int = 2
-    max_images: int = 4  # images per trajectory, the original included
 
 
 class ToolProtocol(Protocol):
     stop_ids: frozenset[int]
 
-    def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> bool:
+    def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutConfig) -> bool:
         """Handle a sample that stopped on one of `stop_ids`: run the tool, inject the result into `traj`.
         Returns True when the trajectory should continue sampling."""
 
 
-def _request(traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> GenRequest:
+def _request(traj: Trajectory, vlm: VLM, limits: RolloutConfig) -> GenRequest:
     budget = min(limits.max_new_tokens - traj.num_sampled, limits.max_total_tokens - len(traj.ids))
     return GenRequest(ids=traj.ids, positions=rope_positions(vlm.model, traj.ids, traj.grid_thw, vlm.family),
                       pixel_values=traj.pixel_values, grid_thw=traj.grid_thw, max_new_tokens=max(budget, 1))
@@ -54,24 +49,24 @@ def _absorb(traj: Trajectory, out, stop_ids_tool: frozenset[int], eos_ids: tuple
 
 
 @torch.no_grad()
-def rollout(vlm: VLM, prompts: list[Prompt], *, group_size: int, params: SamplingParams,
-            protocol: ToolProtocol | None, limits: RolloutLimits,
+def rollout(vlm: VLM, prompts: list[Prompt], settings: RolloutConfig, *, protocol: ToolProtocol | None,
             generator: torch.Generator | None = None, sampler=None) -> list[Trajectory]:
-    """`sampler` None: our sampler on `vlm.model`; an engine.vllm_sampler.VLLMSampler holding the same weights:
-    vLLM (same outputs; it reads each sequence's PIL images instead of its pixel_values)."""
-    fam = vlm.family
+    """`settings.group_size` samples per prompt. `sampler` None: our sampler on `vlm.model`; an
+    engine.vllm_sampler.VLLMSampler holding the same weights: vLLM (same outputs; it reads each sequence's PIL
+    images instead of its pixel_values)."""
+    fam, limits = vlm.family, settings
     tool_stops = protocol.stop_ids if protocol else frozenset()
-    params = replace(params, stop_ids=frozenset(fam.eos_ids) | tool_stops, max_new_tokens=limits.max_new_tokens,
-                     banned_ids=fam.vision_ids, num_token_ids=fam.num_token_ids)
+    call = dict(max_new_tokens=limits.max_new_tokens, stop_ids=frozenset(fam.eos_ids) | tool_stops,
+                banned_ids=fam.vision_ids, num_token_ids=fam.num_token_ids, generator=generator)
 
     def sample(requests: list[GenRequest], images: list[list], expand: int = 1):
         if sampler is None:
-            return generate(vlm.model, requests, params, pad_id=fam.pad_id, expand=expand, generator=generator)
-        return sampler.generate(requests, params, expand=expand, images_per_request=images, generator=generator)
+            return generate(vlm.model, requests, settings, pad_id=fam.pad_id, expand=expand, **call)
+        return sampler.generate(requests, settings, expand=expand, images_per_request=images, **call)
 
-    trajs = [Trajectory.start(p, g) for g, p in enumerate(prompts) for _ in range(group_size)]
+    trajs = [Trajectory.start(p, g) for g, p in enumerate(prompts) for _ in range(settings.group_size)]
     requests = [_request(Trajectory.start(p, 0), vlm, limits) for p in prompts]
-    outs = sample(requests, [p.images for p in prompts], expand=group_size)
+    outs = sample(requests, [p.images for p in prompts], expand=settings.group_size)
     for traj, out in zip(trajs, outs):
         _absorb(traj, out, tool_stops, fam.eos_ids)
     for _ in range(limits.max_tool_calls):

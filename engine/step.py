@@ -23,12 +23,10 @@ import torch
 from engine import distributed as D
 from engine.advantages import ADVANTAGES
 from engine.lora import adapters_disabled, is_peft, merged_state_dict
-from engine.losses import LossConfig
 from engine.metrics import PhaseTimer, rank_record, step_metrics
 from engine.objective import StepBatch, full_value, padded_rows, padding_loss, policy_loss, rows_logps, sampler_logps
 from engine.packing import pack
-from engine.rollout import RolloutLimits, ToolProtocol, rollout
-from models.generation import SamplingParams
+from engine.rollout import ToolProtocol, rollout
 from engine.trajectory import Prompt, Trajectory
 from models.load import VLM
 from models.vision import resized_size
@@ -45,7 +43,6 @@ class RLState:
     scheduler: object
     generator: torch.Generator  # sampling randomness (checkpointed)
     protocol: ToolProtocol | None
-    loss_cfg: LossConfig
     scorer: object | None = None  # rewards.scorer.ModelScorer for model-based rewards (ctx.scorer), or None
     sampler: object | None = None  # engine.vllm_sampler.VLLMSampler (rollout.sampler = vllm); None: native
 
@@ -60,17 +57,6 @@ def policy_weights(model):
 def model_device(model) -> torch.device:
     """Where the model computes (FSDP2's DTensor parameters report their local device)."""
     return next(model.parameters()).device
-
-
-def sampling_params(cfg) -> SamplingParams:
-    r = cfg.rollout
-    return SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p)
-
-
-def rollout_limits(cfg) -> RolloutLimits:
-    r = cfg.rollout
-    return RolloutLimits(max_new_tokens=r.max_new_tokens, max_total_tokens=r.max_total_tokens,
-                         max_tool_calls=r.max_tool_calls if r.protocol != "none" else 0, max_images=r.max_images)
 
 
 def reward_context(traj: Trajectory, vlm: VLM, scorer=None) -> RewardContext:
@@ -116,7 +102,7 @@ def optimizer_step(state: RLState, rows, num_real: int, batch: StepBatch) -> dic
         if i >= num_real:
             padding_loss(model, row, **scoring).backward()
             continue
-        loss, metrics, n = policy_loss(model, row, i, batch, state.loss_cfg, **scoring)
+        loss, metrics, n = policy_loss(model, row, i, batch, cfg.algo, **scoring)
         loss.backward()
         loss_sum = loss_sum + loss.detach()  # rows are normalised by the step's global counts: their sum is the loss
         for k, v in metrics.items():
@@ -138,8 +124,7 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
     with D.unsharded(vlm.model):  # generation (and a policy scorer): forwards without collectives
         with timer.phase("rollout"):
             vlm.model.eval()
-            trajs = rollout(vlm, prompts, group_size=cfg.rollout.group_size, params=sampling_params(cfg),
-                            protocol=state.protocol, limits=rollout_limits(cfg), generator=state.generator,
+            trajs = rollout(vlm, prompts, cfg.rollout, protocol=state.protocol, generator=state.generator,
                             sampler=state.sampler)
             vlm.model.train()
         with timer.phase("rewards"):
@@ -159,15 +144,16 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
         any_traj = next((t for t in trajs if t.num_sampled), trajs[0])  # to pad with when this rank kept nothing
         rows, num_real = padded_rows(pack(train_trajs, budget), fallback=lambda: pack([any_traj], budget)[0])
         device = model_device(vlm.model)  # rewards and advantages are computed on the host; the loss is not
-        batch = StepBatch(adv_B=adv_B[kept].to(device), num_tokens=num_tokens, num_seqs=num_seqs)
+        batch = StepBatch(adv_B=adv_B[kept].to(device), num_tokens=num_tokens, num_seqs=num_seqs,
+                          norm_len=cfg.algo.norm_len or cfg.rollout.max_new_tokens)
         with timer.phase("old_logp"):
             if cfg.algo.num_updates > 1:
                 batch.old_logp = rows_logps(vlm.model, rows, temperature=temperature,
                                             chunk_tokens=cfg.model.logprob_chunk_tokens)
         with timer.phase("ref_logp"):
-            if state.loss_cfg.kl_beta > 0:
+            if cfg.algo.kl_beta > 0:
                 batch.ref_logp = reference_logps(state, rows, temperature=temperature)
-        if state.loss_cfg.tis_cap or state.sampler is not None:  # vLLM: the mismatch is always logged
+        if cfg.algo.tis_cap is not None or state.sampler is not None:  # vLLM: the mismatch is always logged
             batch.sampler_logp = sampler_logps(rows[:num_real], train_trajs, device)
         for _ in range(cfg.algo.num_updates):
             with timer.phase("update"):

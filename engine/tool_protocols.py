@@ -1,6 +1,6 @@
 """Where tools meet sampling: what happens when a sample stops on a tool call.
 
-    protocol = make_protocol("inline", vlm, limits)   # or "multiturn", or "none" → None
+    protocol = make_protocol("inline", vlm)   # or "multiturn", or None (rollout.protocol = none) → None
     protocol = make_protocol("multiturn", vlm, tools=["crop", "zoom"])   # only these two may run
 
 inline (seed 001): `<tool_call>[x1, y1, x2, y2]</tool_call>` (or Qwen's JSON form) inside the answer; the result
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.rollout import RolloutLimits
+from engine.config import RolloutConfig
 from engine.trajectory import ToolCallRecord, Trajectory
 from models.load import VLM
 from models.vision import resized_size
@@ -65,7 +65,7 @@ def latest_sampled_text(traj: Trajectory, vlm: VLM) -> str:
     return vlm.tokenizer.decode(traj.ids[start:])
 
 
-def run_latest_call(traj: Trajectory, vlm: VLM, protocol: str, limits: RolloutLimits, tool_limits: ToolLimits,
+def run_latest_call(traj: Trajectory, vlm: VLM, protocol: str, limits: RolloutConfig, tool_limits: ToolLimits,
                     enabled: frozenset[str] = frozenset()):
     """Parse and run the call the policy just wrote; an image over the trajectory's image limit is refused and
     recorded as a failed call. Returns (image, text, error)."""
@@ -85,7 +85,7 @@ class InlineProtocol:
     stop_ids: frozenset[int]
     enabled: frozenset[str] = frozenset()  # canonical tool names that may run (empty: all)
 
-    def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> bool:
+    def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutConfig) -> bool:
         if len(traj.tool_calls) >= limits.max_tool_calls:
             return False
         image, text, error = run_latest_call(traj, vlm, "inline", limits, self.tool_limits, self.enabled)
@@ -104,7 +104,7 @@ class MultiTurnProtocol:
     stop_ids: frozenset[int]
     enabled: frozenset[str] = frozenset()  # canonical tool names that may run (empty: all)
 
-    def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutLimits) -> bool:
+    def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutConfig) -> bool:
         if len(traj.tool_calls) >= limits.max_tool_calls:
             return False
         image, text, error = run_latest_call(traj, vlm, "multiturn", limits, self.tool_limits, self.enabled)
@@ -117,16 +117,19 @@ class MultiTurnProtocol:
         return True
 
 
-def make_protocol(name: str, vlm: VLM, tool_limits: ToolLimits | None = None, tools: list[str] = ()):
-    """The protocol `name` with `tools` enabled (empty: every registered tool may run)."""
-    tool_limits = tool_limits or ToolLimits()
+# rollout.protocol → (the protocol, the closing tag a call ends on: sampling stops there). Checked at config parse.
+PROTOCOLS = {"inline": (InlineProtocol, "</tool_call>"), "multiturn": (MultiTurnProtocol, "</tool>")}
+
+
+def make_protocol(name: str | None, vlm: VLM, tool_limits: ToolLimits | None = None, tools: list[str] = ()):
+    """The protocol named by rollout.protocol with `tools` enabled (empty: every registered tool may run); None
+    (no tools) for None."""
     enabled = frozenset(check_tool_names(list(tools)))
-    if name == "none":
+    if name is None:
         if enabled:
             raise ValueError("rollout.tools is set but rollout.protocol is none: choose inline or multiturn")
         return None
-    if name == "inline":
-        return InlineProtocol(vlm, tool_limits, frozenset({_single_id(vlm, "</tool_call>", name)}), enabled)
-    if name == "multiturn":
-        return MultiTurnProtocol(vlm, tool_limits, frozenset({_single_id(vlm, "</tool>", name)}), enabled)
-    raise ValueError(f"unknown tool protocol {name!r}: choose none, inline or multiturn")
+    if name not in PROTOCOLS:
+        raise ValueError(f"rollout.protocol = {name!r} is unknown; choose one of {', '.join(sorted(PROTOCOLS))}")
+    cls, close = PROTOCOLS[name]
+    return cls(vlm, tool_limits or ToolLimits(), frozenset({_single_id(vlm, close, name)}), enabled)

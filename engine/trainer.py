@@ -48,7 +48,6 @@ from engine.data_setup import load_data, with_epochs
 from engine.data_stream import DataStream
 from engine.evaluate import evaluate, headline, prompts_for
 from engine.lora import apply_lora, is_peft, merged_export
-from engine.losses import LossConfig
 from engine.metrics import MetricsLogger, progress
 from engine.optim import build_optimizer, build_scheduler
 from engine.rollout_dump import dump_rollouts
@@ -69,20 +68,12 @@ def enable_gradient_checkpointing(model) -> None:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def loss_config(cfg: Config) -> LossConfig:
-    a = cfg.algo
-    norm_len = (a.norm_len or cfg.rollout.max_new_tokens) if a.aggregation == "seq_mean_token_sum_norm" else None
-    return LossConfig(name=a.loss, aggregation=a.aggregation, clip_low=a.clip_low, clip_high=a.clip_high,
-                      dual_clip_c=a.dual_clip_c or None, kl_beta=a.kl_beta, kl_estimator=a.kl_estimator,
-                      tis_cap=a.tis_cap or None, norm_len=norm_len)
-
-
 def load_policy(cfg: Config, device: str | None = None, path: str | Path | None = None) -> VLM:
     """The model of `path` (default: model.path, or the tiny model) on `device` (default: cuda if available)."""
     path = path or cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed)
     return load_vlm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                     device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                    box_frame=cfg.model.box_frame or None, min_pixels=cfg.data.min_pixels,
+                    box_frame=cfg.model.box_frame, min_pixels=cfg.data.min_pixels,
                     max_pixels=cfg.data.max_pixels)
 
 
@@ -151,7 +142,7 @@ class Run:
         self.global_step = 0
         if cfg.train.resume:
             self._resume()  # full weights (or the adapter) into the model before it is sharded
-        self.mixed_precision = {"": None, "bf16": "bfloat16"}[cfg.train.mixed_precision]
+        self.mixed_precision = {None: None, "bf16": "bfloat16"}[cfg.train.mixed_precision]
         D.shard_model(self.vlm.model, mixed_precision=self.mixed_precision)
 
     # ------------------------------------------------------------------------------------- rank-0 output
@@ -322,18 +313,17 @@ class Run:
     def rl(self) -> None:
         cfg = self.cfg
         model = self.vlm.model
-        optimizer, scheduler = _optimizer(model, cfg, cfg.optim.lr, cfg.train.steps * cfg.algo.num_updates)
+        optimizer, scheduler = _optimizer(model, cfg, cfg.rl.lr, cfg.rl.steps * cfg.algo.num_updates)
         # LoRA: the reference is the policy with its adapters off (engine/step.py); no copy.
         reference = self._reference() if cfg.algo.kl_beta > 0 and not is_peft(model) else None
         state = RLState(cfg=cfg, policy=self.vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
-                        generator=self.generator, protocol=self.protocol, loss_cfg=loss_config(cfg),
-                        scorer=self.scorer)
+                        generator=self.generator, protocol=self.protocol, scorer=self.scorer)
         stream = DataStream(len(self.train_set), cfg.train.seed + 2)
         start = self._take_resume("rl", model, optimizer, scheduler, stream)
         state.sampler = self._sampler()
-        bar = self._bar(cfg.train.steps, initial=start, desc="rl")
-        monitor = ToolCallMonitor() if cfg.rollout.protocol != "none" else None
-        for step in range(start, cfg.train.steps):
+        bar = self._bar(cfg.rl.steps, initial=start, desc="rl")
+        monitor = ToolCallMonitor() if cfg.rollout.protocol is not None else None
+        for step in range(start, cfg.rl.steps):
             examples = self._mine([self.train_set[i] for i in stream.take(cfg.rollout.prompts_per_step)])
             metrics, trajs, rewards, adv = rl_step(state, prompts_for(examples, self.vlm, cfg))
             self.global_step += 1
@@ -351,14 +341,14 @@ class Run:
             bar.update(1)
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
                 self.evaluate(f"rl_step{step + 1}")
-            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.steps:
+            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.rl.steps:
                 self._save("rl", step + 1, optimizer, scheduler, stream)
         bar.close()
         if state.sampler is not None:
             state.sampler.close()
         self.summary["done_stages"].append("rl")
         self.evaluate("after_rl")
-        self.summary["final_checkpoint"] = str(self._save("rl", cfg.train.steps, optimizer, scheduler, stream))
+        self.summary["final_checkpoint"] = str(self._save("rl", cfg.rl.steps, optimizer, scheduler, stream))
 
     def _log_samples(self, trajs, rewards, adv, k: int = 4) -> None:
         dump_rollouts(self.dir, self.global_step, trajs, rewards, adv, box_frame=self.vlm.family.box_frame)
@@ -380,7 +370,7 @@ class Run:
         if is_peft(self.vlm.model):
             self.summary["merged_model"] = str(self._export_merged())
         self.summary["steps"] = {"sft": self.cfg.sft.steps if "sft" in stages else 0,
-                                 "rl": self.cfg.train.steps if "rl" in stages else 0}
+                                 "rl": self.cfg.rl.steps if "rl" in stages else 0}
         self.summary["seconds"] = round(time.time() - start, 1)
         if self.main_rank:
             (self.dir / "summary.json").write_text(json.dumps(self.summary, indent=2))

@@ -1,7 +1,8 @@
 """vLLM as the rollout sampler (`rollout.sampler = "vllm"`), with the same contract as models/generation.py.
 
     sampler = VLLMSampler(model_dir, max_model_len=4096, seed=0, limit_images=4)
-    outs = sampler.generate(requests, SamplingParams(max_new_tokens=32), expand=G, images_per_request=images)
+    outs = sampler.generate(requests, cfg.rollout, max_new_tokens=32, stop_ids=eos, expand=G,
+                            images_per_request=images)
     sampler.push_weights(model.state_dict().items())        # after every optimizer step (LoRA: merged weights)
 
 Runs vllm.LLM in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0: ~4 s to start instead of ~30 s, 1.8 GB instead
@@ -16,7 +17,7 @@ Where it departs from vLLM's defaults, on purpose (facts in PLATFORM.md, "vLLM o
   log_softmax(logits) as ours does. Processed log-probs are renormalised over the top-k / top-p set, which ours
   are not, so top_k / top_p raise here instead of returning log-probs of another distribution.
 - Banned ids: `allowed_token_ids` = every other id, a -inf mask applied before the temperature, as ours.
-- Stops: `ignore_eos=True` + `stop_token_ids = params.stop_ids`, so a row stops on exactly our stop ids (the
+- Stops: `ignore_eos=True` + `stop_token_ids = stop_ids`, so a row stops on exactly our stop ids (the
   rollout puts the eos ids there) and the stop token is the last one returned, as in ours.
 - Greedy with expand=G: vLLM refuses n > 1 when greedy, so one sample is copied G times (what ours returns).
 - Images: vLLM's Qwen-VL processor replaces ONE `<|image_pad|>` per image by the image's expanded run, computed
@@ -51,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from models.generation import GenOutput, GenRequest, SamplingParams
+from models.generation import GenOutput, GenRequest, Sampling
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -67,10 +68,10 @@ def collapse_image_runs(ids: list[int], image_token_id: int) -> list[int]:
     return out
 
 
-def check_params(params: SamplingParams) -> None:
-    if params.top_k > 0 or params.top_p < 1.0:
+def check_params(sampling: Sampling) -> None:
+    if sampling.top_k > 0 or sampling.top_p < 1.0:
         raise ValueError(
-            f"rollout.sampler = vllm with top_k={params.top_k}, top_p={params.top_p}: vLLM's processed log-probs "
+            f"rollout.sampler = vllm with top_k={sampling.top_k}, top_p={sampling.top_p}: vLLM's processed log-probs "
             "are renormalised over the top-k/top-p set, not the full temperature-scaled distribution the trainer "
             "scores; use top_k=0, top_p=1 with vllm, or the native sampler")
 
@@ -124,32 +125,34 @@ class VLLMSampler:
         self.generator = torch.Generator().manual_seed(seed)
         self._allowed: dict[tuple, list[int]] = {}  # (banned ids, num_token_ids) → allowed ids, built once each
 
-    def _sampling_params(self, params: SamplingParams, r: GenRequest, n: int, seed: int):
-        limit = min(r.max_new_tokens or params.max_new_tokens, params.max_new_tokens)
+    def _sampling_params(self, sampling: Sampling, r: GenRequest, n: int, seed: int, *, max_new_tokens: int,
+                         stop_ids: frozenset[int], banned_ids: frozenset[int], num_token_ids: int):
+        limit = min(r.max_new_tokens or max_new_tokens, max_new_tokens)
         allowed = None
-        num_ids = min(params.num_token_ids or self.vocab_size, self.vocab_size)
-        if params.banned_ids or num_ids < self.vocab_size:  # masked before temperature, as ours: logps are over them
-            key = (params.banned_ids, num_ids)
+        num_ids = min(num_token_ids or self.vocab_size, self.vocab_size)
+        if banned_ids or num_ids < self.vocab_size:  # masked before temperature, as ours: logps are over them
+            key = (banned_ids, num_ids)
             if key not in self._allowed:
-                self._allowed[key] = [i for i in range(num_ids) if i not in params.banned_ids]
+                self._allowed[key] = [i for i in range(num_ids) if i not in banned_ids]
             allowed = self._allowed[key]
         return self._vllm.SamplingParams(
-            n=n, temperature=max(params.temperature, 0.0), max_tokens=limit, logprobs=0, seed=seed,
-            stop_token_ids=sorted(params.stop_ids), ignore_eos=True, allowed_token_ids=allowed, detokenize=False,
+            n=n, temperature=max(sampling.temperature, 0.0), max_tokens=limit, logprobs=0, seed=seed,
+            stop_token_ids=sorted(stop_ids), ignore_eos=True, allowed_token_ids=allowed, detokenize=False,
             skip_special_tokens=False)
 
-    def generate(self, requests: list[GenRequest], params: SamplingParams, *, expand: int = 1,
-                 images_per_request: list[list], generator: torch.Generator | None = None) -> list[GenOutput]:
+    def generate(self, requests: list[GenRequest], sampling: Sampling, *, max_new_tokens: int,
+                 stop_ids: frozenset[int] = frozenset(), banned_ids: frozenset[int] = frozenset(),
+                 num_token_ids: int = 0, expand: int = 1, images_per_request: list[list], generator: torch.Generator | None = None) -> list[GenOutput]:
         """Continue every request; with expand=G each request yields G outputs (request-major order), as
         models.generation.generate. `images_per_request[i]` are request i's PIL images in sequence order (those
         its `grid_thw` rows were encoded from). `positions` / `pixel_values` of the requests are not used:
         vLLM computes both from the ids and the images."""
-        check_params(params)
+        check_params(sampling)
         if len(images_per_request) != len(requests):
             raise ValueError(f"{len(requests)} requests but images for {len(images_per_request)}")
         if not requests:
             return []
-        greedy = params.temperature <= 0  # vLLM refuses n > 1 when greedy: sample once, copy G times
+        greedy = sampling.temperature <= 0  # vLLM refuses n > 1 when greedy: sample once, copy G times
         n = 1 if greedy else expand
         gen = generator if generator is not None else self.generator
         # Room for seed + k, k < G. Drawn on the generator's device (the trainer's is the policy's, maybe CUDA);
@@ -164,7 +167,8 @@ class VLLMSampler:
             if images:
                 prompt["multi_modal_data"] = {"image": list(images)}
             prompts.append(prompt)
-            sps.append(self._sampling_params(params, r, n, seed))
+            sps.append(self._sampling_params(sampling, r, n, seed, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                                             banned_ids=banned_ids, num_token_ids=num_token_ids))
         with torch.random.fork_rng(devices=[]):  # vLLM's CPU sampler draws from the global RNG
             results = self.llm.generate(prompts, sps, use_tqdm=False)
         outs: list[GenOutput] = []
@@ -177,7 +181,7 @@ class VLLMSampler:
             for c in sorted(res.outputs, key=lambda c: c.index):
                 tokens = list(c.token_ids)
                 logps = [float(lp[t].logprob) for t, lp in zip(tokens, c.logprobs)]
-                stop = "stop" if c.finish_reason == "stop" and tokens and tokens[-1] in params.stop_ids else "length"
+                stop = "stop" if c.finish_reason == "stop" and tokens and tokens[-1] in stop_ids else "length"
                 for _ in range(expand if greedy else 1):
                     outs.append(GenOutput(tokens=list(tokens), logps=list(logps), stop=stop))
         return outs

@@ -1,6 +1,10 @@
 """Our own batched sampler on the policy: KV cache, temperature / top-k / top-p, stop ids, G samples per prompt.
 
-    outs = generate(model, requests, SamplingParams(max_new_tokens=32), expand=G, generator=g)
+    outs = generate(model, requests, cfg.rollout, max_new_tokens=32, stop_ids=eos, expand=G, generator=g)
+
+`sampling` is any object with `temperature`, `top_k` and `top_p` (the trainer passes its `rollout` config section
+itself, engine/config.py, so those settings are defined once; `GREEDY` is argmax). What stops a sequence and what
+may never be drawn are arguments of the call, not settings.
 
 Each request is one sequence to continue (prompt, or a trajectory after a tool result was injected), with its
 images and its mrope positions. Sequences are left-padded into one batch and prefilled once; with `expand=G` the
@@ -8,26 +12,34 @@ KV cache is then repeated G times, so every prompt's images go through the visio
 Finished rows are dropped from the cache as they stop, so late steps run only the rows still going.
 
 Positions are always passed explicitly (computed per sequence with the model's own `get_rope_index`): the
-model's cached `rope_deltas` are state kept on the module and silently wrong across batches (PLATFORM.md).
+model's cached `rope_deltas` are state kept on the module and silently wrong across batches (docs/DESIGN.md,
+"Platform facts").
 Shapes: B rows, T tokens, V vocab.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch
 
 
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 1.0  # 0 → greedy
-    top_k: int = 0  # 0 → off
-    top_p: float = 1.0  # 1 → off
-    stop_ids: frozenset[int] = field(default_factory=frozenset)
-    banned_ids: frozenset[int] = field(default_factory=frozenset)  # never drawn (e.g. image placeholders)
-    num_token_ids: int = 0  # ids >= this name no token (padded embedding rows) and are never drawn; 0: off
+class Sampling(Protocol):
+    """What `generate` reads from the sampling settings (engine.config.RolloutConfig has these fields)."""
+
+    temperature: float  # 0 → greedy
+    top_k: int  # 0 → off
+    top_p: float  # 1 → off
+
+
+class _Fixed(NamedTuple):
+    temperature: float
+    top_k: int
+    top_p: float
+
+
+GREEDY: Sampling = _Fixed(temperature=0.0, top_k=0, top_p=1.0)  # argmax (the scorer's and the tests' decoding)
 
 
 @dataclass
@@ -36,7 +48,7 @@ class GenRequest:
     positions: torch.Tensor  # [3, T] mrope positions of `ids`
     pixel_values: torch.Tensor | None = None  # this sequence's images, concatenated
     grid_thw: torch.Tensor | None = None  # [N, 3]
-    max_new_tokens: int | None = None  # per-request cap (≤ params.max_new_tokens)
+    max_new_tokens: int | None = None  # per-request cap (≤ the call's max_new_tokens)
 
 
 @dataclass
@@ -46,18 +58,19 @@ class GenOutput:
     stop: str  # "stop" (hit a stop id) | "length"
 
 
-def _sample(logits_BV: torch.Tensor, p: SamplingParams, gen: torch.Generator | None):
+def _sample(logits_BV: torch.Tensor, p: Sampling, banned_ids: frozenset[int], num_token_ids: int,
+            gen: torch.Generator | None):
     """Returns (token_B, logp_B); logp is under the temperature-scaled distribution with banned ids and ids past
     the tokenizer (`num_token_ids`) removed. top-k/top-p only decide what may be drawn and do not change logp (the
     trainer recomputes the same quantity; banned and padded ids hold ~0 probability in any trained model, so
     removing them changes logp negligibly; in a random-init model they do not, and only the sampler masks them).
     `gen` must live on the logits' device (torch.multinomial's rule)."""
     logits_BV = logits_BV.float()
-    if p.banned_ids or 0 < p.num_token_ids < logits_BV.shape[-1]:
+    if banned_ids or 0 < num_token_ids < logits_BV.shape[-1]:
         logits_BV = logits_BV.clone()
-        logits_BV[:, sorted(p.banned_ids)] = float("-inf")
-        if p.num_token_ids:
-            logits_BV[:, p.num_token_ids:] = float("-inf")
+        logits_BV[:, sorted(banned_ids)] = float("-inf")
+        if num_token_ids:
+            logits_BV[:, num_token_ids:] = float("-inf")
     if p.temperature <= 0:
         tok_B = logits_BV.argmax(-1)
         return tok_B, torch.log_softmax(logits_BV, -1).gather(-1, tok_B[:, None])[:, 0]
@@ -101,9 +114,12 @@ def concat_images(requests: list[GenRequest]):
 
 
 @torch.no_grad()
-def generate(model, requests: list[GenRequest], params: SamplingParams, *, pad_id: int, expand: int = 1,
-             generator: torch.Generator | None = None) -> list[GenOutput]:
-    """Continue every request; with expand=G each request yields G outputs (request-major order)."""
+def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: int, max_new_tokens: int,
+             stop_ids: frozenset[int] = frozenset(), banned_ids: frozenset[int] = frozenset(),
+             num_token_ids: int = 0, expand: int = 1, generator: torch.Generator | None = None) -> list[GenOutput]:
+    """Continue every request by at most `max_new_tokens` (or its own smaller cap), stopping on `stop_ids`;
+    `banned_ids` are never drawn (e.g. image placeholders), nor ids >= `num_token_ids` (padded embedding rows that
+    name no token; 0: off). With expand=G each request yields G outputs (request-major order)."""
     device = next(model.parameters()).device
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"the sampling generator is on {generator.device} and the model on {device}: make it with "
@@ -115,7 +131,7 @@ def generate(model, requests: list[GenRequest], params: SamplingParams, *, pad_i
                 image_grid_thw=None if grids is None else grids.to(device), logits_to_keep=1)
     cache, logits_BV = out.past_key_values, out.logits[:, -1]
     next_pos_B = pos_3BT.amax(dim=(0, 2)) + 1
-    limit_B = torch.tensor([min(r.max_new_tokens or params.max_new_tokens, params.max_new_tokens)
+    limit_B = torch.tensor([min(r.max_new_tokens or max_new_tokens, max_new_tokens)
                             for r in requests], device=device)
     if expand > 1:
         cache.batch_repeat_interleave(expand)
@@ -125,9 +141,9 @@ def generate(model, requests: list[GenRequest], params: SamplingParams, *, pad_i
     tokens, logps = [[] for _ in range(n)], [[] for _ in range(n)]
     stops = ["length"] * n
     row_B = torch.arange(n, device=device)  # which output each live row writes to
-    stop_t = torch.tensor(sorted(params.stop_ids), device=device, dtype=torch.long)
+    stop_t = torch.tensor(sorted(stop_ids), device=device, dtype=torch.long)
     for step in range(int(limit_B.max().item()) if n else 0):  # host sync: one .item() per call, the loop bound
-        tok_B, logp_B = _sample(logits_BV, params, generator)
+        tok_B, logp_B = _sample(logits_BV, sampling, banned_ids, num_token_ids, generator)
         # host sync per step: the tokens go to Python lists, and which rows stopped decides the next forward
         for r, t, lp in zip(row_B.tolist(), tok_B.tolist(), logp_B.tolist()):
             tokens[r].append(t)

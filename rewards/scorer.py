@@ -6,7 +6,7 @@
 
 Rewards never see a model, a tokenizer or torch.distributed: they call these methods (rewards/image_rewards.py,
 rewards/blind.py). `build_scorer(policy, weights, kind=...)` makes one from the reward config (the trainer's hook)
-and checks it against the weighted rewards (`check_scorer`: a missing or an unused scorer, teacher or CLIP model
+and checks it against the weighted rewards (`check_scorer_needs`: a missing or an unused scorer, teacher or CLIP model
 is a ValueError at start-up, not a stream of per-sample errors).
 
 Methods (each takes per-item image lists and questions; an item's user turn is its images, then its text,
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.generation import GenRequest, SamplingParams, concat_images, generate, left_pad
+from models.generation import GREEDY, GenRequest, concat_images, generate, left_pad
 from models.load import VLM
 from models.vision import encode_images, expand_image_pads, rope_positions
 
@@ -160,14 +160,13 @@ class ModelScorer:
         """Greedy reply text per item (special tokens dropped), at most `max_new_tokens` (default: the scorer's)."""
         n = _check_items(images_per_item, questions)
         fam = self.vlm.family
-        params = SamplingParams(max_new_tokens=max_new_tokens or self.max_new_tokens, temperature=0.0,
-                                stop_ids=frozenset(fam.eos_ids), banned_ids=fam.vision_ids,
-                                num_token_ids=fam.num_token_ids)
         texts: list[str] = []
         with _eval_mode(self.vlm.model):
             for chunk in self._chunks(n):
                 outs = generate(self.vlm.model, [self._request(images_per_item[i], questions[i]) for i in chunk],
-                                params, pad_id=fam.pad_id)
+                                GREEDY, pad_id=fam.pad_id, max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                stop_ids=frozenset(fam.eos_ids), banned_ids=fam.vision_ids,
+                                num_token_ids=fam.num_token_ids)
                 texts += [self.vlm.tokenizer.decode(o.tokens, skip_special_tokens=True) for o in outs]
         return texts
 
@@ -301,29 +300,31 @@ def build_tiny_clip(out: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def check_scorer(weights: dict[str, float], scorer: ModelScorer | None) -> None:
-    """Raise ValueError when the weighted rewards and the scorer do not fit: a reward needs a scorer, a teacher or
-    a CLIP model that is missing, or a scorer, teacher or CLIP model is set up that no weighted reward uses (a
-    setting that silently does nothing). Each reward says what it needs in its `scorer_needs` attribute
-    ("scorer", "teacher" or "clip"); rewards without it need nothing."""
+def check_scorer_needs(weights: dict[str, float], *, scorer: bool, teacher: bool, clip: bool) -> None:
+    """Raise ValueError when the weighted rewards and the scorer parts do not fit: a reward needs a scorer, a
+    teacher or a CLIP model that is missing, or one is set up that no weighted reward uses (a setting that silently
+    does nothing). Each reward says what it needs in its `scorer_needs` attribute ("scorer", "teacher" or "clip");
+    rewards without it need nothing. Pure: the config parser calls it before any model loads."""
     from rewards import blind, image_rewards  # noqa: F401  (register the model-based rewards)
     from rewards.registry import REWARDS
 
     needs = {name: getattr(REWARDS.get(name), "scorer_needs", None) for name in weights}
     needs = {name: need for name, need in needs.items() if need}
-    if scorer is None:
+    if not scorer:
+        if teacher or clip:
+            raise ValueError("reward.teacher_path / reward.clip_path are set but reward.scorer is none: "
+                             "set reward.scorer = 'policy' or clear them")
         if needs:
             raise ValueError(f"reward(s) {sorted(needs)} need a model scorer: set reward.scorer = 'policy'")
         return
     if not needs:
         raise ValueError("reward.scorer is 'policy' but no weighted reward uses it (image_self, image_teacher, "
                          "image_attention, image_embedding, blind): set reward.scorer = 'none'")
-    for part, have, key in (("teacher", scorer.teacher, "reward.teacher_path"),
-                            ("clip", scorer.clip, "reward.clip_path")):
+    for part, have, key in (("teacher", teacher, "reward.teacher_path"), ("clip", clip, "reward.clip_path")):
         users = sorted(name for name, need in needs.items() if need == part)
-        if users and have is None:
+        if users and not have:
             raise ValueError(f"reward(s) {users} need a {part} model: set {key} to a local folder")
-        if have is not None and not users:
+        if have and not users:
             raise ValueError(f"{key} is set but no weighted reward uses the {part} model: clear it or weight "
                              f"{'image_teacher' if part == 'teacher' else 'image_embedding'}")
 
@@ -340,17 +341,15 @@ def load_clip(path: str | Path, *, backend: str = "transformers", device: str = 
     return ClipEmbedder.load(path, device=device)
 
 
-def build_scorer(policy: VLM, weights: dict[str, float], *, kind: str, system_prompt: str = "", teacher_path: str = "",
+def build_scorer(policy: VLM, weights: dict[str, float], *, kind: str | None, system_prompt: str = "", teacher_path: str = "",
                  clip_path: str = "", clip_backend: str = "transformers", max_new_tokens: int = 128,
                  dtype: str = "float32", device: str = "cpu") -> ModelScorer | None:
-    """The trainer's hook (through rewards/setup.py): kind "none" -> None; "policy" -> a scorer on the policy
+    """The trainer's hook (through rewards/setup.py): kind None -> None; "policy" -> a scorer on the policy
     itself, with a teacher VLM (teacher_path) and a CLIP model (clip_path, read by `clip_backend`) when given.
-    Checked against the weighted rewards (`check_scorer`); raises ValueError for anything that does not fit."""
-    if kind not in ("none", "policy"):
+    Checked against the weighted rewards (`check_scorer_needs`); raises ValueError for anything that does not fit."""
+    if kind not in (None, "policy"):
         raise ValueError(f"reward.scorer {kind!r}: choose none or policy")
-    if kind == "none" and (teacher_path or clip_path):
-        raise ValueError("reward.teacher_path / reward.clip_path are set but reward.scorer is 'none': "
-                         "set reward.scorer = 'policy' or clear them")
+    check_scorer_needs(weights, scorer=kind is not None, teacher=bool(teacher_path), clip=bool(clip_path))
     scorer = None
     if kind == "policy":
         from models.load import load_vlm
@@ -363,5 +362,4 @@ def build_scorer(policy: VLM, weights: dict[str, float], *, kind: str, system_pr
         clip = load_clip(clip_path, backend=clip_backend, device=device) if clip_path else None
         scorer = ModelScorer(policy, system_prompt=system_prompt, teacher=teacher, clip=clip,
                              max_new_tokens=max_new_tokens)
-    check_scorer(weights, scorer)
     return scorer

@@ -6,7 +6,7 @@
 Per optimizer step: 2 prompts × 8 samples × 32 new tokens, β = 0.04 (so a frozen-reference forward is part of
 the step), fp32, CPU. The pieces are built as engine/trainer.py's Run.rl builds them and the step is
 engine.step.rl_step itself. Every sample is forced to its full 32 tokens: the rollout always stops on the
-family's eos ids (it overrides SamplingParams.stop_ids with them), so the benchmark hands the rollout a copy of
+family's eos ids (it passes them to generate as stop ids), so the benchmark hands the rollout a copy of
 the family with no eos ids; nothing in the engine changes. Prints seconds per step (median, min) split by phase,
 token throughput, CPU seconds per step, peak RSS and the load average before and after (other processes on a
 2-core machine distort every timing). No peer figure lives here: `make bench-peer` measures it right after.
@@ -38,7 +38,7 @@ from engine.evaluate import prompts_for  # noqa: E402
 from engine.step import RLState, rl_step  # noqa: E402
 from engine.tool_protocols import make_protocol  # noqa: E402
 from engine.data_setup import load_data  # noqa: E402
-from engine.trainer import _optimizer, load_policy, loss_config  # noqa: E402
+from engine.trainer import _optimizer, load_policy  # noqa: E402
 
 DATA = ROOT / "runs" / "bench-data"
 PHASES = ("rollout", "rewards", "advantages", "old_logp", "ref_logp", "update")
@@ -65,12 +65,11 @@ def setup(threads: int, total_steps: int):
     # Force exactly max_new_tokens per sample: with no eos ids the rollout's only stop is the length limit.
     vlm.family = replace(vlm.family, eos_ids=())
     model = vlm.model
-    optimizer, scheduler = _optimizer(model, cfg, cfg.optim.lr, total_steps)
+    optimizer, scheduler = _optimizer(model, cfg, cfg.rl.lr, total_steps)
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     state = RLState(cfg=cfg, policy=vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
                     generator=torch.Generator(device=model.device).manual_seed(cfg.train.seed),
-                    protocol=make_protocol(cfg.rollout.protocol, vlm, tools=cfg.rollout.tools),
-                    loss_cfg=loss_config(cfg))
+                    protocol=make_protocol(cfg.rollout.protocol, vlm, tools=cfg.rollout.tools))
     return cfg, vlm, state, train_set, DataStream(len(train_set), cfg.train.seed + 2)
 
 

@@ -3,7 +3,7 @@
 Builds the tiny model (cached), writes held-out-separated synthetic data, runs configs/demo.toml (SFT warm-start
 then GRPO), and prints held-out greedy accuracy after SFT and after RL. Results: runs/demo/summary.json.
 
-    python scripts/demo.py [--out runs/demo] [extra train.py flags, e.g. --train.steps 50]
+    python scripts/demo.py [--out runs/demo] [extra train.py flags, e.g. --rl.steps 50]
 """
 
 from __future__ import annotations

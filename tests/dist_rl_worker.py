@@ -32,7 +32,7 @@ from engine.config import Config
 from engine.configlib import build_config
 from engine.sft import sft_trajectory
 from engine.step import RLState, rl_step
-from engine.trainer import _optimizer, loss_config
+from engine.trainer import _optimizer
 from engine.trajectory import build_prompt
 from tests.dist_worker import examples
 from tests.engine_helpers import SYSTEM, load_tiny
@@ -45,14 +45,14 @@ WRONG = ["<answer>no</answer>", "<answer>it is not any colour I know of</answer>
 def config(dynamic: bool) -> Config:
     return build_config(Config, overrides=[
         "--data.train", "unused.jsonl", "--rollout.group_size", "2", "--rollout.prompts_per_step", "4",
-        "--rollout.temperature", "1.0", "--algo.kl_beta", "0.04", "--optim.lr", "1e-3",
+        "--rollout.temperature", "1.0", "--algo.kl_beta", "0.04", "--rl.lr", "1e-3",
         "--optim.micro_batch_tokens", "110", "--reward.weights", '{"accuracy": 1.0}',
         "--algo.dynamic_sampling", str(dynamic).lower()])
 
 
 def fixed_rollout(dynamic: bool):
-    def rollout(vlm, prompts, *, group_size, **_):
-        trajs = []
+    def rollout(vlm, prompts, settings, **_):
+        trajs, group_size = [], settings.group_size
         for g, p in enumerate(prompts):
             i = int(p.example.origin.split(":")[1])  # the prompt's index in the whole batch
             right = f"<answer>{p.example.answer}</answer>"
@@ -75,9 +75,9 @@ def run(d: D.Dist) -> dict:
         D.shard_model(vlm.model)
         reference = D.shard_model(load_tiny().model).requires_grad_(False)
         D.load_full_state_dict(reference, D.full_state_dict(vlm.model))
-        optimizer, scheduler = _optimizer(vlm.model, cfg, cfg.optim.lr, 2)
+        optimizer, scheduler = _optimizer(vlm.model, cfg, cfg.rl.lr, 2)
         state = RLState(cfg=cfg, policy=vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
-                        generator=torch.Generator().manual_seed(0), protocol=None, loss_cfg=loss_config(cfg))
+                        generator=torch.Generator().manual_seed(0), protocol=None)
         real, engine.step.rollout = engine.step.rollout, fixed_rollout(dynamic)
         try:
             steps = []

@@ -40,10 +40,10 @@ from engine.distributed import (Dist, all_gather_objects, all_reduce_metrics, al
                                 load_optimizer_state_dict, max_over_ranks, shard_indices, shard_model, unsharded)
 from engine.lora import adapters_disabled, apply_lora, merged_export, save_adapter
 from engine.packing import pack, row_logps
-from models.generation import SamplingParams, generate
+from models.generation import generate
 from engine.sft import sft_trajectory
 from engine.trajectory import build_prompt
-from tests.engine_helpers import SYSTEM, load_tiny, request
+from tests.engine_helpers import SYSTEM, gen_args, load_tiny, request
 
 NUM = 4
 LR = 1e-3
@@ -101,8 +101,8 @@ def train_step(model, optimizer, trajs, budget: int, d: Dist) -> dict:
 def greedy(vlm, prompts, indices: list[int], max_new_tokens: int) -> dict[int, dict]:
     """Per prompt: the greedy tokens and their log-probs (the log-probs pin the sharded forward far more tightly
     than the argmax does)."""
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    outs = generate(vlm.model, [request(prompts[i], vlm) for i in indices], params,
+    params = gen_args(max_new_tokens=max_new_tokens, temperature=0.0)
+    outs = generate(vlm.model, [request(prompts[i], vlm) for i in indices], **params,
                     pad_id=vlm.tokenizer.pad_token_id)
     return {i: {"tokens": o.tokens, "logps": o.logps} for i, o in zip(indices, outs)}
 

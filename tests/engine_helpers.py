@@ -13,13 +13,22 @@ import torch
 from PIL import Image
 
 from data.example import Example
-from models.generation import GenRequest
+from engine.config import RolloutConfig
 from engine.trajectory import Prompt, Trajectory, build_prompt
+from models.generation import GenRequest
 from models.load import VLM, load_vlm
 from models.tiny import tiny_model_dir
 from models.vision import mm_token_type_ids, rope_positions
 
 SYSTEM = "You are a helpful assistant."
+
+
+def gen_args(max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             stop_ids: frozenset[int] = frozenset(), banned_ids: frozenset[int] = frozenset()) -> dict:
+    """Keyword arguments of `generate` (and VLLMSampler.generate): the sampling settings as the trainer passes them
+    (its rollout config section), plus the call's own limits."""
+    return dict(sampling=RolloutConfig(temperature=temperature, top_k=top_k, top_p=top_p),
+                max_new_tokens=max_new_tokens, stop_ids=stop_ids, banned_ids=banned_ids)
 
 
 def load_tiny() -> VLM:

@@ -6,7 +6,6 @@ import pytest
 
 from engine.config import Config
 from engine.configlib import build_config, to_toml, from_toml_str, undocumented_fields
-from engine.trainer import loss_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,8 +22,8 @@ def test_presets_build_and_round_trip(preset):
 
 def test_dotted_overrides_are_typed():
     cfg = build_config(Config, toml_path=ROOT / "configs/demo.toml",
-                       overrides=["--rollout.group_size", "16", "--optim.lr=5e-4", "--algo.dynamic_sampling", "true"])
-    assert cfg.rollout.group_size == 16 and cfg.optim.lr == 5e-4 and cfg.algo.dynamic_sampling is True
+                       overrides=["--rollout.group_size", "16", "--rl.lr=5e-4", "--algo.dynamic_sampling", "true"])
+    assert cfg.rollout.group_size == 16 and cfg.rl.lr == 5e-4 and cfg.algo.dynamic_sampling is True
 
 
 def test_unknown_key_names_the_flag_and_suggests():
@@ -41,10 +40,8 @@ def test_unknown_toml_key_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["--train.stage", "sft,rl", "--sft.steps", "0"], "sft.steps is 0"),
-    (["--rollout.protocol", "pigeon"], "rollout.protocol"),
     (["--rollout.group_size", "1"], "group_size 1"),
-    (["--train.stage", "rlhf"], "train.stage"),
-    (["--rollout.sampler", "sglang"], "rollout.sampler"),
+    (["--train.stage", "rl", "--rl.steps", "0"], "rl.steps is 0"),
     (["--rollout.sampler", "vllm", "--rollout.top_p", "0.9"], "top_p"),
     (["--rollout.vllm_kv_cache_gib", "4"], "vllm_kv_cache_gib"),
 ])
@@ -53,10 +50,45 @@ def test_settings_that_would_do_nothing_or_nonsense_raise(overrides, message):
         build_config(Config, toml_path=ROOT / "configs/demo.toml", overrides=overrides)
 
 
-def test_loss_config_maps_zero_to_off_and_fills_norm_len():
+def test_off_is_none_not_zero():
+    cfg = build_config(Config, toml_path=ROOT / "configs/demo.toml")
+    assert cfg.algo.tis_cap is None and cfg.algo.dual_clip_c is None and cfg.rollout.protocol is None
     cfg = build_config(Config, toml_path=ROOT / "configs/demo.toml",
-                       overrides=["--algo.aggregation", "seq_mean_token_sum_norm", "--rollout.max_new_tokens", "48"])
-    lc = loss_config(cfg)
-    assert lc.dual_clip_c is None and lc.tis_cap is None and lc.norm_len == 48
-    lc = loss_config(build_config(Config, toml_path=ROOT / "configs/demo.toml", overrides=["--algo.tis_cap", "2"]))
-    assert lc.tis_cap == 2.0 and lc.norm_len is None
+                       overrides=["--algo.tis_cap", "2", "--rollout.protocol", "inline", "--model.box_frame", "pixels"])
+    assert cfg.algo.tis_cap == 2.0 and cfg.rollout.protocol == "inline" and cfg.model.box_frame == "pixels"
+    assert from_toml_str(Config, to_toml(cfg)) == cfg
+    with pytest.raises(ValueError, match="tis_cap"):  # 0 used to mean off; now it is an error, off is none
+        build_config(Config, toml_path=ROOT / "configs/demo.toml", overrides=["--algo.tis_cap", "0"])
+
+
+@pytest.mark.parametrize("old, new", [("train.steps", "rl.steps"), ("optim.lr", "rl.lr")])
+def test_moved_keys_say_where_they_went(tmp_path, old, new):
+    with pytest.raises(ValueError, match=rf"--{old} was moved to {new}"):
+        build_config(Config, toml_path=ROOT / "configs/demo.toml", overrides=[f"--{old}", "3"])
+    section, key = old.split(".")
+    bad = tmp_path / "old.toml"
+    bad.write_text(f'[data]\ntrain = "x.jsonl"\n[{section}]\n{key} = 3\n')
+    with pytest.raises(ValueError, match=rf"old\.toml: {old} was moved to {new}"):
+        build_config(Config, toml_path=bad)
+
+
+# Every name the config holds is checked when it is parsed (no model loads), and the message lists the choices.
+@pytest.mark.parametrize("overrides, message", [
+    (["--algo.loss", "gpg"], "algo.loss = 'gpg' is unknown; choose one of cispo, gspo, is_pg, ppo_clip"),
+    (["--algo.advantage", "nope"], "algo.advantage = 'nope' is unknown; choose one of drgrpo, grpo, rloo"),
+    (["--algo.aggregation", "sum"], "algo.aggregation = 'sum' is unknown; choose one of seq_mean_token_mean, "),
+    (["--algo.kl_estimator", "k4"], "algo.kl_estimator = 'k4' is unknown; choose one of k1, k2, k3"),
+    (["--rollout.protocol", "pigeon"], "rollout.protocol = 'pigeon' is unknown; choose one of inline, multiturn"),
+    (["--rollout.sampler", "sglang"], "--rollout.sampler: expected one of 'native', 'vllm', got 'sglang'"),
+    (["--model.tiny_arch", "llama"], "model.tiny_arch = 'llama' is unknown; choose one of qwen2_5_vl, "),
+    (["--reward.weights", "acuracy=1"], "unknown reward\\(s\\) 'acuracy'; choose from .*accuracy"),
+    (["--reward.weights", "judge=1"], "reward.judge_url is empty"),
+    (["--reward.weights", "image_self=1"], "need a model scorer: set reward.scorer = 'policy'"),
+    (["--reward.scorer", "policy"], "no weighted reward uses it"),
+    (["--reward.weights", "image_teacher=1", "--reward.scorer", "policy"], "need a teacher model"),
+    (["--reward.embedder_path", "/x"], "does not name 'reasoning'"),
+    (["--train.stage", "rlhf"], "--train.stage: expected one of 'rl', 'sft', 'sft,rl'"),
+])
+def test_unknown_names_fail_at_parse_time_with_the_choices(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_config(Config, toml_path=ROOT / "configs/demo.toml", overrides=overrides)

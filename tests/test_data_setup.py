@@ -38,11 +38,11 @@ def test_num_samples_draws_a_seeded_subset_in_data_order(tmp_path):
 
 
 def test_epochs_set_the_step_counts(tmp_path):
-    cfg = config("--data.train", "x", "--sft.epochs", "3", "--sft.batch_size", "16", "--train.epochs", "0.5",
+    cfg = config("--data.train", "x", "--sft.epochs", "3", "--sft.batch_size", "16", "--rl.epochs", "0.5",
                  "--rollout.prompts_per_step", "8")
     resolved = with_epochs(cfg, 100)
     assert resolved.sft.steps == 19  # ceil(3 * 100 / 16) = ceil(18.75)
-    assert resolved.train.steps == 7  # ceil(0.5 * 100 / 8) = ceil(6.25)
+    assert resolved.rl.steps == 7  # ceil(0.5 * 100 / 8) = ceil(6.25)
     assert with_epochs(config("--data.train", "x", "--sft.steps", "5"), 100).sft.steps == 5  # epochs 0: as given
 
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.losses import LossConfig
+from engine.config import AlgoConfig, RolloutConfig
 from engine.objective import StepBatch, policy_loss
 from engine.packing import pack
-from engine.rollout import RolloutLimits, rollout
-from models.generation import SamplingParams
+from engine.rollout import rollout
 from engine.sft import sft_trajectory
 from tests.engine_helpers import encode, load_tiny, make_prompt, plain_logps
 
@@ -46,11 +45,10 @@ def trajs(vlm, prompts):
     """6 trajectories from the engine's rollout at T=1 (seeded): 2 prompts x 2 samples of up to 8 tokens, plus
     2 prompts x 1 sample of up to 3 tokens, so the sequences' loss-token counts differ (seq-mean != token-mean)."""
     g = torch.Generator().manual_seed(0)
-    params = SamplingParams(temperature=1.0)
-    long = rollout(vlm, prompts, group_size=2, params=params, protocol=None,
-                   limits=RolloutLimits(max_new_tokens=NORM_LEN), generator=g)
-    short = rollout(vlm, prompts, group_size=1, params=params, protocol=None,
-                    limits=RolloutLimits(max_new_tokens=3), generator=g)
+    long = rollout(vlm, prompts, RolloutConfig(group_size=2, temperature=1.0, max_new_tokens=NORM_LEN), protocol=None,
+                   generator=g)
+    short = rollout(vlm, prompts, RolloutConfig(group_size=1, temperature=1.0, max_new_tokens=3), protocol=None,
+                    generator=g)
     out = long + short
     assert len({t.num_sampled for t in out}) > 1
     return out
@@ -61,9 +59,8 @@ def adv_B(trajs):
     return torch.randn(len(trajs), generator=torch.Generator().manual_seed(1))
 
 
-def _cfg(aggregation: str) -> LossConfig:
-    return LossConfig(name="ppo_clip", aggregation=aggregation,
-                      norm_len=NORM_LEN if aggregation == "seq_mean_token_sum_norm" else None)
+def _cfg(aggregation: str) -> AlgoConfig:
+    return AlgoConfig(loss="ppo_clip", aggregation=aggregation)
 
 
 def _grads(model, rows, batch_for_row, cfg) -> tuple[torch.Tensor, float]:
@@ -102,7 +99,7 @@ def test_micro_batched_gradients_equal_full_batch(vlm, trajs, adv_B, aggregation
     model, cfg = vlm.model, _cfg(aggregation)
     # every sampled token after position 0 is predicted; position 0 is always a prompt token here
     num_tokens = sum(t.num_sampled for t in trajs)
-    batch = StepBatch(adv_B=adv_B, num_tokens=num_tokens, num_seqs=len(trajs))
+    batch = StepBatch(adv_B=adv_B, num_tokens=num_tokens, num_seqs=len(trajs), norm_len=NORM_LEN)
     small, big = pack(trajs, SMALL_BUDGET), pack(trajs, 10**6)
     assert len(small) >= 3 and len(big) == 1
     assert sum(int(r.target_K.numel()) for r in small) == num_tokens
@@ -119,7 +116,7 @@ def test_micro_batched_gradients_equal_full_batch(vlm, trajs, adv_B, aggregation
     if aggregation != "seq_mean_token_mean":
         def local(row):
             return StepBatch(adv_B=adv_B, num_tokens=sum(trajs[i].num_sampled for i in row.members),
-                             num_seqs=len(row.members))
+                             num_seqs=len(row.members), norm_len=NORM_LEN)
         g_local, _ = _grads(model, small, local, cfg)
         assert _rel(g_local, g_big) > 1e-2
 

@@ -21,7 +21,8 @@ import torch
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from engine.packing import pack, row_logps
-from engine.rollout import RolloutLimits, finish
+from engine.config import RolloutConfig
+from engine.rollout import finish
 from engine.tool_protocols import make_protocol
 from engine.trajectory import Trajectory
 from tests.engine_helpers import SYSTEM, encode, load_tiny, make_prompt
@@ -33,7 +34,7 @@ SIZE, RESIZED = (100, 80), (112, 84)
 BOX_RESIZED, BOX_PIXELS = [28, 21, 84, 63], (25, 20, 75, 60)
 CROP_CALL = "<tool_call>[28, 21, 84, 63]</tool_call>"
 QUESTION = "What is in the box?"
-LIMITS = RolloutLimits(max_new_tokens=64, max_total_tokens=4096, max_tool_calls=2, max_images=4)
+LIMITS = RolloutConfig(max_new_tokens=64, max_total_tokens=4096, max_tool_calls=2, max_images=4)
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +227,7 @@ def test_scripted_trajectories_pack_and_score(vlm, scripted):
 def test_call_limit_stops_the_trajectory(vlm, prompt):
     protocol = make_protocol("inline", vlm)
     traj, _ = _stopped(prompt, CROP_CALL, vlm)
-    one_call = RolloutLimits(max_new_tokens=64, max_tool_calls=1)
+    one_call = RolloutConfig(max_new_tokens=64, max_tool_calls=1)
     assert protocol.on_stop(traj, vlm, one_call) is True
     n = len(traj.ids)
     again = encode(vlm, " again " + CROP_CALL)
@@ -260,7 +261,7 @@ def test_image_limit_is_recorded_as_a_failed_call(vlm, prompt):
     the record rewards and metrics read (tool_success, tools/success_rate) must then say the call failed."""
     protocol = make_protocol("inline", vlm)
     traj, _ = _stopped(prompt, CROP_CALL, vlm)
-    assert protocol.on_stop(traj, vlm, RolloutLimits(max_images=1)) is True
+    assert protocol.on_stop(traj, vlm, RolloutConfig(max_images=1)) is True
     assert len(traj.images) == 1
     assert "image limit reached" in vlm.tokenizer.decode(traj.ids[len(prompt.ids):])
     rec = traj.tool_calls[0]

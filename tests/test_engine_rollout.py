@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from engine.packing import pack, row_logps
-from engine.rollout import RolloutLimits, rollout
-from models.generation import SamplingParams
+from engine.config import RolloutConfig
+from engine.rollout import rollout
 from engine.tool_protocols import make_protocol
 from models.vision import image_block, rope_positions
 from tests.engine_helpers import encode, load_tiny, make_prompt, plain_logits
@@ -88,10 +88,10 @@ def prompts(vlm):
 def setup(vlm, prompts):
     script = encode(vlm, SCRIPT)
     scripted = scripted_vlm(vlm, prompts, [script, script])
-    limits = RolloutLimits(max_new_tokens=len(script) + FREE, max_total_tokens=4096, max_tool_calls=1, max_images=4)
+    settings = RolloutConfig(group_size=2, temperature=1.0, max_new_tokens=len(script) + FREE, max_total_tokens=4096,
+                             max_tool_calls=1, max_images=4)
     g = torch.Generator().manual_seed(0)
-    trajs = rollout(scripted, prompts, group_size=2, params=SamplingParams(temperature=1.0),
-                    protocol=make_protocol("inline", scripted), limits=limits, generator=g)
+    trajs = rollout(scripted, prompts, settings, protocol=make_protocol("inline", scripted), generator=g)
     return prompts, script, trajs
 
 
@@ -154,10 +154,10 @@ def test_call_at_the_token_budget_runs_once(vlm, prompts):
     long, short = encode(vlm, SCRIPT), encode(vlm, SCRIPT[len("Look. "):])
     assert len(short) < len(long)
     scripted = scripted_vlm(vlm, prompts, [long, short])
-    limits = RolloutLimits(max_new_tokens=len(long), max_total_tokens=4096, max_tool_calls=2, max_images=4)
+    settings = RolloutConfig(group_size=1, temperature=1.0, max_new_tokens=len(long), max_total_tokens=4096,
+                             max_tool_calls=2, max_images=4)
     g = torch.Generator().manual_seed(0)
-    capped, cont = rollout(scripted, prompts, group_size=1, params=SamplingParams(temperature=1.0),
-                           protocol=make_protocol("inline", scripted), limits=limits, generator=g)
+    capped, cont = rollout(scripted, prompts, settings, protocol=make_protocol("inline", scripted), generator=g)
     assert cont.num_sampled > len(short)  # prompt 1 really went on sampling: a second tool round happened
     assert capped.num_sampled == len(long)
     # A call written with the last token of the budget is not run (its result could never be read), and it is

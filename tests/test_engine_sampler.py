@@ -16,9 +16,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.generation import GenRequest, SamplingParams, generate
+from models.generation import GREEDY, GenRequest, generate
 from models.vision import mm_token_type_ids
-from tests.engine_helpers import load_tiny, make_prompt, plain_logits, request
+from tests.engine_helpers import gen_args, load_tiny, make_prompt, plain_logits, request
 
 N_NEW = 12
 # (width, height), question: three image sizes (grids 1x4x6, 1x8x4, 1x6x8) and three prompt lengths,
@@ -40,8 +40,8 @@ def prompts(vlm):
 @pytest.fixture(scope="module")
 def greedy_alone(vlm, prompts):
     """Each prompt generated ALONE, greedily, no stop ids: the reference for the batched / constrained runs."""
-    params = SamplingParams(max_new_tokens=N_NEW, temperature=0.0)
-    return [generate(vlm.model, [request(p, vlm)], params, pad_id=vlm.family.pad_id)[0] for p in prompts]
+    params = gen_args(max_new_tokens=N_NEW, temperature=0.0)
+    return [generate(vlm.model, [request(p, vlm)], **params, pad_id=vlm.family.pad_id)[0] for p in prompts]
 
 
 def _full_logits(vlm, prompt, tokens: list[int]) -> torch.Tensor:
@@ -72,8 +72,8 @@ def test_greedy_equals_hf_generate(vlm, prompts, greedy_alone):
 
 
 def test_left_padded_batch_equals_each_alone(vlm, prompts, greedy_alone):
-    params = SamplingParams(max_new_tokens=N_NEW, temperature=0.0)
-    batched = generate(vlm.model, [request(p, vlm) for p in prompts], params, pad_id=vlm.family.pad_id)
+    params = gen_args(max_new_tokens=N_NEW, temperature=0.0)
+    batched = generate(vlm.model, [request(p, vlm) for p in prompts], **params, pad_id=vlm.family.pad_id)
     assert len(batched) == len(prompts)
     for b, a in zip(batched, greedy_alone):
         assert b.tokens == a.tokens
@@ -86,8 +86,8 @@ def test_stop_id_ends_only_its_row(vlm, prompts, greedy_alone):
     # after exactly 3 tokens; every other row ends at its own first occurrence of that id, or runs to the length.
     k = next(i for i, o in enumerate(greedy_alone) if o.tokens[2] not in o.tokens[:2])
     stop = greedy_alone[k].tokens[2]
-    params = SamplingParams(max_new_tokens=N_NEW, temperature=0.0, stop_ids=frozenset({stop}))
-    outs = generate(vlm.model, [request(p, vlm) for p in prompts], params, pad_id=vlm.family.pad_id)
+    params = gen_args(max_new_tokens=N_NEW, temperature=0.0, stop_ids=frozenset({stop}))
+    outs = generate(vlm.model, [request(p, vlm) for p in prompts], **params, pad_id=vlm.family.pad_id)
     assert outs[k].tokens == greedy_alone[k].tokens[:3] and outs[k].stop == "stop"
     for o, ref in zip(outs, greedy_alone):
         if stop in ref.tokens:
@@ -102,7 +102,7 @@ def test_stop_id_ends_only_its_row(vlm, prompts, greedy_alone):
 def test_per_request_cap_ends_row_by_length(vlm, prompts, greedy_alone):
     reqs = [request(p, vlm) for p in prompts]
     reqs[1] = GenRequest(**{**reqs[1].__dict__, "max_new_tokens": 2})
-    outs = generate(vlm.model, reqs, SamplingParams(max_new_tokens=N_NEW, temperature=0.0), pad_id=vlm.family.pad_id)
+    outs = generate(vlm.model, reqs, **gen_args(max_new_tokens=N_NEW, temperature=0.0), pad_id=vlm.family.pad_id)
     assert [len(o.tokens) for o in outs] == [N_NEW, 2, N_NEW]
     assert [o.stop for o in outs] == ["length"] * 3
     for o, ref in zip(outs, greedy_alone):
@@ -115,20 +115,20 @@ def test_banned_argmax_is_never_drawn(vlm, prompts, greedy_alone):
     # greedy: the first token becomes the runner-up of an independent forward's last logits
     logits_V = _full_logits(vlm, p, [])[-1]
     runner_up = logits_V.topk(2).indices[1].item()
-    out = generate(vlm.model, [request(p, vlm)], SamplingParams(max_new_tokens=N_NEW, temperature=0.0,
+    out = generate(vlm.model, [request(p, vlm)], **gen_args(max_new_tokens=N_NEW, temperature=0.0,
                                                                  banned_ids=banned), pad_id=vlm.family.pad_id)[0]
     assert out.tokens[0] == runner_up
     assert not banned & set(out.tokens)
     # sampling among the top 2 (the banned argmax would be drawn about half the time): 4 x 12 draws, none banned
     g = torch.Generator().manual_seed(0)
-    outs = generate(vlm.model, [request(p, vlm)], SamplingParams(max_new_tokens=N_NEW, temperature=1.0, top_k=2,
+    outs = generate(vlm.model, [request(p, vlm)], **gen_args(max_new_tokens=N_NEW, temperature=1.0, top_k=2,
                                                                   banned_ids=banned),
                     pad_id=vlm.family.pad_id, expand=4, generator=g)
     drawn = [t for o in outs for t in o.tokens]
     assert len(drawn) == 4 * N_NEW and not banned & set(drawn)
     # the same draws without the ban do pick it: the ban, not luck, kept it out
     g = torch.Generator().manual_seed(0)
-    free = generate(vlm.model, [request(p, vlm)], SamplingParams(max_new_tokens=N_NEW, temperature=1.0, top_k=2),
+    free = generate(vlm.model, [request(p, vlm)], **gen_args(max_new_tokens=N_NEW, temperature=1.0, top_k=2),
                     pad_id=vlm.family.pad_id, expand=4, generator=g)
     assert banned & {t for o in free for t in o.tokens}
 
@@ -136,8 +136,8 @@ def test_banned_argmax_is_never_drawn(vlm, prompts, greedy_alone):
 @pytest.mark.parametrize("knob", [dict(top_k=1), dict(top_p=1e-6)])
 def test_top_k_1_and_tiny_top_p_equal_greedy(vlm, prompts, greedy_alone, knob):
     g = torch.Generator().manual_seed(123)
-    params = SamplingParams(max_new_tokens=N_NEW, temperature=1.0, **knob)
-    outs = generate(vlm.model, [request(p, vlm) for p in prompts], params, pad_id=vlm.family.pad_id, generator=g)
+    params = gen_args(max_new_tokens=N_NEW, temperature=1.0, **knob)
+    outs = generate(vlm.model, [request(p, vlm) for p in prompts], **params, pad_id=vlm.family.pad_id, generator=g)
     for o, ref in zip(outs, greedy_alone):
         assert o.tokens == ref.tokens
         # at T=1 the recorded logp is the plain log-softmax, the same quantity greedy records
@@ -146,7 +146,7 @@ def test_top_k_1_and_tiny_top_p_equal_greedy(vlm, prompts, greedy_alone, knob):
 
 def _sample(vlm, prompts, seed, G=3, temperature=1.0):
     g = torch.Generator().manual_seed(seed)
-    return generate(vlm.model, [request(p, vlm) for p in prompts], SamplingParams(max_new_tokens=N_NEW,
+    return generate(vlm.model, [request(p, vlm) for p in prompts], **gen_args(max_new_tokens=N_NEW,
                                                                                   temperature=temperature),
                     pad_id=vlm.family.pad_id, expand=G, generator=g)
 
@@ -185,10 +185,11 @@ def test_ids_past_the_tokenizer_are_never_drawn_and_leave_logp():
     from models.generation import _sample
 
     logits_BV = torch.tensor([[0.0, 0.0, 5.0, 9.0, 9.0], [1.0, 0.0, 0.0, 9.0, 9.0]])  # ids 3, 4 name no token
-    params = SamplingParams(temperature=1.0, num_token_ids=3)
-    draws = torch.stack([_sample(logits_BV, params, torch.Generator().manual_seed(s))[0] for s in range(200)])
+    params = gen_args(0, temperature=1.0)["sampling"]
+    draws = torch.stack([_sample(logits_BV, params, frozenset(), 3, torch.Generator().manual_seed(s))[0]
+                         for s in range(200)])
     assert int(draws.max()) < 3 and set(draws[:, 0].tolist()) >= {0, 1, 2}  # every real id is reachable
-    tok_B, logp_B = _sample(logits_BV, SamplingParams(temperature=0.0, num_token_ids=3), None)
+    tok_B, logp_B = _sample(logits_BV, GREEDY, frozenset(), 3, None)
     assert tok_B.tolist() == [2, 0]  # greedy: the best REAL id
     # row 0: log(e^5 / (1 + 1 + e^5)); row 1: log(e / (e + 1 + 1))
     expected = torch.log(torch.tensor([torch.e**5 / (2 + torch.e**5), torch.e / (torch.e + 2)]))

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
+from engine.config import AlgoConfig
 from engine.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
     LOSSES,
-    LossConfig,
     add_kl,
     aggregate,
     tis_weight,
@@ -60,7 +60,7 @@ def test_ppo_clip_hand_values_and_grads():
     #   t4 ρ=4.0 A=−1: min(−4.0, −1.28) = −4.0  → +4.0    (unclipped for A<0: grad −ρA = +4.0)
     #   t5 padding → 0, gradient 0.
     ex = hand_example()
-    cfg = LossConfig(clip_low=0.2, clip_high=0.28)
+    cfg = AlgoConfig(clip_low=0.2, clip_high=0.28)
     loss, m = LOSSES["ppo_clip"](**ex, cfg=cfg)
     torch.testing.assert_close(loss, t([-1.28, -0.5, -1.0, 0.8, 4.0, 0.0]))
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), t([0.0, -0.5, -1.0, 0.0, 4.0, 0.0]))
@@ -75,7 +75,7 @@ def test_ppo_clip_dual_clip():
     # Dual clip c = 3 caps the A<0 tokens at −c·A = 3: t4's 4.0 → min(4.0, 3.0) = 3.0 with gradient 0;
     # t3's 0.8 < 3 is unchanged; A>0 tokens are never touched.
     ex = hand_example()
-    loss, m = LOSSES["ppo_clip"](**ex, cfg=LossConfig(clip_low=0.2, clip_high=0.28, dual_clip_c=3.0))
+    loss, m = LOSSES["ppo_clip"](**ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.28, dual_clip_c=3.0))
     torch.testing.assert_close(loss, t([-1.28, -0.5, -1.0, 0.8, 3.0, 0.0]))
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), t([0.0, -0.5, -1.0, 0.0, 0.0, 0.0]))
     assert m["dual_clip_frac"].item() == pytest.approx(0.2)
@@ -93,7 +93,7 @@ def test_ppo_clip_grads_match_independent_formulas(dual):
     logp = (old + log_ratio).requires_grad_(True)
     a = torch.randn(n, generator=gen, dtype=F64)
     mask = (torch.rand(n, generator=gen) < 0.8).to(F64)
-    cfg = LossConfig(clip_low=0.2, clip_high=0.28, dual_clip_c=dual)
+    cfg = AlgoConfig(clip_low=0.2, clip_high=0.28, dual_clip_c=dual)
     loss, _ = LOSSES["ppo_clip"](logp=logp, old_logp=old, adv=a, mask=mask, seq_idx=torch.zeros(n, dtype=torch.long),
                                  num_seqs=1, cfg=cfg)
     got = grad_of_sum(loss, logp, mask)
@@ -118,7 +118,7 @@ def test_ppo_clip_log_ratio_clamped_no_inf():
     # log ρ = 100 would give exp(100) ≈ 2.7e43 (inf in fp32); clamped to exp(20) ≈ 4.85e8, finite.
     z = torch.zeros(1)
     loss, m = LOSSES["ppo_clip"](logp=z + 100, old_logp=z, adv=z - 1, mask=z + 1, seq_idx=z.long(), num_seqs=1,
-                                 cfg=LossConfig())
+                                 cfg=AlgoConfig(clip_high=0.2))
     assert loss.item() == pytest.approx(math.exp(20), rel=1e-6) and torch.isfinite(m["ratio_max"])
 
 
@@ -128,7 +128,7 @@ def test_ppo_clip_log_ratio_clamped_no_inf():
 def test_is_pg_hand_values_and_grads():
     # −ρA with no clipping: [−1.5, −0.5, −1.0, +0.5, +4.0]; d(−ρA)/dlogp = −ρA, the same numbers.
     ex = hand_example()
-    loss, m = LOSSES["is_pg"](**ex, cfg=LossConfig())
+    loss, m = LOSSES["is_pg"](**ex, cfg=AlgoConfig(clip_high=0.2))
     want = t([-1.5, -0.5, -1.0, 0.5, 4.0, 0.0])
     torch.testing.assert_close(loss, want)
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), want)
@@ -153,7 +153,7 @@ def test_gspo_value_is_sequence_ratio_and_grad_is_sequence_level():
     ex = gspo_example(GSPO_LR)
     s0, s1 = math.exp(0.1), math.exp(-0.2)
     # Wide clip [0.8, 1.2]: neither sequence is clipped, so per token −s_i·A_i = [−1.1051709]×3, [+0.4093654]×2.
-    loss, m = LOSSES["gspo"](**ex, cfg=LossConfig(clip_low=0.2, clip_high=0.2))
+    loss, m = LOSSES["gspo"](**ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.2))
     torch.testing.assert_close(loss, t([-s0, -s0, -s0, 0.5 * s1, 0.5 * s1, 0.0]))
     # The ratio the surrogate used is s_i on every token: loss / (−A) = s_i.
     torch.testing.assert_close((loss / -ex["adv"])[:5], t([s0, s0, s0, s1, s1]))
@@ -178,7 +178,7 @@ def test_gspo_narrow_clip():
     # with A>0: clipped, loss −1.0004·1, no gradient); seq 1 log ratios [3e-4, −1e-4] (mean 1e-4, s_1 =
     # exp(1e-4) = 1.000100005 inside the range: unclipped, loss −s_1·(−0.5), gradient −s_1·A = +0.5·s_1).
     ex = gspo_example(GSPO_LR[:3] + [3e-4, -1e-4])
-    loss, m = LOSSES["gspo"](**ex, cfg=LossConfig(clip_low=3e-4, clip_high=4e-4))
+    loss, m = LOSSES["gspo"](**ex, cfg=AlgoConfig(clip_low=3e-4, clip_high=4e-4))
     s1 = math.exp(1e-4)
     torch.testing.assert_close(loss, t([-1.0004] * 3 + [0.5 * s1] * 2 + [0.0]))
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), t([0.0] * 3 + [0.5 * s1] * 2 + [0.0]))
@@ -194,7 +194,7 @@ def test_cispo_hand_values_grads_and_stop_gradient():
     ex = hand_example()
     ex["old_logp"].requires_grad_(True)
     w = t([1.28, 0.8, 1.0, 0.8, 1.28])
-    loss, m = LOSSES["cispo"](**ex, cfg=LossConfig(clip_low=0.2, clip_high=0.28))
+    loss, m = LOSSES["cispo"](**ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.28))
     a, logp = ex["adv"][:5], ex["logp"].detach()[:5]
     torch.testing.assert_close(loss[:5], -w * a * logp)
     assert loss[5].item() == 0.0
@@ -328,7 +328,7 @@ def test_micro_batched_equals_full_batch(name, mode):
     # 4 whole sequences; full batch vs 2 micro-batches of 2 sequences each with LOCAL seq_idx (0, 1) and the
     # GLOBAL counts (14 tokens, 4 sequences). Sum of micro-batch losses and accumulated grads must match.
     b = random_batch(seed=2)
-    cfg = LossConfig(clip_low=0.2, clip_high=0.28)
+    cfg = AlgoConfig(clip_low=0.2, clip_high=0.28)
     num_tokens = int(b["mask"].sum())
     assert num_tokens == 14
     row_idx = torch.arange(4)[:, None].expand(4, 6)
@@ -366,7 +366,7 @@ def test_packed_equals_flat(name, mode):
     # packed position -> flat position (−1 = padding)
     pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, -1, -1]])
     packed_seq = torch.where(pos >= 0, flat_seq[pos.clamp(min=0)], 3)
-    cfg = LossConfig(clip_low=0.2, clip_high=0.28)
+    cfg = AlgoConfig(clip_low=0.2, clip_high=0.28)
 
     logp = flat["logp"].clone().requires_grad_(True)
     out_flat = full_loss({**flat, "logp": logp}, name=name, mode=mode, cfg=cfg, num_tokens=14, num_seqs=4,
@@ -391,7 +391,7 @@ def test_packed_equals_flat(name, mode):
 def test_nan_in_padding_never_leaks_and_metrics_are_detached(name):
     # hand_example() holds NaN logp, −inf old_logp and NaN advantage in its padding token.
     ex = hand_example()
-    loss, metrics = LOSSES[name](**ex, cfg=LossConfig())
+    loss, metrics = LOSSES[name](**ex, cfg=AlgoConfig(clip_high=0.2))
     assert torch.isfinite(loss).all()
     for mode in AGGREGATIONS:
         out = aggregate(loss, mask=ex["mask"], seq_idx=ex["seq_idx"], mode=mode, num_tokens=5, num_seqs=2, norm_len=4)
@@ -400,21 +400,22 @@ def test_nan_in_padding_never_leaks_and_metrics_are_detached(name):
     assert metrics and all(not v.requires_grad and v.dim() == 0 and torch.isfinite(v) for v in metrics.values())
 
 
-def test_loss_config_validation():
-    with pytest.raises(ValueError, match="unknown"):
-        LossConfig(name="ppo")
+def test_loss_settings_validation():
+    with pytest.raises(ValueError, match="algo.loss = 'ppo' is unknown; choose one of cispo, gspo, is_pg, ppo_clip"):
+        AlgoConfig(loss="ppo").validate()
     with pytest.raises(ValueError, match="dual clip"):
-        LossConfig(name="cispo", dual_clip_c=3.0)
+        AlgoConfig(loss="cispo", dual_clip_c=3.0).validate()
     with pytest.raises(ValueError, match="> 1"):
-        LossConfig(dual_clip_c=1.0)
+        AlgoConfig(dual_clip_c=1.0).validate()
     with pytest.raises(ValueError, match="norm_len"):
-        LossConfig(aggregation="seq_mean_token_sum_norm")
-    with pytest.raises(ValueError, match="norm_len"):
-        LossConfig(norm_len=512)  # would silently do nothing under token_mean
-    assert LossConfig(aggregation="seq_mean_token_sum_norm", norm_len=512).norm_len == 512
+        AlgoConfig(norm_len=512).validate()  # would silently do nothing under token_mean
+    with pytest.raises(ValueError, match="tis_cap"):
+        AlgoConfig(tis_cap=0.0).validate()  # off is none, not 0
+    AlgoConfig(aggregation="seq_mean_token_sum_norm", norm_len=512).validate()
+    AlgoConfig(aggregation="seq_mean_token_sum_norm").validate()  # none: the rollout's max_new_tokens
 
 
 def test_shape_mismatch_rejected():
     ex = hand_example()
     with pytest.raises(ValueError, match="one shape"):
-        LOSSES["ppo_clip"](**{**ex, "adv": t([1.0, -1.0])}, cfg=LossConfig())
+        LOSSES["ppo_clip"](**{**ex, "adv": t([1.0, -1.0])}, cfg=AlgoConfig(clip_high=0.2))

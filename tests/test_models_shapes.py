@@ -16,13 +16,13 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from models.generation import SamplingParams, generate
+from models.generation import generate
 from models.load import init_vlm
 from models.shapes import SHAPES
 from models.tiny import build, main, model_config
 from models.tiny_tokenizer import build_tokenizer
 from models.vision import encode_images, num_image_tokens
-from tests.engine_helpers import make_prompt, request
+from tests.engine_helpers import gen_args, make_prompt, request
 
 ALL = [(arch, shape) for arch, shapes in SHAPES.items() for shape in shapes]
 
@@ -98,7 +98,6 @@ def test_ids_past_the_tokenizer_are_never_sampled(tmp_path):
     prompt = make_prompt(vlm, (56, 56), "What colour?", 0)
     assert num_image_tokens(prompt.grid_thw[0], vlm.family) == 4
     for mask, check in ((n_tokens, lambda t: max(t) < n_tokens), (0, lambda t: max(t) >= n_tokens)):
-        outs = generate(vlm.model, [request(prompt, vlm)],
-                        SamplingParams(max_new_tokens=16, temperature=1.0, num_token_ids=mask),
+        outs = generate(vlm.model, [request(prompt, vlm)], **gen_args(16, temperature=1.0), num_token_ids=mask,
                         pad_id=vlm.family.pad_id, expand=4, generator=torch.Generator().manual_seed(0))
         assert check([t for o in outs for t in o.tokens])  # without the mask, padded ids do get drawn

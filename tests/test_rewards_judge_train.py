@@ -89,7 +89,7 @@ def colors(tmp_path_factory):
 def _cfg(data, out_dir, url, weights, *extra):
     return build_config(Config, overrides=[
         "--data.train", str(data), "--train.out_dir", str(out_dir), "--train.threads", "1",
-        "--train.tensorboard", "false", "--train.sample_every", "0", "--train.steps", "2",
+        "--train.tensorboard", "false", "--train.sample_every", "0", "--rl.steps", "2",
         "--rollout.group_size", "2", "--rollout.prompts_per_step", "2", "--rollout.max_new_tokens", "16",
         "--rollout.temperature", "0.5", "--reward.weights", json.dumps(weights), "--reward.judge_url", url,
         "--reward.judge_model", "judge-model", "--reward.judge_timeout_s", str(TIMEOUT_S),

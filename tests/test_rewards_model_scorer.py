@@ -184,7 +184,7 @@ def test_scorer_clip_methods(vlm, clip, images):
 def test_build_scorer_checks_the_reward_mix(vlm, tmp_path):
     clip_dir = build_tiny_clip(tmp_path / "clip")
     tiny = str(tiny_model_dir("qwen2_5_vl"))
-    assert build_scorer(vlm, {"accuracy": 1.0}, kind="none") is None
+    assert build_scorer(vlm, {"accuracy": 1.0}, kind=None) is None
     scorer = build_scorer(vlm, {"image_self": 0.2, "blind": 1.0}, kind="policy")
     assert isinstance(scorer, ModelScorer) and scorer.vlm is vlm and scorer.teacher is None and scorer.clip is None
     scorer = build_scorer(vlm, {"image_teacher": 1.0, "image_embedding": 1.0}, kind="policy", teacher_path=tiny,
@@ -192,13 +192,13 @@ def test_build_scorer_checks_the_reward_mix(vlm, tmp_path):
     assert scorer.teacher.vlm is not vlm and not any(p.requires_grad for p in scorer.teacher.vlm.model.parameters())
     assert isinstance(scorer.clip, ClipEmbedder)
     bad = [  # (weights, options, what the error says)
-        ({"image_self": 1.0}, dict(kind="none"), "need a model scorer"),
-        ({"blind": 1.0}, dict(kind="none"), "need a model scorer"),
+        ({"image_self": 1.0}, dict(kind=None), "need a model scorer"),
+        ({"blind": 1.0}, dict(kind=None), "need a model scorer"),
         ({"accuracy": 1.0}, dict(kind="policy"), "no weighted reward uses it"),
         ({"image_teacher": 1.0}, dict(kind="policy"), "need a teacher model"),
         ({"image_embedding": 1.0}, dict(kind="policy"), "need a clip model"),
         ({"image_self": 1.0}, dict(kind="policy", clip_path=str(clip_dir)), "no weighted reward uses the clip"),
-        ({"image_self": 1.0}, dict(kind="none", clip_path=str(clip_dir)), "reward.scorer is 'none'"),
+        ({"image_self": 1.0}, dict(kind=None, clip_path=str(clip_dir)), "reward.scorer is none"),
         ({"image_self": 1.0}, dict(kind="teacher"), "choose none or policy"),
     ]
     for weights, options, message in bad:

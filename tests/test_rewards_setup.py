@@ -62,7 +62,7 @@ def test_judge_weight_and_url_must_go_together(weights, url, message, restore_ju
     (["--reward.judge_url", URL], "judge_model is empty"),
     (["--reward.judge_url", URL, "--reward.judge_model", "m", "--reward.judge_retries", "-1"], "judge_retries >= 0"),
     (["--reward.clip_backend", "open_clip"], "clip_path is empty"),
-    (["--reward.clip_backend", "openclip", "--reward.clip_path", "x"], "choose transformers or open_clip"),
+    (["--reward.clip_backend", "openclip", "--reward.clip_path", "x"], "expected one of 'transformers', 'open_clip'"),
 ])
 def test_config_refuses_judge_and_clip_settings_that_do_nothing(overrides, message):
     with pytest.raises(ValueError, match=message):

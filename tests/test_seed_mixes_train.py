@@ -35,7 +35,7 @@ def test_seed_mix_trains(preset, datasets, tmp_path):
     data = str(datasets / TASK[preset] / "data.jsonl")
     cfg = build_config(Config, toml_path=ROOT / "configs" / f"{preset}.toml", overrides=[
         "--data.train", data, "--data.eval", "", "--train.out_dir", str(tmp_path), "--train.threads", "1",
-        "--train.tensorboard", "false", "--sft.steps", "3", "--sft.batch_size", "4", "--train.steps", "2",
+        "--train.tensorboard", "false", "--sft.steps", "3", "--sft.batch_size", "4", "--rl.steps", "2",
         "--rollout.group_size", "2", "--rollout.prompts_per_step", "2", "--rollout.max_new_tokens", "24",
         "--train.sample_every", "0", "--train.stage", "sft,rl"])
     trainer.run(cfg)
@@ -63,7 +63,7 @@ def test_inline_crop_protocol_trains(tmp_path):
     cfg = build_config(Config, toml_path=ROOT / "configs/zoom_tools.toml", overrides=[
         "--data.train", str(tmp_path / "zoom-sft.jsonl"), "--data.eval", "", "--train.out_dir", str(tmp_path / "run"),
         "--train.threads", "1", "--train.tensorboard", "false", "--sft.steps", "3", "--sft.batch_size", "3",
-        "--train.steps", "2", "--rollout.group_size", "2", "--rollout.prompts_per_step", "2",
+        "--rl.steps", "2", "--rollout.group_size", "2", "--rollout.prompts_per_step", "2",
         "--rollout.max_new_tokens", "24", "--train.sample_every", "1"])
     trainer.run(cfg)
     rl = [r for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if "reward/total" in r]

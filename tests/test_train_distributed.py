@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # SFT at the demo's lr (a larger one lets Adam amplify float-order noise past 1e-5 within 4 steps). Checkpoints
 # after SFT steps 2 and 4 and RL steps 2 and 3 (global steps 2, 4, 6, 7), all kept.
 ARGS = ["--train.tensorboard", "false", "--train.threads", "1", "--train.stage", "sft,rl", "--sft.steps", "4",
-        "--sft.batch_size", "4", "--sft.lr", "3e-4", "--train.steps", "3", "--rollout.prompts_per_step", "2",
+        "--sft.batch_size", "4", "--sft.lr", "3e-4", "--rl.steps", "3", "--rollout.prompts_per_step", "2",
         "--rollout.group_size", "4", "--rollout.max_new_tokens", "8", "--rollout.temperature", "1.0",
         "--algo.kl_beta", "0.04", "--data.num_eval_examples", "4", "--train.save_every", "2",
         "--train.keep_checkpoints", "10", "--train.sample_every", "0"]
@@ -195,7 +195,7 @@ def test_resume_two_process_checkpoint_in_one_process(data, one, two, tmp_path):
 @pytest.mark.slow
 def test_lora_run_saves_adapters_and_a_merged_export(data, tmp_path):
     out = tmp_path / "lora"
-    summary = _run_here(data, out, "--lora.r", "8", "--sft.steps", "2", "--train.steps", "2", "--sft.lr", "1e-2",
+    summary = _run_here(data, out, "--lora.r", "8", "--sft.steps", "2", "--rl.steps", "2", "--sft.lr", "1e-2",
                         "--data.eval", "")
     m = _metrics(out)
     assert m[3]["train/kl"] > 1e-4  # reference = adapters off: the base model, which SFT's adapters moved from

@@ -39,8 +39,8 @@ def _metrics(out_dir):
 
 @pytest.mark.slow
 def test_resume_after_crash_reproduces_the_uninterrupted_losses(colors, tmp_path, monkeypatch):
-    extra = ["--train.stage", "sft,rl", "--sft.steps", "20", "--sft.batch_size", "8", "--train.steps", "4",
-             "--train.save_every", "2", "--optim.lr", "1e-3", "--algo.kl_beta", "0.04",
+    extra = ["--train.stage", "sft,rl", "--sft.steps", "20", "--sft.batch_size", "8", "--rl.steps", "4",
+             "--train.save_every", "2", "--rl.lr", "1e-3", "--algo.kl_beta", "0.04",
              # pinned here, not inherited from the demo preset: these give varied rewards at steps 3-4
              "--sft.lr", "2e-3", "--rollout.temperature", "1.0", "--rollout.max_new_tokens", "24"]
     real_step, sampled = trainer.rl_step, {"straight": [], "crashed": []}  # each RL step's sampled token ids
@@ -92,8 +92,8 @@ def test_grpo_raises_the_reward(colors, tmp_path):
     lines = [json.loads(line) for line in open(colors)]
     red.write_text("".join(json.dumps({**r, "answer": "red", "image": str(colors.parent / r["image"])}) + "\n"
                            for r in lines))
-    rl = _cfg(red, tmp_path / "rl", "--model.path", str(sft_model), "--train.steps", "16",
-              "--rollout.prompts_per_step", "4", "--rollout.max_new_tokens", "16", "--optim.lr", "3e-4", "--rollout.temperature", "0.7",
+    rl = _cfg(red, tmp_path / "rl", "--model.path", str(sft_model), "--rl.steps", "16",
+              "--rollout.prompts_per_step", "4", "--rollout.max_new_tokens", "16", "--rl.lr", "3e-4", "--rollout.temperature", "0.7",
               "--optim.warmup_steps", "0", "--reward.weights", '{"accuracy": 1.0}')
     trainer.run(rl)
     m = _metrics(tmp_path / "rl")

@@ -144,14 +144,14 @@ def test_pixel_box_by_frame():
 
 
 def test_unknown_frame_draws_nothing(tmp_path):
-    run = make_run(tmp_path / "run", box_frame="")
+    run = make_run(tmp_path / "run", box_frame="none")
     assert view.main([str(run)]) == 0
     text = (run / "rollouts" / "index.html").read_text()
     assert 'class="box"' not in text and "not drawn: box frame &#x27;unknown&#x27;" in text
 
 
 def test_dump_records_the_models_box_frame_and_the_page_names_it(tmp_path):
-    run = make_run(tmp_path / "run", box_frame="")  # config says nothing: the family's own frame
+    run = make_run(tmp_path / "run", box_frame="none")  # config says nothing: the family's own frame
     dump_rollouts(run, 11, [_traj(0, [ToolCallRecord("crop", {"box": BOX}, True)], "eos")],
                   RewardBatch(total=[1.0], parts={"format": [1.0]}, errors={}), torch.tensor([0.5]), box_frame="resized")
     records = [json.loads(line) for line in open(run / "rollouts" / "step_000011.jsonl")]

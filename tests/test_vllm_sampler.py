@@ -33,13 +33,14 @@ import pytest
 import torch
 
 from engine.packing import pack, row_logps
-from engine.rollout import RolloutLimits, finish, rollout
-from models.generation import GenRequest, SamplingParams, generate
+from engine.config import RolloutConfig
+from engine.rollout import finish, rollout
+from models.generation import GenRequest, generate
 from engine.trajectory import Trajectory
 from engine.vllm_sampler import _BufferOnlyReloadNotice, check_params, collapse_image_runs
 from models.tiny import tiny_model_dir
 from models.vision import rope_positions
-from tests.engine_helpers import (encode, load_tiny, loss_positions, make_prompt, noise_image, plain_logits,
+from tests.engine_helpers import (encode, gen_args, load_tiny, loss_positions, make_prompt, noise_image, plain_logits,
                                   request)
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -64,8 +65,8 @@ def test_collapse_image_runs():
 
 
 def test_top_k_top_p_are_refused():
-    check_params(SamplingParams())
-    for bad in (SamplingParams(top_k=5), SamplingParams(top_p=0.9)):
+    check_params(RolloutConfig())
+    for bad in (RolloutConfig(top_k=5), RolloutConfig(top_p=0.9)):
         with pytest.raises(ValueError, match="top_k"):
             check_params(bad)
 
@@ -117,7 +118,7 @@ def _sample(sampler, vlm, trajs_or_prompts, params, *, expand=1, seed=0):
         reqs.append(GenRequest(ids=list(x.ids), positions=rope_positions(vlm.model, x.ids, x.grid_thw, vlm.family),
                                pixel_values=x.pixel_values, grid_thw=x.grid_thw))
         images.append(list(x.images))
-    return sampler.generate(reqs, params, expand=expand, images_per_request=images,
+    return sampler.generate(reqs, **params, expand=expand, images_per_request=images,
                             generator=torch.Generator().manual_seed(seed))
 
 
@@ -144,7 +145,7 @@ def _max_gap(model, trajs, temperature):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logps_match_trainer(vlm, prompts, sampler, temperature):
     G = 4
-    outs = _sample(sampler, vlm, prompts, SamplingParams(max_new_tokens=N_NEW, temperature=temperature), expand=G)
+    outs = _sample(sampler, vlm, prompts, gen_args(max_new_tokens=N_NEW, temperature=temperature), expand=G)
     assert len(outs) == len(prompts) * G and all(len(o.tokens) == N_NEW for o in outs)
     gap = _max_gap(vlm.model, _trajs(vlm, prompts, outs, G), temperature)
     print(f"T={temperature}: max |vLLM logp - row_logps| = {gap:.2e} over {sum(len(o.tokens) for o in outs)} tokens")
@@ -154,7 +155,7 @@ def test_logps_match_trainer(vlm, prompts, sampler, temperature):
 @needs_vllm
 def test_logps_match_after_an_injected_image(vlm, prompts, sampler):
     """A tool round: sample, inject a second image and text (mask 0), continue from the whole sequence."""
-    params = SamplingParams(max_new_tokens=6, temperature=1.0)
+    params = gen_args(max_new_tokens=6, temperature=1.0)
     trajs = _trajs(vlm, prompts[:2], _sample(sampler, vlm, prompts[:2], params), 1)
     for i, t in enumerate(trajs):
         t.append_image(noise_image((84, 56), 10 + i), vlm)
@@ -171,19 +172,19 @@ def test_logps_match_after_an_injected_image(vlm, prompts, sampler):
 
 @pytest.fixture(scope="module")
 def greedy_native(vlm, prompts):
-    params = SamplingParams(max_new_tokens=N_NEW, temperature=0.0)
-    return generate(vlm.model, [request(p, vlm) for p in prompts], params, pad_id=vlm.family.pad_id)
+    params = gen_args(max_new_tokens=N_NEW, temperature=0.0)
+    return generate(vlm.model, [request(p, vlm) for p in prompts], **params, pad_id=vlm.family.pad_id)
 
 
 @needs_vllm
 def test_greedy_equals_native(vlm, prompts, sampler, greedy_native):
-    outs = _sample(sampler, vlm, prompts, SamplingParams(max_new_tokens=N_NEW, temperature=0.0))
+    outs = _sample(sampler, vlm, prompts, gen_args(max_new_tokens=N_NEW, temperature=0.0))
     for o, n in zip(outs, greedy_native):
         assert o.tokens == n.tokens and o.stop == n.stop == "length"
         torch.testing.assert_close(torch.tensor(o.logps), torch.tensor(n.logps), rtol=0, atol=ATOL)
     assert any(len(set(n.tokens)) > 1 for n in greedy_native)  # not one repeated token everywhere
     # expand=G while greedy (vLLM itself refuses n > 1 then): G copies, request-major, as ours
-    outs = _sample(sampler, vlm, prompts, SamplingParams(max_new_tokens=N_NEW, temperature=0.0), expand=2)
+    outs = _sample(sampler, vlm, prompts, gen_args(max_new_tokens=N_NEW, temperature=0.0), expand=2)
     assert [o.tokens for o in outs] == [n.tokens for n in greedy_native for _ in range(2)]
 
 
@@ -192,7 +193,7 @@ def test_stop_cap_and_banned_ids_as_native(vlm, prompts, sampler, greedy_native)
     # stop id: the 3rd greedy token of a prompt whose first two differ from it → that row stops after 3 tokens
     k = next(i for i, o in enumerate(greedy_native) if o.tokens[2] not in o.tokens[:2])
     stop = greedy_native[k].tokens[2]
-    outs = _sample(sampler, vlm, prompts, SamplingParams(max_new_tokens=N_NEW, temperature=0.0,
+    outs = _sample(sampler, vlm, prompts, gen_args(max_new_tokens=N_NEW, temperature=0.0,
                                                          stop_ids=frozenset({stop})))
     assert (outs[k].tokens, outs[k].stop) == (greedy_native[k].tokens[:3], "stop")
     for o, ref in zip(outs, greedy_native):
@@ -201,13 +202,13 @@ def test_stop_cap_and_banned_ids_as_native(vlm, prompts, sampler, greedy_native)
     # per-request cap
     reqs = [request(p, vlm) for p in prompts]
     reqs[1].max_new_tokens = 2
-    outs = sampler.generate(reqs, SamplingParams(max_new_tokens=N_NEW, temperature=0.0), expand=1,
+    outs = sampler.generate(reqs, **gen_args(max_new_tokens=N_NEW, temperature=0.0), expand=1,
                             images_per_request=[p.images for p in prompts])
     assert [len(o.tokens) for o in outs] == [N_NEW, 2, N_NEW] and {o.stop for o in outs} == {"length"}
     # banned ids: banning each row's greedy first token makes both samplers take the same runner-up
     banned = frozenset(n.tokens[0] for n in greedy_native)
-    params = SamplingParams(max_new_tokens=4, temperature=0.0, banned_ids=banned)
-    ours = generate(vlm.model, [request(p, vlm) for p in prompts], params, pad_id=vlm.family.pad_id)
+    params = gen_args(max_new_tokens=4, temperature=0.0, banned_ids=banned)
+    ours = generate(vlm.model, [request(p, vlm) for p in prompts], **params, pad_id=vlm.family.pad_id)
     outs = _sample(sampler, vlm, prompts, params)
     assert [o.tokens for o in outs] == [n.tokens for n in ours]
     assert not any(t in banned for o in outs for t in o.tokens)
@@ -232,7 +233,7 @@ def _perturbed(model):
 def test_push_weights(vlm, prompts, long_prompt, sampler):
     G, T = 4, 1.0
     prompts = prompts + [long_prompt]
-    params = SamplingParams(max_new_tokens=N_NEW, temperature=T)
+    params = gen_args(max_new_tokens=N_NEW, temperature=T)
     before = _sample(sampler, vlm, prompts, params, expand=G, seed=7)
     perturbed = _perturbed(vlm.model).eval()
     names = {n for n, _ in perturbed.named_parameters()}
@@ -247,9 +248,9 @@ def test_push_weights(vlm, prompts, long_prompt, sampler):
         gap_new, gap_old = _max_gap(perturbed, trajs, T), _max_gap(vlm.model, trajs, T)
         print(f"after push: max gap to the perturbed model {gap_new:.2e}, to the original {gap_old:.2e}")
         assert gap_new < ATOL < gap_old
-        ours = generate(perturbed, [request(p, vlm) for p in prompts], SamplingParams(max_new_tokens=N_NEW,
+        ours = generate(perturbed, [request(p, vlm) for p in prompts], **gen_args(max_new_tokens=N_NEW,
                         temperature=0.0), pad_id=vlm.family.pad_id)
-        greedy = _sample(sampler, vlm, prompts, SamplingParams(max_new_tokens=N_NEW, temperature=0.0))
+        greedy = _sample(sampler, vlm, prompts, gen_args(max_new_tokens=N_NEW, temperature=0.0))
         assert [o.tokens for o in greedy] == [n.tokens for n in ours]
     finally:
         sampler.push_weights(vlm.model.state_dict().items())
@@ -262,7 +263,7 @@ def test_push_weights(vlm, prompts, long_prompt, sampler):
 @needs_vllm
 def test_seeded_samples_reproduce(vlm, prompts, sampler):
     G = 4
-    params = SamplingParams(max_new_tokens=N_NEW, temperature=1.0)
+    params = gen_args(max_new_tokens=N_NEW, temperature=1.0)
     a = _sample(sampler, vlm, prompts, params, expand=G, seed=3)
     b = _sample(sampler, vlm, prompts, params, expand=G, seed=3)
     c = _sample(sampler, vlm, prompts, params, expand=G, seed=4)
@@ -281,15 +282,15 @@ def test_global_rng_untouched(vlm, prompts, sampler):
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    _sample(sampler, vlm, prompts, SamplingParams(max_new_tokens=4, temperature=1.0), expand=2)
+    _sample(sampler, vlm, prompts, gen_args(max_new_tokens=4, temperature=1.0), expand=2)
     assert torch.equal(torch.rand(3), expected)
 
 
 @needs_vllm
 def test_rollout_through_vllm(vlm, prompts, sampler):
     G = 3
-    trajs = rollout(vlm, prompts, group_size=G, params=SamplingParams(temperature=1.0), protocol=None,
-                    limits=RolloutLimits(max_new_tokens=N_NEW), generator=torch.Generator().manual_seed(0),
+    trajs = rollout(vlm, prompts, RolloutConfig(group_size=G, temperature=1.0, max_new_tokens=N_NEW), protocol=None,
+                    generator=torch.Generator().manual_seed(0),
                     sampler=sampler)
     assert [t.group for t in trajs] == [g for g in range(len(prompts)) for _ in range(G)]
     assert all(t.num_sampled > 0 and t.stop in ("eos", "length") for t in trajs)

@@ -108,7 +108,7 @@ def spread(items: list, n: int) -> list:
 
 
 def config_box_frame(run_dir: Path) -> str:
-    """`[model] box_frame` of the run's config.toml ("" when absent: the family's own frame, unknown here)."""
+    """`[model] box_frame` of the run's config.toml ("" when absent or "none": the family's own frame, unknown here)."""
     path = run_dir / "config.toml"
     if not path.is_file():
         return ""
@@ -116,7 +116,8 @@ def config_box_frame(run_dir: Path) -> str:
         model = tomllib.loads(path.read_text(encoding="utf-8")).get("model", {})
     except tomllib.TOMLDecodeError as exc:
         raise ViewError(f"{path}: not valid TOML ({exc})") from exc
-    return str(model.get("box_frame", "")) if isinstance(model, dict) else ""
+    frame = str(model.get("box_frame", "")) if isinstance(model, dict) else ""
+    return "" if frame.lower() in ("none", "null") else frame  # configlib writes None as "none"
 
 
 def _box(value) -> list[float] | None:
