@@ -125,7 +125,7 @@ def test_zoom_presets_differ_only_in_tools():
     a, b = _flat(tools), _flat(plain)
     assert {key for key in a if a[key] != b[key]} == {
         "data.train", "data.sft_template", "rollout.protocol", "reward.weights", "train.out_dir"}
-    assert (tools.rollout.protocol, plain.rollout.protocol) == ("inline", "none")
+    assert (tools.rollout.protocol, plain.rollout.protocol) == ("inline", None)
     assert tools.data.train == "runs/data/zoom-sft.jsonl" and plain.data.train == "runs/data/zoom-train/data.jsonl"
     assert tools.data.eval == plain.data.eval == "runs/data/zoom-eval/data.jsonl"
     assert plain.reward.weights == {"format": 0.2, "accuracy": 1.0}
