@@ -22,9 +22,9 @@ import torch.nn.functional as F
 import models.attention as A
 from engine.packing import pack_row, row_logps
 from engine.rollout import finish
-from engine.sampler import SamplingParams, generate
+from models.generation import generate
 from engine.trajectory import Trajectory
-from tests.engine_helpers import load_tiny, make_prompt, request
+from tests.engine_helpers import gen_args, load_tiny, make_prompt, request
 
 
 def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
@@ -84,12 +84,12 @@ def test_packed_row_through_varlen_equals_alone(varlen_vlm):
 def test_sampling_takes_the_sdpa_fallback(varlen_vlm):
     prompts = [make_prompt(varlen_vlm, size, q, i) for i, (size, q) in enumerate([((90, 60), "What colour?"),
                                                                                    ((56, 112), "How many?")])]
-    params = SamplingParams(max_new_tokens=6, temperature=0)  # greedy: any attention difference shows
+    params = gen_args(max_new_tokens=6, temperature=0)  # greedy: any attention difference shows
     outs = []
     depth = varlen_vlm.model.config.vision_config.depth
     for vlm, kernel_calls in ((varlen_vlm, depth), (load_tiny(), 0)):
         reference_varlen.calls = 0
-        outs.append(generate(vlm.model, [request(p, vlm) for p in prompts], params, pad_id=vlm.family.pad_id,
+        outs.append(generate(vlm.model, [request(p, vlm) for p in prompts], **params, pad_id=vlm.family.pad_id,
                              expand=2))
         # only the vision tower (once per block, in the prefill) reaches the kernel: the text's left-padded
         # prefill and its cached decoding steps take the sdpa fallback
