@@ -110,20 +110,26 @@ def token_logps(hidden_KH, weight_VH, bias_V, tok_K, *, temperature: float = 1.0
 
 @contextmanager
 def head_logps(model, keep_N: torch.Tensor, tok_K: torch.Tensor, *, temperature: float = 1.0,
-               with_entropy: bool = False, chunk_tokens: int = 0):
+               with_entropy: bool = False, chunk_tokens: int = 0, calls: int = 1):
     """Within the block, the model's forward computes log-probs at the flattened positions `keep_N` of the hidden
-    states its LM head receives (call the model with logits_to_keep=0) and hands the head no positions."""
+    states its LM head receives (call the model with logits_to_keep=0) and hands the head no positions. With
+    calls = n, the block runs n forwards (a shared prefix, then the suffixes): `keep_N` indexes their hidden
+    states flattened and concatenated in call order, and the log-probs are computed in the last one."""
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):  # e.g. a LoRA-wrapped head: its weight alone is not the head
         raise ValueError(f"log-probs need a plain nn.Linear LM head, got {type(head).__name__}: "
                          "leave the output embedding out of LoRA's targets")
     out = HeadLogps()
+    seen: list[torch.Tensor] = []
 
     def pre_hook(module, args):
-        hidden_NH = args[0].reshape(-1, args[0].shape[-1])
-        out.logp_K, out.entropy_K = token_logps(hidden_NH[keep_N], module.weight, module.bias, tok_K,
-                                                temperature=temperature, with_entropy=with_entropy,
-                                                chunk_tokens=chunk_tokens)
+        seen.append(args[0].reshape(-1, args[0].shape[-1]))
+        if len(seen) == calls:
+            hidden_NH = seen[0] if calls == 1 else torch.cat(seen)
+            out.logp_K, out.entropy_K = token_logps(hidden_NH[keep_N], module.weight, module.bias, tok_K,
+                                                    temperature=temperature, with_entropy=with_entropy,
+                                                    chunk_tokens=chunk_tokens)
+            seen.clear()
         return (args[0][..., :0, :],)  # the model's own logits: zero positions
 
     handle = head.register_forward_pre_hook(pre_hook)

@@ -1,20 +1,16 @@
 """Pack trajectories into rows by a token budget and compute per-token log-probs of a packed row.
 
-A row is the unit of one forward (a micro-batch). How it reaches the model depends on the attention kernel:
-- a variable-length kernel (models/attention.py's `varlen_attn`, flash-attn): ONE sequence of T tokens, each
-  trajectory attending only to itself through the kernel's cumulative lengths, no mask at all;
-- sdpa / eager (CPU): a right-padded batch [S, L] of the row's S trajectories, plain causal attention. A packed
-  row there would cost a dense T×T block mask (transformers builds it from the position ids), i.e. S times the
-  attention work; padding costs S·L − T tokens of the other layers instead (measured: docs/BENCHMARKS.md).
+A row is the unit of one forward (a micro-batch): its trajectories' tokens, positions and images, concatenated.
+How it reaches the model (one packed sequence for a varlen kernel; a padded batch; a shared prompt run once,
+then the continuations on its KV cache) is engine/layouts.py's choice; every layout is exact.
 
 Exactness (PLATFORM.md, transformers 5.19): a packed row gives the same logits as separate sequences only with
 4-row position ids (row 0 = 0..len-1 per sequence, rows 1-3 = that sequence's mrope T/H/W), attention_mask=None
-and use_cache=False. Anything else lets sequences attend to each other, silently. The padded batch is exact
-because padding sits at the END of each sequence: causal attention never lets a real token see it.
+and use_cache=False. Anything else lets sequences attend to each other, silently.
 
 Only positions whose NEXT token carries loss go through the LM head, chunk by chunk (engine/logprobs.py), so
 prompt and image tokens never materialise [T, V] logits and the kept ones at most chunk_tokens × V at a time.
-Shapes: T tokens in a row, S trajectories in a row, L longest of them, K kept positions, V vocab.
+Shapes: T tokens in a row, K kept positions, V vocab.
 """
 
 from __future__ import annotations
@@ -23,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.layouts import LAYOUTS, default_layout
 from engine.logprobs import head_logps
 from engine.trajectory import Trajectory
-from models.attention import uses_varlen
 
 
 @dataclass
@@ -39,10 +35,39 @@ class PackedRow:
     seq_K: torch.Tensor  # index (into `members`'s global numbering) of the trajectory each kept token belongs to
     offset_K: torch.Tensor  # position of each kept token inside its own trajectory
     lengths: list[int]  # tokens of each member, in order
+    prefix_lens: list[int]  # each member's prompt length
+    prefix_of: list[int]  # slot (0..len(members)-1) of the first member with the same prompt
+    image_counts: list[int]  # images of each member: its prompt's first, then any tool's
+    prompt_image_counts: list[int]  # images of each member's prompt
 
     @property
     def num_tokens(self) -> int:
         return int(self.ids_T.numel())
+
+    @property
+    def starts(self) -> list[int]:
+        return _cumsum(self.lengths)[:-1]
+
+    def images(self, parts: list[tuple[int, int, int]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(pixel_values, grid_thw) of images i..j-1 of member slot s, for each (s, i, j) in `parts`, in order;
+        (None, None) when that is no image."""
+        if self.grid_thw is None or all(i == j for _, i, j in parts):
+            return None, None
+        first_image = _cumsum(self.image_counts)
+        first_patch = _cumsum(self.grid_thw.prod(-1).tolist())
+        pix, grids = [], []
+        for s, i, j in parts:
+            a, b = first_image[s] + i, first_image[s] + j
+            pix.append(self.pixel_values[first_patch[a]:first_patch[b]])
+            grids.append(self.grid_thw[a:b])
+        return torch.cat(pix), torch.cat(grids)
+
+
+def _cumsum(counts: list[int]) -> list[int]:
+    out = [0]
+    for n in counts:
+        out.append(out[-1] + n)
+    return out
 
 
 def plan_rows(lengths: list[int], max_tokens: int) -> list[list[int]]:
@@ -83,54 +108,40 @@ def pack_row(trajs: list[Trajectory], members: list[int]) -> PackedRow:
     return PackedRow(members=members, ids_T=torch.cat(ids), pos_4T=torch.cat(pos, 1),
                      pixel_values=torch.cat(pix) if pix else None, grid_thw=torch.cat(grids) if grids else None,
                      target_K=torch.cat(target), seq_K=torch.cat(seq), offset_K=torch.cat(offset),
-                     lengths=[len(trajs[i].ids) for i in members])
+                     lengths=[len(trajs[i].ids) for i in members],
+                     prefix_lens=[trajs[i].prompt_len for i in members], prefix_of=_prefix_owners(trajs, members),
+                     image_counts=[len(trajs[i].grid_thw) for i in members],
+                     prompt_image_counts=[len(trajs[i].prompt.grid_thw) for i in members])
+
+
+def _prefix_owners(trajs: list[Trajectory], members: list[int]) -> list[int]:
+    """For each member slot, the first slot whose trajectory starts from the same prompt (the same object: the
+    G samples of a group), whose prompt tokens it therefore repeats exactly."""
+    first: dict[int, int] = {}
+    out = []
+    for slot, i in enumerate(members):
+        owner = first.setdefault(id(trajs[i].prompt), slot)
+        n = trajs[i].prompt_len
+        assert trajs[members[owner]].ids[:n] == trajs[i].ids[:n], "samples of one prompt must start with it"
+        out.append(owner)
+    return out
 
 
 def pack(trajs: list[Trajectory], max_tokens: int) -> list[PackedRow]:
     return [pack_row(trajs, m) for m in plan_rows([len(t.ids) for t in trajs], max_tokens)]
 
 
-def _as_packed(row: PackedRow):
-    """(input_ids [1, T], position_ids [4, 1, T], flat index of every row position)."""
-    T = row.num_tokens
-    return row.ids_T.view(1, T), row.pos_4T.view(4, 1, T), torch.arange(T)
-
-
-def _as_padded(row: PackedRow):
-    """(input_ids [S, L], position_ids [4, S, L], flat index s·L + j of every row position), right-padded.
-    Padding repeats the row's first token (never an image placeholder) and continues row 0's positions, so
-    transformers sees S plain causal sequences (no restart in row 0: nothing is detected as packed)."""
-    S, L = len(row.lengths), max(row.lengths)
-    ids_SL = row.ids_T[0].repeat(S, L)
-    pos_4SL = torch.arange(L).repeat(4, S, 1)
-    flat = []
-    start = 0
-    for s, n in enumerate(row.lengths):
-        ids_SL[s, :n] = row.ids_T[start:start + n]
-        pos_4SL[1:, s, :n] = row.pos_4T[1:, start:start + n]
-        flat.append(torch.arange(n) + s * L)
-        start += n
-    return ids_SL, pos_4SL, torch.cat(flat)
-
-
-LAYOUTS = {"packed": _as_packed, "padded": _as_padded}
-
-
 def row_logps(model, row: PackedRow, *, temperature: float = 1.0, with_entropy: bool = False,
               chunk_tokens: int = 0, layout: str | None = None):
     """Per kept token: log p(token | its own prefix) under softmax(logits / temperature). Returns
     (logp_K, entropy_K or None). Gradients flow when called outside no_grad. chunk_tokens > 0 bounds the
-    logits in memory to that many tokens at a time (engine/logprobs.py). layout None: "packed" when the model's
-    attention is variable-length, else "padded" (both exact; tests force either)."""
+    logits in memory to that many tokens at a time (engine/logprobs.py). layout: engine/layouts.py's name (all
+    exact; tests force each); None: the fastest that applies (default_layout)."""
     device = next(model.parameters()).device
-    layout = layout or ("packed" if uses_varlen(model) else "padded")
-    ids, pos, flat_T = LAYOUTS[layout](row)
+    flat_T, calls, run = LAYOUTS[layout or default_layout(model, row)](row)
     keep_K = flat_T[row.target_K - 1].to(device)  # logits at t-1 predict token t
     tok_K = row.ids_T[row.target_K].to(device)
     with head_logps(model, keep_K, tok_K, temperature=temperature, with_entropy=with_entropy,
-                    chunk_tokens=chunk_tokens) as out:
-        model(input_ids=ids.to(device), position_ids=pos.to(device), attention_mask=None, use_cache=False,
-              logits_to_keep=0,
-              pixel_values=None if row.pixel_values is None else row.pixel_values.to(device, model.dtype),
-              image_grid_thw=None if row.grid_thw is None else row.grid_thw.to(device))
+                    chunk_tokens=chunk_tokens, calls=calls) as out:
+        run(model, device)
     return out.logp_K, out.entropy_K

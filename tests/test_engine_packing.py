@@ -2,7 +2,11 @@
 
 - each trajectory packed ALONE == a plain forward of it (the model computing its own mrope positions), 1e-5;
 - packed rows == each alone (1e-5, fp32), for trajectories of different lengths and images, one with TWO images
-  (a crop injected mid-answer through Trajectory.append_image);
+  (a crop injected mid-answer through Trajectory.append_image), in each of engine/layouts.py's layouts
+  (one packed sequence, a padded batch, shared prompts + continuations on their KV cache);
+- samples sharing prompts (as a rollout's groups do): the "prefix" layout runs each prompt once, gives each
+  sample's log-probs alone (1e-5) and the padded batch's gradients, the shared image's included (rtol 1e-4);
+  it is the default for such a row, "padded" for a row where no prompt repeats;
 - the check has teeth: the same row with row-0 positions running on across sequences (no per-sequence
   restart), or with only the 3 mrope rows, lets sequences attend to each other and the log-probs move > 1e-3;
 - plan_rows: a hand-worked first-fit-decreasing example, the budget, every index exactly once, and an
@@ -19,6 +23,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from engine.layouts import default_layout
 from engine.packing import pack, pack_row, plan_rows, row_logps
 from engine.rollout import finish
 from engine.trajectory import Trajectory
@@ -95,7 +100,7 @@ def test_row_bookkeeping(trajs):
         assert torch.equal(row.pos_4T[1:, starts[i]:starts[i + 1]], traj.positions)
 
 
-@pytest.mark.parametrize("layout", ["packed", "padded"])
+@pytest.mark.parametrize("layout", ["packed", "padded", "prefix"])
 @pytest.mark.parametrize("members", [[0, 1, 2, 3], [2, 1], [1, 3, 0]])
 def test_packed_equals_alone(vlm, trajs, alone, members, layout):
     # members must be sorted as plan_rows returns them, but any order packs correctly: [2, 1] checks that too.
@@ -188,3 +193,46 @@ def test_plan_rows_budget_and_coverage(seed):
     # a lower bound any packing must respect, and FFD stays within 11/9 OPT + 1 of it
     need = -(-sum(x for x in lengths if x <= budget) // budget) + 2
     assert need <= len(rows) <= 11 / 9 * need + 1
+
+
+@pytest.fixture(scope="module")
+def group_trajs(vlm):
+    """Samples that share prompts as a rollout's groups do: prompt A three times (one with a crop injected
+    mid-answer), prompt B twice; different sampled tokens each."""
+    g = torch.Generator().manual_seed(1)
+    prompts = [make_prompt(vlm, (90, 60), "What colour?", 10), make_prompt(vlm, (56, 112), "Is it a cat", 11)]
+    out = []
+    for k, (p, runs) in enumerate([(0, [6]), (0, [3, 4]), (0, [9]), (1, [5]), (1, [8])]):
+        traj = Trajectory.start(prompts[p], p)
+        for r, n in enumerate(runs):
+            if r:
+                traj.append_image(noise_image((40, 50), 200 + k), vlm)
+            traj.append_sampled(_random_tokens(g, n), [0.0] * n)
+        traj.stop = "length"
+        finish(traj, vlm)
+        out.append(traj)
+    return out
+
+
+def test_shared_prompts_run_once_with_the_same_logps_and_gradients(vlm, group_trajs):
+    """The "prefix" layout (each prompt once, its KV cache repeated to its samples) == each alone, and its
+    gradients == the padded batch's (autograd sums the shared prompt's gradient over its samples)."""
+    row = pack_row(group_trajs, [0, 1, 2, 3, 4])
+    assert row.prefix_of == [0, 0, 0, 3, 3]
+    assert default_layout(vlm.model, row) == "prefix"
+    assert default_layout(vlm.model, pack_row(group_trajs, [0, 3])) == "padded"  # no prompt repeats
+    with torch.no_grad():
+        alone = [row_logps(vlm.model, pack_row(group_trajs, [i]))[0] for i in range(len(group_trajs))]
+    grads = {}
+    for layout in ("padded", "prefix"):
+        vlm.model.zero_grad(set_to_none=True)
+        logp_K, _ = row_logps(vlm.model, row, layout=layout)
+        for i, logp in _split(row, logp_K.detach(), len(group_trajs)).items():
+            torch.testing.assert_close(logp, alone[i], rtol=0, atol=1e-5)
+        (logp_K * torch.linspace(-1, 1, logp_K.numel())).sum().backward()
+        grads[layout] = {n: p.grad.clone() for n, p in vlm.model.named_parameters() if p.grad is not None}
+    assert grads["prefix"].keys() == grads["padded"].keys()
+    assert any("visual" in n for n in grads["prefix"])  # the shared prompt's image gets its gradient too
+    for n, g in grads["padded"].items():
+        torch.testing.assert_close(grads["prefix"][n], g, rtol=1e-4, atol=1e-6, msg=n)
+    vlm.model.zero_grad(set_to_none=True)
