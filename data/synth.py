@@ -3,9 +3,10 @@
     python -m data.synth TASK --n N --out DIR [--seed S]
 
 writes DIR/data.jsonl (one object a line: {"image": "images/000000.png", "question", "answer", "bbox"?: [x1, y1,
-x2, y2] ints in original pixels with exclusive ends, "choices"?: [...]}) and DIR/images/NNNNNN.png, then prints a
-one-line summary. The same task, n and seed give byte-identical files; sample i depends only on (seed, i) (and
-its class label on the first i labels), so a longer run extends a shorter one.
+x2, y2] ints in original pixels with exclusive ends, "choices"?: [...], "target_box"?: the region a crop should
+cover (zoom)) and DIR/images/NNNNNN.png, then prints a one-line summary. The same task, n and seed give
+byte-identical files; sample i depends only on (seed, i) (and its class label on the first i labels), so a longer
+run extends a shorter one.
 
 Tasks (TASKS below): `colors` (name the square's colour), `zoom` (a fine pattern inside a bold box that only a
 crop can read; see synth_zoom.py), `grounding` (box of the <colour> <shape>), `geometry` (the third angle of a

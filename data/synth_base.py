@@ -33,6 +33,7 @@ class Sample:
     bbox: list[int] | None = None
     choices: list[str] | None = None
     info: dict = field(default_factory=dict)
+    target_box: list[int] | None = None  # where a crop should look (written: readers keep it as metadata)
 
     def record(self, image_path: str) -> dict:
         rec = {"image": image_path, "question": self.question, "answer": self.answer}
@@ -40,6 +41,8 @@ class Sample:
             rec["bbox"] = [int(v) for v in self.bbox]
         if self.choices is not None:
             rec["choices"] = list(self.choices)
+        if self.target_box is not None:
+            rec["target_box"] = [int(v) for v in self.target_box]
         return rec
 
 

@@ -25,6 +25,9 @@ says nothing about the pattern, so the task still needs the crop. A pretrained V
 Clutter (thin 1 px lines, small faint shapes) is light (every channel >= 120) and never comes within `_CLEAR` px of
 the box; noise (std 8) covers everything. `tests/test_synth_zoom.py` measures all of this.
 
+Each record also carries "target_box": the box's cell, the crop that answers (read as the example's metadata; the
+RL diagnostics and the optional crop_target reward, rewards/tool_target.py, compare crops with it).
+
 Generate: `python -m data.synth zoom --n 60 --out runs/synth/zoom`.
 """
 
@@ -159,5 +162,6 @@ def make_zoom(rng: np.random.Generator, label: int | None) -> Sample:
     noise = rng.normal(0.0, _NOISE_STD, size=(height, width, 1))  # over everything, the box included
     pixels = np.clip(np.rint(pixels + noise), 0, 255).astype(np.uint8)
 
+    cell = cell_of(box, (width, height))
     return Sample(image=Image.fromarray(pixels), question=QUESTION, answer=name, bbox=box, choices=list(PATTERNS),
-                  info={"border": border, "interior": inner, "mean": mean, "cell": cell_of(box, (width, height))})
+                  info={"border": border, "interior": inner, "mean": mean, "cell": cell}, target_box=cell)

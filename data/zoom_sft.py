@@ -14,10 +14,12 @@ Each example becomes one line `{"image_path", "image_id", "QnA": [{"Q": question
 where the box (original-image pixels, exclusive ends) is, with `--crop cell` (the default), the 4x4-grid cell
 holding the dataset's "bbox" (data/synth_zoom.py: one merged visual token of the tiny model's 112x112 view, a crop
 a tiny model learns to choose), or with `--crop box` the bbox itself (for a model that can regress pixel boxes);
-image_path is relative to the output file's folder. `data.load_examples` reads the file as "seed001": the crop becomes the SFT target's
-`<tool_call>[x1, y1, x2, y2]</tool_call>` and the Example's box, the <answer> its reference answer, so the same
-file feeds the SFT stage (crop, see the crop, answer) and the RL stage. The choices are dropped (seed 001 has no
-field for them): put the options in `data.question_template` instead. `--src` is the dataset's folder (holding
+image_path is relative to the output file's folder; "target_box" repeats the crop (the loader keeps it as the
+example's metadata, which the RL diagnostics and the optional crop_target reward read). `data.load_examples` reads
+the file as "seed001": the crop becomes the SFT target's `<tool_call>[x1, y1, x2, y2]</tool_call>` and the
+Example's box, the <answer> its reference answer, so the same file feeds the SFT stage (crop, see the crop, answer)
+and the RL stage. The choices are dropped (seed 001 has no field for them): put the options in
+`data.question_template` instead. `--src` is the dataset's folder (holding
 data.jsonl) or the JSONL file itself; every example must have exactly one box.
 """
 
@@ -75,7 +77,8 @@ def convert(src, out, crop: str = "cell") -> int:
             with Image.open(image) as im:
                 box = cell_of(box, im.size)
         rel = Path(os.path.relpath(image, os.path.abspath(out.parent))).as_posix()
-        lines.append(json.dumps({"image_path": rel, "image_id": Path(image).stem,
+        target = [json.loads(_number(v)) for v in box]  # ints stay ints, as in the A3 text
+        lines.append(json.dumps({"image_path": rel, "image_id": Path(image).stem, "target_box": target,
                                  "QnA": [{"Q": ex.question, "A3": a3_text(box, ex.answer)}]}))
     out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return len(lines)

@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from engine.diagnostics import finalize_class_metrics, reduce_rollout_records, rollout_record
+
 
 class PhaseTimer:
     """Accumulates wall seconds per named phase until pop()."""
@@ -139,7 +141,8 @@ def rank_record(trajs, rewards, adv_B, kept, update, times: dict[str, float]) ->
     return {"reward": list(rewards.total), "parts": rewards.parts, "errors": rewards.errors, "adv": cpu(adv_B),
             "kept": len(kept), "sampled": [t.num_sampled for t in trajs], "length": [len(t.ids) for t in trajs],
             "stop": [t.stop for t in trajs], "calls": [[(c.name, c.ok) for c in t.tool_calls] for t in trajs],
-            "update": update, "time": times}
+            "update": update, "time": times,
+            "signals": rollout_record(trajs, torch.tensor(rewards.total))}  # groups, crops on target
 
 
 def step_metrics(records: list[dict]) -> dict:
@@ -159,6 +162,7 @@ def step_metrics(records: list[dict]) -> dict:
         m = {f"train/{k}": v / max(total, 1) for k, v in sums.items()}  # token-weighted means of per-row metrics
         m["train/loss"] = sum(u["loss"] for u in updates)
         m["train/grad_norm"], m["train/lr"] = updates[0]["grad_norm"], updates[0]["lr"]  # the same on every rank
+        finalize_class_metrics(m)  # per token class: sums over all loss tokens -> means over the class's tokens
     m["reward/total"] = sum(reward) / n
     m["reward/std"] = float(torch.tensor(reward).std()) if n > 1 else 0.0
     for name in records[0]["parts"]:
@@ -169,6 +173,7 @@ def step_metrics(records: list[dict]) -> dict:
     m["adv/mean"], m["adv/std"] = float(adv_B.mean()), float(adv_B.std()) if n > 1 else 0.0
     m["adv/abs_max"] = float(adv_B.abs().max())
     m["batch/kept_fraction"] = sum(r["kept"] for r in records) / n
+    m.update(reduce_rollout_records([r["signals"] for r in records]))
     m["length/response_mean"] = sum(sampled) / n
     m["length/total_mean"] = sum(cat("length")) / n
     m["stop/eos_rate"] = sum(s == "eos" for s in stop) / n

@@ -18,6 +18,7 @@ import torch
 
 from engine import distributed as D
 from engine.config import AlgoConfig
+from engine.diagnostics import class_metrics
 from engine.losses import LOSSES, add_kl, aggregate, tis_weight
 from engine.packing import PackedRow, row_logps
 
@@ -58,6 +59,13 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
     loss = aggregate(per_token_K, mask=mask_K, seq_idx=seq_K, mode=cfg.aggregation, num_tokens=batch.num_tokens,
                      num_seqs=batch.num_seqs, norm_len=batch.norm_len)
     metrics["entropy"] = entropy_K.mean()
+    if row.class_K is not None:  # the same statistics per token class: tool call, answer, other text
+
+        def loss_metrics(keep_K):  # the loss's own clip fractions over one class's tokens (metrics only)
+            return LOSSES[cfg.loss](logp=logp_K.detach(), old_logp=old_K, adv=adv_K, mask=keep_K, seq_idx=seq_K,
+                                    num_seqs=batch.num_seqs, cfg=cfg)[1]
+
+        metrics.update(class_metrics(row.class_K, adv_K=adv_K, entropy_K=entropy_K, loss_metrics=loss_metrics))
     return loss, {k: v.detach() for k, v in metrics.items()}, logp_K.numel()
 
 

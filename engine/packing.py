@@ -39,6 +39,7 @@ class PackedRow:
     prefix_of: list[int]  # slot (0..len(members)-1) of the first member with the same prompt
     image_counts: list[int]  # images of each member: its prompt's first, then any tool's
     prompt_image_counts: list[int]  # images of each member's prompt
+    class_K: torch.Tensor | None = None  # token class of each kept token (engine/diagnostics.py; -1: unknown)
 
     @property
     def num_tokens(self) -> int:
@@ -89,7 +90,7 @@ def plan_rows(lengths: list[int], max_tokens: int) -> list[list[int]]:
 
 
 def pack_row(trajs: list[Trajectory], members: list[int]) -> PackedRow:
-    ids, pos, pix, grids, target, seq, offset = [], [], [], [], [], [], []
+    ids, pos, pix, grids, target, seq, offset, classes = [], [], [], [], [], [], [], []
     start = 0
     for i in members:
         t = trajs[i]
@@ -104,11 +105,13 @@ def pack_row(trajs: list[Trajectory], members: list[int]) -> PackedRow:
         target.append(where + start)
         offset.append(where)
         seq.append(torch.full_like(where, i))
+        classes.append(torch.tensor([t.token_class[k] for k in where.tolist()], dtype=torch.long)
+                       if t.token_class is not None else torch.full_like(where, -1))
         start += n
     return PackedRow(members=members, ids_T=torch.cat(ids), pos_4T=torch.cat(pos, 1),
                      pixel_values=torch.cat(pix) if pix else None, grid_thw=torch.cat(grids) if grids else None,
                      target_K=torch.cat(target), seq_K=torch.cat(seq), offset_K=torch.cat(offset),
-                     lengths=[len(trajs[i].ids) for i in members],
+                     lengths=[len(trajs[i].ids) for i in members], class_K=torch.cat(classes),
                      prefix_lens=[trajs[i].prompt_len for i in members], prefix_of=_prefix_owners(trajs, members),
                      image_counts=[len(trajs[i].grid_thw) for i in members],
                      prompt_image_counts=[len(trajs[i].prompt.grid_thw) for i in members])

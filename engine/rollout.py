@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from engine.config import RolloutConfig
+from engine.diagnostics import classify_tokens
 from engine.trajectory import Prompt, Trajectory
 from models.generation import GenRequest, generate
 from models.load import VLM
@@ -91,10 +92,11 @@ def rollout(vlm: VLM, prompts: list[Prompt], settings: RolloutConfig, *, protoco
 
 
 def finish(traj: Trajectory, vlm: VLM) -> None:
-    """Compute the complete trajectory's positions and response text."""
+    """Compute the complete trajectory's positions, response text and token classes."""
     if traj.stop == "tool":
         traj.stop = "limit"  # stopped on a tool call after the last tool round
     traj.positions = rope_positions(vlm.model, traj.ids, traj.grid_thw, vlm.family)
     # Rewards read only what the policy wrote: injected tool results and role headers are not its words.
     sampled = [t for t, m in zip(traj.ids[traj.prompt_len:], traj.mask[traj.prompt_len:]) if m]
     traj.text = vlm.tokenizer.decode(sampled, skip_special_tokens=True)
+    traj.token_class = classify_tokens(traj.ids, traj.mask, vlm.tokenizer.batch_decode)

@@ -4,13 +4,17 @@
         {"step", "index", "question", "answer", "response", "reward", "parts": {name: value}, "advantage",
          "stop", "images": ["images/step_000010_0_0.png", ...] (relative to rollouts/; original first, then tool
          outputs), "box_frame": the frame of the calls' "args" boxes (pixels | resized | norm1000),
-         "tool_calls": [{"name", "args" (model frame), "ok", "error", "box_pixels" (original pixels)}]}
+         "tool_calls": [{"name", "args" (model frame), "ok", "error", "box_pixels" (original pixels)}],
+         "target_box"?: where a crop should look (original pixels, from the example's metadata),
+         "crop_target_iou"?: the best working crop's IoU with it (rewards/tool_target.py)}
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from rewards.tool_target import crop_target_iou, target_box
 
 
 def dump_rollouts(run_dir: str | Path, step: int, trajs, rewards, adv_B, *, box_frame: str = "",
@@ -33,5 +37,8 @@ def dump_rollouts(run_dir: str | Path, step: int, trajs, rewards, adv_B, *, box_
                 "tool_calls": [{"name": c.name, "args": c.args, "ok": c.ok, "error": c.error,
                                 "box_pixels": c.box_pixels} for c in t.tool_calls],
             }
+            target = target_box(t.prompt.example)
+            if target is not None:
+                record.update(target_box=target, crop_target_iou=crop_target_iou(t.prompt.example, t.tool_calls))
             f.write(json.dumps(record) + "\n")
     return path

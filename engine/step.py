@@ -164,4 +164,3 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
     mine = rank_record(trajs, rewards, adv_B, kept, update, timer.pop())
     metrics = step_metrics(D.all_gather_objects(mine))  # one collective: every rank's plain numbers
     return metrics, trajs, rewards, adv_B
-

@@ -49,7 +49,7 @@ def test_written_records_are_valid(task, tmp_path):
     for i, line in enumerate(lines):
         rec = json.loads(line)
         assert rec["image"] == f"images/{i:06d}.png"
-        assert set(rec) <= {"image", "question", "answer", "bbox", "choices"}
+        assert set(rec) <= {"image", "question", "answer", "bbox", "choices", "target_box"}
         assert isinstance(rec["question"], str) and rec["question"].endswith("?")
         assert isinstance(rec["answer"], str) and rec["answer"]
         with Image.open(path.parent / rec["image"]) as img:
@@ -61,6 +61,9 @@ def test_written_records_are_valid(task, tmp_path):
             assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
         if "choices" in rec:
             assert rec["answer"] in rec["choices"]
+        if "target_box" in rec:  # where a crop should look (zoom): inside the image, around the bbox
+            tx1, ty1, tx2, ty2 = rec["target_box"]
+            assert 0 <= tx1 <= x1 < x2 <= tx2 <= width and 0 <= ty1 <= y1 < y2 <= ty2 <= height
 
 
 @pytest.mark.parametrize("task", [name for name, spec in TASKS.items() if spec.classes])

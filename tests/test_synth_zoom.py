@@ -89,6 +89,7 @@ def test_layout(samples):
         assert row * cell + 12 <= y1 and y2 <= (row + 1) * cell - 12, (s.bbox, width)
         assert s.info["cell"] == cell_of(s.bbox, s.image.size) == [col * cell, row * cell, (col + 1) * cell,
                                                                     (row + 1) * cell]
+        assert s.record("x.png")["target_box"] == s.info["cell"]  # the crop that answers, written for the RL metrics
         assert model_view(s.image).size == (112, 112), "one merged 28x28 token of the view per cell"
         ring = _grey(s.image)[y1:y2, x1:x2].copy()
         b = s.info["border"]

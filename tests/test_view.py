@@ -192,3 +192,25 @@ def test_box_outside_the_image_is_listed_not_drawn(tmp_path):
     text = (run / "rollouts" / "index.html").read_text()
     assert "not drawn: [300, 0, 400, 50] px is outside the 200x160 image" in text
     assert text.count('class="box"') == 1
+
+
+def test_target_box_and_learning_signals(tmp_path):
+    """A dumped example with a target_box gets it drawn (dotted, T) and its IoU shown; RL steps in metrics.jsonl
+    become the learning-signals table (SFT lines and unreadable lines are skipped)."""
+    traj = _traj(0, [ToolCallRecord("crop", {"box": BOX}, True, box_pixels=[float(v) for v in BOX])], "eos")
+    traj.prompt.example.metadata["target_box"] = [0, 0, 100, 80]
+    run = tmp_path / "run"
+    dump_rollouts(run, 5, [traj], RewardBatch(total=[1.0], parts={}, errors={}), torch.tensor([0.5]))
+    lines = [{"step": 1, "sft/loss": 2.0}, {"step": 2, "groups/informative_fraction": 0.75,
+                                            "tools/target_hit_rate": 0.125, "train/tokens/tool/adv_abs": 0.5}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n{not json\n")
+    assert view.main([str(run)]) == 0
+    text = (run / "rollouts" / "index.html").read_text()
+    # target [0, 0, 100, 80] on 200x160: 0%, 0%, 50%, 50%; the crop BOX [40, 20, 140, 100] has IoU
+    # (60*60) / (100*80 + 100*80 - 3600) = 3600 / 12400
+    assert 'data-target="1" style="left:0.000%;top:0.000%;width:50.000%;height:50.000%"' in text
+    assert f"crop IoU with target {3600 / 12400:.2f}" in text
+    table = re.search(r'<table class="signals">.*?</table>', text).group(0)
+    assert table.count("<tr>") == 2  # heading + the one RL step
+    assert "<td>2</td><td>0.750</td><td>0.125</td><td>0.500</td>" in table
+    assert "call rate" not in table  # a metric this run does not have gets no column

@@ -64,6 +64,9 @@ def test_default_crop_is_the_grid_cell_holding_the_box(zoom_dir, tmp_path):
         x1, y1, x2, y2 = rec["bbox"]
         col, row = x1 // cell, y1 // cell  # computed here from the layout rule, not with cell_of
         assert ex.boxes == [[col * cell, row * cell, (col + 1) * cell, (row + 1) * cell]]
+        # the crop is also the example's target (metadata), where the RL diagnostics check crops land
+        assert ex.metadata["target_box"] == [col * cell, row * cell, (col + 1) * cell, (row + 1) * cell]
+        assert rec["target_box"] == ex.metadata["target_box"]  # synth wrote the same cell into the generic JSONL
         assert col * cell < x1 < x2 < (col + 1) * cell and row * cell < y1 < y2 < (row + 1) * cell
         assert f"<tool_call>[{col * cell}, {row * cell}, {(col + 1) * cell}, {(row + 1) * cell}]</tool_call>" in ex.target
     with pytest.raises(ValueError, match="crop 'middle'"):

@@ -19,7 +19,12 @@ box is drawn (an absolutely-positioned div over the <img>, in percent of the ima
    resized size, which the dump does not hold: not drawn;
 3. otherwise (an empty box_frame means "the family's own", unknown here) the box is listed but not drawn.
 Each image gets data-loaded="1" from a small inline script once it has loaded ("0" if it failed), which
-tests/test_view.py reads back from headless Chromium.
+tests/test_view.py reads back from headless Chromium. A record with a "target_box" (where the crop should look,
+original pixels) gets it drawn dotted black, marked T, and its "crop_target_iou" shown in the header.
+
+Learning signals: when RUN_DIR/metrics.jsonl holds RL steps (engine/diagnostics.py), the page opens with a table of
+them (at most --max rows, evenly spaced): the fraction of groups whose rewards differ, the crop-on-target rate,
+and the mean |advantage|, entropy and clip fraction of the tool-call, answer and other tokens.
 
 Exit status 2 (with the reason on stderr) when RUN_DIR has no dumped rollouts or a line is not a JSON object.
 """
@@ -56,7 +61,8 @@ pre.response { white-space: pre-wrap; word-break: break-word; background: #f4f4f
 .hl-think { background: #e8f0fe; } .hl-answer { background: #d9f5d9; font-weight: 600; }
 .hl-tool_call, .hl-tool { background: #fff1c2; outline: 1px solid #e0b400; } .tag { color: #777; font-weight: 400; }
 table { border-collapse: collapse; margin: 6px 0; } td, th { border: 1px solid #ddd; padding: 2px 8px; }
-.error { color: #b3261e; }
+.error { color: #b3261e; } .target { border: 2px dotted #000; } .target b { background: #000; }
+table.signals td { text-align: right; }
 """
 SCRIPT = """
 for (const img of document.querySelectorAll("img")) {
@@ -144,6 +150,45 @@ def pixel_box(call: dict, frame: str, size: tuple[int, int]) -> tuple[list[float
     return None, f"not drawn: box frame {frame or 'unknown'!r} cannot be mapped to pixels from the dump"
 
 
+# (metrics.jsonl key, column heading) of the learning-signals table; a key missing from a run is left out
+SIGNALS = (
+    ("reward/accuracy", "accuracy"), ("groups/informative_fraction", "groups with differing rewards"),
+    ("groups/hit_informative_fraction", "groups with differing crop hits"), ("tools/call_rate", "call rate"),
+    ("tools/target_hit_rate", "crop on target"),
+    *((f"train/tokens/{c}/{s}", f"{c} {label}") for c in ("tool", "answer", "text")
+      for s, label in (("adv_abs", "|adv|"), ("entropy", "entropy"), ("clip_frac", "clip"))),
+)
+
+
+def read_signals(run_dir: Path) -> list[dict]:
+    """The RL steps of RUN_DIR/metrics.jsonl that carry learning signals (unreadable lines are skipped: the page
+    is a viewer, the run may still be writing)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "groups/informative_fraction" in row:
+            rows.append(row)
+    return rows
+
+
+def render_signals(rows: list[dict], max_rows: int) -> str:
+    if not rows:
+        return ""
+    columns = [(k, h) for k, h in SIGNALS if any(k in r for r in rows)]
+    head = "<tr><th>step</th>" + "".join(f"<th>{_esc(h)}</th>" for _, h in columns) + "</tr>"
+    body = "".join("<tr><td>" + _esc(r.get("step")) + "</td>"
+                   + "".join(f"<td>{_num(r[k]) if k in r else ''}</td>" for k, _ in columns) + "</tr>"
+                   for r in spread(rows, max_rows))
+    return (f"<h2>Learning signals per RL step</h2><p>{len(rows)} RL steps in metrics.jsonl "
+            f"(engine/diagnostics.py says what each means)</p><table class=\"signals\">{head}{body}</table>")
+
+
 def highlight(text: str) -> str:
     """The response, HTML-escaped, with complete tag blocks wrapped in <span class="hl-TAG"> (tags shown)."""
     out = html.escape(text, quote=False)
@@ -207,6 +252,14 @@ def render_rollout(rec: dict, *, folder: Path, page_dir: Path, frame: str) -> st
             size = im.size
     calls = [c for c in rec.get("tool_calls", []) if isinstance(c, dict)]
     overlays, calls_table = render_calls(calls, rec.get("box_frame") or frame, size)
+    target = _box(rec.get("target_box"))
+    if target is not None and size:
+        l, t = 100 * target[0] / size[0], 100 * target[1] / size[1]
+        w, h = 100 * (target[2] - target[0]) / size[0], 100 * (target[3] - target[1]) / size[1]
+        overlays += (f'<div class="box target" data-target="1" style="left:{l:.3f}%;top:{t:.3f}%;width:{w:.3f}%;'
+                     f'height:{h:.3f}%"><b>T</b></div>')
+    hit = rec.get("crop_target_iou")
+    hit_note = f"<span>crop IoU with target {_num(hit, '{:.2f}')}</span>" if hit is not None else ""
     figures = []
     for i, path in enumerate(images):
         src = quote(Path(os.path.relpath(folder / path, page_dir)).as_posix())
@@ -220,14 +273,15 @@ def render_rollout(rec: dict, *, folder: Path, page_dir: Path, frame: str) -> st
             f'<div class="meta"><span><b>step {_esc(rec.get("step"))}</b> #{_esc(rec.get("index"))}</span>'
             f'<span>reward <b>{_num(rec.get("reward"))}</b></span>'
             f'<span class="{sign}">advantage {_num(adv, "{:+.3f}")}</span>'
-            f'<span>stop {_esc(rec.get("stop", ""))}</span></div>'
+            f'<span>stop {_esc(rec.get("stop", ""))}</span>{hit_note}</div>'
             f'<p><b>Q:</b> {_esc(rec.get("question", ""))}<br><b>reference:</b> {_esc(rec.get("answer", ""))}</p>'
             f'<div class="images">{"".join(figures)}</div>'
             f'<pre class="response">{highlight(str(rec.get("response", "")))}</pre>'
             f'<table class="parts"><tr><th>reward part</th><th>value</th></tr>{parts}</table>{calls_table}</section>')
 
 
-def render_page(records: list[dict], *, folder: Path, page_dir: Path, frame: str, title: str) -> str:
+def render_page(records: list[dict], *, folder: Path, page_dir: Path, frame: str, title: str,
+                signals: str = "") -> str:
     body = "\n".join(render_rollout(r, folder=folder, page_dir=page_dir, frame=frame) for r in records)
     dumped = sorted({str(r["box_frame"]) for r in records if r.get("box_frame")})
     if dumped:
@@ -236,7 +290,7 @@ def render_page(records: list[dict], *, folder: Path, page_dir: Path, frame: str
         note = f"box frame from config: {frame!r}" if frame else "box frame: unknown (only box_pixels are drawn)"
     return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{_esc(title)}</title>'
             f'<style>{STYLE}</style></head><body><h1>{_esc(title)}</h1>'
-            f'<p>{len(records)} rollouts; {_esc(note)}</p>\n{body}\n<script>{SCRIPT}</script></body></html>\n')
+            f'{signals}<p>{len(records)} rollouts; {_esc(note)}</p>\n{body}\n<script>{SCRIPT}</script></body></html>\n')
 
 
 def write_view(run_dir, out=None, max_items: int = 32) -> Path:
@@ -247,7 +301,8 @@ def write_view(run_dir, out=None, max_items: int = 32) -> Path:
     out = Path(out) if out else folder / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     page = render_page(spread(records, max_items), folder=folder, page_dir=out.parent,
-                       frame=config_box_frame(folder.parent), title=f"rollouts of {run_dir}")
+                       frame=config_box_frame(folder.parent), title=f"rollouts of {run_dir}",
+                       signals=render_signals(read_signals(folder.parent), max_items))
     out.write_text(page, encoding="utf-8")
     return out
 

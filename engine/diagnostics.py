@@ -1,0 +1,143 @@
+"""Learning signals of an RL step: what says whether GRPO can learn from this batch, above all on tool trajectories.
+
+    traj.token_class = classify_tokens(traj.ids, traj.mask, tokenizer.batch_decode)   # engine/rollout.py: finish
+    metrics |= class_metrics(class_K, adv_K=..., entropy_K=..., loss_metrics=...)     # engine/objective.py, per row
+    record = rollout_record(trajs, rewards_B)                                          # engine/step.py, per rank
+    m |= reduce_rollout_records(records); finalize_class_metrics(m)                    # engine/step.py, per step
+
+Token classes (TOKEN_CLASSES) come from the text the policy wrote, so they need no knowledge of a task: "tool" is
+every sampled token of a tool call (`<tool_call>...</tool_call>` or `<tool>...</tool>`, tags included: the box
+numbers, above all), "answer" every token of `<answer>...</answer>` (an unclosed one runs to the end), "text" the
+rest (thinking, the end-of-turn token). Per class and step (TensorBoard and metrics.jsonl, as train/tokens/...):
+- share: the class's fraction of the step's loss tokens;
+- adv_mean, adv_abs: the mean advantage and mean |advantage| its tokens carry into the loss (a class the loss
+  mask or the advantage never reaches shows share 0 or adv_abs 0);
+- entropy: the policy's mean entropy there (near 0: a group's samples agree, there is nothing to choose between);
+- clip_frac, clip_frac_high, clip_frac_low: the loss's own clip fractions (engine/losses.py) over the class's tokens.
+  With algo.num_updates = 1 the ratio is exactly 1 and they are 0 by construction: the clip only acts from the
+  second update on a rollout.
+Per step, from the rollouts (as groups/... and tools/...):
+- groups/informative_fraction: groups whose rewards are not all equal (the others get advantage 0 everywhere);
+  groups/reward_std: the mean within-group reward std;
+- tools/target_hit_rate: trajectories whose best working crop has IoU >= 0.5 with the example's metadata
+  target_box (rewards/tool_target.py), over the trajectories whose example has one; tools/target_iou: the mean
+  best IoU; groups/hit_informative_fraction: groups whose samples do not all hit or all miss (where a
+  correctness reward can tell a good crop from a bad one).
+
+Reduction: class metrics leave the row as sums over the class's tokens divided by the row's token count, so the
+step's usual token-weighted mean of row metrics (engine/step.py) gives (sum over the class's tokens) / (all loss
+tokens) exactly; finalize_class_metrics then divides by the class's share. Shapes: K loss tokens of one row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import torch
+
+from rewards.tool_target import HIT_IOU, crop_target_iou
+
+TOKEN_CLASSES = ("tool", "answer", "text")
+_SPANS = (  # class index, pattern over the sampled text; the first class whose span holds a token wins
+    (0, re.compile(r"<tool_call>.*?</tool_call>|<tool>.*?</tool>", re.DOTALL)),
+    (1, re.compile(r"<answer>.*?(?:</answer>|$)", re.DOTALL)),
+)
+_PREFIX = "tokens/"
+
+
+def classify_tokens(ids: list[int], mask: list[int], batch_decode: Callable[[list[list[int]]], list[str]]
+                    ) -> list[int]:
+    """Per position of a trajectory: the TOKEN_CLASSES index of each sampled token (mask 1), -1 elsewhere. The
+    sampled tokens' texts are joined (injected tool results are not the policy's words) and matched against the
+    span patterns; a token is in a span when any of its characters is."""
+    sampled = [k for k, m in enumerate(mask) if m]
+    out = [-1] * len(ids)
+    if not sampled:
+        return out
+    pieces = batch_decode([[ids[k]] for k in sampled])
+    text = "".join(pieces)
+    owner = [len(TOKEN_CLASSES) - 1] * len(text)  # "text" unless a span claims the character
+    for cls, pattern in reversed(_SPANS):  # earlier classes written last: they win overlaps
+        for match in pattern.finditer(text):
+            owner[match.start():match.end()] = [cls] * (match.end() - match.start())
+    start = 0
+    for k, piece in zip(sampled, pieces):
+        chars = owner[start:start + len(piece)]
+        out[k] = min(chars) if chars else len(TOKEN_CLASSES) - 1  # an empty piece (a special token) is "text"
+        start += len(piece)
+    return out
+
+
+def class_metrics(class_K: torch.Tensor, *, adv_K: torch.Tensor, entropy_K: torch.Tensor,
+                  loss_metrics: Callable[[torch.Tensor], dict]) -> dict[str, torch.Tensor]:
+    """Per token class, detached sums over its tokens divided by the row's token count K (see the reduction note
+    above). `loss_metrics(mask_K)` is the loss's own metrics over the tokens of a mask (its clip fractions)."""
+    n = max(class_K.numel(), 1)
+    out: dict[str, torch.Tensor] = {}
+    adv_K, entropy_K = adv_K.detach().float(), entropy_K.detach().float()
+    for cls, name in enumerate(TOKEN_CLASSES):
+        keep_K = class_K.to(adv_K.device) == cls
+        count = keep_K.sum()
+        share = count.float() / n
+        out[f"{_PREFIX}{name}/share"] = share
+        out[f"{_PREFIX}{name}/adv_mean"] = torch.where(keep_K, adv_K, 0.0).sum() / n
+        out[f"{_PREFIX}{name}/adv_abs"] = torch.where(keep_K, adv_K.abs(), 0.0).sum() / n
+        out[f"{_PREFIX}{name}/entropy"] = torch.where(keep_K, entropy_K, 0.0).sum() / n
+        for key, value in loss_metrics(keep_K).items():
+            if key.startswith("clip_frac"):  # a masked mean over the class: times its share, a sum over n
+                out[f"{_PREFIX}{name}/{key}"] = value.detach().float() * share
+    return out
+
+
+def finalize_class_metrics(metrics: dict, prefix: str = "train/") -> None:
+    """In place: turn the step's class sums over all loss tokens into means over each class's tokens. A class
+    with no tokens this step keeps its share (0) and drops its means (they are undefined, not 0)."""
+    for name in TOKEN_CLASSES:
+        head = f"{prefix}{_PREFIX}{name}/"
+        share = metrics.get(f"{head}share")
+        if share is None:
+            continue
+        share = float(share)
+        for key in [k for k in metrics if k.startswith(head) and k != f"{head}share"]:
+            if share > 0:
+                metrics[key] = float(metrics[key]) / share
+            else:
+                del metrics[key]
+
+
+def rollout_record(trajs, rewards_B: torch.Tensor) -> dict:
+    """This rank's plain counts for the step's group and crop-target metrics (summed over ranks by
+    reduce_rollout_records). Groups never span ranks (engine/step.py), so per-rank group counts add up."""
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(trajs):
+        groups.setdefault(t.group, []).append(i)
+    ious = [crop_target_iou(t.prompt.example, t.tool_calls) for t in trajs]
+    rec = {"groups": len(groups), "informative": 0, "reward_std": 0.0, "targets": 0, "hits": 0, "iou": 0.0,
+           "hit_groups": 0, "hit_informative": 0}
+    for idx in groups.values():
+        r = rewards_B[idx]
+        rec["informative"] += int(r.max() > r.min())
+        rec["reward_std"] += float(r.std(unbiased=False))
+        hits = [ious[i] >= HIT_IOU for i in idx if ious[i] is not None]
+        if hits:
+            rec["hit_groups"] += 1
+            rec["hit_informative"] += int(0 < sum(hits) < len(hits))
+    for v in ious:
+        if v is not None:
+            rec["targets"] += 1
+            rec["hits"] += int(v >= HIT_IOU)
+            rec["iou"] += v
+    return rec
+
+
+def reduce_rollout_records(records: list[dict]) -> dict[str, float]:
+    """The step's group and crop-target metrics from every rank's rollout_record."""
+    total = {k: sum(r[k] for r in records) for k in records[0]}
+    m = {"groups/informative_fraction": total["informative"] / max(total["groups"], 1),
+         "groups/reward_std": total["reward_std"] / max(total["groups"], 1)}
+    if total["targets"]:  # only data that knows where to look has these
+        m["tools/target_hit_rate"] = total["hits"] / total["targets"]
+        m["tools/target_iou"] = total["iou"] / total["targets"]
+        m["groups/hit_informative_fraction"] = total["hit_informative"] / max(total["hit_groups"], 1)
+    return m
