@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo test test-fast test-vllm test-openclip bench bench-peer eval tiny clean browser
+.PHONY: venv demo demo-data infer test test-fast test-vllm test-openclip bench bench-peer eval tiny clean browser
 
 venv: $(STAMP)
 
@@ -55,8 +55,16 @@ bench-peer:
 	bash scripts/install_peer.sh
 	.venv-peer/bin/python scripts/bench_peer.py
 
-eval: $(STAMP)
+# The demo's data (runs/data/colors-*), written once; `make eval` with configs/demo.toml reads colors-eval.
+demo-data: $(STAMP)
+	$(VPY) scripts/demo.py --data-only
+
+eval: $(STAMP) demo-data
 	$(VPY) eval.py $(ARGS)
+
+# Ask a model about an image: make infer ARGS="--model DIR --image IMG --question 'What color is the square?'"
+infer: $(STAMP)
+	$(VPY) infer.py $(ARGS)
 
 tiny: $(STAMP)
 	$(VPY) -m models.tiny --arch qwen2_5_vl --out runs/tiny-qwen2_5_vl

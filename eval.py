@@ -1,39 +1,90 @@
-"""Evaluate a model folder (or a run's checkpoint) on held-out data: greedy answers, reward-scored.
+"""Evaluate a model on held-out data and leave a record a person can read: metrics, predictions, an HTML report.
 
-    python eval.py --config configs/demo.toml --model.path runs/demo/checkpoints/step_000060/model
-    make eval ARGS="--config configs/demo.toml"
+    python eval.py --config configs/demo.toml --model.path runs/demo                            # a run folder
+    python eval.py --config configs/demo.toml --model.path runs/demo/checkpoints/step_000072     # a checkpoint
+    python eval.py --config configs/demo.toml --model.path runs/tiny-qwen2_5_vl --out runs/eval  # a model folder
+    make eval ARGS="--config configs/demo.toml --model.path DIR"
+
+--model.path may be a model folder, a run's checkpoint folder, a LoRA adapter or checkpoint (merged into its base on
+the fly) or a run folder (its merged/ export or latest checkpoint; engine/model_source.py). Only data.eval is read
+(no training data). Writes into --out (default: RUN/eval when the model came from a run, else runs/eval):
+metrics.json, predictions.jsonl (question, reference, answer, reward parts, tool calls, image paths), images/
+(originals and crops) and index.html (plots, the run's training curves, the examples with their crops drawn),
+which opens from disk.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from pathlib import Path
 
 from train import parse
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--out", default="", help="folder for the report (default RUN/eval, or runs/eval)")
+    own.add_argument("--max-shown", type=int, default=50, help="examples drawn in index.html (all are in "
+                                                                  "predictions.jsonl)")
+    args, rest = own.parse_known_args(argv)
     try:
-        cfg = parse(sys.argv[1:] if argv is None else argv, description=__doc__.split("\n\n")[0])
+        cfg = parse(rest, description=__doc__.split("\n\n")[0] + " Its own flags: --out DIR (default RUN/eval, or "
+                    "runs/eval), --max-shown N (examples drawn in the page, default 50).")
     except ValueError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from engine.evaluate import evaluate
+    from engine.eval_report import write_report
+    from engine.evaluate import evaluate, headline
+    from engine.model_source import load_any
     from engine.tool_protocols import make_protocol
+<<<<<<< HEAD
     from engine.data_setup import load_eval
     from engine.trainer import load_policy
+=======
+    from engine.data_setup import load_eval
+    from models.tiny import tiny_model_dir
+>>>>>>> 09f2417 (eval.py needs only a model and held-out data, takes a model, run, checkpoint or LoRA folder (merged on the fly), and leaves predictions.jsonl and an HTML report (SVG plots, training curves, crops drawn); infer.py and engine.infer.Assistant ask a model about an image with or without tools)
     from rewards.setup import setup_rewards
 
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
+<<<<<<< HEAD
         vlm = load_policy(cfg)
         examples = load_eval(cfg)
+=======
+        if not cfg.data.eval:
+            raise ValueError("data.eval is empty: point it at held-out data (python -m data.check PATH tells the "
+                             "format)")
+        if not Path(cfg.data.eval).exists():
+            raise ValueError(f"data.eval {cfg.data.eval} does not exist: write it first (the demo's: make demo-data; "
+                             "a synthetic task: python -m data.synth TASK --n N --out DIR)")
+        examples = load_eval(cfg)
+        path = cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed)
+        vlm, source = load_any(path, dtype=cfg.model.dtype, device=device,
+                               attn_implementation=cfg.model.attn_implementation, box_frame=cfg.model.box_frame or None,
+                               min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+        print(f"model: {source.describe()}; {len(examples)} held-out examples from {cfg.data.eval}")
+>>>>>>> 09f2417 (eval.py needs only a model and held-out data, takes a model, run, checkpoint or LoRA folder (merged on the fly), and leaves predictions.jsonl and an HTML report (SVG plots, training curves, crops drawn); infer.py and engine.infer.Assistant ask a model about an image with or without tools)
         # the judge, sentence embedder and model scorer, exactly as training scores them
-        scorer = setup_rewards(cfg.reward, vlm, dtype=cfg.model.dtype, device=str(next(vlm.model.parameters()).device))
-        result = evaluate(vlm, examples, cfg, make_protocol(cfg.rollout.protocol, vlm, tools=cfg.rollout.tools), scorer=scorer)
+        scorer = setup_rewards(cfg.reward, vlm, dtype=cfg.model.dtype, device=device)
+        protocol = make_protocol(cfg.rollout.protocol, vlm, tools=cfg.rollout.tools)
+        result = evaluate(vlm, examples, cfg, protocol, scorer=scorer, keep_trajectories=True)
+        summary = headline(result.metrics, cfg.eval.metrics)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    out = Path(args.out) if args.out else (source.run_dir / "eval" if source.run_dir else Path("runs/eval"))
+    page = write_report(out, result, title=f"evaluation of {source.describe()}",
+                        subtitle=f"data {cfg.data.eval}, protocol {cfg.rollout.protocol}, greedy",
+                        box_frame=vlm.family.box_frame, run_dir=source.run_dir, max_examples=args.max_shown)
     print(json.dumps(result.metrics, indent=2))
+    print(f"held-out: {summary} on {result.metrics['num_examples']} examples")
+    print(f"wrote {out}/metrics.json, {out}/predictions.jsonl and the report {page}")
     return 0
 
 

@@ -320,5 +320,3 @@ class Config:
             raise ValueError(f"data.{', data.'.join(resized)} with rollout.sampler = vllm: vLLM resizes images with the "
                              "model folder's own processor settings, so its image tokens would not match the "
                              "trainer's; use the native sampler, or write the bounds into preprocessor_config.json")
-        if not self.data.train:
-            raise ValueError("data.train is empty: point it at a dataset (python -m data.check PATH tells the format)")

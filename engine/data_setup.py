@@ -28,6 +28,8 @@ def _load(path: str, cfg: Config, split: str, default_split: str, verbose: bool)
 
 def load_train(cfg: Config, verbose: bool = True) -> list[Example]:
     """The training examples: `data.train` (its `train_split`), `data.num_samples` of them when set."""
+    if not cfg.data.train:  # checked here, not in Config: eval.py needs no training data
+        raise ValueError("data.train is empty: point it at a dataset (python -m data.check PATH tells the format)")
     examples, fmt = _load(cfg.data.train, cfg, cfg.data.train_split, "train", verbose)
     kept = subsample(examples, cfg.data.num_samples, cfg.train.seed)
     if verbose:

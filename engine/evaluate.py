@@ -10,7 +10,7 @@ order, so every rank gets the metrics and records one process would compute.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -19,13 +19,24 @@ from engine.rollout import rollout
 from engine.step import score
 from engine.trajectory import build_prompt
 from models.load import VLM
+from rewards.format import extract_answer
 from tools.schema import system_with_tools
 
 
 @dataclass
 class EvalResult:
     metrics: dict[str, float]  # each of cfg.eval.metrics, each reward of the mix, "tool_call_rate", "num_examples"
-    records: list[dict]  # per example: question, answer, response, reward parts
+    records: list[dict]  # per example: question, reference, answer, response, reward parts, tool calls
+    trajectories: list = field(default_factory=list)  # with keep_trajectories (one process): images and calls
+
+
+def example_record(t, parts: dict[str, float]) -> dict:
+    """What a person reads about one answered example (JSON-ready; images are the report's business)."""
+    ex = t.prompt.example
+    return {"origin": ex.origin, "question": ex.question, "reference": ex.answer, "answer": extract_answer(t.text),
+            "response": t.text, "stop": t.stop, **parts, "num_tool_calls": len(t.tool_calls),
+            "tool_calls": [{"name": c.name, "args": c.args, "ok": c.ok, "error": c.error,
+                            "box_pixels": c.box_pixels} for c in t.tool_calls]}
 
 
 def system_prompt(cfg, vlm: VLM) -> str:
@@ -42,8 +53,9 @@ def prompts_for(examples, vlm: VLM, cfg):
 
 @torch.no_grad()
 def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, scorer=None,
-             dist: D.Dist | None = None) -> EvalResult:
-    """Greedy answers to `examples`, scored by the reward mix and by every reward named in cfg.eval.metrics."""
+             dist: D.Dist | None = None, keep_trajectories: bool = False) -> EvalResult:
+    """Greedy answers to `examples`, scored by the reward mix and by every reward named in cfg.eval.metrics.
+    `keep_trajectories` (one process): the result also holds the trajectories (images, crops) for a report."""
     if not examples:
         raise ValueError("no held-out examples to evaluate: set data.eval")
     dist = dist or D.Dist()
@@ -53,7 +65,7 @@ def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, scorer=
     settings = replace(cfg.rollout, group_size=1, temperature=0.0)  # greedy, one answer per question
     scored = _with_metrics(cfg, cfg.eval.metrics)
     parts: dict[str, list[float]] = {}
-    records, tool_rate = [], 0
+    records, tool_rate, kept = [], 0, []
     with D.unsharded(vlm.model):  # no collectives inside: ranks may make different numbers of forwards
         for start in range(0, len(mine), batch_size):
             prompts = prompts_for(mine[start:start + batch_size], vlm, cfg)
@@ -63,9 +75,8 @@ def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, scorer=
                 parts.setdefault(name, []).extend(values)
             tool_rate += sum(bool(t.tool_calls) for t in trajs)
             for i, t in enumerate(trajs):
-                records.append({"question": t.prompt.example.question, "answer": t.prompt.example.answer,
-                                "response": t.text, "tool_calls": len(t.tool_calls),
-                                **{k: v[i] for k, v in rewards.parts.items()}})
+                records.append(example_record(t, {k: v[i] for k, v in rewards.parts.items()}))
+            kept += trajs if keep_trajectories else []
     vlm.model.train(was_training)
     shares = D.all_gather_objects((parts, records, tool_rate))  # rank order = example order
     names = next((list(p) for p, _, _ in shares if p), [])  # the reward mix: the same on every rank that scored
@@ -75,7 +86,7 @@ def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, scorer=
     metrics = {name: sum(v) / n for name, v in parts.items()}
     metrics["tool_call_rate"] = sum(t for _, _, t in shares) / n
     metrics["num_examples"] = n
-    return EvalResult(metrics=metrics, records=records)
+    return EvalResult(metrics=metrics, records=records, trajectories=kept if dist.world == 1 else [])
 
 
 def _with_metrics(cfg, metrics: list[str]):

@@ -4,6 +4,7 @@ Builds the tiny model (cached), writes held-out-separated synthetic data, runs c
 then GRPO), and prints held-out greedy accuracy after SFT and after RL. Results: runs/demo/summary.json.
 
     python scripts/demo.py [--out runs/demo] [extra train.py flags, e.g. --rl.steps 50]
+    python scripts/demo.py --data-only      # only the data (make demo-data)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def make_data() -> None:
 
 def main(argv: list[str]) -> int:
     make_data()
+    if argv == ["--data-only"]:  # make demo-data: what `make eval` with configs/demo.toml reads
+        return 0
     out_dir = "runs/demo"
     if "--out" in argv:
         i = argv.index("--out")

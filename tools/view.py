@@ -272,7 +272,7 @@ def render_rollout(rec: dict, *, folder: Path, page_dir: Path, frame: str) -> st
     return (f'<section class="rollout" data-step="{_esc(rec.get("step"))}">'
             f'<div class="meta"><span><b>step {_esc(rec.get("step"))}</b> #{_esc(rec.get("index"))}</span>'
             f'<span>reward <b>{_num(rec.get("reward"))}</b></span>'
-            f'<span class="{sign}">advantage {_num(adv, "{:+.3f}")}</span>'
+            + (f'<span class="{sign}">advantage {_num(adv, "{:+.3f}")}</span>' if adv is not None else "") +
             f'<span>stop {_esc(rec.get("stop", ""))}</span>{hit_note}</div>'
             f'<p><b>Q:</b> {_esc(rec.get("question", ""))}<br><b>reference:</b> {_esc(rec.get("answer", ""))}</p>'
             f'<div class="images">{"".join(figures)}</div>'

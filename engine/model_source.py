@@ -1,0 +1,95 @@
+"""One path, any trained model: a model folder, a run's checkpoint, a LoRA adapter or a whole run folder.
+
+    source = resolve_model("runs/demo/checkpoints/step_000072")   # -> its model/ folder, the run runs/demo
+    vlm, source = load_any("runs/lora-run", dtype="float32")       # the adapter merged into its base on the fly
+
+What a path may be, tried in this order:
+- a Hugging Face VLM folder (config.json): loaded as is;
+- a LoRA adapter folder (adapter_config.json, what a LoRA run's checkpoint holds in model/): its base model is the
+  run's `model.path` from the checkpoint's config.toml (or the tiny model it names), else the adapter config's
+  base_model_name_or_path; the adapter is merged into it after loading (peft's merge_and_unload);
+- a checkpoint folder (holding model/): that model/ folder, as above;
+- a run folder (holding checkpoints/ or merged/): its merged/ export when there is one (a LoRA run's final model),
+  else its latest checkpoint. The run folder is remembered (an evaluation report plots its metrics.jsonl).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.checkpoint import latest_checkpoint
+from models.load import VLM, load_vlm
+from models.tiny import tiny_model_dir
+
+
+@dataclass
+class ModelSource:
+    model_dir: Path  # the folder weights load from (an adapter's base model when adapter_dir is set)
+    adapter_dir: Path | None = None  # a LoRA adapter merged in after loading
+    run_dir: Path | None = None  # the run the model came from, when known
+
+    def describe(self) -> str:
+        text = f"{self.adapter_dir} (LoRA, merged into {self.model_dir})" if self.adapter_dir else str(self.model_dir)
+        return text + (f", run {self.run_dir}" if self.run_dir else "")
+
+
+def _run_of(checkpoint: Path) -> Path | None:
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
+def _base_of(adapter: Path, config_toml: Path | None) -> Path:
+    """The adapter's base model: the run config's model.path (or the tiny model it trained), else peft's record."""
+    if config_toml is not None and config_toml.is_file():
+        cfg = tomllib.loads(config_toml.read_text(encoding="utf-8"))
+        model, train = cfg.get("model", {}), cfg.get("train", {})
+        if model.get("path"):
+            return Path(model["path"])
+        return tiny_model_dir(model.get("tiny_arch", "qwen2_5_vl"), seed=train.get("seed", 0))
+    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    raise ValueError(f"{adapter} is a LoRA adapter whose base model is unknown: no config.toml beside it and "
+                     f"base_model_name_or_path {recorded!r} is not a folder here; pass the checkpoint folder that "
+                     "holds it (its config.toml names the base)")
+
+
+def resolve_model(path: str | Path) -> ModelSource:
+    p = Path(path)
+    if not p.is_dir():
+        raise ValueError(f"model {p} does not exist: pass a model folder, a run folder, a run's checkpoint folder "
+                         "(runs/X/checkpoints/step_N) or a LoRA adapter folder")
+    if (p / "config.json").is_file():
+        run = _run_of(p.parent) if p.name in ("model", "merged") else None
+        return ModelSource(model_dir=p, run_dir=run or (p.parent if p.name == "merged" else None))
+    if (p / "adapter_config.json").is_file():
+        checkpoint = p.parent if p.name == "model" else None
+        base = _base_of(p, checkpoint / "config.toml" if checkpoint else None)
+        return ModelSource(model_dir=base, adapter_dir=p, run_dir=_run_of(checkpoint) if checkpoint else None)
+    if (p / "model").is_dir():
+        return resolve_model(p / "model")
+    if (p / "merged" / "config.json").is_file():
+        return resolve_model(p / "merged")
+    if (p / "checkpoints").is_dir():
+        latest = latest_checkpoint(p)
+        if latest is None:
+            raise ValueError(f"{p}/checkpoints has no complete checkpoint yet (no 'latest'): train longer or pass a "
+                             "model folder")
+        return resolve_model(latest)
+    raise ValueError(f"{p} holds no model: expected config.json (a model folder), adapter_config.json (a LoRA "
+                     "adapter), model/ (a checkpoint), or checkpoints/ or merged/ (a run folder)")
+
+
+def load_any(path: str | Path, **load_options) -> tuple[VLM, ModelSource]:
+    """The model `path` names (see the module docstring), LoRA merged in, in eval mode. `load_options` go to
+    models.load.load_vlm (dtype, device, attn_implementation, box_frame, min_pixels, max_pixels)."""
+    source = resolve_model(path)
+    vlm = load_vlm(source.model_dir, **load_options)
+    if source.adapter_dir is not None:
+        from peft import PeftModel
+
+        vlm.model = PeftModel.from_pretrained(vlm.model, source.adapter_dir).merge_and_unload()
+    vlm.model.eval()
+    return vlm, source

@@ -1,0 +1,90 @@
+"""Ask a model a question about an image, with tools or without: prints the answer, the tool calls and the crops.
+
+    python infer.py --model runs/demo --image photo.png --question "What color is the square?"
+    python infer.py --model runs/zoom-tools --config configs/zoom_tools.toml --image img.png --question "..."
+    python infer.py --model DIR --image img.png --question "..." --tools crop,zoom       # enable tools
+    python infer.py --model DIR --data held_out.jsonl --out answers.jsonl                 # batch over a data file
+
+--model is a model folder, a run folder, a checkpoint folder or a LoRA adapter (engine/model_source.py). Pass the
+preset the model was trained with (--config) so it is asked the way it was taught (system prompt, question
+template, prefill, tools); any config key can be overridden (--rollout.max_new_tokens 128). --tools NAMES (comma
+separated) is --rollout.tools, with the inline protocol when the config has none. Crops are saved under --crops-dir.
+Batch mode reads any format data.check reads and writes one JSON line per example (question, reference, answer,
+response, tool calls, crops) to --out. The same from Python: engine.infer.Assistant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from train import parse
+
+
+def print_reply(reply, index: int | None = None) -> None:
+    head = f"[{index}] " if index is not None else ""
+    print(f"{head}question: {reply.question}")
+    print(f"{head}answer: {reply.answer if reply.answer is not None else '(none: no <answer> tag)'}")
+    print(f"{head}response: {reply.response}")
+    print(f"{head}tool calls: {len(reply.tool_calls)}")
+    crops = iter(reply.crops)
+    for k, call in enumerate(reply.tool_calls, 1):
+        result = f"-> {next(crops, '(no image)')}" if call["ok"] else f"failed: {call['error']}"
+        print(f"{head}  {k}. {call['name']} {json.dumps(call['args'])} {result}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--model", default="")
+    own.add_argument("--image", default="")
+    own.add_argument("--question", default="")
+    own.add_argument("--data", default="")
+    own.add_argument("--out", default="")
+    own.add_argument("--tools", default=None)
+    own.add_argument("--crops-dir", default="runs/infer")
+    own.add_argument("--temperature", type=float, default=0.0)
+    args, rest = own.parse_known_args(argv)
+    try:
+        cfg = parse(rest, description=__doc__.split("\n\n")[0] + " Its own flags: --model, --image, --question, "
+                    "--data, --out, --tools, --crops-dir, --temperature (0: greedy).")
+    except ValueError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    single = bool(args.image or args.question)
+    if not args.model or single == bool(args.data) or (single and not (args.image and args.question)):
+        print("usage: infer.py --model DIR (--image IMG --question TEXT | --data FILE [--out FILE]) "
+              "[--config PRESET] [--tools crop,zoom]  (--help for more)", file=sys.stderr)
+        return 2
+    from data import load_examples
+    from engine.infer import Assistant
+
+    tools = [t for t in args.tools.split(",") if t] if args.tools is not None else None
+    try:
+        bot = Assistant(args.model, config=cfg, tools=tools, temperature=args.temperature, crops_dir=args.crops_dir)
+        print(f"model: {bot.source.describe()}; protocol {bot.cfg.rollout.protocol}, tools "
+              f"{', '.join(bot.cfg.rollout.tools) or ('all' if bot.cfg.rollout.protocol != 'none' else 'none')}")
+        if single:
+            print_reply(bot.ask(args.image, args.question))
+            return 0
+        examples = load_examples(args.data, image_root=cfg.data.image_root or None).examples
+        replies = bot.ask_many(examples)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = open(args.out, "w", encoding="utf-8") if args.out else None
+    for i, (example, reply) in enumerate(zip(examples, replies)):
+        print_reply(reply, i)
+        if out:
+            out.write(json.dumps({"origin": example.origin, "reference": example.answer, **asdict(reply)},
+                                 ensure_ascii=False) + "\n")
+    if out:
+        out.close()
+        print(f"wrote {len(replies)} answers to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
