@@ -36,27 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    import torch
+
+    from engine.data_setup import load_eval
     from engine.eval_report import write_report
     from engine.evaluate import evaluate, headline
     from engine.model_source import load_any
     from engine.tool_protocols import make_protocol
-<<<<<<< HEAD
-    from engine.data_setup import load_eval
-    from engine.trainer import load_policy
-=======
-    from engine.data_setup import load_eval
     from models.tiny import tiny_model_dir
->>>>>>> 09f2417 (eval.py needs only a model and held-out data, takes a model, run, checkpoint or LoRA folder (merged on the fly), and leaves predictions.jsonl and an HTML report (SVG plots, training curves, crops drawn); infer.py and engine.infer.Assistant ask a model about an image with or without tools)
     from rewards.setup import setup_rewards
-
-    import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-<<<<<<< HEAD
-        vlm = load_policy(cfg)
-        examples = load_eval(cfg)
-=======
         if not cfg.data.eval:
             raise ValueError("data.eval is empty: point it at held-out data (python -m data.check PATH tells the "
                              "format)")
@@ -69,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
                                attn_implementation=cfg.model.attn_implementation, box_frame=cfg.model.box_frame or None,
                                min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
         print(f"model: {source.describe()}; {len(examples)} held-out examples from {cfg.data.eval}")
->>>>>>> 09f2417 (eval.py needs only a model and held-out data, takes a model, run, checkpoint or LoRA folder (merged on the fly), and leaves predictions.jsonl and an HTML report (SVG plots, training curves, crops drawn); infer.py and engine.infer.Assistant ask a model about an image with or without tools)
         # the judge, sentence embedder and model scorer, exactly as training scores them
         scorer = setup_rewards(cfg.reward, vlm, dtype=cfg.model.dtype, device=device)
         protocol = make_protocol(cfg.rollout.protocol, vlm, tools=cfg.rollout.tools)
