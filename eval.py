@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out) if args.out else (source.run_dir / "eval" if source.run_dir else Path("runs/eval"))
     page = write_report(out, result, title=f"evaluation of {source.describe()}",
-                        subtitle=f"data {cfg.data.eval}, protocol {cfg.rollout.protocol}, greedy",
+                        subtitle=f"data {cfg.data.eval}, protocol {cfg.rollout.protocol or 'none'}, greedy",
                         box_frame=vlm.family.box_frame, run_dir=source.run_dir, max_examples=args.max_shown)
     print(json.dumps(result.metrics, indent=2))
     print(f"held-out: {summary} on {result.metrics['num_examples']} examples")

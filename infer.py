@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     tools = [t for t in args.tools.split(",") if t] if args.tools is not None else None
     try:
         bot = Assistant(args.model, config=cfg, tools=tools, temperature=args.temperature, crops_dir=args.crops_dir)
-        print(f"model: {bot.source.describe()}; protocol {bot.cfg.rollout.protocol}, tools "
-              f"{', '.join(bot.cfg.rollout.tools) or ('all' if bot.cfg.rollout.protocol != 'none' else 'none')}")
+        r = bot.cfg.rollout
+        print(f"model: {bot.source.describe()}; protocol {r.protocol or 'none'}, tools "
+              f"{', '.join(r.tools) or ('all' if r.protocol else 'none')}")
         if single:
             print_reply(bot.ask(args.image, args.question))
             return 0

@@ -27,7 +27,6 @@ from engine.config import Config
 from engine.evaluate import prompts_for
 from engine.model_source import load_any
 from engine.rollout import rollout
-from engine.step import rollout_limits, sampling_params
 from engine.tool_protocols import make_protocol
 from rewards.format import extract_answer
 
@@ -57,9 +56,9 @@ class Assistant:
         cfg = config or Config()
         rollout_cfg = cfg.rollout
         if tools is not None:
-            protocol = "inline" if tools and rollout_cfg.protocol == "none" else rollout_cfg.protocol
+            protocol = "inline" if tools and rollout_cfg.protocol is None else rollout_cfg.protocol
             rollout_cfg = replace(rollout_cfg, tools=list(tools), protocol=protocol if tools else rollout_cfg.protocol)
-        rollout_cfg = replace(rollout_cfg, temperature=temperature)
+        rollout_cfg = replace(rollout_cfg, temperature=temperature, group_size=1)  # one answer per question
         rollout_cfg.validate()
         self.cfg = replace(cfg, rollout=rollout_cfg)
         m = cfg.model
@@ -84,8 +83,7 @@ class Assistant:
         replies = []
         for start in range(0, len(examples), batch_size):
             prompts = prompts_for(examples[start:start + batch_size], self.vlm, self.cfg)
-            trajs = rollout(self.vlm, prompts, group_size=1, params=sampling_params(self.cfg), protocol=self.protocol,
-                            limits=rollout_limits(self.cfg), generator=self.generator)
+            trajs = rollout(self.vlm, prompts, self.cfg.rollout, protocol=self.protocol, generator=self.generator)
             replies += [self._reply(t) for t in trajs]
         return replies
 
