@@ -27,13 +27,16 @@ conversions, e.g. Qwen2.5-VL's `model.language_model.*` → `model.*`, Qwen3-VL-
 file's keys are mapped back by asking transformers for the same reverted view of the model's own tensors:
 each reverted tensor is a view of a parameter, and the file's tensor is copied into that view. Every parameter
 and persistent buffer must be covered (tied weights count once), and every tensor in the file must be used.
-`.pt` files are our own and hold numpy RNG state, so they are read with torch.load(weights_only=False).
+Nothing in a run folder executes on resume: weights are safetensors, and the `.pt` files hold only tensors and
+plain Python data (RNG states as tensors; `save_checkpoint` refuses anything else), read with
+`torch.load(weights_only=True)`. A file holding other objects (a planted pickle) is refused with a ValueError.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -77,6 +80,39 @@ def _step_dirs(root: Path) -> list[Path]:
     return sorted(dirs, key=lambda p: int(p.name[5:]))
 
 
+PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def check_plain(value, where: str) -> None:
+    """Raise ValueError unless `value` is tensors and plain data (dict/list/tuple of str, numbers, bool, None):
+    what `torch.load(weights_only=True)` reads back. Checked before writing, so a save never writes what the
+    resume would refuse."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise ValueError(f"{where}: key {k!r} is a {type(k).__name__}; checkpoint keys are str or int")
+            check_plain(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_plain(v, f"{where}[{i}]")
+    elif not isinstance(value, PLAIN):
+        raise ValueError(f"{where}: a {type(value).__name__} cannot go into a checkpoint (tensors and plain data "
+                         "only, so that resuming never unpickles code)")
+
+
+def load_plain(file: Path):
+    """torch.load with weights_only=True: tensors and plain data only. Anything else is refused, not run."""
+    try:
+        return torch.load(file, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((line for line in str(exc).splitlines() if "GLOBAL" in line), str(exc).splitlines()[0])
+        raise ValueError(f"{file}: refused: it holds Python objects, not only tensors and plain data, and loading "
+                         f"it could run code ({detail.strip()}). This engine never writes such files: do not "
+                         "resume from a run folder you did not make unless you know what changed it") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"{file}: cannot read this checkpoint file: {exc}") from None
+
+
 def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer=None, image_processor=None,
                     optimizer: torch.optim.Optimizer | None = None, scheduler=None, extra_state: dict,
                     config_toml: str, keep_last: int = 2, model_state: dict | None = None,
@@ -90,6 +126,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer=None, im
     for stale in root.glob(".tmp-*"):  # a crashed save's leftovers; never referenced by `latest`
         shutil.rmtree(stale, ignore_errors=True)
     name = f"step_{step:06d}"
+    check_plain(extra_state, "extra_state")
     tmp, final, aside = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root)), root / name, None
     try:
         if is_peft(model):  # the adapter only; save_adapter also names the class FSDP wrapped, not FSDP<Class>
@@ -219,8 +256,8 @@ def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer
         if obj is not None:
             if not (path / file).is_file():
                 raise ValueError(f"{path}: no {file} to restore the {type(obj).__name__} from")
-            obj.load_state_dict(torch.load(path / file, weights_only=False))
-    return torch.load(path / "state.pt", weights_only=False)
+            obj.load_state_dict(load_plain(path / file))
+    return load_plain(path / "state.pt")
 
 
 def read_optimizer_state(path: str | Path) -> dict[str, Any]:
@@ -228,15 +265,20 @@ def read_optimizer_state(path: str | Path) -> dict[str, Any]:
     file = Path(path) / "optimizer.pt"
     if not file.is_file():
         raise ValueError(f"{path}: no optimizer.pt to restore the optimizer from")
-    return torch.load(file, weights_only=False)
+    return load_plain(file)
 
 
 def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """States of python `random`, numpy's global RNG, torch CPU (and every CUDA device), and named generators
-    (each a CPU uint8 tensor from `get_state()`, a CUDA generator's too, with its device type beside it: a CUDA
-    state does not fit a CPU generator, see `generator_device`)."""
+    """States of python `random`, numpy's global RNG, torch CPU (and every CUDA device), and named generators,
+    as tensors and plain numbers (so that they load with weights_only=True). Each named generator's state is a CPU
+    uint8 tensor from `get_state()`, a CUDA generator's too, with its device type beside it: a CUDA state does not
+    fit a CPU generator, see `generator_device`."""
     generators = generators or {}
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": (version, torch.tensor(internal, dtype=torch.int64), gauss),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+             "torch": torch.get_rng_state(),
              "generators": {name: g.get_state() for name, g in generators.items()},
              "generator_devices": {name: g.device.type for name, g in generators.items()}}
     if torch.cuda.is_available():
@@ -254,8 +296,10 @@ def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | 
         if generator_device(state, name) != g.device.type:
             raise ValueError(f"restore_rng: generator {name!r} was saved on {generator_device(state, name)} and is "
                              f"restored into a {g.device.type} generator; reseed it instead")
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

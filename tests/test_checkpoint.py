@@ -232,3 +232,30 @@ def test_rng_restore_reproduces_draws(tmp_path):
     with pytest.raises(ValueError, match="'sampler' was saved on cuda"):
         restore_rng({**state, "generator_devices": {"sampler": "cuda"}}, {"sampler": gen})
     assert generator_device({"generators": {}}, "sampler") == "cpu"  # checkpoints from before the field
+
+
+class _Planted:
+    """What a tampered run folder could hold: unpickling it would call os.system."""
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch PLANTED",))
+
+
+@pytest.mark.parametrize("file", ["state.pt", "optimizer.pt", "scheduler.pt"])
+def test_planted_pickle_is_refused_not_run(tmp_path, file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    m = _model(0)
+    opt, sched = _opt_sched(m)
+    path = _save(tmp_path, 1, m, optimizer=opt, scheduler=sched)
+    torch.save({"step": 1, "x": _Planted()}, path / file)
+    with pytest.raises(ValueError, match=rf"{file}: refused: it holds Python objects.*posix.system"):
+        load_checkpoint(path, model=_model(1), optimizer=opt, scheduler=sched)
+    assert not (tmp_path / "PLANTED").exists()
+
+
+def test_only_plain_data_is_written(tmp_path):
+    m = _model(0)
+    with pytest.raises(ValueError, match=r"extra_state.rng\[1\]: a ndarray cannot go into a checkpoint"):
+        _save(tmp_path, 1, m, extra_state={"rng": [1, np.zeros(3)]})
+    assert latest_checkpoint(tmp_path) is None

@@ -132,7 +132,7 @@ def test_two_processes_train_like_one(one, two):
     assert summary["done_stages"] == ["sft", "rl"] and summary["num_eval_examples"] == 4
     ckpt = Path(summary["final_checkpoint"])
     assert ckpt.name == "step_000007" and (ckpt / "model" / "model.safetensors").is_file()
-    state = torch.load(ckpt / "state.pt", weights_only=False)
+    state = torch.load(ckpt / "state.pt", weights_only=True)
     assert len(state["rng"]) == 2  # every rank's RNG
     assert (two / "reference" / "model.safetensors").is_file()  # the RL-start weights, for a mid-RL resume
 
