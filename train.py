@@ -3,6 +3,10 @@
     python train.py --config configs/demo.toml [--rollout.group_size 8 ...]
     torchrun --nproc_per_node N train.py --config ...     # FSDP2: N processes share the model and the prompts
     python train.py --help-config                         # every setting, its default and meaning
+
+Exit status: 0 done; 2 a bad setting, bad data or an unwritable run folder (one line says which); 3 stopped after
+optim.max_skipped_updates NaN/inf updates in a row; 130 / 143 stopped by SIGINT / SIGTERM after writing a
+checkpoint (continue with --train.resume true).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    from engine.guard import RunStopped
     from engine.trainer import run  # heavy imports only after the config is known to be good
 
     try:
@@ -40,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # user errors (bad data, bad paths) carry their own explanation
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the run folder's disk: full, gone read-only, removed
+        print(f"error: cannot write to the run folder {cfg.train.out_dir}: {exc}. Its newest complete checkpoint "
+              "(checkpoints/latest) is intact: fix the disk, then continue with --train.resume true", file=sys.stderr)
+        return 2
+    except RunStopped as exc:  # a signal (checkpoint written) or a streak of NaN/inf updates
+        print(exc, file=sys.stderr)
+        return exc.code
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
         return 0
     print(summary_line(summary, cfg))

@@ -1,10 +1,12 @@
 """Check a dataset before training on it: detect its format, load it with every image decoded, summarise.
 
-    python -m data.check PATH [--image-root DIR] [--split S] [--skip-bad]
+    python -m data.check PATH [--image-root DIR] [--split S] [--skip-bad] [--max-image-pixels N] [--refuse-oversized]
 
-Prints the format, the number of examples and one example in short. A bad record prints its `file:line: reason`
-to stderr and exits 2; with --skip-bad every bad record is printed, the rest load, and it exits 0. A missing
-path, an unknown format or a dataset with no examples at all also exit 2. Tested in tests/test_data_check.py.
+Prints the format, the number of examples and one example in short. Every image is decoded in full. Every bad
+record is printed to stderr as `file:line: reason`, all of them in one pass, then it exits 2; with --skip-bad they
+are printed as skipped, the rest load, and it exits 0. An image over the pixel cap is downsized (said per record)
+or, with --refuse-oversized, a bad record. A missing path, an unknown format or a dataset with no examples at
+all also exit 2. Tested in tests/test_data_check.py.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import sys
 
 from data.example import Example
 from data.loaders import load_examples
-from data.records import BadRecord, image_size
+from data.records import image_size
 
 TARGET_CHARS = 200  # how much of an SFT target the summary shows
+MAX_IMAGE_PIXELS = 4096 * 4096  # the default of data.max_image_pixels (engine/config.py); data/ imports no engine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,12 +28,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-root", default=None, help="folder that relative image paths are under")
     parser.add_argument("--split", default=None, help="split of a folder dataset (default: train)")
     parser.add_argument("--skip-bad", action="store_true", help="report bad records and load the rest")
+    parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                        help=f"pixel cap per image, as data.max_image_pixels (default {MAX_IMAGE_PIXELS}; 0: none)")
+    parser.add_argument("--refuse-oversized", action="store_true",
+                        help="an image over the cap is a bad record (data.oversized_images = refuse), not downsized")
     args = parser.parse_args(argv)
-    try:
-        result = load_examples(args.path, image_root=args.image_root, split=args.split,
-                               skip_bad=args.skip_bad, verify_images=True)
-    except ValueError as exc:  # BadRecord included: its message already says file:line
+    try:  # always collect every bad record: a user fixing a dataset wants all of them in one pass
+        result = load_examples(args.path, image_root=args.image_root, split=args.split, skip_bad=True,
+                               verify_images=True, max_image_pixels=args.max_image_pixels,
+                               oversized="refuse" if args.refuse_oversized else "downsize")
+    except ValueError as exc:  # a whole-file problem (no such path, unknown format, missing column)
         print(exc, file=sys.stderr)
+        return 2
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.skipped and not args.skip_bad:
+        for message in result.skipped:
+            print(message, file=sys.stderr)
+        print(f"{len(result.skipped)} bad records in {args.path} ({len(result.examples)} good): fix them, or "
+              "leave them out with --skip-bad (data.skip_bad = true when training)", file=sys.stderr)
         return 2
     print(f"format: {result.format}")
     print(f"examples: {len(result.examples)} (skipped {len(result.skipped)})")

@@ -6,8 +6,10 @@
 
 Formats (name -> loader) are in FORMATS; each loader yields Examples and BadRecords in file order, and this file
 alone decides whether a BadRecord stops the load (default) or is collected in `LoadResult.skipped`. Nothing is
-dropped silently. Boxes are always checked against the image size (a header read; `verify_images=True` decodes
-every image). Check a dataset from the shell with `python -m data.check PATH`.
+dropped silently. Boxes are always checked against the image size (a header read). Every Example of every format
+then goes through `data.records.finish_example`: a non-empty reference answer, every image decoded in full
+(`verify_images=True`) and held to a pixel cap (`max_image_pixels`: downsized, boxes with it, or refused), each
+change noted per record in `LoadResult.notes`. Check a dataset from the shell with `python -m data.check PATH`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from data.example import Example
 from data.formats_jsonl import load_jsonl, load_seed001
 from data.formats_table import load_geometry3k, load_hf_disk, load_parquet, parquet_splits
-from data.records import BadRecord, LoadOptions, LoadResult
+from data.records import OVERSIZED, BadRecord, LoadOptions, LoadResult, finish_example
 
 
 @dataclass(frozen=True)
@@ -49,21 +51,32 @@ DETECT_LINES = 50  # how many non-blank lines a JSONL file may start with that a
 
 
 def load_examples(path, *, image_root=None, split=None, default_split="train", skip_bad=False,
-                  verify_images=False) -> LoadResult:
+                  verify_images=False, max_image_pixels=0, oversized="downsize") -> LoadResult:
     """Every Example of the dataset at `path`. The first bad record raises BadRecord, unless `skip_bad`, where
     each one's message goes to `skipped` and the rest load. `split` picks a split of a format with splits (an
     error for one without: a JSONL file, a parquet file, a save_to_disk Dataset saved under another split);
     None reads `default_split` where the data has splits and the whole data where it has none. `image_root` is
-    where relative image paths live (default: the dataset's own folder)."""
+    where relative image paths live (default: the dataset's own folder). `verify_images` decodes every pixel;
+    an image over `max_image_pixels` (0: no cap) is downsized or refused (`oversized`), said in `notes`."""
     fmt = detect_format(path)
     if split is not None and not FORMATS[fmt].has_splits:
         raise ValueError(f"{path}: a {fmt} file has no splits; drop split={split!r} (give the file of that split)")
     if image_root is not None and not Path(image_root).is_dir():
         raise ValueError(f"image_root {image_root} is not a folder")
+    if oversized not in OVERSIZED:
+        raise ValueError(f"oversized images: {oversized!r}; choose {' or '.join(OVERSIZED)}")
     opts = LoadOptions(shown=str(path), image_root=None if image_root is None else str(image_root),
-                       split=split, default_split=default_split, verify_images=verify_images)
-    result = LoadResult(format=fmt, examples=[])
+                       split=split, default_split=default_split)
+    checks = LoadOptions(shown=str(path), verify_images=verify_images, max_image_pixels=max_image_pixels,
+                         oversized=oversized)  # the formats read headers; finish_example decodes, once per image
+    result, seen = LoadResult(format=fmt, examples=[]), {}
     for item in FORMATS[fmt].load(Path(path), opts):
+        if isinstance(item, Example):
+            try:
+                item, notes = finish_example(item, checks, seen)
+                result.notes.extend(notes)
+            except BadRecord as bad:
+                item = bad
         if isinstance(item, Example):
             result.examples.append(item)
         elif skip_bad:

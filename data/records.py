@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import math
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -39,6 +40,7 @@ class LoadResult:
     format: str  # the detected format name, a key of data.loaders.FORMATS
     examples: list[Example]
     skipped: list[str] = field(default_factory=list)  # BadRecord messages of the records left out (skip_bad)
+    notes: list[str] = field(default_factory=list)  # `where: what was changed` per record (images downsized)
 
 
 @dataclass
@@ -47,7 +49,9 @@ class LoadOptions:
     image_root: str | None = None
     split: str | None = None  # the split the user asked for (None: default_split, when the data has splits)
     default_split: str = "train"
-    verify_images: bool = False
+    verify_images: bool = False  # decode every pixel (finish_example), not just the header
+    max_image_pixels: int = 0  # width x height above which an image is downsized or refused (0: no cap)
+    oversized: str = "downsize"  # what happens above the cap: downsize (boxes scaled with it) or refuse
 
 
 def resolve_path(value: str, base: Path) -> str:
@@ -130,3 +134,85 @@ def answer_list(value, *, where: str) -> list[str]:
     if value is MISSING:
         raise BadRecord(where, 'missing field "answer"')
     raise BadRecord(where, f'"answer" must be a string or a non-empty list of strings, got {value!r:.80}')
+
+
+# ---------------------------------------------------------------------------------------------- every format
+OVERSIZED = ("downsize", "refuse")
+TOOL_CALL_BOX_RE = re.compile(r"(<tool_call>\s*\[)([^\]]*)(\]\s*</tool_call>)")
+
+
+@dataclass
+class CheckedImage:
+    src: ImageSource  # the source to train on: the original, or PNG bytes of the downsized image
+    scale: tuple[float, float] | None = None  # (x, y) factors applied to the pixels, None when untouched
+    note: str | None = None  # what was done to it, for the user
+
+
+def finish_example(example: Example, opts: LoadOptions, seen: dict[str, CheckedImage]) -> tuple[Example, list[str]]:
+    """The checks every format's Example goes through, whatever file it came from: a non-empty reference answer,
+    every image decodable (`opts.verify_images`) and within `opts.max_image_pixels` (downsized, with its boxes
+    and the SFT target's crop boxes scaled the same way, or refused). `seen` caches images shared by records.
+    Returns the Example to train on and notes for the user; raises BadRecord naming the record."""
+    where = example.origin
+    if not example.answers or any(not a.strip() for a in example.answers):
+        raise BadRecord(where, f"empty reference answer (answer = {example.answers!r}): rewards compare the response "
+                               "with it; give the answer, or drop the record")
+    checked = []
+    for src in example.images:
+        key = src if isinstance(src, str) else None
+        if key is None or key not in seen:
+            one = check_image(src, where=where, opts=opts)
+            if key is not None:
+                seen[key] = one
+        checked.append(one if key is None else seen[key])
+    notes = [f"{where}: {c.note}" for c in checked if c.note]
+    if not notes:
+        return example, []
+    changes: dict = {"images": [c.src for c in checked]}
+    scale = checked[0].scale if example.images else None
+    if scale is not None:  # boxes and the target's crops are in pixels of images[0]
+        changes["boxes"] = [scale_box(b, scale) for b in example.boxes]
+        if example.target is not None:
+            changes["target"] = TOOL_CALL_BOX_RE.sub(
+                lambda m: m[1] + ", ".join(num(v, f) for v, f in zip(m[2].split(","), scale * 2)) + m[3],
+                example.target)
+    return replace(example, **changes), notes
+
+
+def check_image(src: ImageSource, *, where: str, opts: LoadOptions) -> CheckedImage:
+    """An image decoded in full when `opts.verify_images` (a truncated file fails here, at load, not at step N),
+    and held to `opts.max_image_pixels`: above it, downsized to fit (PNG bytes) or refused, per `opts.oversized`."""
+    name = "<image bytes>" if isinstance(src, bytes) else src
+    if isinstance(src, str) and not os.path.isfile(src):
+        raise BadRecord(where, f"image file not found: {src}")
+    cap = opts.max_image_pixels
+    try:
+        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
+            width, height = img.size
+            if not cap or width * height <= cap:
+                if opts.verify_images:
+                    img.load()
+                return CheckedImage(src)
+            said = f"image {name} is {width}x{height} = {width * height} pixels, over data.max_image_pixels = {cap}"
+            if opts.oversized == "refuse":
+                raise BadRecord(where, f"{said}: shrink it, raise the cap, or set data.oversized_images = downsize")
+            factor = math.sqrt(cap / (width * height))
+            size = (max(1, int(width * factor)), max(1, int(height * factor)))
+            img.draft("RGB", size)  # JPEG: decode at a reduced scale directly (no-op for other formats)
+            small = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL raises all of these
+        raise BadRecord(where, f"cannot read image {name}: {exc}") from None
+    buf = io.BytesIO()
+    small.save(buf, format="PNG")
+    return CheckedImage(buf.getvalue(), (size[0] / width, size[1] / height),
+                        f"{said}: downsized to {size[0]}x{size[1]}, its boxes scaled with it")
+
+
+def scale_box(box: list[float], scale: tuple[float, float]) -> list[float]:
+    sx, sy = scale
+    return [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
+
+
+def num(text: str | float, factor: float) -> str:
+    """A box coordinate scaled and written back short: 2 decimals at most, no trailing zeros."""
+    return f"{float(text) * factor:.2f}".rstrip("0").rstrip(".")

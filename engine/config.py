@@ -63,7 +63,9 @@ class DataConfig:
     max_pixels: int = doc(0, "Largest pixel count the image processor resizes an image to (Qwen's max_pixels; 0: the model folder's own).")
     min_pixels: int = doc(0, "Smallest pixel count the image processor resizes an image to (Qwen's min_pixels; 0: the model folder's own).")
     image_short_side: int = doc(0, "Resize each question image so its shorter side is this many pixels, keeping the aspect ratio, before the image processor sees it (seed 001: 448); crops are still cut from the original. 0: as is.")
-    skip_bad: bool = doc(False, "Skip malformed records (each is reported) instead of stopping at the first.")
+    skip_bad: bool = doc(False, "Skip malformed records (each is reported) instead of stopping at the first. Every image is decoded in full at load either way, so a broken one is found before training, never at step N.")
+    max_image_pixels: int = doc(4096 * 4096, "Pixel cap per image file at load (width x height; 0: none), before anything else reads it: above it an image is downsized to fit, its boxes and SFT crop targets scaled with it, or refused (oversized_images); said per record. Guards memory against huge files; the image processor's own resize is max_pixels.")
+    oversized_images: Literal["downsize", "refuse"] = doc("downsize", "What happens to an image over max_image_pixels: downsize (aspect kept) or refuse (a bad record).")
     num_eval_examples: int = doc(0, "Evaluate on the first N held-out examples (0: all).")
     system_prompt: str = doc("", "System message; empty uses the chat template's default.")
     question_template: str = doc("{question}", "User text around the question; may use {question} and {choices}.")
@@ -76,6 +78,8 @@ class DataConfig:
             raise ValueError("data.num_samples, max_pixels, min_pixels and image_short_side must be >= 0")
         if self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError(f"data.min_pixels {self.min_pixels} is above data.max_pixels {self.max_pixels}")
+        if self.max_image_pixels < 0:
+            raise ValueError(f"data.max_image_pixels = {self.max_image_pixels}: use a pixel count, or 0 for no cap")
 
 
 @dataclass
@@ -174,6 +178,11 @@ class OptimConfig:
     min_lr_ratio: float = doc(0.1, "Cosine floor as a fraction of the stage's lr (sft.lr, rl.lr).")
     max_grad_norm: float = doc(1.0, "Clip the global gradient norm to this (0: no clipping).")
     micro_batch_tokens: int = doc(8192, "Token budget of one packed micro-batch row (activation memory scales with it).")
+    max_skipped_updates: int = doc(5, "An update whose loss or gradient is NaN/inf is skipped (weights untouched; counted as train/skipped_update, sft/skipped_update and skipped_updates in the summary); the run stops with exit status 3 after this many in a row (0: never stops).")
+
+    def validate(self) -> None:
+        if self.max_skipped_updates < 0:
+            raise ValueError(f"optim.max_skipped_updates = {self.max_skipped_updates}: use 0 (never stop) or N >= 1")
 
 
 @dataclass

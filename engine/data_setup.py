@@ -19,10 +19,12 @@ from engine.config import Config
 
 def _load(path: str, cfg: Config, split: str, default_split: str, verbose: bool) -> tuple[list[Example], str]:
     d = cfg.data
+    # Every image decoded in full and held to the pixel cap: a broken one stops (or is skipped) here, not at step N.
     result = load_examples(path, image_root=d.image_root or None, split=split or None, default_split=default_split,
-                           skip_bad=d.skip_bad)
-    for msg in result.skipped if verbose else ():
-        print(f"skipped: {msg}")
+                           skip_bad=d.skip_bad, verify_images=True, max_image_pixels=d.max_image_pixels,
+                           oversized=d.oversized_images)
+    for msg in (result.notes + [f"skipped: {m}" for m in result.skipped]) if verbose else ():
+        print(msg)
     return result.examples, result.format
 
 

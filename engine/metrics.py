@@ -163,6 +163,7 @@ def step_metrics(records: list[dict]) -> dict:
         m["train/loss"] = sum(u["loss"] for u in updates)
         m["train/grad_norm"], m["train/lr"] = updates[0]["grad_norm"], updates[0]["lr"]  # the same on every rank
         finalize_class_metrics(m)  # per token class: sums over all loss tokens -> means over the class's tokens
+        m["train/skipped_update"] = float(updates[0]["skipped"])  # decided the same on every rank
     m["reward/total"] = sum(reward) / n
     m["reward/std"] = float(torch.tensor(reward).std()) if n > 1 else 0.0
     for name in records[0]["parts"]:

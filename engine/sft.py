@@ -9,6 +9,7 @@ mask 0, exactly as the rollout would inject it — so SFT teaches the same forma
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import torch
@@ -89,7 +90,8 @@ def sft_trajectory(prompt: Prompt, target: str, vlm: VLM, tool_limits: ToolLimit
 
 def sft_step(model, optimizer, scheduler, trajs: list[Trajectory], *, micro_batch_tokens: int,
              max_grad_norm: float, chunk_tokens: int = 0) -> dict[str, float]:
-    """One optimizer step of token-mean cross-entropy over every assistant token of the batch. Under torchrun
+    """One optimizer step of token-mean cross-entropy over every assistant token of the batch; skipped (weights
+    untouched, `sft/skipped_update` 1) when the loss or the gradient norm is NaN/inf. Under torchrun
     `trajs` is this rank's share: the token count is the whole batch's (all ranks), every rank runs as many rows
     as the busiest (zero-weight padding), and the returned loss, norm and count are the whole batch's."""
     optimizer.zero_grad(set_to_none=True)
@@ -106,9 +108,15 @@ def sft_step(model, optimizer, scheduler, trajs: list[Trajectory], *, micro_batc
         loss.backward()
         total = total + loss.detach()
     params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    grad_norm = float(full_value(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0
+                                                                else float("inf"))))  # global over ranks
+    loss = float(D.all_reduce_sum(total))  # sync point, as the norm above: the same decision on every rank
     lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
-    return {"sft/loss": float(D.all_reduce_sum(total)), "sft/grad_norm": float(full_value(grad_norm)),
-            "sft/lr": lr, "sft/tokens": float(num_tokens)}
+    skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    if skipped:  # a NaN/inf update would poison every weight: skip it (the trainer counts and stops on a streak)
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    scheduler.step()  # the schedule follows the step count either way
+    return {"sft/loss": loss, "sft/grad_norm": grad_norm, "sft/lr": lr, "sft/tokens": float(num_tokens),
+            "sft/skipped_update": float(skipped)}

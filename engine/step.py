@@ -92,7 +92,8 @@ def reference_logps(state: RLState, rows, *, temperature: float) -> dict[int, to
 
 def optimizer_step(state: RLState, rows, num_real: int, batch: StepBatch) -> dict:
     """Loss + backward over every micro-batch row (rows from `num_real` on are zero-weight padding), clip, AdamW
-    step. Returns this rank's token-weighted metric sums, their token count, loss, grad norm and lr."""
+    step (skipped when the loss or gradient norm is NaN/inf). Returns this rank's token-weighted metric sums, their
+    token count, loss, grad norm and lr."""
     model, cfg = state.policy.model, state.cfg
     state.optimizer.zero_grad(set_to_none=True)
     sums: dict[str, torch.Tensor] = {}
@@ -112,9 +113,15 @@ def optimizer_step(state: RLState, rows, num_real: int, batch: StepBatch) -> dic
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
     grad_norm = full_value(torch.nn.utils.clip_grad_norm_(params, max_norm))  # global over ranks (FSDP)
     lr = torch.tensor(state.scheduler.get_last_lr()[0])
-    state.optimizer.step()
-    state.scheduler.step()
-    return {"sums": sums, "tokens": total, "loss": loss_sum, "grad_norm": grad_norm, "lr": lr}
+    # A NaN/inf loss or gradient would poison every weight: skip the update (the trainer counts and stops on a
+    # streak). The loss is summed over ranks so that every rank decides the same (sync point: .item()).
+    finite = bool(torch.isfinite(grad_norm).all()) and bool(torch.isfinite(D.all_reduce_sum(loss_sum)).all())
+    if finite:
+        state.optimizer.step()
+    else:
+        state.optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()  # the schedule follows the step count either way
+    return {"sums": sums, "tokens": total, "loss": loss_sum, "grad_norm": grad_norm, "lr": lr, "skipped": not finite}
 
 
 def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajectory], RewardBatch, torch.Tensor]:
@@ -155,9 +162,12 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
                 batch.ref_logp = reference_logps(state, rows, temperature=temperature)
         if cfg.algo.tis_cap is not None or state.sampler is not None:  # vLLM: the mismatch is always logged
             batch.sampler_logp = sampler_logps(rows[:num_real], train_trajs, device)
+        skipped = False
         for _ in range(cfg.algo.num_updates):
             with timer.phase("update"):
                 update = optimizer_step(state, rows, num_real, batch)
+                skipped = skipped or update["skipped"]
+        update["skipped"] = skipped  # any of the step's updates
     with timer.phase("weight_sync"):
         if state.sampler is not None and update is not None:  # the next rollout samples the updated policy
             state.sampler.push_weights(policy_weights(vlm.model))

@@ -27,6 +27,12 @@ One code path for 1 and N processes (engine/distributed.py; without torchrun eve
   loaded from its full state (FSDP modules cannot be deep-copied). When SFT ran first, rank 0 also writes that
   copy to out_dir/reference/, so that a run resumed mid-RL anchors to it and not to the resumed weights.
 - With LoRA the run ends with a merged export (out_dir/merged/, a plain HF folder; summary.json names it).
+- Nothing lost, nothing silent (engine/guard.py): setup (data, model, rewards) runs before the run folder is made,
+  so a failed start leaves none; SIGTERM/SIGINT finish the step, write a checkpoint and stop (exit 128 + signal);
+  a NaN/inf update is skipped and counted, a streak of optim.max_skipped_updates stops the run (exit 3); a
+  checkpoint that cannot be written is a clear error with the previous one intact; a run that stops on an error
+  leaves a FAILED note. Resuming a finished stage with a raised step count continues it (the schedule is the one of
+  the new count); with nothing left to do, resume says so and changes nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from engine.configlib import to_toml
 from engine.data_setup import load_data, with_epochs
 from engine.data_stream import DataStream
 from engine.evaluate import evaluate, headline, prompts_for
+from engine.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed
 from engine.lora import apply_lora, is_peft, merged_export
 from engine.metrics import MetricsLogger, progress
 from engine.optim import build_optimizer, build_scheduler
@@ -58,6 +65,9 @@ from engine.tool_protocols import make_protocol
 from models.load import VLM, load_vlm
 from models.tiny import tiny_model_dir
 from rewards.setup import setup_rewards
+
+
+STEPS_FLAG = {"sft": "sft.steps", "rl": "rl.steps"}  # the setting that gives each stage's step count
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -101,6 +111,8 @@ class Run:
         # train.mixed_precision shards with FSDP2 in one process too: a process group of one (engine/distributed.py)
         self.dist = D.init(world_of_one=bool(cfg.train.mixed_precision))
         self.main_rank = self.dist.is_main
+        self.dir = Path(cfg.train.out_dir)
+        check_out_dir(self.dir)  # now, before data or model; the folder itself is made once setup worked
         # Data first: a bad dataset fails before the model loads, and epochs become step counts here.
         self.train_set, self.eval_set = load_data(cfg, verbose=self.main_rank)
         self.cfg = cfg = with_epochs(cfg, len(self.train_set))
@@ -108,10 +120,6 @@ class Run:
         if cfg.rollout.sampler == "vllm" and self.dist.world > 1:
             raise ValueError("rollout.sampler = vllm runs in one process for now (each rank would need its own "
                              "engine and the full weights): use the native sampler under torchrun")
-        self.dir = Path(cfg.train.out_dir)
-        if self.main_rank:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "config.toml").write_text(to_toml(cfg))
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.vlm = load_policy(cfg, device=str(self.dist.device))
@@ -136,14 +144,21 @@ class Run:
         # On the model's device: torch.multinomial on CUDA probabilities needs a CUDA generator.
         self.generator = torch.Generator(device=model_device(self.vlm.model))
         self.generator.manual_seed(cfg.train.seed + 1000 * self.dist.rank)
-        self.logger = MetricsLogger(self.dir, tensorboard=cfg.train.tensorboard) if self.main_rank else None
-        self.summary: dict = {"done_stages": []}
+        self.summary: dict = {"done_stages": [], "steps": {}}
         self.resume_from = None
         self.global_step = 0
         if cfg.train.resume:
             self._resume()  # full weights (or the adapter) into the model before it is sharded
         self.mixed_precision = {None: None, "bf16": "bfloat16"}[cfg.train.mixed_precision]
         D.shard_model(self.vlm.model, mixed_precision=self.mixed_precision)
+        self.signals, self.nonfinite = StopSignals(), NonFinite(cfg.optim.max_skipped_updates)
+        self.last_saved: tuple[int, Path] | None = None  # (global step, folder) of this session's newest save
+        self.logger = None
+        if self.main_rank:  # setup worked: only now does the run folder appear
+            self.dir.mkdir(parents=True, exist_ok=True)
+            clear_failed(self.dir)
+            (self.dir / "config.toml").write_text(to_toml(cfg))
+            self.logger = MetricsLogger(self.dir, tensorboard=cfg.train.tensorboard)
 
     # ------------------------------------------------------------------------------------- rank-0 output
     def _print(self, msg: str) -> None:
@@ -164,6 +179,8 @@ class Run:
             raise ValueError(f"--train.resume: no complete checkpoint in {self.dir}/checkpoints to resume from")
         state = load_checkpoint(ckpt, model=self.vlm.model)
         self.summary, self.global_step = state["summary"], state["global_step"]
+        self.summary.setdefault("steps", {})
+        self.summary["resumed_from"] = str(ckpt)
         self.resume_from = (ckpt, state)
         self._print(f"resuming from {ckpt} (stage {state['stage']}, step {state['stage_step']})")
 
@@ -174,6 +191,8 @@ class Run:
             return 0
         ckpt, state = self.resume_from
         load_checkpoint(ckpt, model=None, scheduler=scheduler)  # the weights went in before sharding
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)  # this schedule's lr (a raised step count stretches it)
         optim_state = read_optimizer_state(ckpt)
         if isinstance(optim_state["param_groups"][0]["params"][0], int):  # written before the full format
             optimizer.load_state_dict(optim_state)
@@ -204,13 +223,36 @@ class Run:
         if self.main_rank:
             extra = {"stage": stage, "stage_step": stage_step, "global_step": self.global_step,
                      "data": stream.state_dict(), "rng": rngs, "summary": self.summary}
-            path = save_checkpoint(self.dir, self.global_step, model=model, tokenizer=self.vlm.tokenizer,
-                                   image_processor=self.vlm.image_processor, extra_state=extra,
-                                   scheduler=scheduler, config_toml=to_toml(self.cfg),
-                                   keep_last=self.cfg.train.keep_checkpoints, model_state=model_state,
-                                   optimizer_state=optimizer_state)
+            try:
+                path = save_checkpoint(self.dir, self.global_step, model=model, tokenizer=self.vlm.tokenizer,
+                                       image_processor=self.vlm.image_processor, extra_state=extra,
+                                       scheduler=scheduler, config_toml=to_toml(self.cfg),
+                                       keep_last=self.cfg.train.keep_checkpoints, model_state=model_state,
+                                       optimizer_state=optimizer_state)
+            except Exception as exc:  # a full disk or lost permission surfaces as OSError, RuntimeError, ...
+                raise ValueError(f"cannot write the checkpoint {path.name} in {path.parent}: {exc}. The previous "
+                                 f"checkpoint ({latest_checkpoint(self.dir) or 'none yet'}) is intact: free disk "
+                                 "space or fix the folder's permissions, then continue with --train.resume true"
+                                 ) from exc
         D.barrier()
+        self.last_saved = (self.global_step, path)
         return path
+
+    def _after_step(self, stage: str, done: int, metrics: dict, save) -> None:
+        """Count a skipped (NaN/inf) update, stopping on a streak; on SIGTERM/SIGINT, save (`save(done)`) and
+        stop. `done` is the stage's step count so far."""
+        key = {"sft": "sft/skipped_update", "rl": "train/skipped_update"}[stage]
+        warning = self.nonfinite.update(metrics.get(key, 0) > 0, f"{stage} step {done}")
+        self.summary["skipped_updates"] = self.nonfinite.total
+        if warning and self.main_rank:
+            tqdm.write(f"warning: {warning}")
+            self.logger.log_text(self.global_step, "warnings/nonfinite", warning)
+        if self.signals.requested():
+            fresh = self.last_saved is not None and self.last_saved[0] == self.global_step
+            path = self.last_saved[1] if fresh else save(done)
+            raise RunStopped(f"{self.signals.name}: stopped after {stage} step {done} of "
+                             f"{self._stage_steps(stage)}; checkpoint {path} is "
+                             "complete: continue with --train.resume true", code=self.signals.exit_code)
 
     def _reference(self) -> torch.nn.Module:
         """A frozen copy of the policy as RL starts (full fine-tune, kl_beta > 0), sharded like the policy."""
@@ -305,10 +347,12 @@ class Run:
                 self.evaluate(f"sft_step{step + 1}")
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < s.steps:
                 self._save("sft", step + 1, optimizer, scheduler, stream)
+            self._after_step("sft", step + 1, metrics, lambda n: self._save("sft", n, optimizer, scheduler, stream))
         bar.close()
         self.summary["done_stages"].append("sft")
+        self.summary["steps"]["sft"] = s.steps
         self.evaluate("after_sft")
-        self.summary["final_checkpoint"] = str(self._save("sft", s.steps, optimizer, scheduler, stream))
+        self._save("sft", s.steps, optimizer, scheduler, stream)
 
     def rl(self) -> None:
         cfg = self.cfg
@@ -343,12 +387,14 @@ class Run:
                 self.evaluate(f"rl_step{step + 1}")
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.rl.steps:
                 self._save("rl", step + 1, optimizer, scheduler, stream)
+            self._after_step("rl", step + 1, metrics, lambda n: self._save("rl", n, optimizer, scheduler, stream))
         bar.close()
         if state.sampler is not None:
             state.sampler.close()
         self.summary["done_stages"].append("rl")
+        self.summary["steps"]["rl"] = cfg.rl.steps
         self.evaluate("after_rl")
-        self.summary["final_checkpoint"] = str(self._save("rl", cfg.rl.steps, optimizer, scheduler, stream))
+        self._save("rl", cfg.rl.steps, optimizer, scheduler, stream)
 
     def _log_samples(self, trajs, rewards, adv, k: int = 4) -> None:
         dump_rollouts(self.dir, self.global_step, trajs, rewards, adv, box_frame=self.vlm.family.box_frame)
@@ -358,20 +404,50 @@ class Run:
                     f"response: {trajs[i].text}\nreward {rewards.total[i]:.3f} ({parts}), adv {float(adv[i]):+.3f}")
             self.logger.log_text(self.global_step, f"samples/{i}", text)
 
+    def _stage_steps(self, stage: str) -> int:
+        return self.cfg.sft.steps if stage == "sft" else self.cfg.rl.steps
+
+    def _stage_left(self, stage: str) -> bool:
+        """Whether `stage` has steps left: not finished, or finished by the checkpoint resumed from with fewer
+        steps than now asked (it then continues). Says what it does about a raised count it cannot apply."""
+        if stage not in self.summary["done_stages"]:
+            return True
+        saved, want = (self.resume_from[1] if self.resume_from else {}), self._stage_steps(stage)
+        if saved.get("stage") == stage and saved["stage_step"] < want:
+            self.summary["done_stages"].remove(stage)
+            self._print(f"resume: {stage} finished at {saved['stage_step']} steps; it continues to "
+                        f"{STEPS_FLAG[stage]} = {want}")
+            return True
+        done = self.summary["steps"].get(stage, want)
+        if done < want:
+            self._print(f"resume: {stage} finished at {done} steps and a later stage has started from it: "
+                        f"{STEPS_FLAG[stage]} = {want} is not applied")
+        return False
+
     def main(self) -> dict:
         start = time.time()
         stages = self.cfg.train.stage.split(",")
-        if self.cfg.train.eval_at_start and not self.summary["done_stages"] and self.resume_from is None:
-            self.evaluate("before")
-        for stage in stages:
-            if stage in self.summary["done_stages"]:
-                continue
-            getattr(self, stage)()
+        left = [stage for stage in stages if self._stage_left(stage)]
+        if not left:  # a finished run resumed as it was: say so, change nothing
+            done = ", ".join(f"{s} {self.summary['steps'].get(s, '?')} steps" for s in stages)
+            self._print(f"resume: nothing left to do in {self.dir}: it finished {done}; raise "
+                        f"{' or '.join('--' + STEPS_FLAG[s] for s in stages)} to train further")
+            self.logger and self.logger.close()
+            return {**self.summary, "final_checkpoint": str(self.resume_from[0])}
+        with self.signals:
+            if self.cfg.train.eval_at_start and not self.summary["done_stages"] and self.resume_from is None:
+                self.evaluate("before")
+            for stage in left:
+                if self.signals.requested() and self.last_saved is not None:  # between stages: that save is current
+                    raise RunStopped(f"{self.signals.name}: stopped before stage {stage}; checkpoint "
+                                     f"{self.last_saved[1]} is complete: continue with --train.resume true",
+                                     code=self.signals.exit_code)
+                getattr(self, stage)()
         if is_peft(self.vlm.model):
             self.summary["merged_model"] = str(self._export_merged())
-        self.summary["steps"] = {"sft": self.cfg.sft.steps if "sft" in stages else 0,
-                                 "rl": self.cfg.rl.steps if "rl" in stages else 0}
-        self.summary["seconds"] = round(time.time() - start, 1)
+        self.summary["steps"] = {s: self.summary["steps"].get(s, 0) for s in ("sft", "rl")}  # steps trained
+        self.summary["final_checkpoint"] = str(self.last_saved[1])
+        self.summary["seconds"] = round(time.time() - start, 1)  # this invocation's wall time
         if self.main_rank:
             (self.dir / "summary.json").write_text(json.dumps(self.summary, indent=2))
             self.logger.close()
@@ -379,6 +455,14 @@ class Run:
 
 
 def run(cfg: Config) -> dict:
-    summary = Run(cfg).main()
+    """Set up (nothing is written if that fails), run the stages, and leave a FAILED note in the run folder if
+    they stop on an error (not on a signal: that stop wrote its checkpoint and is a normal end)."""
+    r = Run(cfg)
+    try:
+        summary = r.main()
+    except BaseException as exc:
+        if r.main_rank and not (isinstance(exc, RunStopped) and exc.code >= 128):
+            mark_failed(r.dir, exc)
+        raise
     D.close()  # torchrun: leave the process group cleanly (one process: nothing to do)
     return summary

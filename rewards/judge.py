@@ -8,7 +8,8 @@ Each sample: extract the answer (`rewards.format.extract_answer`, "auto"); no an
 `max_answer_chars` (`answer_length_cap`: a dump of candidates earns nothing), scores 0 without a request.
 Otherwise POST {base_url}/chat/completions {"model", "messages": [{"role": "user", "content": prompt}],
 "temperature": 0} and read choices[0].message.content: "yes"/"correct"/"true" -> 1, "no"/"incorrect"/"false"
--> 0, or a bare number in [0, 1] ("0.8", "Score: 0.8"); anything else is garbage.
+-> 0, or a bare number in [0, 1] ("0.8", "Score: 0.8"); anything else is garbage. The reply is read up to
+MAX_REPLY_BYTES (more is garbage) and parsed as JSON data; nothing in it is ever evaluated.
 Failures never stall a step: every request has `timeout_s` (urllib's socket timeout), transport errors and
 HTTP 429/5xx are retried `retries` times with exponential backoff (`backoff_s` * 2**attempt), garbage is not
 retried, at most `max_concurrency` requests run at once, and the whole batch stops at `deadline_s` (default:
@@ -37,6 +38,7 @@ from rewards.registry import RewardContext
 
 log = logging.getLogger(__name__)
 
+MAX_REPLY_BYTES = 1 << 16  # a verdict and its JSON envelope take a few hundred bytes
 _YES = re.compile(r"\W*(yes|correct|true|right)\b")
 _NO = re.compile(r"\W*(no|not|incorrect|false|wrong)\b")
 _SCORE = re.compile(r"\W*(?:score\s*[:=]?\s*)?(\d+(?:\.\d+)?)\s*\.?\s*")
@@ -165,7 +167,10 @@ class Judge:
             self.base_url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode("utf-8"),
             headers={"Content-Type": "application/json"}, method="POST")
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            payload = json.loads(response.read().decode("utf-8"))
+            raw = response.read(MAX_REPLY_BYTES + 1)  # never more: a runaway reply must not fill memory
+        if len(raw) > MAX_REPLY_BYTES:
+            raise ValueError(f"reply over {MAX_REPLY_BYTES} bytes")
+        payload = json.loads(raw.decode("utf-8"))  # parsed as JSON data, never evaluated
         content = payload["choices"][0]["message"]["content"]
         if not isinstance(content, str):
             raise TypeError(f"message content is {type(content).__name__}, not str")

@@ -9,12 +9,14 @@
 Prints one JSON object: the value, the extracted answer, its VQA-normalised form and number, the normalised
 references, and the predicted box (in --box-frame). `--answer` may repeat (several references); `--example`
 takes any Example field as JSON (question, answers, boxes, choices, reference_steps, metadata).
-An unknown NAME exits with 2 and lists the registered names.
+An unknown NAME exits with 2 and lists the registered names; any other bad input (an empty --answer, an unknown
+Example field, a malformed size, a reward that needs what was not given) exits 2 with one line saying what.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -40,17 +42,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _size(text: str | None) -> list[tuple[int, int]]:
+def _size(text: str | None, flag: str = "--image-size") -> list[tuple[int, int]]:
     if not text:
         return []
-    w, h = text.lower().split("x")
-    return [(int(w), int(h))]
+    try:
+        w, h = text.lower().split("x")
+        return [(int(w), int(h))]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 640x480") from None
 
 
 def build_example(answers: list[str], example_json: str) -> Example:
-    fields = json.loads(example_json)
+    if any(not a.strip() for a in answers):
+        raise ValueError(f"--answer {next(a for a in answers if not a.strip())!r} is empty: give the reference "
+                         "answer the completion is compared with (or leave --answer out for rewards that need none)")
+    try:
+        fields = json.loads(example_json)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--example is not JSON: {exc}") from None
     if not isinstance(fields, dict):
         raise ValueError("--example must be a JSON object of Example fields")
+    known = {f.name for f in dataclasses.fields(Example)}
+    if unknown := sorted(set(fields) - known):
+        raise ValueError(f"--example: unknown Example fields {unknown}; known: {', '.join(sorted(known))}")
     fields.setdefault("question", "")
     fields.setdefault("images", [])
     fields["answers"] = answers or fields.get("answers", [])
@@ -62,10 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.name not in REWARDS:
         print(f"unknown reward {args.name!r}; registered rewards: {', '.join(sorted(REWARDS))}", file=sys.stderr)
         return 2
-    example = build_example(args.answer, args.example)
-    ctx = RewardContext(box_frame=args.box_frame, image_sizes=_size(args.image_size),
-                        resized_sizes=_size(args.resized_size), prompt_prefill=args.prefill)
-    value = REWARDS[args.name](args.completion, example, ctx)
+    try:
+        example = build_example(args.answer, args.example)
+        ctx = RewardContext(box_frame=args.box_frame, image_sizes=_size(args.image_size),
+                            resized_sizes=_size(args.resized_size, "--resized-size"), prompt_prefill=args.prefill)
+        value = REWARDS[args.name](args.completion, example, ctx)
+    except (ValueError, TypeError) as exc:  # bad input to this command: one line, no traceback
+        print(f"rewards.score {args.name}: {exc}", file=sys.stderr)
+        return 2
     pred = extract_answer(response_text(args.completion, ctx), "auto")
     print(json.dumps({
         "reward": args.name,

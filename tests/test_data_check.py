@@ -45,8 +45,10 @@ def test_cli_bad_record_exits_2_without_traceback(tmp_path):
     path = write_lines(tmp_path / "bad.jsonl", lines)
     done = run_check(path)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == (f'{path}:3: QnA[0]: malformed crop call "{{Crop sign [1, 2, 3]}}": '
-                           "expected 4 numbers [x1, y1, x2, y2], got 3\n")
+    assert done.stderr.splitlines() == [
+        f'{path}:3: QnA[0]: malformed crop call "{{Crop sign [1, 2, 3]}}": expected 4 numbers [x1, y1, x2, y2], got 3',
+        f"1 bad records in {path} (2 good): fix them, or leave them out with --skip-bad (data.skip_bad = true when "
+        "training)"]
 
 
 def test_skip_bad_reports_each_and_exits_0(tmp_path, capsys):
@@ -68,6 +70,34 @@ def test_check_decodes_every_image(tmp_path, capsys):
     path = write_lines(tmp_path / "t.jsonl", [{"image": "cut.png", "question": "q", "answer": "a"}])
     assert main([str(path)]) == 2
     assert capsys.readouterr().err.startswith(f"{path}:1: cannot read image {tmp_path / 'cut.png'}: ")
+
+
+def test_every_bad_record_is_named_in_one_pass(tmp_path, capsys):
+    save_png(tmp_path / "ok.png", (8, 8))
+    save_truncated_png(tmp_path / "cut.png")
+    good = {"image": "ok.png", "question": "q", "answer": "a"}
+    path = write_lines(tmp_path / "t.jsonl", [good, {**good, "image": "cut.png"}, "{broken", {**good, "answer": ""},
+                                              good, {**good, "answer": ["   "]}])
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[0] for line in err[:-1]] == [f"{path}:{n}" for n in (2, 3, 4, 6)]
+    assert "invalid JSON" in err[1] and "empty reference answer" in err[2] and "empty reference answer" in err[3]
+    assert err[-1].startswith(f"4 bad records in {path} (2 good)")
+    assert main([str(path), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "examples: 2 (skipped 4)" in out and out.count("skipped: ") == 4
+
+
+def test_oversized_image_is_downsized_or_refused(tmp_path, capsys):
+    save_png(tmp_path / "big.png", (400, 300))
+    path = write_lines(tmp_path / "t.jsonl", [{"image": "big.png", "question": "q", "answer": "a",
+                                               "bbox": [40, 30, 200, 150]}])
+    assert main([str(path), "--max-image-pixels", "30000"]) == 0  # 120000 pixels: halved on each side
+    out = capsys.readouterr().out
+    assert f"note: {path}:1: image {tmp_path / 'big.png'} is 400x300 = 120000 pixels, over data.max_image_pixels = 30000" in out
+    assert "downsized to 200x150" in out and "images: 1 (200x150)" in out and "boxes: [[20.0, 15.0, 100.0, 75.0]]" in out
+    assert main([str(path), "--max-image-pixels", "30000", "--refuse-oversized"]) == 2
+    assert "over data.max_image_pixels = 30000: shrink it, raise the cap" in capsys.readouterr().err
 
 
 def test_missing_path_unknown_format_and_empty_dataset_exit_2(tmp_path, capsys):

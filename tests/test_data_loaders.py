@@ -221,3 +221,26 @@ def test_split_or_missing_image_root_for_a_jsonl_file_raises(tmp_path):
         load_examples(path, split="test")
     with pytest.raises(ValueError, match="is not a folder"):
         load_examples(path, image_root=os.path.join(tmp_path, "missing"))
+
+
+def test_oversized_image_scales_boxes_and_target_crops(tmp_path):
+    # sign.png is 100x50 = 5000 pixels; a cap of 1250 halves each side, so every coordinate halves.
+    path = seed001_dataset(tmp_path)
+    result = load_examples(path, max_image_pixels=1250)
+    sign = result.examples[-1]
+    assert sign.boxes == [[2.5, 2.5, 47.75, 22.5]]
+    assert sign.target == "<think><tool_call>[2.5, 2.5, 47.75, 22.5]</tool_call></think><answer>STOP</answer>"
+    assert sign.open_images()[0].size == (50, 25) and isinstance(sign.images[0], bytes)
+    assert result.notes[-1] == (f"{path}:3: image {tmp_path / 'imgs' / 'sign.png'} is 100x50 = 5000 pixels, over "
+                                "data.max_image_pixels = 1250: downsized to 50x25, its boxes scaled with it")
+    street = result.examples[0]  # 640x480 shared by two QnA: downsized once, said once per record
+    assert len(result.notes) == 3 and street.images == result.examples[1].images
+    with pytest.raises(BadRecord, match=r":1: image .* over data.max_image_pixels = 1250: shrink it"):
+        load_examples(path, max_image_pixels=1250, oversized="refuse")
+
+
+def test_empty_reference_answer_is_a_load_error(tmp_path):
+    save_png(tmp_path / "a.png", (8, 8))
+    path = write_lines(tmp_path / "t.jsonl", [{"image": "a.png", "question": "q", "answer": " "}])
+    with pytest.raises(BadRecord, match=rf"{path}:1: empty reference answer \(answer = \[' '\]\)"):
+        load_examples(path)

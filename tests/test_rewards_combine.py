@@ -95,6 +95,19 @@ def test_cli_unknown_name_exits_2_listing_names():
     assert "nope" in proc.stderr and "accuracy" in proc.stderr and "format_json" in proc.stderr
 
 
+@pytest.mark.parametrize("args, said", [
+    (["accuracy", "--answer", ""], "--answer '' is empty: give the reference answer"),
+    (["accuracy"], "no reference answers; 'accuracy' needs example.answers"),
+    (["accuracy", "--answer", "x", "--example", '{"colour": 1}'], "unknown Example fields ['colour']"),
+    (["accuracy", "--answer", "x", "--example", "{"], "--example is not JSON"),
+    (["iou", "--answer", "x", "--image-size", "12"], "--image-size '12': expected WIDTHxHEIGHT"),
+])
+def test_cli_bad_input_is_one_line_not_a_traceback(args, said, capsys):
+    assert main([args[0], "--completion", "<answer>x</answer>", *args[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rewards.score {args[0]}: ") and said in err and err.count("\n") == 1
+
+
 TEXT_REWARDS = ["format", "format_strict", "format_tools", "format_json", "format_scan", "accuracy", "tool_success",
                 "tool", "iou", "iou50", "reasoning", "visual_grounding"]  # the model-free rewards of this package
 ADVERSARIAL = {

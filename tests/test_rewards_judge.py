@@ -36,6 +36,12 @@ class FakeJudge(BaseHTTPRequestHandler):
             return self._send(503, b"busy")
         if fields["Response"] == "garbage-me":
             return self._send(200, b"<html>not json</html>")
+        if fields["Response"] == "huge-me":  # a valid "yes" buried after 1 MB: over the reply cap, never parsed
+            pad = " " * (1 << 20)
+            return self._send(200, json.dumps({"pad": pad, "choices": [{"message": {"content": "Yes"}}]}).encode())
+        if fields["Response"] == "code-me":  # a reply that would run code if anything evaluated it
+            content = "__import__('os').system('touch JUDGE_RAN_CODE') or 1"
+            return self._send(200, json.dumps({"choices": [{"message": {"content": content}}]}).encode())
         verdict = "Yes." if fields["Response"] in (fields["Reference"], "flaky-me") else "No."
         self._send(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode())
 

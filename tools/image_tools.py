@@ -55,7 +55,7 @@ def tool(fn):
     takes = f"it takes {', '.join(names)}" if names else "it takes no arguments"
 
     @functools.wraps(fn)
-    def run(image: Image.Image, **args) -> ToolResult:
+    def run(image: Image.Image, /, **args) -> ToolResult:  # positional: an "image" argument is just unknown
         unknown = [name for name in args if name not in names]
         if unknown:
             return ToolResult(error=f"{fn.__name__}: unknown argument {show(unknown[0])}; {takes}")

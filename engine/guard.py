@@ -1,0 +1,130 @@
+"""What keeps a run from losing work or failing silently: preemption signals, non-finite updates, the run folder.
+
+    with StopSignals() as signals:            # SIGTERM/SIGINT only set a flag ...
+        for step in ...:
+            ...one step...
+            if signals.requested():           # ... checked between steps (the same decision on every rank)
+                save a checkpoint; raise RunStopped(..., code=signals.exit_code)
+
+- A cluster scheduler preempts with SIGTERM (then SIGKILL after a grace period); Ctrl-C is SIGINT. The first one
+  finishes the current step, writes a checkpoint and exits with 128 + the signal number (143, 130), the code a
+  shell reports for a process the signal ended, so a job script can tell "preempted" from "done". A second one
+  acts at once (the default handlers are back). A kill -9 is covered by the atomic checkpoints instead
+  (engine/checkpoint.py): the newest complete one is always loadable.
+- `NonFinite`: an update whose loss or gradient norm is NaN/inf is skipped by the step functions (no optimizer
+  step, weights untouched); this counts them, and after `limit` in a row stops the run with a clear message.
+- `check_out_dir`: a run folder that cannot be made is found before any model loads; `mark_failed` leaves a
+  FAILED note in a run folder whose run stopped on an error, and `clear_failed` removes it when a run starts.
+Tested in tests/test_faults.py (real signals, kills and full disks in subprocesses) and tests/test_guard.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+from engine import distributed as D
+
+FAILED = "FAILED"
+
+
+class RunStopped(Exception):
+    """The run stopped on purpose (a signal, too many non-finite updates): the message says why and what is safe;
+    `code` is the process exit status train.py returns."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class StopSignals:
+    """SIGTERM and SIGINT set a flag instead of killing the process (main thread only; elsewhere: a no-op)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()  # a second signal acts at once
+        if os.environ.get("RANK", "0") == "0":  # torchrun signals every rank; one says so
+            print(f"\n{signal.Signals(signum).name}: finishing this step, then writing a checkpoint and stopping "
+                  "(send it again to stop at once, without a checkpoint)", flush=True)
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum or signal.SIGTERM).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum or signal.SIGTERM)
+
+    def requested(self) -> bool:
+        """Whether any rank got a signal (a collective under torchrun: call it at the same points on every rank)."""
+        got = int(D.all_reduce_sum(1 if self.signum is not None else 0))  # sync point
+        if got and self.signum is None:  # another rank was signalled: stop together, as it would
+            self.signum = signal.SIGTERM
+        return bool(got)
+
+
+class NonFinite:
+    """Counts skipped non-finite updates; raises RunStopped after `limit` in a row (0: never)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_row, self.total = limit, 0, 0
+
+    def update(self, skipped: bool, where: str) -> str | None:
+        """Record one step; returns a warning for a skipped one, raises RunStopped at the limit."""
+        if not skipped:
+            self.in_row = 0
+            return None
+        self.in_row += 1
+        self.total += 1
+        if self.limit and self.in_row >= self.limit:
+            raise RunStopped(f"{where}: {self.in_row} steps in a row had a NaN/inf loss or gradient and were "
+                             "skipped (optim.max_skipped_updates); the weights are the last finite ones. Lower the "
+                             "learning rate, check the data, or resume from the newest checkpoint", code=3)
+        return f"{where}: NaN/inf loss or gradient: update skipped ({self.in_row} in a row, {self.total} in all)"
+
+
+def check_out_dir(path: str | Path) -> None:
+    """Raise ValueError now (before any model loads) if the run folder cannot be made or written."""
+    p = Path(path).absolute()
+    existing = next(q for q in [p, *p.parents] if q.exists())
+    if not existing.is_dir():
+        raise ValueError(f"train.out_dir {path}: cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"train.out_dir {path}: {existing} is not writable: choose another train.out_dir")
+
+
+def mark_failed(folder: Path, error: BaseException) -> None:
+    """Leave a note that this run folder's run stopped on an error (best effort: the disk may be the problem)."""
+    if not folder.is_dir():
+        return
+    try:
+        (folder / FAILED).write_text(f"this run stopped with an error: {type(error).__name__}: {error}\n"
+                                     "checkpoints/latest (if present) names the newest complete checkpoint; "
+                                     "continue with --train.resume true once the cause is fixed\n")
+    except OSError:
+        pass
+
+
+def clear_failed(folder: Path) -> None:
+    (folder / FAILED).unlink(missing_ok=True)
