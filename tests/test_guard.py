@@ -1,0 +1,48 @@
+"""engine/guard.py without processes: which stages a resumed run still has, the NaN streak, the run folder check.
+The real signals, kills and full disks are in tests/test_faults.py."""
+
+import pytest
+
+from engine.guard import NonFinite, RunStopped, check_out_dir, stages_left
+
+FLAGS = {"sft": "sft.steps", "rl": "rl.steps"}
+
+
+def _summary(**steps):
+    return {"done_stages": list(steps), "steps": dict(steps)}
+
+
+def test_a_raised_step_count_continues_the_stage_the_checkpoint_ended():
+    summary = _summary(sft=2, rl=2)
+    left, said = stages_left(["sft", "rl"], summary, {"stage": "rl", "stage_step": 2}, {"sft": 2, "rl": 4}, FLAGS)
+    assert left == ["rl"] and summary["done_stages"] == ["sft"]
+    assert said == ["resume: rl finished at 2 steps; it continues to rl.steps = 4"]
+
+
+def test_nothing_left_is_said_and_a_stage_built_upon_is_not_reopened():
+    summary = _summary(sft=2, rl=2)
+    left, said = stages_left(["sft", "rl"], summary, {"stage": "rl", "stage_step": 2}, {"sft": 5, "rl": 2}, FLAGS)
+    assert left == [] and summary["done_stages"] == ["sft", "rl"]
+    assert said == ["resume: sft finished at 2 steps and a later stage has started from it: sft.steps = 5 is not "
+                    "applied", "resume: nothing left to do: the run finished sft 2 steps, rl 2 steps; raise "
+                    "--rl.steps to train further"]
+    assert stages_left(["sft"], {"done_stages": [], "steps": {}}, {}, {"sft": 3}, FLAGS) == (["sft"], [])
+
+
+def test_nonfinite_streak_stops_and_a_finite_step_resets_it():
+    guard = NonFinite(limit=2)
+    assert guard.update(True, "rl step 1") == "rl step 1: NaN/inf loss or gradient: update skipped (1 in a row, 1 in all)"
+    assert guard.update(False, "rl step 2") is None and guard.in_row == 0
+    guard.update(True, "rl step 3")
+    with pytest.raises(RunStopped, match="rl step 4: 2 steps in a row") as stop:
+        guard.update(True, "rl step 4")
+    assert stop.value.code == 3 and guard.total == 3
+    assert NonFinite(limit=0).update(True, "x") is not None  # 0: never stops
+
+
+def test_out_dir_under_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ValueError, match="cannot be made: .*/f is a file"):
+        check_out_dir(tmp_path / "f" / "run" / "deeper")
+    check_out_dir(tmp_path / "new" / "run")  # not there yet: fine, and not made
+    assert not (tmp_path / "new").exists()
