@@ -321,3 +321,25 @@ def test_judge_reply_is_capped_and_parsed_never_evaluated(tmp_path, monkeypatch)
     finally:
         server.shutdown()
         server.server_close()
+
+
+CONFIG_INPUTS = [(["--algo.loss", "gpg"], "choose one of cispo, gspo"), (["--algo.advantage", "nope"], "grpo"),
+                 (["--algo.aggregation", "x"], "token_mean"), (["--algo.kl_estimator", "k9"], "k1, k2, k3"),
+                 (["--rollout.protocol", "x"], "inline, multiturn"), (["--rollout.sampler", "x"], "'native', 'vllm'"),
+                 (["--reward.weights", '{"gpg": 1.0}'], "unknown reward(s) 'gpg'; choose from accuracy"),
+                 (["--train.steps", "4"], "moved to rl.steps"), (["--data.oversized_images", "crop"], "downsize"),
+                 (["--optim.max_skipped_updates", "-1"], "max_skipped_updates")]
+
+
+def test_bad_config_names_are_refused_before_any_model_loads(tmp_path, capsys):
+    import train
+
+    with TALLY.bad_input():  # one for real, as a user types it
+        done = run([sys.executable, "train.py", "--data.train", "x.jsonl", "--algo.loss", "gpg"], timeout=60)
+        assert done.returncode == 2 and clean(done).startswith("config error: algo.loss = 'gpg' is unknown; choose")
+    for args, choices in CONFIG_INPUTS:  # the same entry point in this process (a subprocess each costs ~5 s)
+        with TALLY.bad_input():
+            assert train.main(["--data.train", "x.jsonl", "--train.out_dir", str(tmp_path / "r"), *args]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("config error: ") and choices in err and err.count("\n") == 1, (args, err)
+            assert not (tmp_path / "r").exists()
