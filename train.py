@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary_line(summary: dict, cfg: Config) -> str:
     """The task's headline metrics after each stage: 'summary: iou_after_sft=0.412, iou50_after_sft=0.375 (...)'."""
-    keys = [k for k in summary if any(k.startswith(f"{m}_") for m in cfg.eval.metrics)
-            and isinstance(summary[k], float)]
+    keys = [f"{m}_{tag}" for tag in ("before", "after_sft", "after_rl") for m in cfg.eval.metrics
+            if f"{m}_{tag}" in summary]
     return "summary: " + ", ".join(f"{k}={summary[k]:.3f}" for k in keys) + f" ({cfg.train.out_dir}/summary.json)"
 
 

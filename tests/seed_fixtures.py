@@ -18,6 +18,8 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 from data.synth import generate
 from data.zoom_sft import a3_text
 from data.synth_zoom import cell_of
@@ -58,7 +60,7 @@ def seed001_jsonl(out: Path, n: int, seed: int) -> Path:
 
 
 def save_to_disk(rows: dict, features: dict, out: Path) -> Path:
-    import datasets
+    datasets = pytest.importorskip("datasets", reason="writing a save_to_disk folder needs `datasets` (requirements-dev)")
 
     datasets.Dataset.from_dict(rows, features=datasets.Features(features)).save_to_disk(str(out))
     return out
@@ -66,7 +68,7 @@ def save_to_disk(rows: dict, features: dict, out: Path) -> Path:
 
 def seed002_dataset(out: Path, n: int, seed: int) -> Path:
     """The grounding task as seed 002's dataset: the answer is a text label, the box is in bboxs."""
-    import datasets
+    datasets = pytest.importorskip("datasets", reason="save_to_disk folders need `datasets` (requirements-dev)")
 
     samples = generate("grounding", n, seed)
     rows = {"image": [s.image for s in samples], "question": [s.question for s in samples],
@@ -89,7 +91,7 @@ def color_steps(sample) -> list[str]:
 
 def seed003_dataset(out: Path, n: int, seed: int) -> Path:
     """The colors task as seed 003's dataset, with reference_steps and the options in `options`."""
-    import datasets
+    datasets = pytest.importorskip("datasets", reason="save_to_disk folders need `datasets` (requirements-dev)")
 
     samples = generate("colors", n, seed)
     strings = datasets.Sequence(datasets.Value("string"))

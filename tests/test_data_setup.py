@@ -53,7 +53,7 @@ def test_epochs_stand_in_for_sft_steps_in_validation():
 
 
 def test_a_single_dataset_reads_whole_and_a_dict_defaults_to_train_and_test(tmp_path):
-    import datasets
+    datasets = pytest.importorskip("datasets", reason="save_to_disk folders are written with `datasets` (requirements-dev)")
 
     single = tmp_path / "single"
     seed003_dataset().save_to_disk(str(single))
