@@ -2,9 +2,11 @@
 
     python -m engine.memory --config configs/demo.toml --model.path /models/Qwen2.5-VL-3B-Instruct \
         --gpu-gib 80 --gpus 1
+    python -m engine.memory --config configs/demo.toml --shape 3b --model.dtype bfloat16   # a released shape
 
 Any config key can be set as in train.py (`--optim.micro_batch_tokens 8192`, `--lora.r 16`). The model's
-dimensions come from its config.json (model.path, or the tiny model); parameters are counted exactly on the meta
+dimensions come from its config.json (model.path, the released shape `--shape` of model.tiny_arch as
+models/shapes.py sizes it, or the tiny model); parameters are counted exactly on the meta
 device (no weights are read). Per GPU, the estimate is
 
     peak = weights + optimizer state + reference + max(gradients + activations(micro_batch_tokens), rollout KV cache)
@@ -13,8 +15,9 @@ because gradients are freed (set to None) between steps, while the rollout runs.
 weights, gradients, optimizer state and reference N ways; activations are per process; each process samples
 prompts_per_step / N prompts. Activation bytes per token are counted tensor by tensor for one decoder layer (and
 one vision block per patch), bf16, as the backward pass keeps them (`layer_bytes`): with gradient checkpointing only
-each layer's input stays, plus one layer being recomputed. The log-prob head keeps, per response token, the
-bf16 logits, their fp32 copy and the entropy's softmax and product (LOGIT_BYTES per vocabulary row).
+each layer's input stays, plus one layer being recomputed. The log-prob head holds, per response token, the
+bf16 logits, their fp32 copy and the entropy's softmax and product (LOGIT_BYTES per vocabulary row), for at most
+model.logprob_chunk_tokens tokens at a time (0: every response token of the micro-batch at once).
 
 Checked against measured peaks (tests/test_memory.py; H200, Qwen2.5-VL-3B dims with the offline tokenizer's
 1,010-row vocabulary, i.e. 3.45B parameters; bf16 weights and AdamW state, KL reference, 8 x 8 samples of 256 new
@@ -76,6 +79,16 @@ def read_dims(model_dir: str | Path) -> Dims:
                 params=params, vision_params=vision_params, lora_params_per_rank=lora)
 
 
+def shape_dims(arch: str, shape: str) -> Dims:
+    """The dimensions of a released checkpoint's shape (models/shapes.py), from a weightless folder in a temp dir."""
+    import tempfile
+
+    from models.tiny import build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return read_dims(build(arch, Path(tmp) / "model", shape=shape, weights=False))
+
+
 def count_params(model_dir: str | Path) -> tuple[int, int, dict]:
     """(all parameters, vision parameters, LoRA parameters per rank for each lora.target), counted on the meta
     device: the model is built from its config without allocating a single weight."""
@@ -120,6 +133,7 @@ class Setting:
     mixed_precision: bool = False  # fp32 master weights, gradients and AdamW state, bf16 compute
     kl_reference: bool = True
     gpus: int = 1
+    logprob_chunk_tokens: int = 0  # model.logprob_chunk_tokens (0: no chunking)
 
 
 def layer_bytes(d: Dims) -> tuple[float, float]:
@@ -157,9 +171,10 @@ def estimate(d: Dims, w: Workload, s: Setting) -> dict[str, float]:
                              + patches_per_token * (d.vision_depth * 2 * d.vision_hidden + vision_b))
     else:
         per_token = scale * (d.layers * text_b + patches_per_token * d.vision_depth * vision_b)
-    per_token += kept_per_token * d.vocab * LOGIT_BYTES
+    kept = kept_per_token * s.micro_batch_tokens  # response tokens in one micro-batch
+    out["logits"] = min(kept, s.logprob_chunk_tokens or kept) * d.vocab * LOGIT_BYTES
     out["activations_per_token"] = per_token
-    out["activations"] = per_token * s.micro_batch_tokens
+    out["activations"] = per_token * s.micro_batch_tokens + out["logits"]
     sequences = math.ceil(w.sequences / s.gpus)
     out["rollout_kv_cache"] = sequences * seq * 2 * d.layers * d.kv_heads * d.head_dim * compute
     out["peak"] = (out["weights"] + out["optimizer"] + out["reference"]
@@ -211,7 +226,7 @@ def report(d: Dims, w: Workload, s: Setting, gpu_gib: float, group_size: int) ->
              f"  optimizer state    {gib(est['optimizer'])}",
              f"  reference          {gib(est['reference'])}",
              f"  activations        {gib(est['activations'])}  ({est['activations_per_token'] / 2**20:.3f} MiB "
-             "per micro-batch token)",
+             f"per micro-batch token, plus {est['logits'] / GiB:.2f} GiB for the log-prob head)",
              f"  rollout KV cache   {gib(est['rollout_kv_cache'])}",
              f"  estimated peak     {gib(est['peak'])}  {'fits' if est['peak'] <= gpu_gib * GiB else 'DOES NOT FIT'}",
              "settings that fit (fastest first):"]
@@ -235,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, default=1, help="number of GPUs (FSDP2 processes)")
     parser.add_argument("--image-px", type=int, default=448, help="image side after resizing (default 448)")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="text tokens per prompt (system + question)")
+    parser.add_argument("--shape", default="", help="a released checkpoint's dimensions for model.tiny_arch "
+                        "(models/shapes.py, e.g. 3b for qwen2_5_vl) instead of a model folder")
     args, overrides = parser.parse_known_args(argv)
     from engine.config import Config
     from engine.configlib import build_config
@@ -242,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = build_config(Config, toml_path=args.config, overrides=overrides, validate=False)
-        d = read_dims(cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed))
+        d = shape_dims(cfg.model.tiny_arch, args.shape) if args.shape else \
+            read_dims(cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -252,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                  sequences=r.prompts_per_step * r.group_size)
     s = Setting(micro_batch_tokens=cfg.optim.micro_batch_tokens, checkpointing=cfg.model.gradient_checkpointing,
                 lora_rank=cfg.lora.r, lora_target=cfg.lora.target, dtype=cfg.model.dtype,
-                mixed_precision=cfg.train.mixed_precision == "bf16", kl_reference=cfg.algo.kl_beta > 0, gpus=args.gpus)
+                mixed_precision=cfg.train.mixed_precision == "bf16", kl_reference=cfg.algo.kl_beta > 0, gpus=args.gpus,
+                logprob_chunk_tokens=cfg.model.logprob_chunk_tokens)
     print(report(d, w, s, args.gpu_gib, r.group_size))
     return 0
 

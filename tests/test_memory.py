@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from engine.memory import GiB, Setting, Workload, estimate, fitting_settings, main, read_dims
+from engine.memory import LOGIT_BYTES, GiB, Setting, Workload, estimate, fitting_settings, main, read_dims, shape_dims
 from models.tiny import tiny_model_dir
 
 
@@ -69,3 +69,18 @@ def test_command_prints_the_split_and_the_settings(capsys):
                  "estimated peak", "settings that fit", "--optim.micro_batch_tokens"):
         assert part in out
     assert main(["--model.path", "/nonexistent"]) == 2
+    assert main(["--config", "configs/demo.toml", "--shape", "3b", "--model.dtype", "bfloat16"]) == 0
+    assert "3.755B parameters" in capsys.readouterr().out
+
+
+def test_released_shape_and_chunked_log_probs():
+    d = shape_dims("qwen2_5_vl", "3b")  # models/shapes.py: Qwen2.5-VL-3B with its 151,936-row tied embedding
+    assert (d.hidden, d.layers, d.kv_heads, d.intermediate, d.vocab) == (2048, 36, 2, 11008, 151936)
+    assert (d.vision_hidden, d.vision_depth, d.vision_intermediate) == (1280, 32, 3420)
+    assert round(d.params / 1e9, 2) == 3.75  # the model card's 3.75B
+    work = Workload(prompt_text_tokens=35, sequences=64)  # 547 tokens a trajectory, 256 of them sampled
+    whole = estimate(d, work, Setting(micro_batch_tokens=16384, checkpointing=True))
+    chunked = estimate(d, work, Setting(micro_batch_tokens=16384, checkpointing=True, logprob_chunk_tokens=2048))
+    assert whole["logits"] == pytest.approx(16384 * 256 / 547 * 151936 * LOGIT_BYTES)  # every response token's logits at once
+    assert chunked["logits"] == 2048 * 151936 * LOGIT_BYTES  # one chunk at a time
+    assert whole["peak"] - chunked["peak"] == pytest.approx(whole["logits"] - chunked["logits"])
