@@ -58,6 +58,18 @@ class GenOutput:
     stop: str  # "stop" (hit a stop id) | "length"
 
 
+def _ban_bias(vocab: int, banned_ids: frozenset[int], num_token_ids: int, device) -> torch.Tensor | None:
+    """[V] additive mask: -inf on banned ids and on ids past the tokenizer; None when nothing is banned. Made once
+    per generate call, so a decoding step adds one tensor instead of building an index list."""
+    if not banned_ids and not 0 < num_token_ids < vocab:
+        return None
+    bias_V = torch.zeros(vocab, device=device)
+    bias_V[torch.tensor(sorted(banned_ids), dtype=torch.long, device=device)] = float("-inf")
+    if 0 < num_token_ids < vocab:
+        bias_V[num_token_ids:] = float("-inf")
+    return bias_V
+
+
 def _sample(logits_BV: torch.Tensor, p: Sampling, banned_ids: frozenset[int], num_token_ids: int,
             gen: torch.Generator | None):
     """Returns (token_B, logp_B); logp is under the temperature-scaled distribution with banned ids and ids past
@@ -65,12 +77,14 @@ def _sample(logits_BV: torch.Tensor, p: Sampling, banned_ids: frozenset[int], nu
     trainer recomputes the same quantity; banned and padded ids hold ~0 probability in any trained model, so
     removing them changes logp negligibly; in a random-init model they do not, and only the sampler masks them).
     `gen` must live on the logits' device (torch.multinomial's rule)."""
+    return _draw(logits_BV, p, _ban_bias(logits_BV.shape[-1], banned_ids, num_token_ids, logits_BV.device), gen)
+
+
+def _draw(logits_BV: torch.Tensor, p: Sampling, bias_V: torch.Tensor | None, gen: torch.Generator | None):
+    """_sample with its ban mask made already: everything stays on the device, no host sync."""
     logits_BV = logits_BV.float()
-    if banned_ids or 0 < num_token_ids < logits_BV.shape[-1]:
-        logits_BV = logits_BV.clone()
-        logits_BV[:, sorted(banned_ids)] = float("-inf")
-        if num_token_ids:
-            logits_BV[:, num_token_ids:] = float("-inf")
+    if bias_V is not None:
+        logits_BV = logits_BV + bias_V
     if p.temperature <= 0:
         tok_B = logits_BV.argmax(-1)
         return tok_B, torch.log_softmax(logits_BV, -1).gather(-1, tok_B[:, None])[:, 0]
@@ -113,54 +127,77 @@ def concat_images(requests: list[GenRequest]):
     return torch.cat(pix), torch.cat(grids)
 
 
+def _stop_check_every(device: torch.device) -> int:
+    """Decoding steps between host syncs that drop finished rows. On a GPU each sync stalls the launch queue, so
+    rows that finished keep decoding (their extra tokens are cut off) until the next check; on the CPU a check
+    costs nothing and dropping rows at once keeps the sampler's random stream as it always was."""
+    return 8 if device.type == "cuda" else 1
+
+
 @torch.no_grad()
 def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: int, max_new_tokens: int,
              stop_ids: frozenset[int] = frozenset(), banned_ids: frozenset[int] = frozenset(),
              num_token_ids: int = 0, expand: int = 1, generator: torch.Generator | None = None) -> list[GenOutput]:
     """Continue every request by at most `max_new_tokens` (or its own smaller cap), stopping on `stop_ids`;
     `banned_ids` are never drawn (e.g. image placeholders), nor ids >= `num_token_ids` (padded embedding rows that
-    name no token; 0: off). With expand=G each request yields G outputs (request-major order)."""
+    name no token; 0: off). With expand=G each request yields G outputs (request-major order).
+
+    The decoding loop keeps everything on the device: tokens and log-probs go into [N, steps] buffers, stops are
+    recorded per row as they happen, and the host looks only every `_stop_check_every` steps (to drop finished
+    rows from the cache, or end). The buffers become Python lists once, at the end."""
     device = next(model.parameters()).device
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"the sampling generator is on {generator.device} and the model on {device}: make it with "
                          "torch.Generator(device=<the model's device>)")
-    ids_BT, mask_BT, pos_3BT = (t.to(device) for t in left_pad(requests, pad_id))
+    ids_BT, mask_BT, pos_3BT = left_pad(requests, pad_id)
+    # Prompts of one length (a group's, or several of one template) need no padding mask at all: attention is
+    # plain causal, and transformers builds no mask tensor at any step (measured: ~10 % of a CPU rollout).
+    padded = not bool(mask_BT.all())
+    ids_BT, mask_BT, pos_3BT = (t.to(device) for t in (ids_BT, mask_BT, pos_3BT))
     pixels, grids = concat_images(requests)
-    out = model(input_ids=ids_BT, attention_mask=mask_BT, position_ids=pos_3BT, use_cache=True,
+    out = model(input_ids=ids_BT, attention_mask=mask_BT if padded else None, position_ids=pos_3BT, use_cache=True,
                 pixel_values=None if pixels is None else pixels.to(device, dtype=model.dtype),
                 image_grid_thw=None if grids is None else grids.to(device), logits_to_keep=1)
     cache, logits_BV = out.past_key_values, out.logits[:, -1]
     next_pos_B = pos_3BT.amax(dim=(0, 2)) + 1
-    limit_B = torch.tensor([min(r.max_new_tokens or max_new_tokens, max_new_tokens)
-                            for r in requests], device=device)
+    limits = [min(r.max_new_tokens or max_new_tokens, max_new_tokens) for r in requests]
+    limit_B = torch.tensor(limits, device=device)
     if expand > 1:
         cache.batch_repeat_interleave(expand)
         logits_BV, mask_BT, next_pos_B, limit_B = (t.repeat_interleave(expand, 0)
                                                    for t in (logits_BV, mask_BT, next_pos_B, limit_B))
-    n = logits_BV.shape[0]
-    tokens, logps = [[] for _ in range(n)], [[] for _ in range(n)]
-    stops = ["length"] * n
+    n, steps = logits_BV.shape[0], max(limits, default=0)
+    tok_NS = torch.zeros(n, steps, dtype=torch.long, device=device)
+    logp_NS = torch.zeros(n, steps, device=device)
+    len_N = limit_B.clone()  # tokens each output keeps: its limit, or up to and including its first stop id
+    stopped_N = torch.zeros(n, dtype=torch.bool, device=device)
     row_B = torch.arange(n, device=device)  # which output each live row writes to
+    done_B = torch.zeros(n, dtype=torch.bool, device=device)
     stop_t = torch.tensor(sorted(stop_ids), device=device, dtype=torch.long)
-    for step in range(int(limit_B.max().item()) if n else 0):  # host sync: one .item() per call, the loop bound
-        tok_B, logp_B = _sample(logits_BV, sampling, banned_ids, num_token_ids, generator)
-        # host sync per step: the tokens go to Python lists, and which rows stopped decides the next forward
-        for r, t, lp in zip(row_B.tolist(), tok_B.tolist(), logp_B.tolist()):
-            tokens[r].append(t)
-            logps[r].append(lp)
-        hit_B = torch.isin(tok_B, stop_t)
-        for r in row_B[hit_B].tolist():
-            stops[r] = "stop"
-        done_B = hit_B | (step + 1 >= limit_B)
-        if bool(done_B.all()):
-            break
-        if bool(done_B.any()):
-            keep = (~done_B).nonzero()[:, 0]
-            cache.batch_select_indices(keep)
-            tok_B, mask_BT, next_pos_B, limit_B, row_B = (t[keep] for t in (tok_B, mask_BT, next_pos_B, limit_B, row_B))
-        mask_BT = torch.cat([mask_BT, torch.ones_like(mask_BT[:, :1])], dim=1)
+    bias_V = _ban_bias(logits_BV.shape[-1], banned_ids, num_token_ids, device)
+    every = _stop_check_every(device)
+    for step in range(steps):
+        tok_B, logp_B = _draw(logits_BV, sampling, bias_V, generator)
+        tok_NS[row_B, step], logp_NS[row_B, step] = tok_B, logp_B
+        hit_B = torch.isin(tok_B, stop_t) & ~done_B  # a row's FIRST stop id
+        len_N[row_B] = torch.where(hit_B, step + 1, len_N[row_B])
+        stopped_N[row_B] |= hit_B
+        done_B = done_B | hit_B | (step + 1 >= limit_B)
+        if (step + 1) % every == 0 or step + 1 == steps:
+            if bool(done_B.all()):  # host sync: once per `every` steps
+                break
+            if bool(done_B.any()):  # host sync
+                keep = (~done_B).nonzero()[:, 0]
+                cache.batch_select_indices(keep)
+                tok_B, next_pos_B, limit_B, row_B, done_B = (
+                    t[keep] for t in (tok_B, next_pos_B, limit_B, row_B, done_B))
+                mask_BT = mask_BT[keep] if padded else None
+        mask_BT = torch.cat([mask_BT, torch.ones_like(mask_BT[:, :1])], dim=1) if padded else None
         out = model(input_ids=tok_B[:, None], attention_mask=mask_BT, past_key_values=cache, use_cache=True,
                     position_ids=next_pos_B.view(1, -1, 1).expand(3, -1, 1))
         cache, logits_BV = out.past_key_values, out.logits[:, -1]
         next_pos_B = next_pos_B + 1
-    return [GenOutput(tokens=t, logps=lp, stop=s) for t, lp, s in zip(tokens, logps, stops)]
+    # host sync, once: the buffers to Python lists
+    lens, stops = len_N.tolist(), stopped_N.tolist()
+    return [GenOutput(tokens=t[:k], logps=lp[:k], stop="stop" if s else "length")
+            for t, lp, k, s in zip(tok_NS.tolist(), logp_NS.tolist(), lens, stops)]

@@ -4,7 +4,8 @@ independent full forwards, never against itself.
 - greedy == HF `model.generate(do_sample=False)` token for token, for prompts with images of different sizes;
 - a left-padded batch == each prompt alone (tokens equal, log-probs within 1e-5);
 - expand=G: G outputs per prompt in request-major order; a seeded generator reproduces samples, another seed differs;
-- stop ids end a row (and only that row) on the stop token; per-request caps end a row by "length";
+- stop ids end a row (and only that row) on the stop token; per-request caps end a row by "length"; both the
+  same whether the loop drops finished rows at every step (CPU) or every 5 (finished rows decode on: a GPU's way);
 - banned ids are never drawn even when they are the argmax; top_k=1 (and a tiny top_p) equal greedy;
 - recorded log-probs == log_softmax(logits / T) of a full forward over prompt + sampled tokens (within 1e-4).
 
@@ -81,7 +82,16 @@ def test_left_padded_batch_equals_each_alone(vlm, prompts, greedy_alone):
         torch.testing.assert_close(torch.tensor(b.logps), torch.tensor(a.logps), rtol=0, atol=1e-5)
 
 
-def test_stop_id_ends_only_its_row(vlm, prompts, greedy_alone):
+@pytest.fixture(params=[1, 5], ids=["check-every-step", "check-every-5"])
+def stop_check_every(request, monkeypatch):
+    """How often the decoding loop looks at the host to drop finished rows (a GPU checks every few steps, and
+    finished rows decode on meanwhile): the outputs must not depend on it."""
+    import models.generation as G
+    monkeypatch.setattr(G, "_stop_check_every", lambda device: request.param)
+    return request.param
+
+
+def test_stop_id_ends_only_its_row(vlm, prompts, greedy_alone, stop_check_every):
     # The stop id is the 3rd greedy token of a prompt whose first two tokens differ from it, so that row must end
     # after exactly 3 tokens; every other row ends at its own first occurrence of that id, or runs to the length.
     k = next(i for i, o in enumerate(greedy_alone) if o.tokens[2] not in o.tokens[:2])
@@ -99,7 +109,7 @@ def test_stop_id_ends_only_its_row(vlm, prompts, greedy_alone):
     assert any(o.stop == "length" for o in outs), "need one row that outlives the stopped one"
 
 
-def test_per_request_cap_ends_row_by_length(vlm, prompts, greedy_alone):
+def test_per_request_cap_ends_row_by_length(vlm, prompts, greedy_alone, stop_check_every):
     reqs = [request(p, vlm) for p in prompts]
     reqs[1] = GenRequest(**{**reqs[1].__dict__, "max_new_tokens": 2})
     outs = generate(vlm.model, reqs, **gen_args(max_new_tokens=N_NEW, temperature=0.0), pad_id=vlm.family.pad_id)
