@@ -116,11 +116,12 @@ def test_check_train_and_eval_read_the_same_examples(kind, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"data: {len(TRAIN)} training examples ({fmt})" in printed
     assert f"data: {len(held_out)} held-out examples ({fmt})" in printed
-    answers = [json.loads(line)["answer"] for line in open(run / "eval_after_sft.jsonl")]
-    assert answers == [s.answer for s in held_out]
+    references = [json.loads(line)["reference"] for line in open(run / "eval_after_sft.jsonl")]
+    assert references == [s.answer for s in held_out]
 
-    model = json.loads((run / "summary.json").read_text())["final_checkpoint"] + "/model"
-    assert eval_cli.main(["--data.train", str(path), "--data.eval", str(path), "--model.path", model,
-                          "--rollout.max_new_tokens", "4"]) == 0
-    metrics = json.loads(capsys.readouterr().out.split("examples (" + fmt + ")\n", 1)[1])
-    assert metrics["num_examples"] == len(held_out)
+    model = json.loads((run / "summary.json").read_text())["final_checkpoint"]
+    out = tmp_path / "eval"
+    assert eval_cli.main(["--data.eval", str(path), "--model.path", model, "--rollout.max_new_tokens", "4",
+                          "--out", str(out)]) == 0  # held-out data only: no data.train
+    assert json.loads((out / "metrics.json").read_text())["num_examples"] == len(held_out)
+    assert [json.loads(line)["reference"] for line in open(out / "predictions.jsonl")] == [s.answer for s in held_out]
