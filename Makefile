@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo demo-data infer test test-fast test-faults test-vllm test-openclip bench bench-peer eval tiny clean browser
+.PHONY: venv demo demo-data infer test test-fast test-faults test-gpu test-vllm test-openclip bench bench-peer bench-gpu eval tiny clean browser
 
 venv: $(STAMP)
 
@@ -59,6 +59,16 @@ bench: $(STAMP)
 bench-peer:
 	bash scripts/install_peer.sh
 	.venv-peer/bin/python scripts/bench_peer.py
+
+# The GPU lane and the GPU benchmark run in an environment with a CUDA torch (GPU_PY, not .venv, whose torch is the
+# CPU wheel): on a GPU machine `make test-gpu` / `make bench-gpu`, or GPU_PY=/path/to/python make test-gpu.
+# CUBLAS_WORKSPACE_CONFIG lets train.deterministic runs (the bitwise resume test) use deterministic cuBLAS.
+GPU_PY ?= python3
+test-gpu:
+	CUBLAS_WORKSPACE_CONFIG=:4096:8 $(GPU_PY) -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_gpu.py
+
+bench-gpu:
+	$(GPU_PY) scripts/bench_gpu.py --arch qwen2_5_vl --shape 3b --out runs/bench_gpu.json
 
 # The demo's data (runs/data/colors-*), written once; `make eval` with configs/demo.toml reads colors-eval.
 demo-data: $(STAMP)

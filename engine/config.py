@@ -261,6 +261,7 @@ class TrainConfig:
     eval_at_start: bool = doc(False, "Also evaluate before the first stage (accuracy_before in the summary).")
     threads: int = doc(0, "torch CPU threads (0: leave torch's default).")
     tensorboard: bool = doc(True, "Write TensorBoard scalars to out_dir/tb.")
+    deterministic: bool = doc(False, "Deterministic kernels (torch.use_deterministic_algorithms, cuBLAS workspace :4096:8): on a GPU a resumed run then repeats the uninterrupted one bit for bit (atomics in index_add, attention backward and cuBLAS otherwise reorder float sums). Slower; an op without a deterministic kernel raises naming it. CPU runs are deterministic either way.")
     mixed_precision: Literal["bf16"] | None = doc(None, "none (compute in model.dtype) or bf16: bf16 compute with fp32 master weights, fp32 gradients and fp32 AdamW state, in one process or under torchrun alike (FSDP2's MixedPrecisionPolicy; one process joins a process group of one). Needs model.dtype = float32. Pure bf16 weights (model.dtype = bfloat16) instead lose every update smaller than half a bf16 step of the weight.")
 
 

@@ -38,6 +38,7 @@ One code path for 1 and N processes (engine/distributed.py; without torchrun eve
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -122,6 +123,11 @@ class Run:
                              "engine and the full weights): use the native sampler under torchrun")
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            # cuBLAS reads its workspace setting when it first starts: a process that already ran a CUDA matmul
+            # keeps its old one (set the variable in the environment to be sure).
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         self.vlm = load_policy(cfg, device=str(self.dist.device))
         # Seeded after loading (building an uncached tiny model reseeds the global RNG), the same on every rank:
         # LoRA's initial adapters must be identical on all ranks before FSDP shards them.
@@ -436,12 +442,16 @@ class Run:
 def run(cfg: Config) -> dict:
     """Set up (nothing is written if that fails), run the stages, and leave a FAILED note in the run folder if
     they stop on an error (not on a signal: that stop wrote its checkpoint and is a normal end)."""
-    r = Run(cfg)
+    deterministic = torch.are_deterministic_algorithms_enabled()  # train.deterministic sets it for the run only
     try:
-        summary = r.main()
-    except BaseException as exc:
-        if r.main_rank and not (isinstance(exc, RunStopped) and exc.code >= 128):
-            mark_failed(r.dir, exc)
-        raise
-    D.close()  # torchrun: leave the process group cleanly (one process: nothing to do)
+        r = Run(cfg)
+        try:
+            summary = r.main()
+        except BaseException as exc:
+            if r.main_rank and not (isinstance(exc, RunStopped) and exc.code >= 128):
+                mark_failed(r.dir, exc)
+            raise
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    D.close()  # torchrun, or a group of one (mixed precision): leave the process group cleanly
     return summary
