@@ -65,7 +65,7 @@ bench-peer:
 # CUBLAS_WORKSPACE_CONFIG lets train.deterministic runs (the bitwise resume test) use deterministic cuBLAS.
 GPU_PY ?= python3
 test-gpu:
-	CUBLAS_WORKSPACE_CONFIG=:4096:8 $(GPU_PY) -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_gpu.py
+	CUBLAS_WORKSPACE_CONFIG=:4096:8 $(GPU_PY) -m pytest -q -rs -m gpu -p no:cacheprovider $(shell grep -l 'mark.gpu' tests/test_*.py)
 
 bench-gpu:
 	$(GPU_PY) scripts/bench_gpu.py --arch qwen2_5_vl --shape 3b --out runs/bench_gpu.json

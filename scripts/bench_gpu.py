@@ -45,8 +45,7 @@ from engine.data_setup import load_data  # noqa: E402
 from engine.data_stream import DataStream  # noqa: E402
 from engine.evaluate import prompts_for  # noqa: E402
 from engine.step import RLState, rl_step  # noqa: E402
-from engine.tool_protocols import make_protocol  # noqa: E402
-from engine.trainer import _optimizer, loss_config  # noqa: E402
+from engine.trainer import _optimizer  # noqa: E402
 from models.load import init_vlm  # noqa: E402
 from models.tiny import build  # noqa: E402
 from scripts.bench import PHASES  # noqa: E402  (the CPU benchmark's phase names: one list for both)
@@ -95,15 +94,15 @@ def build_state(arch: str, shape: str, data: Path, *, prompts: int, group: int, 
         "--data.train", str(data), "--rollout.group_size", str(group), "--rollout.prompts_per_step", str(prompts),
         "--rollout.max_new_tokens", str(new_tokens), "--rollout.max_total_tokens", "16384",
         "--rollout.temperature", "1.0", "--algo.kl_beta", str(kl_beta), "--optim.micro_batch_tokens",
-        str(micro_batch_tokens), "--optim.lr", "1e-6"])
+        str(micro_batch_tokens), "--rl.lr", "1e-6"])
     vlm = init_vlm(work, dtype=dtype, device=device, attn_implementation=cfg.model.attn_implementation)
     vlm.family = replace(vlm.family, eos_ids=())  # every sample runs to new_tokens (see scripts/bench.py)
     set_checkpointing(vlm.model, checkpointing)
-    optimizer, scheduler = _optimizer(vlm.model, cfg, cfg.optim.lr, total_steps)
+    optimizer, scheduler = _optimizer(vlm.model, cfg, cfg.rl.lr, total_steps)
     reference = copy.deepcopy(vlm.model).eval().requires_grad_(False)
     state = RLState(cfg=cfg, policy=vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
                     generator=torch.Generator(device=device).manual_seed(cfg.train.seed),
-                    protocol=make_protocol("none", vlm), loss_cfg=loss_config(cfg))
+                    protocol=None)
     examples, _ = load_data(cfg, verbose=False)
     return cfg, vlm, state, examples
 

@@ -31,19 +31,19 @@ import torch
 
 from engine import distributed as D
 from engine import trainer
-from engine.config import Config
+from engine.config import Config, RolloutConfig
 from engine.configlib import build_config
 from engine.packing import pack, row_logps
-from engine.rollout import RolloutLimits, rollout
-from engine.sampler import GenOutput, SamplingParams, generate
+from engine.rollout import rollout
 from engine.tool_protocols import make_protocol
+from models.generation import GREEDY, GenOutput, generate
 from tests.engine_helpers import encode, make_prompt, request
 
 SKIP = ("no CUDA device here: the GPU lane runs where torch.cuda.is_available() is true, with `make test-gpu` "
         "(GPU_PY=python3 by default, an environment with a CUDA torch)")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=SKIP)]
 ROOT = Path(__file__).resolve().parent.parent
-RL = ["--train.stage", "rl", "--train.steps", "2", "--rollout.prompts_per_step", "2", "--rollout.group_size", "4",
+RL = ["--train.stage", "rl", "--rl.steps", "2", "--rollout.prompts_per_step", "2", "--rollout.group_size", "4",
       "--rollout.max_new_tokens", "12", "--rollout.temperature", "1.0", "--algo.kl_beta", "0.04"]
 
 
@@ -106,17 +106,17 @@ def test_tool_protocols_through_the_rollout_on_cuda(name, call):
     scripted, rounds = encode(vlm, call), []
 
     class FirstRoundScripted:  # the rollout's sampler hook (engine/vllm_sampler.py has the same contract)
-        def generate(self, requests, params, *, expand=1, images_per_request, generator=None):
+        def generate(self, requests, sampling, *, images_per_request, expand=1, **call):
             rounds.append(len(requests))
             if len(rounds) == 1:
                 return [GenOutput(tokens=list(scripted), logps=[-1.0] * len(scripted), stop="stop")
                         for _ in range(len(requests) * expand)]
-            return generate(vlm.model, requests, params, pad_id=vlm.family.pad_id, expand=expand, generator=generator)
+            return generate(vlm.model, requests, sampling, pad_id=vlm.family.pad_id, expand=expand, **call)
 
-    limits = RolloutLimits(max_new_tokens=40, max_total_tokens=4096, max_tool_calls=1, max_images=4)
-    trajs = rollout(vlm, [prompt], group_size=2, params=SamplingParams(temperature=1.0), limits=limits,
-                    protocol=make_protocol(name, vlm), generator=torch.Generator(device="cuda").manual_seed(0),
-                    sampler=FirstRoundScripted())
+    settings = RolloutConfig(group_size=2, max_new_tokens=40, max_total_tokens=4096, max_tool_calls=1,
+                             temperature=1.0)
+    trajs = rollout(vlm, [prompt], settings, protocol=make_protocol(name, vlm),
+                    generator=torch.Generator(device="cuda").manual_seed(0), sampler=FirstRoundScripted())
     assert rounds == [1, 2]  # both samples called the tool and were continued
     for t in trajs:
         assert [c.ok for c in t.tool_calls] == [True] and len(t.grid_thw) == 2
@@ -129,18 +129,19 @@ def test_tool_protocols_through_the_rollout_on_cuda(name, call):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients_on_cuda(colors):
+    from engine.data_setup import load_data
     from engine.evaluate import prompts_for
     from engine.sft import sft_trajectory, target_text
 
     cfg = build_config(Config, overrides=["--data.train", str(colors)])
-    examples, _ = trainer.load_data(cfg, verbose=False)
+    examples, _ = load_data(cfg, verbose=False)
     grads = []
     for checkpointing in (False, True):
         vlm = trainer.load_policy(cfg)
         if checkpointing:
             trainer.enable_gradient_checkpointing(vlm.model)
         vlm.model.train()
-        trajs = [sft_trajectory(p, target_text(e, cfg.data.sft_template), vlm)
+        trajs = [sft_trajectory(p, target_text(e, cfg.data.sft_template, p, vlm), vlm)
                  for p, e in zip(prompts_for(examples[:4], vlm, cfg), examples[:4])]
         for row in pack(trajs, 4096):
             (-row_logps(vlm.model, row)[0].sum()).backward()
@@ -172,8 +173,7 @@ def test_resume_after_crash_is_bitwise_on_cuda(tmp_path, monkeypatch):
 
 def test_torchrun_one_process_nccl_with_mixed_precision(colors, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
-           "--master_port", "0", "train.py", "--data.train", str(colors), "--train.out_dir", str(tmp_path),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train.py", "--data.train", str(colors), "--train.out_dir", str(tmp_path),
            "--train.tensorboard", "false", "--train.sample_every", "0", "--train.mixed_precision", "bf16", *RL,
            "--train.stage", "sft,rl", "--sft.steps", "2", "--sft.batch_size", "4"]
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
@@ -204,5 +204,5 @@ def test_sampler_refuses_a_cpu_generator_for_a_cuda_model():
     vlm = trainer.load_policy(build_config(Config, overrides=["--data.train", "x.jsonl"]))
     prompt = make_prompt(vlm, (56, 56), "What colour?", 0)
     with pytest.raises(ValueError, match="generator is on cpu and the model on cuda"):
-        generate(vlm.model, [request(prompt, vlm)], SamplingParams(max_new_tokens=2), pad_id=vlm.family.pad_id,
+        generate(vlm.model, [request(prompt, vlm)], GREEDY, pad_id=vlm.family.pad_id, max_new_tokens=2,
                  generator=torch.Generator().manual_seed(0))

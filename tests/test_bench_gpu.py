@@ -1,0 +1,40 @@
+"""scripts/bench_gpu.py (`make bench-gpu`) on the CPU with the tiny shape: the script runs end to end in both
+gradient-checkpointing modes and its bookkeeping is right (parameter split, token and patch counts, the GPU peak
+table). Its GPU figures come from running it on a GPU (docs/BENCHMARKS.md says how).
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_bench_gpu.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts.bench_gpu import main, peak_flops
+
+
+def test_peak_table_names_the_gpu():
+    assert peak_flops("NVIDIA H200") == peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA GH200 480GB") == 989e12  # not H100's entry by accident of substring order
+    assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops("Tesla T4") is None  # unknown: the script asks for --peak-tflops instead of guessing
+
+
+def test_tiny_shape_runs_both_modes_on_cpu(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--shape", "tiny", "--device", "cpu", "--prompts", "1", "--group", "2", "--new-tokens", "4",
+                 "--side", "112", "--steps", "1", "--warmup", "0", "--work", str(tmp_path / "work"),
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [m["gradient_checkpointing"] for m in r["modes"]] == [True, False]
+    p = r["params"]
+    assert p["body"] + p["vision"] + p["embedding"] + p["head"] == p["all"]  # the tiny model does not tie them
+    for mode in r["modes"]:
+        m = mode["median"]
+        assert m["sampled_tokens"] == 2 * 4  # every sample runs to --new-tokens
+        assert m["patches"] == 2 * 64  # 112 px: an 8 x 8 patch grid per trajectory's image
+        assert m["update_mfu"] is None and m["peak_gib"] is None and m["update_tflops"] > 0
+        flops = 6 * (p["body"] * m["sequence_tokens"] + p["head"] * 8 + p["vision"] * 128)
+        assert m["update_tflops"] == pytest.approx(flops / m["update"] / 1e12, rel=1e-6)
+    assert "rollout tok/s" in capsys.readouterr().out
