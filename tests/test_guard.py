@@ -46,3 +46,35 @@ def test_out_dir_under_a_file_is_refused(tmp_path):
         check_out_dir(tmp_path / "f" / "run" / "deeper")
     check_out_dir(tmp_path / "new" / "run")  # not there yet: fine, and not made
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_resume_with_more_steps_continues_and_with_none_left_says_so(tmp_path, capsys):
+    import json
+
+    from data.synth import main as synth
+    from engine import trainer
+    from engine.config import Config
+    from engine.configlib import build_config
+
+    synth(["colors", "--n", "8", "--out", str(tmp_path / "data"), "--seed", "1"])
+    out = tmp_path / "run"
+
+    def cfg(*extra):
+        return build_config(Config, overrides=[
+            "--data.train", str(tmp_path / "data" / "data.jsonl"), "--train.out_dir", str(out), "--train.stage", "sft",
+            "--sft.batch_size", "2", "--train.threads", "1", "--train.tensorboard", "false", *extra])
+
+    first = trainer.run(cfg("--sft.steps", "2"))
+    assert first["steps"] == {"sft": 2, "rl": 0} and "resumed_from" not in first
+    more = trainer.run(cfg("--sft.steps", "3", "--train.resume", "true"))
+    assert "resume: sft finished at 2 steps; it continues to sft.steps = 3" in capsys.readouterr().out
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["steps"]["sft"] == 3 and saved["final_checkpoint"] == more["final_checkpoint"]
+    assert saved["final_checkpoint"].endswith("step_000003")
+    assert (out / "checkpoints" / "step_000003" / "COMPLETE").is_file() and saved["resumed_from"].endswith("step_000002")
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3  # one more step, not a new run
+    again = trainer.run(cfg("--sft.steps", "3", "--train.resume", "true"))
+    assert "resume: nothing left to do: the run finished sft 3 steps" in capsys.readouterr().out
+    assert again["final_checkpoint"] == saved["final_checkpoint"]
+    assert json.loads((out / "summary.json").read_text()) == saved  # untouched
