@@ -27,12 +27,10 @@ One code path for 1 and N processes (engine/distributed.py; without torchrun eve
   loaded from its full state (FSDP modules cannot be deep-copied). When SFT ran first, rank 0 also writes that
   copy to out_dir/reference/, so that a run resumed mid-RL anchors to it and not to the resumed weights.
 - With LoRA the run ends with a merged export (out_dir/merged/, a plain HF folder; summary.json names it).
-- Nothing lost, nothing silent (engine/guard.py): setup (data, model, rewards) runs before the run folder is made,
-  so a failed start leaves none; SIGTERM/SIGINT finish the step, write a checkpoint and stop (exit 128 + signal);
-  a NaN/inf update is skipped and counted, a streak of optim.max_skipped_updates stops the run (exit 3); a
-  checkpoint that cannot be written is a clear error with the previous one intact; a run that stops on an error
-  leaves a FAILED note. Resuming a finished stage with a raised step count continues it (the schedule is the one of
-  the new count); with nothing left to do, resume says so and changes nothing.
+- Nothing lost, nothing silent (engine/guard.py): the run folder appears only once setup worked; SIGTERM/SIGINT
+  save and stop (exit 128 + signal); NaN/inf updates are skipped and counted, a streak stops the run (exit 3); an
+  unwritable checkpoint is a clear error, the previous one intact; a run that fails leaves a FAILED note. Resume
+  continues a finished stage to a raised step count, and says so when nothing is left.
 """
 
 from __future__ import annotations
@@ -57,52 +55,17 @@ from engine.evaluate import evaluate, headline, prompts_for
 from engine.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed, stages_left
 from engine.lora import apply_lora, is_peft, merged_export
 from engine.metrics import MetricsLogger, progress
-from engine.optim import build_optimizer, build_scheduler
 from engine.rollout_dump import dump_rollouts
+from engine.run_setup import (_check_world, _optimizer, enable_gradient_checkpointing,  # noqa: F401 (re-exported)
+                              load_policy)
 from engine.sft import sft_step, sft_trajectory, target_text
 from engine.step import RLState, model_device, policy_weights, rl_step
 from engine.tool_health import ToolCallMonitor
 from engine.tool_protocols import make_protocol
-from models.load import VLM, load_vlm
-from models.tiny import tiny_model_dir
 from rewards.setup import setup_rewards
 
 
 STEPS_FLAG = {"sft": "sft.steps", "rl": "rl.steps"}  # the setting that gives each stage's step count
-
-
-def enable_gradient_checkpointing(model) -> None:
-    """transformers' own per-layer checkpointing (every decoder layer and vision block), non-reentrant: it works
-    with frozen inputs (LoRA), FSDP2 and packed rows, and only acts in training mode (rollouts run in eval)."""
-    if not getattr(model, "supports_gradient_checkpointing", True):
-        raise ValueError(f"model.gradient_checkpointing: {type(model).__name__} does not support it in transformers")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def load_policy(cfg: Config, device: str | None = None, path: str | Path | None = None) -> VLM:
-    """The model of `path` (default: model.path, or the tiny model) on `device` (default: cuda if available)."""
-    path = path or cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed)
-    return load_vlm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                    device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                    box_frame=cfg.model.box_frame, min_pixels=cfg.data.min_pixels,
-                    max_pixels=cfg.data.max_pixels)
-
-
-def _optimizer(model, cfg: Config, lr: float, total: int):
-    o = cfg.optim
-    opt = build_optimizer(model.parameters(), lr=lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2))
-    sched = build_scheduler(opt, warmup_steps=o.warmup_steps, total_steps=total, schedule=o.schedule,
-                            min_ratio=o.min_lr_ratio)
-    return opt, sched
-
-
-def _check_world(cfg: Config, world: int) -> None:
-    stages = cfg.train.stage.split(",")
-    for stage, key, n in (("sft", "sft.batch_size", cfg.sft.batch_size),
-                          ("rl", "rollout.prompts_per_step", cfg.rollout.prompts_per_step)):
-        if stage in stages and n % world:
-            raise ValueError(f"{key} = {n} is not a multiple of the {world} processes, which split it evenly: "
-                             f"set --{key} to a multiple of {world} or change --nproc_per_node")
 
 
 class Run:

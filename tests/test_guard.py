@@ -31,7 +31,8 @@ def test_nothing_left_is_said_and_a_stage_built_upon_is_not_reopened():
 
 def test_nonfinite_streak_stops_and_a_finite_step_resets_it():
     guard = NonFinite(limit=2)
-    assert guard.update(True, "rl step 1") == "rl step 1: NaN/inf loss or gradient: update skipped (1 in a row, 1 in all)"
+    warning = guard.update(True, "rl step 1")
+    assert warning == "rl step 1: NaN/inf loss or gradient: update skipped (1 in a row, 1 in all)"
     assert guard.update(False, "rl step 2") is None and guard.in_row == 0
     guard.update(True, "rl step 3")
     with pytest.raises(RunStopped, match="rl step 4: 2 steps in a row") as stop:
@@ -72,7 +73,8 @@ def test_resume_with_more_steps_continues_and_with_none_left_says_so(tmp_path, c
     saved = json.loads((out / "summary.json").read_text())
     assert saved["steps"]["sft"] == 3 and saved["final_checkpoint"] == more["final_checkpoint"]
     assert saved["final_checkpoint"].endswith("step_000003")
-    assert (out / "checkpoints" / "step_000003" / "COMPLETE").is_file() and saved["resumed_from"].endswith("step_000002")
+    assert (out / "checkpoints" / "step_000003" / "COMPLETE").is_file()
+    assert saved["resumed_from"].endswith("step_000002")
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3  # one more step, not a new run
     again = trainer.run(cfg("--sft.steps", "3", "--train.resume", "true"))
     assert "resume: nothing left to do: the run finished sft 3 steps" in capsys.readouterr().out

@@ -1,0 +1,48 @@
+"""What a run builds before its first step, shared by train.py's trainer, eval.py and scripts/bench.py: the policy
+model from the config, gradient checkpointing on it, an optimizer with its schedule, and the check that the batch
+sizes split over the processes. Re-exported by engine/trainer.py (older imports name it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.config import Config
+from engine.optim import build_optimizer, build_scheduler
+from models.load import VLM, load_vlm
+from models.tiny import tiny_model_dir
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """transformers' own per-layer checkpointing (every decoder layer and vision block), non-reentrant: it works
+    with frozen inputs (LoRA), FSDP2 and packed rows, and only acts in training mode (rollouts run in eval)."""
+    if not getattr(model, "supports_gradient_checkpointing", True):
+        raise ValueError(f"model.gradient_checkpointing: {type(model).__name__} does not support it in transformers")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def load_policy(cfg: Config, device: str | None = None, path: str | Path | None = None) -> VLM:
+    """The model of `path` (default: model.path, or the tiny model) on `device` (default: cuda if available)."""
+    path = path or cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed)
+    return load_vlm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+                    device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                    box_frame=cfg.model.box_frame, min_pixels=cfg.data.min_pixels,
+                    max_pixels=cfg.data.max_pixels)
+
+
+def _optimizer(model, cfg: Config, lr: float, total: int):
+    o = cfg.optim
+    opt = build_optimizer(model.parameters(), lr=lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2))
+    sched = build_scheduler(opt, warmup_steps=o.warmup_steps, total_steps=total, schedule=o.schedule,
+                            min_ratio=o.min_lr_ratio)
+    return opt, sched
+
+
+def _check_world(cfg: Config, world: int) -> None:
+    stages = cfg.train.stage.split(",")
+    for stage, key, n in (("sft", "sft.batch_size", cfg.sft.batch_size),
+                          ("rl", "rollout.prompts_per_step", cfg.rollout.prompts_per_step)):
+        if stage in stages and n % world:
+            raise ValueError(f"{key} = {n} is not a multiple of the {world} processes, which split it evenly: "
+                             f"set --{key} to a multiple of {world} or change --nproc_per_node")
