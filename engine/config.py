@@ -178,7 +178,7 @@ class OptimConfig:
     min_lr_ratio: float = doc(0.1, "Cosine floor as a fraction of the stage's lr (sft.lr, rl.lr).")
     max_grad_norm: float = doc(1.0, "Clip the global gradient norm to this (0: no clipping).")
     micro_batch_tokens: int = doc(8192, "Token budget of one packed micro-batch row (activation memory scales with it).")
-    max_skipped_updates: int = doc(5, "An update whose loss or gradient is NaN/inf is skipped (weights untouched; counted as train/skipped_update, sft/skipped_update and skipped_updates in the summary); the run stops with exit status 3 after this many in a row (0: never stops).")
+    max_skipped_updates: int = doc(5, "An update whose loss or gradient is NaN/inf is skipped (weights, optimizer state and lr schedule untouched; counted as train/skipped_update, sft/skipped_update and skipped_updates in the summary); the run stops with exit status 3 after this many in a row (0: never stops).")
 
     def validate(self) -> None:
         if self.max_skipped_updates < 0:

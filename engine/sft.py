@@ -113,10 +113,10 @@ def sft_step(model, optimizer, scheduler, trajs: list[Trajectory], *, micro_batc
     loss = float(D.all_reduce_sum(total))  # sync point, as the norm above: the same decision on every rank
     lr = scheduler.get_last_lr()[0]
     skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
-    if skipped:  # a NaN/inf update would poison every weight: skip it (the trainer counts and stops on a streak)
+    if skipped:  # a NaN/inf update would poison every weight: skip it, schedule included (the trainer counts)
         optimizer.zero_grad(set_to_none=True)
     else:
         optimizer.step()
-    scheduler.step()  # the schedule follows the step count either way
+        scheduler.step()
     return {"sft/loss": loss, "sft/grad_norm": grad_norm, "sft/lr": lr, "sft/tokens": float(num_tokens),
             "sft/skipped_update": float(skipped)}

@@ -118,9 +118,9 @@ def optimizer_step(state: RLState, rows, num_real: int, batch: StepBatch) -> dic
     finite = bool(torch.isfinite(grad_norm).all()) and bool(torch.isfinite(D.all_reduce_sum(loss_sum)).all())
     if finite:
         state.optimizer.step()
-    else:
+        state.scheduler.step()
+    else:  # nothing moves, the schedule included
         state.optimizer.zero_grad(set_to_none=True)
-    state.scheduler.step()  # the schedule follows the step count either way
     return {"sums": sums, "tokens": total, "loss": loss_sum, "grad_norm": grad_norm, "lr": lr, "skipped": not finite}
 
 

@@ -80,3 +80,36 @@ def test_resume_with_more_steps_continues_and_with_none_left_says_so(tmp_path, c
     assert "resume: nothing left to do: the run finished sft 3 steps" in capsys.readouterr().out
     assert again["final_checkpoint"] == saved["final_checkpoint"]
     assert json.loads((out / "summary.json").read_text()) == saved  # untouched
+
+
+@pytest.mark.slow
+def test_rl_update_with_a_nan_loss_is_skipped_and_the_weights_stay(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    from data.synth import main as synth
+    from engine import step, trainer
+    from engine.config import Config
+    from engine.configlib import build_config
+
+    synth(["colors", "--n", "8", "--out", str(tmp_path / "data"), "--seed", "1"])
+    real, calls = step.policy_loss, {"n": 0}
+
+    def poisoned_first_step(*args, **kwargs):  # every row of the first RL step has a NaN loss
+        loss, metrics, n = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan"), metrics, n) if calls["n"] == 1 else (loss, metrics, n)
+
+    monkeypatch.setattr(step, "policy_loss", poisoned_first_step)
+    out = tmp_path / "run"
+    summary = trainer.run(build_config(Config, overrides=[
+        "--data.train", str(tmp_path / "data" / "data.jsonl"), "--train.out_dir", str(out), "--train.stage", "rl",
+        "--rl.steps", "2", "--rollout.prompts_per_step", "2", "--rollout.group_size", "2",
+        "--rollout.max_new_tokens", "6", "--train.threads", "1", "--train.tensorboard", "false",
+        "--train.sample_every", "0", "--optim.micro_batch_tokens", "100000"]))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/skipped_update"] for r in rows] == [1.0, 0.0] and summary["skipped_updates"] == 1
+    from safetensors.torch import load_file
+    weights = load_file(out / "checkpoints" / "step_000002" / "model" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
