@@ -101,9 +101,11 @@ def check_plain(value, where: str) -> None:
 
 
 def load_plain(file: Path):
-    """torch.load with weights_only=True: tensors and plain data only. Anything else is refused, not run."""
+    """torch.load with weights_only=True: tensors and plain data only. Anything else is refused, not run.
+    Tensors come back on the CPU, whatever device saved them (a GPU run's AdamW state resumes on a CPU-only machine;
+    optimizer.load_state_dict moves each state tensor to its parameter's device)."""
     try:
-        return torch.load(file, weights_only=True)
+        return torch.load(file, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         detail = next((line for line in str(exc).splitlines() if "GLOBAL" in line), str(exc).splitlines()[0])
         raise ValueError(f"{file}: refused: it holds Python objects, not only tensors and plain data, and loading "

@@ -171,6 +171,30 @@ def test_resume_after_crash_is_bitwise_on_cuda(tmp_path, monkeypatch):
     assert state["rng"][0]["generator_devices"] == {"sampler": "cuda"}  # a CUDA generator's state was restored
 
 
+def test_a_gpu_checkpoint_resumes_on_the_cpu(colors, tmp_path, monkeypatch):
+    """A GPU run stopped after 2 of 3 steps (its checkpoint: CUDA AdamW state, a CUDA sampling generator), resumed
+    where no GPU is visible: the state loads onto the CPU and the run ends with a fresh CPU sampling stream."""
+    real_step, calls = trainer.rl_step, []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated crash after step 2")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "rl_step", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(_cfg(colors, tmp_path, *RL, "--rl.steps", "3", "--train.save_every", "1"))
+    cmd = [sys.executable, "train.py", "--data.train", str(colors), "--train.out_dir", str(tmp_path),
+           "--train.tensorboard", "false", "--train.sample_every", "0", *RL, "--rl.steps", "3", "--train.resume",
+           "true"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "sampled on cuda, this run samples on cpu" in proc.stdout
+    assert len([m for m in _metrics(tmp_path) if "reward/total" in m]) == 3
+
+
 def test_torchrun_one_process_nccl_with_mixed_precision(colors, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train.py", "--data.train", str(colors), "--train.out_dir", str(tmp_path),
