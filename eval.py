@@ -31,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                   "predictions.jsonl)")
     args, rest = own.parse_known_args(argv)
     try:
-        cfg = parse(rest, description=__doc__.split("\n\n")[0] + " Its own flags: --out DIR (default RUN/eval, or "
-                    "runs/eval), --max-shown N (examples drawn in the page, default 50).")
+        cfg = parse(rest, description=__doc__.split("\n\n")[0], parents=(own,))
     except ValueError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

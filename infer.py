@@ -38,18 +38,18 @@ def print_reply(reply, index: int | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--model", default="")
-    own.add_argument("--image", default="")
-    own.add_argument("--question", default="")
-    own.add_argument("--data", default="")
-    own.add_argument("--out", default="")
-    own.add_argument("--tools", default=None)
-    own.add_argument("--crops-dir", default="runs/infer")
-    own.add_argument("--temperature", type=float, default=0.0)
+    own.add_argument("--model", default="", help="model, run, checkpoint or LoRA folder (required)")
+    own.add_argument("--image", default="", help="image file to ask about (with --question)")
+    own.add_argument("--question", default="", help="the question (with --image)")
+    own.add_argument("--data", default="", help="batch mode: a data file or folder (any format data.check reads)")
+    own.add_argument("--out", default="", help="batch mode: JSONL file for the answers")
+    own.add_argument("--tools", default=None, help="enable tools, comma separated (= --rollout.tools; inline protocol "
+                                                    "when the config has none)")
+    own.add_argument("--crops-dir", default="runs/infer", help="where tool output images are saved")
+    own.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
     args, rest = own.parse_known_args(argv)
     try:
-        cfg = parse(rest, description=__doc__.split("\n\n")[0] + " Its own flags: --model, --image, --question, "
-                    "--data, --out, --tools, --crops-dir, --temperature (0: greedy).")
+        cfg = parse(rest, description=__doc__.split("\n\n")[0], parents=(own,))
     except ValueError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

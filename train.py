@@ -19,8 +19,11 @@ from engine.config import Config
 from engine.configlib import build_config, describe
 
 
-def parse(argv: list[str], description: str | None = None) -> Config:
+def parse(argv: list[str], description: str | None = None, parents: tuple = ()) -> Config:
+    """The config from --config and dotted overrides. `parents`: a command's own argparse parsers (add_help=False),
+    listed in --help; the command parses its own flags itself (parse_known_args) and passes the rest here."""
     parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0], add_help=True,
+                                     parents=list(parents),
                                      epilog="Any config key can be set as --section.key VALUE (see --help-config).")
     parser.add_argument("--config", help="TOML preset (configs/*.toml)")
     parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
