@@ -28,7 +28,7 @@ file's keys are mapped back by asking transformers for the same reverted view of
 each reverted tensor is a view of a parameter, and the file's tensor is copied into that view. Every parameter
 and persistent buffer must be covered (tied weights count once), and every tensor in the file must be used.
 Nothing in a run folder executes on resume: weights are safetensors, and the `.pt` files hold only tensors and
-plain Python data (RNG states as tensors; `save_checkpoint` refuses anything else), read with
+plain Python data (RNG states as tensors; `save_checkpoint` converts numpy scalars and refuses anything else), read with
 `torch.load(weights_only=True)`. A file holding other objects (a planted pickle) is refused with a ValueError.
 """
 
@@ -80,24 +80,27 @@ def _step_dirs(root: Path) -> list[Path]:
     return sorted(dirs, key=lambda p: int(p.name[5:]))
 
 
-PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+PLAIN = (str, int, float, bool, type(None))  # exactly these types: a numpy float is a float subclass that pickles
+                                            # as a numpy object, which weights_only=True refuses
 
 
-def check_plain(value, where: str) -> None:
-    """Raise ValueError unless `value` is tensors and plain data (dict/list/tuple of str, numbers, bool, None):
-    what `torch.load(weights_only=True)` reads back. Checked before writing, so a save never writes what the
-    resume would refuse."""
+def to_plain(value, where: str):
+    """`value` as tensors and plain data (dict/list/tuple of str, int, float, bool, None): what
+    `torch.load(weights_only=True)` reads back. Numpy scalars become Python numbers; anything else is a
+    ValueError naming where it is, raised before writing, so a save never writes what the resume would refuse."""
     if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, (str, int)):
-                raise ValueError(f"{where}: key {k!r} is a {type(k).__name__}; checkpoint keys are str or int")
-            check_plain(v, f"{where}.{k}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            check_plain(v, f"{where}[{i}]")
-    elif not isinstance(value, PLAIN):
-        raise ValueError(f"{where}: a {type(value).__name__} cannot go into a checkpoint (tensors and plain data "
-                         "only, so that resuming never unpickles code)")
+        bad = next((k for k in value if type(k) not in (str, int)), None)
+        if bad is not None:
+            raise ValueError(f"{where}: key {bad!r} is a {type(bad).__name__}; checkpoint keys are str or int")
+        return {k: to_plain(v, f"{where}.{k}") for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(to_plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, torch.Tensor) or type(value) in PLAIN:
+        return value
+    if isinstance(value, np.generic) and value.ndim == 0 and value.dtype.kind in "biuf":
+        return value.item()
+    raise ValueError(f"{where}: a {type(value).__name__} cannot go into a checkpoint (tensors and plain data "
+                     "only, so that resuming never unpickles code)")
 
 
 def load_plain(file: Path):
@@ -128,7 +131,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer=None, im
     for stale in root.glob(".tmp-*"):  # a crashed save's leftovers; never referenced by `latest`
         shutil.rmtree(stale, ignore_errors=True)
     name = f"step_{step:06d}"
-    check_plain(extra_state, "extra_state")
+    extra_state = to_plain(extra_state, "extra_state")
     tmp, final, aside = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root)), root / name, None
     try:
         if is_peft(model):  # the adapter only; save_adapter also names the class FSDP wrapped, not FSDP<Class>

@@ -259,3 +259,7 @@ def test_only_plain_data_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"extra_state.rng\[1\]: a ndarray cannot go into a checkpoint"):
         _save(tmp_path, 1, m, extra_state={"rng": [1, np.zeros(3)]})
     assert latest_checkpoint(tmp_path) is None
+    # A metric that came out of numpy is a float subclass pickled as a numpy object: written as a plain float.
+    path = _save(tmp_path, 1, m, extra_state={"summary": {"acc": np.float64(0.5), "n": np.int64(3)}, "t": (1, 2)})
+    state = load_checkpoint(path, model=None)
+    assert state == {"summary": {"acc": 0.5, "n": 3}, "t": (1, 2)} and type(state["summary"]["acc"]) is float
