@@ -24,16 +24,16 @@ from rewards.registry import REWARDS, RewardContext
 
 MODEL_REWARDS = {"image_self", "image_teacher", "image_attention", "image_embedding", "blind"}
 # config -> (synthetic task, expected text-only parts of the SFT target, rewards expected to fail on this data).
-# By hand: no tool calls -> tool_success 0; synthetic data has no reference_steps -> "reasoning" raises.
+# By hand: no tool calls -> tool 0; synthetic data has no reference_steps -> "reasoning" raises.
 CASES = {
-    "seed000": ("zoom", {"format_tools": 1.0, "tool_success": 0.0, "accuracy": 1.0}, set()),
+    "seed000": ("zoom", {"format_tools": 1.0, "tool": 0.0, "accuracy": 1.0}, set()),
     "seed002": ("grounding", {"iou": 1.0, "format": 1.0}, set()),
     "seed003": ("colors", {"format_json": 1.0, "accuracy": 1.0, "reasoning": 0.0}, {"reasoning"}),
     "seed004": ("geometry", {"format": 1.0, "accuracy": 1.0, "visual_grounding": 1.0}, set()),
     "seed004_blind": ("geometry", {"format_scan": 1.0, "accuracy": 1.0}, set()),
 }
 WEIGHTS = {
-    "seed000": {"format_tools": 0.2, "tool_success": 0.3, "accuracy": 0.3, "image_self": 0.2},
+    "seed000": {"format_tools": 0.2, "tool": 0.3, "accuracy": 0.3, "image_self": 0.2},
     "seed002": {"iou": 1.0, "format": 1.0},
     "seed003": {"format_json": 1.0, "accuracy": 1.0, "reasoning": 1.0},
     "seed004": {"format": 0.5, "accuracy": 1.0, "visual_grounding": 0.1},
