@@ -61,7 +61,7 @@ def line_chart(title: str, points: list[tuple[float, float]]) -> str:
     dots = "".join(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2" fill="{COLOR}"/>' for x, y in pts) \
         if len(pts) <= 60 else ""
     body = f'<polyline fill="none" stroke="{COLOR}" stroke-width="1.5" points="{path}"/>{dots}'
-    return _frame(title, min(ys), max(ys) if max(ys) > min(ys) else y_hi, _fmt(min(xs)), _fmt(max(xs)), body, "line")
+    return _frame(title, y_lo, y_hi, _fmt(min(xs)), _fmt(max(xs)), body, "line")  # the axis the points were placed on
 
 
 def _bars(title: str, labels: list[str], heights: list[float], kind: str, x_lo: str = "", x_hi: str = "") -> str:
