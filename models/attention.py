@@ -62,9 +62,20 @@ def cu_seqlens_from_positions(pos_T: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sequence starts are where the (plain, row-0) position is 0. Returns (cu_seqlens [N+1] int32, max length).
     sync point: the max length is a host int the kernel needs."""
     T = pos_T.numel()
+    assert T, "no positions"
     starts = torch.nonzero(pos_T == 0)[:, 0]
     cu = torch.cat([starts, starts.new_tensor([T])]).to(torch.int32)
     return cu, int((cu[1:] - cu[:-1]).max())
+
+
+_LAST: list = [None, None]  # (position_ids, its cu_seqlens): every text layer of one forward gets the same tensor
+
+
+def _row_seqlens(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """cu_seqlens of a packed row, computed once per forward (one host sync) instead of once per layer."""
+    if _LAST[0] is not position_ids:
+        _LAST[0], _LAST[1] = position_ids, cu_seqlens_from_positions(position_ids.reshape(-1))
+    return _LAST[1]
 
 
 def _sdpa_fallback(query_BHQD, key_BHKD, value_BHKD, attention_mask, scaling, is_causal):
@@ -88,7 +99,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     B, _, Q, _ = query.shape
     if cu_seq_lens_q is None and (B == 1 and position_ids is not None and attention_mask is None
                                   and key.shape[2] == Q and Q > 1):
-        cu_seq_lens_q, max_length_q = cu_seqlens_from_positions(position_ids.reshape(-1))
+        cu_seq_lens_q, max_length_q = _row_seqlens(position_ids)
         cu_seq_lens_k, max_length_k = cu_seq_lens_q, max_length_q
     if cu_seq_lens_q is None:
         out = _sdpa_fallback(query, key, value, attention_mask, scaling, is_causal)

@@ -2,7 +2,7 @@
 
 CPU (no varlen kernel exists there): the kernel is replaced by a reference written with per-sequence sdpa and
 the signature of torch 2.13's varlen_attn, so everything around it is tested for real:
-- cu_seqlens from row-0 positions (hand-worked example);
+- cu_seqlens from row-0 positions (hand-worked example), derived once per forward, not once per layer;
 - the tiny Qwen2.5-VL switched to the varlen implementation scores a packed row [1, T] (no mask: transformers'
   flash mask function returns None) exactly as each trajectory alone, for trajectories with images;
 - the vision tower makes ONE kernel call per block (its windows and images as cu_seqlens), the text ONE per layer;
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import models.attention as A
+from models.attention import cu_seqlens_from_positions
 from engine.packing import pack_row, row_logps
 from engine.rollout import finish
 from models.generation import generate
@@ -62,12 +63,18 @@ def _trajs(vlm):
 
 
 def test_cu_seqlens_from_positions():
-    cu, longest = A.cu_seqlens_from_positions(torch.tensor([0, 1, 2, 0, 1, 0, 1, 2, 3]))
+    cu, longest = cu_seqlens_from_positions(torch.tensor([0, 1, 2, 0, 1, 0, 1, 2, 3]))
     assert cu.tolist() == [0, 3, 5, 9] and cu.dtype == torch.int32 and longest == 4
 
 
-def test_packed_row_through_varlen_equals_alone(varlen_vlm):
+def test_packed_row_through_varlen_equals_alone(varlen_vlm, monkeypatch):
     trajs = _trajs(varlen_vlm)
+    derived = []  # cu_seqlens from the row's positions: once per forward (one host sync), not once per layer
+
+    def counting(pos):
+        derived.append(pos)
+        return cu_seqlens_from_positions(pos)
+    monkeypatch.setattr(A, "cu_seqlens_from_positions", counting)
     sdpa = load_tiny()  # the same weights with plain sdpa: each trajectory alone
     with torch.no_grad():
         alone = [row_logps(sdpa.model, pack_row(trajs, [i]))[0] for i in range(len(trajs))]
@@ -76,6 +83,7 @@ def test_packed_row_through_varlen_equals_alone(varlen_vlm):
     cfg = varlen_vlm.model.config
     # one call per vision block for all three images and their windows, one per text layer for the whole row
     assert reference_varlen.calls == cfg.vision_config.depth + cfg.text_config.num_hidden_layers
+    assert len(derived) == 1
     row = pack_row(trajs, [0, 1, 2])
     for i in range(len(trajs)):
         torch.testing.assert_close(logp_K[row.seq_K == i], alone[i], rtol=0, atol=1e-5)
