@@ -58,6 +58,14 @@ def _torch_varlen_kwargs(fn, is_causal: bool, scale: float | None, head_dim: int
     return kw, scale * head_dim**0.5  # the kernel's default scale is 1/sqrt(head_dim)
 
 
+def _native_gqa(fn, device: torch.device) -> bool:
+    """Whether torch's varlen_attn takes fewer kv heads itself: `enable_gqa` exists (2.13) and the flash backend
+    runs (2.13 picks cuDNN on compute capability >= 10, which refuses GQA)."""
+    if "enable_gqa" not in inspect.signature(fn).parameters:
+        return False
+    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 10
+
+
 def cu_seqlens_from_positions(pos_T: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sequence starts are where the (plain, row-0) position is 0. Returns (cu_seqlens [N+1] int32, max length).
     sync point: the max length is a host int the kernel needs."""
@@ -106,9 +114,13 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
         return out.transpose(1, 2).contiguous(), None
     fn, kind = _varlen_kernel()
     q_THD, k_THD, v_THD = (t[0].transpose(0, 1) for t in (query, key, value))
-    if kind == "torch" and k_THD.shape[1] != q_THD.shape[1]:  # grouped-query attention: repeat the kv heads
-        rep = q_THD.shape[1] // k_THD.shape[1]
-        k_THD, v_THD = k_THD.repeat_interleave(rep, 1), v_THD.repeat_interleave(rep, 1)
+    gqa = {}
+    if kind == "torch" and k_THD.shape[1] != q_THD.shape[1]:  # grouped-query attention
+        if _native_gqa(fn, query.device):
+            gqa = {"enable_gqa": True}
+        else:  # repeat the kv heads (memory and time of K and V times the group size)
+            rep = q_THD.shape[1] // k_THD.shape[1]
+            k_THD, v_THD = k_THD.repeat_interleave(rep, 1), v_THD.repeat_interleave(rep, 1)
     cu_q, cu_k = cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32)
     if kind == "flash_attn":
         out_THD = fn(q_THD, k_THD, v_THD, cu_q, cu_k, int(max_length_q), int(max_length_k), dropout_p=dropout,
@@ -116,7 +128,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     else:
         kw, q_factor = _torch_varlen_kwargs(fn, is_causal, scaling, q_THD.shape[-1])
         q_THD = q_THD * q_factor if q_factor != 1.0 else q_THD
-        out_THD = fn(q_THD, k_THD, v_THD, cu_q, cu_k, int(max_length_q), int(max_length_k), **kw)
+        out_THD = fn(q_THD, k_THD, v_THD, cu_q, cu_k, int(max_length_q), int(max_length_k), **kw, **gqa)
     return out_THD[None], None
 
 

@@ -34,8 +34,8 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_si
     out = []
     for i in range(len(cu_q) - 1):
         qs, ks, vs = (t[c[i]:c[i + 1]].transpose(0, 1) for t, c in ((q, cu_q), (k, cu_k), (v, cu_k)))
-        out.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=window_size == (-1, 0), scale=scale)
-                   .transpose(0, 1))
+        out.append(F.scaled_dot_product_attention(qs, ks, vs, is_causal=window_size == (-1, 0), scale=scale,
+                                                  enable_gqa=enable_gqa).transpose(0, 1))
     return torch.cat(out)
 
 
