@@ -142,12 +142,26 @@ def timed_step(cfg, vlm, state, examples, stream, counts: dict, peak: float | No
             "loss": float(metrics.get("train/loss", float("nan")))}
 
 
+def micro_batch_tokens(args, checkpointing: bool) -> int:
+    """--micro-batch-tokens, or the sizes PLATFORM.md measured on an H200 for the 3B shape: 16384 with gradient
+    checkpointing (41 GiB peak), 8192 without (101 GiB: twice that would not fit in 141)."""
+    return args.micro_batch_tokens or (16384 if checkpointing else 8192)
+
+
 def run_mode(args, cfg, vlm, state, examples, counts, peak, checkpointing: bool) -> dict:
     set_checkpointing(vlm.model, checkpointing)
+    cfg.optim.micro_batch_tokens = micro_batch_tokens(args, checkpointing)  # state.cfg is this object
     stream = DataStream(len(examples), cfg.train.seed + 2)
     steps = []
     for i in range(args.warmup + args.steps):
-        rec = timed_step(cfg, vlm, state, examples, stream, counts, peak)
+        try:
+            rec = timed_step(cfg, vlm, state, examples, stream, counts, peak)
+        except torch.OutOfMemoryError as exc:  # report it and go on to the other mode
+            state.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            print(f"  out of memory at micro_batch_tokens {cfg.optim.micro_batch_tokens}: {exc}".splitlines()[0])
+            return {"gradient_checkpointing": checkpointing, "micro_batch_tokens": cfg.optim.micro_batch_tokens,
+                    "out_of_memory": True, "median": None, "per_step": []}
         label = "warm-up" if i < args.warmup else "step"
         print(f"  {label} {i + 1}: {rec['wall_s']:.2f} s, update {rec['update']:.2f} s, peak "
               f"{rec['peak_gib'] or 0:.1f} GiB", flush=True)
@@ -156,7 +170,8 @@ def run_mode(args, cfg, vlm, state, examples, counts, peak, checkpointing: bool)
     med = {k: statistics.median(s[k] for s in steps) for k in steps[0] if isinstance(steps[0][k], (int, float))}
     med["peak_gib"] = max(s["peak_gib"] for s in steps) if steps[0]["peak_gib"] is not None else None
     med["update_mfu"] = statistics.median(s["update_mfu"] for s in steps) if peak else None
-    return {"gradient_checkpointing": checkpointing, "median": med, "per_step": steps}
+    return {"gradient_checkpointing": checkpointing, "micro_batch_tokens": cfg.optim.micro_batch_tokens,
+            "out_of_memory": False, "median": med, "per_step": steps}
 
 
 def report(result: dict) -> None:
@@ -164,12 +179,16 @@ def report(result: dict) -> None:
     print(f"{result['device']}, torch {result['torch']}, transformers {result['transformers']}; params "
           f"{result['params']['all'] / 1e9:.3f}B (vision {result['params']['vision'] / 1e9:.3f}B); dense bf16 peak "
           + (f"{result['peak_tflops']:.0f} TFLOP/s" if result["peak_tflops"] else "unknown (pass --peak-tflops)"))
-    print(f"{'checkpointing':>13} {'step s':>7} " + " ".join(f"{p:>9}" for p in PHASES)
+    print(f"{'checkpointing':>13} {'micro-batch':>11} {'step s':>7} " + " ".join(f"{p:>9}" for p in PHASES)
           + f" {'rollout tok/s':>13} {'upd TFLOP/s':>11} {'upd MFU':>7} {'peak GiB':>8}")
     for mode in result["modes"]:
         m = mode["median"]
+        head = f"{'on' if mode['gradient_checkpointing'] else 'off':>13} {mode['micro_batch_tokens']:11d}"
+        if m is None:
+            print(f"{head} out of memory")
+            continue
         mfu = f"{m['update_mfu'] * 100:.1f}%" if m["update_mfu"] is not None else "n/a"
-        print(f"{'on' if mode['gradient_checkpointing'] else 'off':>13} {m['wall_s']:7.2f} "
+        print(f"{head} {m['wall_s']:7.2f} "
               + " ".join(f"{m[p]:9.2f}" for p in PHASES)
               + f" {m['rollout_tok_per_s']:13.0f} {m['update_tflops']:11.1f} {mfu:>7} "
               + (f"{m['peak_gib']:8.1f}" if m["peak_gib"] is not None else f"{'n/a':>8}"))
@@ -185,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--side", type=int, default=448, help="image side in pixels")
     parser.add_argument("--kl-beta", type=float, default=0.04)
-    parser.add_argument("--micro-batch-tokens", type=int, default=16384)
+    parser.add_argument("--micro-batch-tokens", type=int, default=0,
+                        help="token budget of a packed row (0: 16384 with gradient checkpointing, 8192 without)")
     parser.add_argument("--attn", default="sdpa", help="model.attn_implementation: sdpa, varlen, ...")
     parser.add_argument("--checkpointing", choices=("both", "on", "off"), default="both")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per mode")
@@ -204,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     data = make_images_data(work / "data", args.side)
     cfg, vlm, state, examples = build_state(
         args.arch, args.shape, data, prompts=args.prompts, group=args.group, new_tokens=args.new_tokens,
-        micro_batch_tokens=args.micro_batch_tokens, checkpointing=modes[0], work=work / "model", attn=args.attn,
+        micro_batch_tokens=micro_batch_tokens(args, modes[0]), checkpointing=modes[0], work=work / "model",
+        attn=args.attn,
         device=args.device, kl_beta=args.kl_beta, total_steps=len(modes) * (args.warmup + args.steps))
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     peak = args.peak_tflops * 1e12 or (peak_flops(name) if args.device == "cuda" else None)
@@ -215,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"workload": f"{args.arch} {args.shape} (random init), {args.prompts} prompts x {args.group} samples x "
                           f"{args.new_tokens} new tokens, {args.side}x{args.side} images, KL beta {args.kl_beta}, "
-                          f"{cfg.model.dtype} weights and AdamW, attention {args.attn}, micro_batch_tokens "
-                          f"{args.micro_batch_tokens}",
+                          f"{cfg.model.dtype} weights and AdamW, attention {args.attn}",
               "device": name, "torch": torch.__version__, "transformers": transformers.__version__,
               "params": counts, "peak_tflops": peak / 1e12 if peak else None, "modes": []}
     for checkpointing in modes:

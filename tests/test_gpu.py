@@ -197,7 +197,8 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu(colors, tmp_path, monkeypatch):
 
 def test_torchrun_one_process_nccl_with_mixed_precision(colors, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train.py", "--data.train", str(colors), "--train.out_dir", str(tmp_path),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train.py",
+           "--data.train", str(colors), "--train.out_dir", str(tmp_path),
            "--train.tensorboard", "false", "--train.sample_every", "0", "--train.mixed_precision", "bf16", *RL,
            "--train.stage", "sft,rl", "--sft.steps", "2", "--sft.batch_size", "4"]
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
