@@ -2,16 +2,20 @@
 
 A micro-batch's loss is four separate pieces, composed by the step in this order:
 
-    per_token, metrics = LOSSES[cfg.loss](logp=..., old_logp=..., adv=..., mask=..., seq_idx=...,
-                                          num_seqs=..., cfg=cfg)
+    per_token, metrics = LOSSES[cfg.loss](LossInputs(logp=..., old_logp=..., adv=..., mask=..., ...), cfg)
     per_token = per_token * tis_weight(old_logp=..., sampler_logp=..., mask=..., cap=cfg.tis_cap)   # optional
     per_token, kl_metrics = add_kl(per_token, logp=..., ref_logp=..., mask=..., beta=cfg.kl_beta,
                                    estimator=cfg.kl_estimator)
     loss = aggregate(per_token, mask=..., seq_idx=..., mode=cfg.aggregation, num_tokens=..., num_seqs=...,
                      norm_len=cfg.norm_len)
 
-so any surrogate composes with any KL estimator and any aggregation. Every function is keyword-only pure
-tensor math; nothing here branches on a loss name (the dicts do the choosing). Metrics are detached tensors
+so any surrogate composes with any KL estimator and any aggregation. The open contract: a loss is
+`fn(x: LossInputs, cfg: AlgoConfig) -> (per_token_loss, metrics)`. `LossInputs` holds every quantity the step
+has for a micro-batch (log-probs; old, reference and sampler log-probs; entropy; advantages; mask; sequence
+index, lengths and group ids; the step's counts), so a loss that needs one more input reads one more field and
+the other losses do not change; `cfg` is the `[algo]` config section, so a new setting is one field there.
+docs/ADDING_A_LOSS.md is the recipe, with a worked example that tests/test_adding_a_loss.py runs. Every function
+is pure tensor math; nothing here branches on a loss name (the dicts do the choosing). Metrics are detached tensors
 (no `.item()`): the step reduces and logs them once per optimizer step. They are masked means over THIS
 micro-batch's tokens. Run the tests with `python -m pytest -q tests/test_losses.py`.
 
@@ -70,6 +74,7 @@ whole optimizer step (every micro-batch, every rank), counted once by the caller
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -81,7 +86,28 @@ K3_VALUE_CLAMP = 10.0  # verl's bound on the k3 value.
 if TYPE_CHECKING:  # the settings every loss reads: the `algo` config section itself, not a copy
     from engine.config import AlgoConfig
 
-LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+
+
+@dataclass
+class LossInputs:
+    """What every loss receives for one micro-batch. Token tensors share one shape (flat [T] or rows [R, T]);
+    `_B` tensors are per sequence, indexed by `seq_idx` (`x.adv` is already `adv_B[seq_idx]`)."""
+
+    logp: Tensor  # the policy's log-probs of the sampled tokens, with gradient
+    old_logp: Tensor  # the behaviour policy's (num_updates > 1), else logp.detach()
+    adv: Tensor  # advantage of each token's sequence
+    mask: Tensor  # 1.0 on loss tokens, 0.0 elsewhere
+    seq_idx: Tensor  # long: each token's sequence, in 0..num_seqs-1
+    num_seqs: int  # sequences in the whole optimizer step (all micro-batches and ranks)
+    num_tokens: int | Tensor = 0  # loss tokens in the whole optimizer step (0: not given)
+    entropy: Tensor | None = None  # the policy's entropy at each token (with gradient), when the step has it
+    ref_logp: Tensor | None = None  # the KL reference's log-probs (kl_beta > 0)
+    sampler_logp: Tensor | None = None  # the sampler's own log-probs (vLLM, or tis_cap set)
+    seq_len_B: Tensor | None = None  # loss tokens of each sequence in the step
+    group_B: Tensor | None = None  # each sequence's prompt group (samples of one prompt share it)
+
+
+LossFn = Callable[[LossInputs, "AlgoConfig"], tuple[Tensor, dict[str, Tensor]]]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -103,8 +129,9 @@ def _per_seq_sum(x: Tensor, seq_idx: Tensor, num_seqs: int) -> Tensor:
     return x.new_zeros(num_seqs).index_add(0, seq_idx.reshape(-1), x.reshape(-1))
 
 
-def _token_inputs(*, logp, old_logp, adv, mask, seq_idx) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _token_inputs(x: LossInputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Checks the shared token-tensor contract; returns (keep, logp, old_logp, adv) with padding zeroed."""
+    logp, old_logp, adv, mask, seq_idx = x.logp, x.old_logp, x.adv, x.mask, x.seq_idx
     tensors = dict(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     if len(set(shapes.values())) != 1:
@@ -146,26 +173,27 @@ def _clipped_surrogate(*, ratio: Tensor, adv: Tensor, keep: Tensor, cfg: AlgoCon
 # ---------------------------------------------------------------------------------------------- surrogates
 
 
-def ppo_clip(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: AlgoConfig):
-    """PPO clip with asymmetric bounds (DAPO clip-higher) and optional dual clip. `num_seqs` unused."""
-    keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
+def ppo_clip(x: LossInputs, cfg: AlgoConfig):
+    """PPO clip with asymmetric bounds (DAPO clip-higher) and optional dual clip."""
+    keep, logp, old_logp, adv = _token_inputs(x)
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     loss, metrics = _clipped_surrogate(ratio=ratio, adv=adv, keep=keep, cfg=cfg)
     return loss, {**metrics, **_ratio_metrics(ratio, log_ratio, keep)}
 
 
-def is_pg(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: AlgoConfig):
-    """−ρA, unclipped importance-sampled policy gradient. `seq_idx`, `num_seqs` and the clip fields unused."""
-    keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
+def is_pg(x: LossInputs, cfg: AlgoConfig):
+    """−ρA, unclipped importance-sampled policy gradient. The clip settings are unused."""
+    keep, logp, old_logp, adv = _token_inputs(x)
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     return -ratio * adv, _ratio_metrics(ratio, log_ratio, keep)
 
 
-def gspo(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: AlgoConfig):
+def gspo(x: LossInputs, cfg: AlgoConfig):
     """GSPO-token: the clipped surrogate on the per-token ratio sg(s_i)·exp(logp − sg(logp)) (value s_i)."""
-    keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
+    keep, logp, old_logp, adv = _token_inputs(x)
+    seq_idx, num_seqs = x.seq_idx, x.num_seqs
     log_ratio = logp - old_logp  # 0 on padding, so sums over a sequence only see its masked tokens
     len_B = _per_seq_sum(keep.to(logp.dtype), seq_idx, num_seqs)
     seq_log_ratio_B = _per_seq_sum(log_ratio.detach(), seq_idx, num_seqs) / len_B.clamp(min=1)
@@ -175,9 +203,9 @@ def gspo(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: AlgoConfig):
     return loss, {**metrics, **_ratio_metrics(ratio, log_ratio, keep)}
 
 
-def cispo(*, logp, old_logp, adv, mask, seq_idx, num_seqs, cfg: AlgoConfig):
-    """−sg(clip(ρ))·A·logp: gradient −clip(ρ)·A∇logp on every token. `seq_idx`, `num_seqs` unused."""
-    keep, logp, old_logp, adv = _token_inputs(logp=logp, old_logp=old_logp, adv=adv, mask=mask, seq_idx=seq_idx)
+def cispo(x: LossInputs, cfg: AlgoConfig):
+    """−sg(clip(ρ))·A·logp: gradient −clip(ρ)·A∇logp on every token."""
+    keep, logp, old_logp, adv = _token_inputs(x)
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach()
     weight = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)  # stop-gradient: ratio is detached

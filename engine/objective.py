@@ -2,8 +2,9 @@
 
     loss, metrics, n = policy_loss(model, row, row_index, batch, cfg.algo, temperature=1.0)
 
-`StepBatch` holds the step-level tensors indexed by trajectory (advantages) or by trajectory and position
-(old / reference / sampler log-probs). The normalisers (num_tokens, num_seqs) are counted once per optimizer
+`StepBatch` holds the step-level tensors indexed by trajectory (advantages, lengths, groups) or by row and
+position (old / reference / sampler log-probs); `policy_loss` turns one row of it into the `LossInputs` every loss
+receives (engine/losses.py). The normalisers (num_tokens, num_seqs) are counted once per optimizer
 step, so summing this over micro-batches equals the loss of one big batch. Shapes: B trajectories, K kept tokens.
 
 Under FSDP every rank must run as many forwards and backwards as the busiest one: `padded_rows` tops a rank's
@@ -12,14 +13,14 @@ rows up with zero-weight copies, whose `padding_loss` adds exactly 0 to the grad
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from engine import distributed as D
 from engine.config import AlgoConfig
 from engine.diagnostics import class_metrics
-from engine.losses import LOSSES, add_kl, aggregate, tis_weight
+from engine.losses import LOSSES, LossInputs, add_kl, aggregate, tis_weight
 from engine.packing import PackedRow, row_logps
 
 
@@ -29,6 +30,8 @@ class StepBatch:
     num_tokens: int  # loss tokens in the whole optimizer step
     num_seqs: int  # trajectories in the whole optimizer step
     norm_len: int | None = None  # Dr.GRPO's constant length (seq_mean_token_sum_norm): algo.norm_len or max_new_tokens
+    seq_len_B: torch.Tensor | None = None  # loss tokens of each trajectory
+    group_B: torch.Tensor | None = None  # each trajectory's prompt group
     old_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None: on-policy (old = logp.detach())
     ref_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None when kl_beta = 0
     sampler_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; for truncated IS
@@ -36,15 +39,20 @@ class StepBatch:
 
 def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: AlgoConfig, *,
                 temperature: float = 1.0, chunk_tokens: int = 0):
+    """One row's loss (normalised by the step's global counts), its detached metrics and its token count."""
     logp_K, entropy_K = row_logps(model, row, temperature=temperature, with_entropy=True, chunk_tokens=chunk_tokens)
-    seq_K = row.seq_K.to(logp_K.device)
-    mask_K = torch.ones_like(logp_K)  # kept positions are exactly the loss tokens
-    old_K = logp_K.detach() if batch.old_logp is None else batch.old_logp[row_index]
-    adv_K = batch.adv_B.to(logp_K.device)[seq_K]  # a no-op when rl_step already put adv_B on the model's device
-    per_token_K, metrics = LOSSES[cfg.loss](logp=logp_K, old_logp=old_K, adv=adv_K, mask=mask_K,
-                                            seq_idx=seq_K, num_seqs=batch.num_seqs, cfg=cfg)
-    if batch.sampler_logp is not None:  # the trainer's vs the sampler's log-prob of the same tokens
-        sampler_K = batch.sampler_logp[row_index]
+    device = logp_K.device
+    seq_K = row.seq_K.to(device)
+    pick = lambda rows: None if rows is None else rows[row_index]  # noqa: E731
+    on_device = lambda t: None if t is None else t.to(device)  # noqa: E731  (no-op when already there)
+    x = LossInputs(logp=logp_K, old_logp=logp_K.detach() if batch.old_logp is None else batch.old_logp[row_index],
+                   adv=batch.adv_B.to(device)[seq_K], mask=torch.ones_like(logp_K),  # kept positions = loss tokens
+                   seq_idx=seq_K, num_seqs=batch.num_seqs, num_tokens=batch.num_tokens, entropy=entropy_K,
+                   ref_logp=pick(batch.ref_logp), sampler_logp=pick(batch.sampler_logp),
+                   seq_len_B=on_device(batch.seq_len_B), group_B=on_device(batch.group_B))
+    per_token_K, metrics = LOSSES[cfg.loss](x, cfg)
+    old_K, mask_K, sampler_K = x.old_logp, x.mask, x.sampler_logp
+    if sampler_K is not None:  # the trainer's vs the sampler's log-prob of the same tokens
         log_ratio_K = (old_K - sampler_K).detach()
         metrics["tis/mismatch_abs"] = log_ratio_K.abs().mean()
         metrics["tis/ratio_mean"] = log_ratio_K.exp().mean()
@@ -54,7 +62,7 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
             metrics["tis/capped_frac"] = (log_ratio_K.exp() > cfg.tis_cap).float().mean()
     per_token_K, kl_metrics = add_kl(per_token_K, logp=logp_K, mask=mask_K, beta=cfg.kl_beta,
                                      estimator=cfg.kl_estimator,
-                                     ref_logp=None if batch.ref_logp is None else batch.ref_logp[row_index])
+                                     ref_logp=x.ref_logp)
     metrics.update(kl_metrics)
     loss = aggregate(per_token_K, mask=mask_K, seq_idx=seq_K, mode=cfg.aggregation, num_tokens=batch.num_tokens,
                      num_seqs=batch.num_seqs, norm_len=batch.norm_len)
@@ -62,10 +70,9 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
     if row.class_K is not None:  # the same statistics per token class: tool call, answer, other text
 
         def loss_metrics(keep_K):  # the loss's own clip fractions over one class's tokens (metrics only)
-            return LOSSES[cfg.loss](logp=logp_K.detach(), old_logp=old_K, adv=adv_K, mask=keep_K, seq_idx=seq_K,
-                                    num_seqs=batch.num_seqs, cfg=cfg)[1]
+            return LOSSES[cfg.loss](replace(x, logp=logp_K.detach(), mask=keep_K), cfg)[1]
 
-        metrics.update(class_metrics(row.class_K, adv_K=adv_K, entropy_K=entropy_K, loss_metrics=loss_metrics))
+        metrics.update(class_metrics(row.class_K, adv_K=x.adv, entropy_K=entropy_K, loss_metrics=loss_metrics))
     return loss, {k: v.detach() for k, v in metrics.items()}, logp_K.numel()
 
 

@@ -152,7 +152,9 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
         rows, num_real = padded_rows(pack(train_trajs, budget), fallback=lambda: pack([any_traj], budget)[0])
         device = model_device(vlm.model)  # rewards and advantages are computed on the host; the loss is not
         batch = StepBatch(adv_B=adv_B[kept].to(device), num_tokens=num_tokens, num_seqs=num_seqs,
-                          norm_len=cfg.algo.norm_len or cfg.rollout.max_new_tokens)
+                          norm_len=cfg.algo.norm_len or cfg.rollout.max_new_tokens,
+                          seq_len_B=torch.tensor([t.num_sampled for t in train_trajs], device=device),
+                          group_B=group_B[kept].to(device))
         with timer.phase("old_logp"):
             if cfg.algo.num_updates > 1:
                 batch.old_logp = rows_logps(vlm.model, rows, temperature=temperature,

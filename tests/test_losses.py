@@ -11,12 +11,20 @@ from engine.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
     LOSSES,
+    LossInputs,
     add_kl,
     aggregate,
     tis_weight,
 )
 
 F64 = torch.float64
+
+
+def run_loss(name: str, *, cfg, **tensors):
+    """LOSSES[name] on one LossInputs made of the keyword tensors (the contract's field names)."""
+    return LOSSES[name](LossInputs(**tensors), cfg)
+
+
 NAN, INF = float("nan"), float("inf")
 
 # The shared hand example: 2 sequences, 5 loss tokens, 1 padding token holding NaN/-inf garbage.
@@ -61,7 +69,7 @@ def test_ppo_clip_hand_values_and_grads():
     #   t5 padding → 0, gradient 0.
     ex = hand_example()
     cfg = AlgoConfig(clip_low=0.2, clip_high=0.28)
-    loss, m = LOSSES["ppo_clip"](**ex, cfg=cfg)
+    loss, m = run_loss("ppo_clip", **ex, cfg=cfg)
     torch.testing.assert_close(loss, t([-1.28, -0.5, -1.0, 0.8, 4.0, 0.0]))
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), t([0.0, -0.5, -1.0, 0.0, 4.0, 0.0]))
     # Metrics: 2 of 5 tokens clipped (one each side); ratio mean (1.5+0.5+1+0.5+4)/5 = 1.5, max 4;
@@ -75,7 +83,7 @@ def test_ppo_clip_dual_clip():
     # Dual clip c = 3 caps the A<0 tokens at −c·A = 3: t4's 4.0 → min(4.0, 3.0) = 3.0 with gradient 0;
     # t3's 0.8 < 3 is unchanged; A>0 tokens are never touched.
     ex = hand_example()
-    loss, m = LOSSES["ppo_clip"](**ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.28, dual_clip_c=3.0))
+    loss, m = run_loss("ppo_clip", **ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.28, dual_clip_c=3.0))
     torch.testing.assert_close(loss, t([-1.28, -0.5, -1.0, 0.8, 3.0, 0.0]))
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), t([0.0, -0.5, -1.0, 0.0, 0.0, 0.0]))
     assert m["dual_clip_frac"].item() == pytest.approx(0.2)
@@ -94,7 +102,7 @@ def test_ppo_clip_grads_match_independent_formulas(dual):
     a = torch.randn(n, generator=gen, dtype=F64)
     mask = (torch.rand(n, generator=gen) < 0.8).to(F64)
     cfg = AlgoConfig(clip_low=0.2, clip_high=0.28, dual_clip_c=dual)
-    loss, _ = LOSSES["ppo_clip"](logp=logp, old_logp=old, adv=a, mask=mask, seq_idx=torch.zeros(n, dtype=torch.long),
+    loss, _ = run_loss("ppo_clip", logp=logp, old_logp=old, adv=a, mask=mask, seq_idx=torch.zeros(n, dtype=torch.long),
                                  num_seqs=1, cfg=cfg)
     got = grad_of_sum(loss, logp, mask)
 
@@ -117,7 +125,7 @@ def test_ppo_clip_grads_match_independent_formulas(dual):
 def test_ppo_clip_log_ratio_clamped_no_inf():
     # log ρ = 100 would give exp(100) ≈ 2.7e43 (inf in fp32); clamped to exp(20) ≈ 4.85e8, finite.
     z = torch.zeros(1)
-    loss, m = LOSSES["ppo_clip"](logp=z + 100, old_logp=z, adv=z - 1, mask=z + 1, seq_idx=z.long(), num_seqs=1,
+    loss, m = run_loss("ppo_clip", logp=z + 100, old_logp=z, adv=z - 1, mask=z + 1, seq_idx=z.long(), num_seqs=1,
                                  cfg=AlgoConfig(clip_high=0.2))
     assert loss.item() == pytest.approx(math.exp(20), rel=1e-6) and torch.isfinite(m["ratio_max"])
 
@@ -128,7 +136,7 @@ def test_ppo_clip_log_ratio_clamped_no_inf():
 def test_is_pg_hand_values_and_grads():
     # −ρA with no clipping: [−1.5, −0.5, −1.0, +0.5, +4.0]; d(−ρA)/dlogp = −ρA, the same numbers.
     ex = hand_example()
-    loss, m = LOSSES["is_pg"](**ex, cfg=AlgoConfig(clip_high=0.2))
+    loss, m = run_loss("is_pg", **ex, cfg=AlgoConfig(clip_high=0.2))
     want = t([-1.5, -0.5, -1.0, 0.5, 4.0, 0.0])
     torch.testing.assert_close(loss, want)
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), want)
@@ -153,7 +161,7 @@ def test_gspo_value_is_sequence_ratio_and_grad_is_sequence_level():
     ex = gspo_example(GSPO_LR)
     s0, s1 = math.exp(0.1), math.exp(-0.2)
     # Wide clip [0.8, 1.2]: neither sequence is clipped, so per token −s_i·A_i = [−1.1051709]×3, [+0.4093654]×2.
-    loss, m = LOSSES["gspo"](**ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.2))
+    loss, m = run_loss("gspo", **ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.2))
     torch.testing.assert_close(loss, t([-s0, -s0, -s0, 0.5 * s1, 0.5 * s1, 0.0]))
     # The ratio the surrogate used is s_i on every token: loss / (−A) = s_i.
     torch.testing.assert_close((loss / -ex["adv"])[:5], t([s0, s0, s0, s1, s1]))
@@ -178,7 +186,7 @@ def test_gspo_narrow_clip():
     # with A>0: clipped, loss −1.0004·1, no gradient); seq 1 log ratios [3e-4, −1e-4] (mean 1e-4, s_1 =
     # exp(1e-4) = 1.000100005 inside the range: unclipped, loss −s_1·(−0.5), gradient −s_1·A = +0.5·s_1).
     ex = gspo_example(GSPO_LR[:3] + [3e-4, -1e-4])
-    loss, m = LOSSES["gspo"](**ex, cfg=AlgoConfig(clip_low=3e-4, clip_high=4e-4))
+    loss, m = run_loss("gspo", **ex, cfg=AlgoConfig(clip_low=3e-4, clip_high=4e-4))
     s1 = math.exp(1e-4)
     torch.testing.assert_close(loss, t([-1.0004] * 3 + [0.5 * s1] * 2 + [0.0]))
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), t([0.0] * 3 + [0.5 * s1] * 2 + [0.0]))
@@ -194,7 +202,7 @@ def test_cispo_hand_values_grads_and_stop_gradient():
     ex = hand_example()
     ex["old_logp"].requires_grad_(True)
     w = t([1.28, 0.8, 1.0, 0.8, 1.28])
-    loss, m = LOSSES["cispo"](**ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.28))
+    loss, m = run_loss("cispo", **ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.28))
     a, logp = ex["adv"][:5], ex["logp"].detach()[:5]
     torch.testing.assert_close(loss[:5], -w * a * logp)
     assert loss[5].item() == 0.0
@@ -314,7 +322,7 @@ def random_batch(seed):
 
 def full_loss(b, *, name, mode, cfg, num_tokens, num_seqs, seq_idx):
     """The whole micro-batch pipeline: surrogate → TIS → KL → aggregate."""
-    per_token, _ = LOSSES[name](logp=b["logp"], old_logp=b["old_logp"], adv=b["adv"], mask=b["mask"], seq_idx=seq_idx,
+    per_token, _ = run_loss(name, logp=b["logp"], old_logp=b["old_logp"], adv=b["adv"], mask=b["mask"], seq_idx=seq_idx,
                                 num_seqs=num_seqs, cfg=cfg)
     per_token = per_token * tis_weight(old_logp=b["old_logp"], sampler_logp=b["sampler_logp"], mask=b["mask"], cap=2.0)
     per_token, _ = add_kl(per_token, logp=b["logp"], ref_logp=b["ref_logp"], mask=b["mask"], beta=0.05, estimator="k3")
@@ -391,7 +399,7 @@ def test_packed_equals_flat(name, mode):
 def test_nan_in_padding_never_leaks_and_metrics_are_detached(name):
     # hand_example() holds NaN logp, −inf old_logp and NaN advantage in its padding token.
     ex = hand_example()
-    loss, metrics = LOSSES[name](**ex, cfg=AlgoConfig(clip_high=0.2))
+    loss, metrics = run_loss(name, **ex, cfg=AlgoConfig(clip_high=0.2))
     assert torch.isfinite(loss).all()
     for mode in AGGREGATIONS:
         out = aggregate(loss, mask=ex["mask"], seq_idx=ex["seq_idx"], mode=mode, num_tokens=5, num_seqs=2, norm_len=4)
@@ -418,4 +426,4 @@ def test_loss_settings_validation():
 def test_shape_mismatch_rejected():
     ex = hand_example()
     with pytest.raises(ValueError, match="one shape"):
-        LOSSES["ppo_clip"](**{**ex, "adv": t([1.0, -1.0])}, cfg=AlgoConfig(clip_high=0.2))
+        run_loss("ppo_clip", **{**ex, "adv": t([1.0, -1.0])}, cfg=AlgoConfig(clip_high=0.2))
