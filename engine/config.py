@@ -135,7 +135,7 @@ class AlgoConfig:
     kl_estimator: str = doc("k3", "KL estimator (engine/losses.py KL_ESTIMATORS): k1, k2, k3.")
     tis_cap: float | None = doc(None, "Truncated importance-sampling cap on exp(old_logp − sampler_logp), for sampler/trainer mismatch (none: off; verl uses 2).")
     num_updates: int = doc(1, "Optimizer updates per rollout (>1 computes old log-probs once, PPO-style).")
-    dynamic_sampling: bool = doc(False, "Drop groups whose rewards are all equal (they carry no signal).")
+    drop_uniform_groups: bool = doc(False, "Drop groups whose rewards are all equal (zero advantage: no signal) from the update; the batch shrinks (batch/kept_fraction). DAPO's dynamic sampling also samples more prompts to refill the batch; this does not.")
 
     def validate(self) -> None:
         from engine.advantages import ADVANTAGES
@@ -306,7 +306,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     # Keys that moved: configlib names the new place instead of "unknown key".
-    MOVED: ClassVar[dict[str, str]] = {"train.steps": "rl.steps", "train.epochs": "rl.epochs", "optim.lr": "rl.lr"}
+    MOVED: ClassVar[dict[str, str]] = {"train.steps": "rl.steps", "train.epochs": "rl.epochs", "optim.lr": "rl.lr",
+                                        "algo.dynamic_sampling": "algo.drop_uniform_groups"}
 
     def validate(self) -> None:
         stages = self.train.stage.split(",")

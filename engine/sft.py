@@ -9,17 +9,17 @@ mask 0, exactly as the rollout would inject it — so SFT teaches the same forma
 from __future__ import annotations
 
 import json
-import math
 import re
 
 import torch
 
 from data.example import Example
 from engine import distributed as D
-from engine.objective import full_value, padded_rows, padding_loss
+from engine.objective import padded_rows
 from engine.packing import pack, row_logps
 from engine.rollout import finish
 from engine.trajectory import Prompt, Trajectory
+from engine.update import optimizer_update
 from models.load import VLM
 from models.vision import resized_size
 from tools.boxes import convert_box
@@ -90,33 +90,21 @@ def sft_trajectory(prompt: Prompt, target: str, vlm: VLM, tool_limits: ToolLimit
 
 def sft_step(model, optimizer, scheduler, trajs: list[Trajectory], *, micro_batch_tokens: int,
              max_grad_norm: float, chunk_tokens: int = 0) -> dict[str, float]:
-    """One optimizer step of token-mean cross-entropy over every assistant token of the batch; skipped (weights
-    untouched, `sft/skipped_update` 1) when the loss or the gradient norm is NaN/inf. Under torchrun
-    `trajs` is this rank's share: the token count is the whole batch's (all ranks), every rank runs as many rows
-    as the busiest (zero-weight padding), and the returned loss, norm and count are the whole batch's."""
-    optimizer.zero_grad(set_to_none=True)
+    """One optimizer step of token-mean cross-entropy over every assistant token of the batch (engine/update.py's
+    update, as RL's; skipped, weights untouched and `sft/skipped_update` 1, when the loss or the gradient norm is
+    NaN/inf). Under torchrun `trajs` is this rank's share: the token count is the whole batch's (all ranks), every
+    rank runs as many rows as the busiest (zero-weight padding), and the returned loss, norm and count are the
+    whole batch's."""
     local = sum(sum(t.mask[1:]) for t in trajs)  # every mask-1 token after position 0 is predicted
     num_tokens = int(D.all_reduce_sum(local))  # sync point: the global count, before the loss
     rows, num_real = padded_rows(pack(trajs, micro_batch_tokens), fallback=None)
-    total = torch.zeros((), device=next(model.parameters()).device)
-    for i, row in enumerate(rows):
-        if i >= num_real:
-            padding_loss(model, row, chunk_tokens=chunk_tokens).backward()
-            continue
+
+    def row_loss(i: int, row):
         logp_K, _ = row_logps(model, row, chunk_tokens=chunk_tokens)
-        loss = -logp_K.sum() / num_tokens
-        loss.backward()
-        total = total + loss.detach()
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = float(full_value(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0
-                                                                else float("inf"))))  # global over ranks
-    loss = float(D.all_reduce_sum(total))  # sync point, as the norm above: the same decision on every rank
-    lr = scheduler.get_last_lr()[0]
-    skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
-    if skipped:  # a NaN/inf update would poison every weight: skip it, schedule included (the trainer counts)
-        optimizer.zero_grad(set_to_none=True)
-    else:
-        optimizer.step()
-        scheduler.step()
-    return {"sft/loss": loss, "sft/grad_norm": grad_norm, "sft/lr": lr, "sft/tokens": float(num_tokens),
-            "sft/skipped_update": float(skipped)}
+        return -logp_K.sum() / num_tokens, {}, logp_K.numel()
+
+    update = optimizer_update(model, optimizer, scheduler, rows, num_real, row_loss, max_grad_norm=max_grad_norm,
+                              scoring={"chunk_tokens": chunk_tokens})
+    return {"sft/loss": update["total_loss"], "sft/grad_norm": float(update["grad_norm"]),
+            "sft/lr": float(update["lr"]), "sft/tokens": float(num_tokens),
+            "sft/skipped_update": float(update["skipped"])}

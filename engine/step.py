@@ -4,7 +4,8 @@
     → clip → AdamW step → metrics
 
 Each phase is one call, timed. Nothing here branches on a loss or estimator name: those are looked up in
-engine/losses.py and engine/advantages.py.
+engine/losses.py and engine/advantages.py. The update (loss + backward per row, clip, AdamW) is engine/update.py's,
+which SFT shares; the metric reduction is engine/metrics.py's.
 
 Under torchrun each rank runs this on its own prompts (whole groups, so advantages stay local) with the policy
 FSDP-sharded (engine/distributed.py): rollout and rewards run inside `unsharded` (ranks stop at different
@@ -24,10 +25,11 @@ from engine import distributed as D
 from engine.advantages import ADVANTAGES
 from engine.lora import adapters_disabled, is_peft, merged_state_dict
 from engine.metrics import PhaseTimer, rank_record, step_metrics
-from engine.objective import StepBatch, full_value, padded_rows, padding_loss, policy_loss, rows_logps, sampler_logps
+from engine.objective import StepBatch, padded_rows, policy_loss, rows_logps, sampler_logps
 from engine.packing import pack
 from engine.rollout import ToolProtocol, rollout
 from engine.trajectory import Prompt, Trajectory
+from engine.update import optimizer_update
 from models.load import VLM
 from models.vision import resized_size
 from rewards.combine import RewardBatch, score_batch
@@ -74,7 +76,8 @@ def score(trajs: list[Trajectory], vlm: VLM, cfg, scorer=None) -> RewardBatch:
 
 
 def keep_informative_groups(trajs: list[Trajectory], rewards_B: torch.Tensor) -> list[int]:
-    """Dynamic sampling (DAPO): indices of trajectories whose group's rewards are not all equal."""
+    """algo.drop_uniform_groups: indices of trajectories whose group's rewards are not all equal (DAPO's filter,
+    without its refill)."""
     groups: dict[int, list[int]] = {}
     for i, t in enumerate(trajs):
         groups.setdefault(t.group, []).append(i)
@@ -88,40 +91,6 @@ def reference_logps(state: RLState, rows, *, temperature: float) -> dict[int, to
         return rows_logps(state.reference, rows, temperature=temperature, chunk_tokens=chunk)
     with adapters_disabled(state.policy.model):  # ValueError for a plain model: it needs a reference copy
         return rows_logps(state.policy.model, rows, temperature=temperature, chunk_tokens=chunk)
-
-
-def optimizer_step(state: RLState, rows, num_real: int, batch: StepBatch) -> dict:
-    """Loss + backward over every micro-batch row (rows from `num_real` on are zero-weight padding), clip, AdamW
-    step (skipped when the loss or gradient norm is NaN/inf). Returns this rank's token-weighted metric sums, their
-    token count, loss, grad norm and lr."""
-    model, cfg = state.policy.model, state.cfg
-    state.optimizer.zero_grad(set_to_none=True)
-    sums: dict[str, torch.Tensor] = {}
-    total, loss_sum = 0, torch.zeros((), device=model_device(model))
-    scoring = {"temperature": cfg.rollout.temperature, "chunk_tokens": cfg.model.logprob_chunk_tokens}
-    for i, row in enumerate(rows):
-        if i >= num_real:
-            padding_loss(model, row, **scoring).backward()
-            continue
-        loss, metrics, n = policy_loss(model, row, i, batch, cfg.algo, **scoring)
-        loss.backward()
-        loss_sum = loss_sum + loss.detach()  # rows are normalised by the step's global counts: their sum is the loss
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0) + v.float() * n
-        total += n
-    params = [p for p in model.parameters() if p.requires_grad]
-    max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else float("inf")
-    grad_norm = full_value(torch.nn.utils.clip_grad_norm_(params, max_norm))  # global over ranks (FSDP)
-    lr = torch.tensor(state.scheduler.get_last_lr()[0])
-    # A NaN/inf loss or gradient would poison every weight: skip the update (the trainer counts and stops on a
-    # streak). The loss is summed over ranks so that every rank decides the same (sync point: .item()).
-    finite = bool(torch.isfinite(grad_norm).all()) and bool(torch.isfinite(D.all_reduce_sum(loss_sum)).all())
-    if finite:
-        state.optimizer.step()
-        state.scheduler.step()
-    else:  # nothing moves, the schedule included
-        state.optimizer.zero_grad(set_to_none=True)
-    return {"sums": sums, "tokens": total, "loss": loss_sum, "grad_norm": grad_norm, "lr": lr, "skipped": not finite}
 
 
 def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajectory], RewardBatch, torch.Tensor]:
@@ -140,7 +109,7 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
         rewards_B = torch.tensor(rewards.total, dtype=torch.float32)
         group_B = torch.tensor([t.group for t in trajs])
         adv_B = ADVANTAGES[cfg.algo.advantage](rewards_B=rewards_B, group_B=group_B, eps=cfg.algo.adv_eps)
-        kept = keep_informative_groups(trajs, rewards_B) if cfg.algo.dynamic_sampling else list(range(len(trajs)))
+        kept = keep_informative_groups(trajs, rewards_B) if cfg.algo.drop_uniform_groups else list(range(len(trajs)))
     train_trajs = [trajs[i] for i in kept]
     # The step's normalisers over ALL ranks, counted before any loss (sync point: .tolist()).
     local = [sum(t.num_sampled for t in train_trajs), len(train_trajs)]
@@ -164,10 +133,13 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
                 batch.ref_logp = reference_logps(state, rows, temperature=temperature)
         if cfg.algo.tis_cap is not None or state.sampler is not None:  # vLLM: the mismatch is always logged
             batch.sampler_logp = sampler_logps(rows[:num_real], train_trajs, device)
+        scoring = {"temperature": temperature, "chunk_tokens": cfg.model.logprob_chunk_tokens}
+        row_loss = lambda i, row: policy_loss(vlm.model, row, i, batch, cfg.algo, **scoring)  # noqa: E731
         skipped = False
         for _ in range(cfg.algo.num_updates):
             with timer.phase("update"):
-                update = optimizer_step(state, rows, num_real, batch)
+                update = optimizer_update(vlm.model, state.optimizer, state.scheduler, rows, num_real, row_loss,
+                                          max_grad_norm=cfg.optim.max_grad_norm, scoring=scoring)
                 skipped = skipped or update["skipped"]
         update["skipped"] = skipped  # any of the step's updates
     with timer.phase("weight_sync"):

@@ -62,6 +62,7 @@ from engine.sft import sft_step, sft_trajectory, target_text
 from engine.step import RLState, model_device, policy_weights, rl_step
 from engine.tool_health import ToolCallMonitor
 from engine.tool_protocols import make_protocol
+from engine.update import due
 from rewards.setup import setup_rewards
 
 
@@ -311,18 +312,12 @@ class Run:
                                max_grad_norm=cfg.optim.max_grad_norm)
             self.global_step += 1
             self._log(self.global_step, metrics)
-            bar.set_postfix(loss=f"{metrics['sft/loss']:.3f}")
+            bar.set_postfix(loss=f"{float(metrics['sft/loss']):.3f}")  # host sync, once per step
             bar.update(1)
-            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < s.steps:
-                self.evaluate(f"sft_step{step + 1}")
-            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < s.steps:
-                self._save("sft", step + 1, optimizer, scheduler, stream)
+            self._periodic("sft", step + 1, s.steps, optimizer, scheduler, stream)
             self._after_step("sft", step + 1, metrics, lambda n: self._save("sft", n, optimizer, scheduler, stream))
         bar.close()
-        self.summary["done_stages"].append("sft")
-        self.summary["steps"]["sft"] = s.steps
-        self.evaluate("after_sft")
-        self._save("sft", s.steps, optimizer, scheduler, stream)
+        self._finish_stage("sft", s.steps, optimizer, scheduler, stream)
 
     def rl(self) -> None:
         cfg = self.cfg
@@ -353,18 +348,26 @@ class Run:
                 self._log_samples(trajs, rewards, adv)  # rank 0's own share
             bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", loss=f"{float(metrics.get('train/loss', 0)):.4f}")
             bar.update(1)
-            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0:
-                self.evaluate(f"rl_step{step + 1}")
-            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.rl.steps:
-                self._save("rl", step + 1, optimizer, scheduler, stream)
+            self._periodic("rl", step + 1, cfg.rl.steps, optimizer, scheduler, stream)
             self._after_step("rl", step + 1, metrics, lambda n: self._save("rl", n, optimizer, scheduler, stream))
         bar.close()
         if state.sampler is not None:
             state.sampler.close()
-        self.summary["done_stages"].append("rl")
-        self.summary["steps"]["rl"] = cfg.rl.steps
-        self.evaluate("after_rl")
-        self._save("rl", cfg.rl.steps, optimizer, scheduler, stream)
+        self._finish_stage("rl", cfg.rl.steps, optimizer, scheduler, stream)
+
+    def _periodic(self, stage: str, done: int, total: int, optimizer, scheduler, stream: DataStream) -> None:
+        """After step `done` of `total`: evaluate and save when due (`engine.update.due`, the one rule for both
+        stages); the last step's are `_finish_stage`'s, so the final weights are evaluated and saved once."""
+        if due(done, self.cfg.train.eval_every, total):
+            self.evaluate(f"{stage}_step{done}")
+        if due(done, self.cfg.train.save_every, total):
+            self._save(stage, done, optimizer, scheduler, stream)
+
+    def _finish_stage(self, stage: str, total: int, optimizer, scheduler, stream: DataStream) -> None:
+        self.summary["done_stages"].append(stage)
+        self.summary["steps"][stage] = total
+        self.evaluate(f"after_{stage}")
+        self._save(stage, total, optimizer, scheduler, stream)
 
     def _log_samples(self, trajs, rewards, adv, k: int = 4) -> None:
         dump_rollouts(self.dir, self.global_step, trajs, rewards, adv, box_frame=self.vlm.family.box_frame)

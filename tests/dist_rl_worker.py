@@ -47,7 +47,7 @@ def config(dynamic: bool) -> Config:
         "--data.train", "unused.jsonl", "--rollout.group_size", "2", "--rollout.prompts_per_step", "4",
         "--rollout.temperature", "1.0", "--algo.kl_beta", "0.04", "--rl.lr", "1e-3",
         "--optim.micro_batch_tokens", "110", "--reward.weights", '{"accuracy": 1.0}',
-        "--algo.dynamic_sampling", str(dynamic).lower()])
+        "--algo.drop_uniform_groups", str(dynamic).lower()])
 
 
 def fixed_rollout(dynamic: bool):

@@ -22,8 +22,8 @@ def test_presets_build_and_round_trip(preset):
 
 def test_dotted_overrides_are_typed():
     cfg = build_config(Config, toml_path=ROOT / "configs/demo.toml",
-                       overrides=["--rollout.group_size", "16", "--rl.lr=5e-4", "--algo.dynamic_sampling", "true"])
-    assert cfg.rollout.group_size == 16 and cfg.rl.lr == 5e-4 and cfg.algo.dynamic_sampling is True
+                       overrides=["--rollout.group_size", "16", "--rl.lr=5e-4", "--algo.drop_uniform_groups", "true"])
+    assert cfg.rollout.group_size == 16 and cfg.rl.lr == 5e-4 and cfg.algo.drop_uniform_groups is True
 
 
 def test_unknown_key_names_the_flag_and_suggests():
@@ -61,14 +61,15 @@ def test_off_is_none_not_zero():
         build_config(Config, toml_path=ROOT / "configs/demo.toml", overrides=["--algo.tis_cap", "0"])
 
 
-@pytest.mark.parametrize("old, new", [("train.steps", "rl.steps"), ("optim.lr", "rl.lr")])
+@pytest.mark.parametrize("old, new", [("train.steps", "rl.steps"), ("train.epochs", "rl.epochs"), ("optim.lr", "rl.lr"),
+                                      ("algo.dynamic_sampling", "algo.drop_uniform_groups")])
 def test_moved_keys_say_where_they_went(tmp_path, old, new):
-    with pytest.raises(ValueError, match=rf"--{old} was moved to {new}"):
+    with pytest.raises(ValueError, match=rf"--{old} is now {new}"):
         build_config(Config, toml_path=ROOT / "configs/demo.toml", overrides=[f"--{old}", "3"])
     section, key = old.split(".")
     bad = tmp_path / "old.toml"
     bad.write_text(f'[data]\ntrain = "x.jsonl"\n[{section}]\n{key} = 3\n')
-    with pytest.raises(ValueError, match=rf"old\.toml: {old} was moved to {new}"):
+    with pytest.raises(ValueError, match=rf"old\.toml: {old} is now {new}"):
         build_config(Config, toml_path=bad)
 
 
