@@ -67,7 +67,7 @@ def _frame_box(box_px: list[float], prompt: Prompt, vlm: VLM) -> str:
 
 
 def sft_trajectory(prompt: Prompt, target: str, vlm: VLM, tool_limits: ToolLimits | None = None) -> Trajectory:
-    """The target as a trajectory: mask 1 on its text (and the closing <|im_end|>), 0 on injected crops."""
+    """The target as a trajectory: mask 1 on its text (and the family's turn end), 0 on injected crops."""
     tok, traj, pos = vlm.tokenizer, Trajectory.start(prompt, 0), 0
     for match in _CALL.finditer(target):
         try:
@@ -81,7 +81,7 @@ def sft_trajectory(prompt: Prompt, target: str, vlm: VLM, tool_limits: ToolLimit
             raise ValueError(f"{prompt.example.origin}: SFT target crop failed: {result.error}")
         traj.append_image(result.image, vlm)
         pos = match.end()
-    traj.append_sampled(tok(target[pos:] + "<|im_end|>", add_special_tokens=False).input_ids, [])
+    traj.append_sampled(tok(target[pos:] + vlm.family.turn_end, add_special_tokens=False).input_ids, [])
     traj.sampler_logp = [0.0] * len(traj.ids)
     traj.stop = "eos"
     finish(traj, vlm)

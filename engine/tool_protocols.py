@@ -109,11 +109,13 @@ class MultiTurnProtocol:
             return False
         image, text, error = run_latest_call(traj, vlm, "multiturn", limits, self.tool_limits, self.enabled)
         tok = vlm.tokenizer
-        traj.append_injected(tok("<|im_end|>\n<|im_start|>user\n", add_special_tokens=False).input_ids)
+        fam = vlm.family  # the tool result comes back as the next user turn, in the family's chat format
+        traj.append_injected(tok(f"{fam.turn_end}\n{fam.turn('user')}", add_special_tokens=False).input_ids)
         if image is not None:
             traj.append_image(image, vlm)
         reply = text or (f"Tool error: {error}" if error else "Here is the result.")
-        traj.append_injected(tok(f"{reply}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).input_ids)
+        traj.append_injected(tok(f"{reply}{fam.turn_end}\n{fam.turn('assistant')}",
+                                 add_special_tokens=False).input_ids)
         return True
 
 

@@ -1,5 +1,6 @@
-"""Facts about each supported model family that the engine must not guess: token ids, patch geometry and the
-coordinate frame its boxes are written in.
+"""Facts about each supported model family that the engine must not guess: token ids, patch geometry, the
+coordinate frame its boxes are written in, and the chat format's turn markers (ChatML for every family here), which
+the engine writes when it closes or opens a turn itself (SFT targets, multi-turn tool results).
 
 Box frames (see docs/DESIGN.md): Qwen2-VL and Qwen3-VL write boxes in 0..1000 of the image ("norm1000");
 Qwen2.5-VL writes absolute pixels of the image *after* the processor's resize ("resized"). Override with
@@ -37,6 +38,12 @@ class Family:
     # Ids from here on name no token: real checkpoints pad the embedding (151,936 rows for Qwen2.5-VL's 151,665
     # tokens) and never sample them. 0: unknown (every row is a token).
     num_token_ids: int = 0
+    turn_end: str = "<|im_end|>"  # closes a turn (ChatML); the rollout stops on its id (eos_ids)
+    turn_start: str = "<|im_start|>"  # opens a turn, followed by the role and a newline
+
+    def turn(self, role: str) -> str:
+        """The text that opens a turn of `role` ("user", "assistant")."""
+        return f"{self.turn_start}{role}\n"
 
     @property
     def vision_ids(self) -> frozenset[int]:

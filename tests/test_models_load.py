@@ -55,6 +55,19 @@ def test_family_facts(vlms, arch):
     assert next(vlm.model.parameters()).dtype == torch.float32
 
 
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_family_turn_markers_are_the_chat_templates(vlms, arch):
+    """What the engine writes to close or open a turn itself (SFT targets, multi-turn tool results) is exactly
+    what the family's chat template writes, and the turn end is one token the rollout stops on."""
+    fam, tok = vlms[arch].family, vlms[arch].tokenizer
+    msgs = [{"role": "user", "content": "hi"}]
+    closed = tok.apply_chat_template(msgs, tokenize=False)
+    opened = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert closed.endswith(fam.turn_end + "\n") and f"{fam.turn('user')}hi" in closed
+    assert opened == closed + fam.turn("assistant")
+    assert tok(fam.turn_end, add_special_tokens=False).input_ids == [fam.eos_ids[0]]
+
+
 def test_box_frame_override(vlms):
     path = vlms["qwen2_5_vl"].path
     assert load_vlm(path, box_frame="pixels").family.box_frame == "pixels"
