@@ -122,7 +122,7 @@ def _units(hf) -> tuple[list[torch.nn.Module], torch.nn.Module | None, list[torc
 
 def shard_model(model, *, mixed_precision: str | None = None):
     """FSDP2 over all ranks: each vision block, the vision tower as a unit (transformers' generate() runs the
-    encoder outside the root's forward: without its own unit that gives "mixed Tensor and DTensor", PLATFORM.md;
+    encoder outside the root's forward: without its own unit that gives "mixed Tensor and DTensor", docs/PLATFORM.md;
     models.generation passes pixel_values through the root and works either way), each decoder layer, then the
     HF model as root. Modifies `model` in place and returns it (a PeftModel stays a PeftModel). Single process:
     returns the model untouched. Call after loading weights (checkpoints load full tensors) and before building

@@ -8,7 +8,7 @@ reference model as the same weights with the adapters switched off, adapter-only
     merged_export(model, out_dir, tokenizer, image_processor)           # plain HF folder, base + B·A·scaling
 
 Targets are a regex over module names, because the vision tower's MLP shares `gate_proj/up_proj/down_proj`
-with the language model's (PLATFORM.md): a plain name list would put adapters in the vision tower too.
+with the language model's (docs/PLATFORM.md): a plain name list would put adapters in the vision tower too.
 `target="language+vision"` adds the vision blocks' attention (`qkv`, `proj`).
 
 The model is wrapped as a plain `PeftModel` (no task_type), whose forward passes every keyword through to the

@@ -4,7 +4,7 @@ A row is the unit of one forward (a micro-batch): its trajectories' tokens, posi
 How it reaches the model (one packed sequence for a varlen kernel; a padded batch; a shared prompt run once,
 then the continuations on its KV cache) is engine/layouts.py's choice; every layout is exact.
 
-Exactness (PLATFORM.md, transformers 5.19): a packed row gives the same logits as separate sequences only with
+Exactness (docs/PLATFORM.md, transformers 5.19): a packed row gives the same logits as separate sequences only with
 4-row position ids (row 0 = 0..len-1 per sequence, rows 1-3 = that sequence's mrope T/H/W), attention_mask=None
 and use_cache=False. Anything else lets sequences attend to each other, silently.
 

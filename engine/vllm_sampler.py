@@ -10,7 +10,7 @@ of 3 GB), eager (no CUDA graphs / inductor: TORCH_COMPILE_DISABLE=1 saves a 20-4
 Needs the separate venv built by scripts/install_vllm.sh; `import vllm` happens in the constructor only, so this
 file imports anywhere.
 
-Where it departs from vLLM's defaults, on purpose (facts in PLATFORM.md, "vLLM on CPU"):
+Where it departs from vLLM's defaults, on purpose (facts in docs/PLATFORM.md, "vLLM on CPU"):
 - Log-probs: `logprobs_mode="processed_logprobs"`, i.e. log_softmax of the logits after the banned-id mask and
   the temperature: exactly models.generation's definition (and the trainer's row_logps at the same temperature).
   vLLM's default ("raw_logprobs") is the log-softmax BEFORE temperature. Greedy (temperature 0) gives

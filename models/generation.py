@@ -12,8 +12,8 @@ KV cache is then repeated G times, so every prompt's images go through the visio
 Finished rows are dropped from the cache as they stop, so late steps run only the rows still going.
 
 Positions are always passed explicitly (computed per sequence with the model's own `get_rope_index`): the
-model's cached `rope_deltas` are state kept on the module and silently wrong across batches (docs/DESIGN.md,
-"Platform facts").
+model's cached `rope_deltas` are state kept on the module and silently wrong across batches (docs/PLATFORM.md,
+"Crop re-injection and cached generation").
 Shapes: B rows, T tokens, V vocab.
 """
 

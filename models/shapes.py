@@ -30,7 +30,7 @@ class Shape:
 
 def _qwen2_text(hidden, intermediate, layers, heads, kv, theta=1e6, max_pos=32768) -> dict:
     # Qwen2 / 2.5 text: max_window_layers must name a real layer count (the sliding window is off either way):
-    # transformers derives layer_types from it (PLATFORM.md: a mismatch breaks the config).
+    # transformers derives layer_types from it (docs/PLATFORM.md: a mismatch breaks the config).
     return dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                 num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=max_pos,
                 max_window_layers=layers, rope_parameters=dict(rope_type="default", rope_theta=theta,

@@ -56,7 +56,7 @@ def resized_size(grid_thw: torch.Tensor, family: Family) -> tuple[int, int]:
 
 def mm_token_type_ids(input_ids: torch.Tensor, family: Family) -> torch.Tensor:
     """1 on image placeholder tokens, 0 elsewhere. transformers' get_rope_index REQUIRES it: without it the
-    model silently falls back to 1-D positions (see PLATFORM.md)."""
+    model silently falls back to 1-D positions (see docs/PLATFORM.md)."""
     return (input_ids == family.image_token_id).to(torch.int32)
 
 

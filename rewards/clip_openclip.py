@@ -6,7 +6,7 @@
     clip.embed_text(["a stop sign"]); clip.embed_image([pil_image])  # [N, D] numpy, unit rows
 
 open_clip is optional: it imports torchvision, whose PyPI build is a CUDA build that fails to import beside CPU
-torch until two fake-kernel registrations are guarded (PLATFORM.md; the install script does it). The folder is
+torch until two fake-kernel registrations are guarded (docs/PLATFORM.md; the install script does it). The folder is
 open_clip's own local-dir layout, which is also the layout of its Hugging Face hub repositories (copy one by
 hand; nothing is downloaded here): `open_clip_config.json` ({"model_cfg": ..., "preprocess_cfg": ...}) and
 `open_clip_model.safetensors` (or `open_clip_pytorch_model.bin`). Loaded with

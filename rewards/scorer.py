@@ -27,7 +27,7 @@ rendered with the chat template like engine/trajectory.py `build_prompt`, withou
 - `embed_text` / `embed_image`: unit CLIP vectors [N, D] (numpy) from the `clip` embedder: by default
   ClipEmbedder, a transformers `CLIPModel` loaded from a local folder; with reward.clip_backend = "open_clip",
   rewards/clip_openclip.py (an optional install: scripts/install_openclip.sh, which patches torchvision to
-  import beside CPU torch, PLATFORM.md). `build_tiny_clip(DIR)` writes a tiny random CLIP with a byte
+  import beside CPU torch, docs/PLATFORM.md). `build_tiny_clip(DIR)` writes a tiny random CLIP with a byte
   tokenizer for the tests; a real openai/clip-vit-* folder should load the same way (CLIPTokenizer, and the PIL
   image processor when the fast one needs torchvision), but none was available here to try.
 - `embed`: the sentence embedder's `embed(list[str])` when one is attached (reward.embedder_path, set up by

@@ -1,4 +1,4 @@
-"""GRPO step benchmark on the tiny Qwen2.5-VL: the peer's workload (PLATFORM.md, "The peer on identical work").
+"""GRPO step benchmark on the tiny Qwen2.5-VL: the peer's workload (docs/PLATFORM.md, "The peer on identical work").
 
     OMP_NUM_THREADS=1 python scripts/bench.py [--steps 10] [--threads 1] [--out runs/bench.json]   # `make bench`
     make bench && make bench-peer        # then TRL's GRPOTrainer on the same work, and the ratio (bench_peer.py)

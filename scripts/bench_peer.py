@@ -44,7 +44,7 @@ from scripts.bench import PROMPTS, GROUP, NEW_TOKENS, KL_BETA, make_data  # noqa
 
 def image_only_processor(path: Path):
     """Qwen2_5_VLProcessor without its video half: every video processor needs torchvision, which has no CPU
-    build to sit beside CPU torch (PLATFORM.md). Image handling and chat template are the stock class's."""
+    build to sit beside CPU torch (docs/PLATFORM.md). Image handling and chat template are the stock class's."""
     from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLProcessor
     from transformers.processing_utils import ProcessorMixin
 

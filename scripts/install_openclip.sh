@@ -8,7 +8,7 @@
 # Kept in its own venv by default: torchvision in a venv switches transformers to its torchvision ("fast") image
 # processors and makes stock AutoProcessor work, so the engine's .venv would preprocess images differently from
 # the venv its tests pin numbers in. Installing into .venv works; do it on purpose.
-# What it does beyond `pip install` (PLATFORM.md "Installing"):
+# What it does beyond `pip install` (docs/PLATFORM.md "Installing"):
 #   - torch==2.13.0 first: that spec takes the CPU wheel lying on disk (any other spec downloads a CUDA build);
 #     requirements.txt is also passed as constraints, so resolving open_clip can never move torch/transformers;
 #   - torchvision 0.28.0 (the release built for torch 2.13) is a CUDA build on PyPI: its two unguarded

@@ -6,7 +6,7 @@
 #     PEER_VENV=/somewhere bash scripts/install_peer.sh
 #
 # Kept apart from .venv on purpose: the engine must never import trl. torch==2.13.0 first (that spec takes the CPU
-# wheel lying on disk, PLATFORM.md), then the pins and trl in one resolution with the pins as constraints.
+# wheel lying on disk, docs/PLATFORM.md), then the pins and trl in one resolution with the pins as constraints.
 # torchvision is removed if anything pulled it in: PyPI's build is CUDA-only and breaks imports beside CPU torch,
 # and without it transformers falls back to the same PIL image processor the engine uses.
 set -euo pipefail

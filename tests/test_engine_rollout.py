@@ -9,7 +9,7 @@ lengths) and samples FREELY from the real model. Checked:
   (mask 1), within the token budget; one successful crop record; stop classified;
 - the sampler's log-probs of the free round-1 tokens equal the trainer's (pack + row_logps on the real model),
   up to the documented renormalisation over the banned vision ids: the re-prefill's positions and images are what
-  the trainer sees (PLATFORM.md: cached rope_deltas would not be);
+  the trainer sees (docs/PLATFORM.md: cached rope_deltas would not be);
 - a trajectory whose call used the last token of its budget cannot continue; its call must not be run again in
   a later tool round started by another trajectory.
 

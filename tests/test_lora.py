@@ -99,7 +99,7 @@ def test_packed_backward_and_reference_is_the_base_model(tiny):
     assert torch.equal(off_K, base_K)  # the reference policy: base weights, bit for bit
     assert (on_K - base_K).abs().max() > 1e-3
     # The packed row through the PeftModel equals one ordinary forward per sequence: if the wrapper dropped the
-    # 4-row position_ids the sequences would attend to each other (PLATFORM.md: off by ~0.9).
+    # 4-row position_ids the sequences would attend to each other (docs/PLATFORM.md: off by ~0.9).
     with torch.no_grad():
         each_K = torch.cat([plain_logps(replace(vlm, model=model), t) for t in trajs])
     assert torch.allclose(on_K, each_K, atol=1e-4), (on_K - each_K).abs().max()
