@@ -163,13 +163,9 @@ class Run:
         load_checkpoint(ckpt, model=None, scheduler=scheduler)  # the weights went in before sharding
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * factor(scheduler.last_epoch)  # this schedule's lr (a raised step count stretches it)
-        optim_state = read_optimizer_state(ckpt)
-        if isinstance(optim_state["param_groups"][0]["params"][0], int):  # written before the full format
-            optimizer.load_state_dict(optim_state)
-        else:
-            D.load_optimizer_state_dict(model, optimizer, optim_state)
+        D.load_optimizer_state_dict(model, optimizer, read_optimizer_state(ckpt))  # the full, name-keyed format
         stream.load_state_dict(state["data"])
-        saved = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per rank that saved
+        saved = state["rng"]  # one per rank that saved
         mine = saved[self.dist.rank] if self.dist.rank < len(saved) else None
         here = self.generator.device.type
         if mine is not None and generator_device(mine, "sampler") != here:  # a CPU state does not fit a CUDA one
@@ -233,10 +229,9 @@ class Run:
         # Resumed mid-RL, the policy holds the checkpoint's weights: the copy is the one written when RL started
         # (after SFT), or the initial model, which load_policy gives as is.
         path = saved if resumed and after_sft else None
-        if path is not None and not (saved / "config.json").is_file():  # a run from before reference/ existed
-            self._print(f"warning: {saved} is missing; the KL reference is the resumed policy, not the policy "
-                        "as RL started")
-            path, resumed = None, False
+        if path is not None and not (saved / "config.json").is_file():
+            raise ValueError(f"{saved} is missing: it holds the KL reference (the policy as RL started, after SFT) "
+                             "that a run resumed mid-RL anchors to; restore it, or start the RL stage afresh")
         reference = load_policy(self.cfg, device=str(self.dist.device), path=path).model
         D.shard_model(reference, mixed_precision=self.mixed_precision)
         if not resumed:
