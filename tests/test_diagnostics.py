@@ -14,7 +14,7 @@ from data.example import Example
 from engine.config import AlgoConfig
 from engine.diagnostics import (TOKEN_CLASSES, class_metrics, classify_tokens, finalize_class_metrics,
                                 reduce_rollout_records, rollout_record)
-from engine.losses import ppo_clip
+from engine.losses import LossInputs, ppo_clip
 from engine.objective import StepBatch, policy_loss
 from engine.packing import pack
 from engine.sft import sft_trajectory
@@ -65,8 +65,8 @@ def test_class_metrics_reduce_to_exact_class_means():
 
     def rows_metrics(cls, adv, ent, lp, old):
         def loss_metrics(keep):
-            return ppo_clip(logp=lp, old_logp=old, adv=adv, mask=keep, seq_idx=torch.zeros_like(cls), num_seqs=1,
-                            cfg=cfg)[1]
+            return ppo_clip(LossInputs(logp=lp, old_logp=old, adv=adv, mask=keep, seq_idx=torch.zeros_like(cls),
+                                       num_seqs=1), cfg)[1]
         return class_metrics(cls, adv_K=adv, entropy_K=ent, loss_metrics=loss_metrics)
 
     m = _reduce([rows_metrics(class_a, adv_a, ent_a, lp_a, old_a), rows_metrics(class_b, adv_b, ent_b, lp_b, old_b)],
