@@ -176,7 +176,7 @@ def _unknown(what: str, key: str, known: list[str], quote: str, fallback: str) -
 def _moved(moved: dict[str, str], key: str, where: str) -> None:
     """A key the tree renamed: say where it lives now (the root class's `MOVED = {old: new}`)."""
     if key in moved:
-        raise ValueError(f"{where}{key} is now {moved[key]}: write {moved[key]} instead "
+        raise ValueError(f"{where}{key} moved to {moved[key]}: write {moved[key]} instead "
                          f"(TOML: `{moved[key].rpartition('.')[2]} = ...` under [{moved[key].rpartition('.')[0]}])")
 
 

@@ -142,6 +142,18 @@ def _token_inputs(x: LossInputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return keep, _zero_pad(logp, keep), _zero_pad(old_logp, keep), _zero_pad(adv, keep)
 
 
+def _token_ratio(logp: Tensor, old_logp: Tensor) -> tuple[Tensor, Tensor]:
+    """(log ρ, ρ) per token, ρ = exp(logp − old_logp) with log ρ clamped to ±20 (verl's bound: never inf)."""
+    log_ratio = logp - old_logp
+    return log_ratio, torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+
+
+def _clip_fracs(high: Tensor, low: Tensor, keep: Tensor) -> dict[str, Tensor]:
+    """Fractions of the kept tokens clipped above, below, and either."""
+    return {"clip_frac": _masked_mean((high | low).float(), keep), "clip_frac_high": _masked_mean(high.float(), keep),
+            "clip_frac_low": _masked_mean(low.float(), keep)}
+
+
 def _ratio_metrics(ratio: Tensor, log_ratio: Tensor, keep: Tensor) -> dict[str, Tensor]:
     ratio = ratio.detach()
     return {
@@ -162,12 +174,7 @@ def _clipped_surrogate(*, ratio: Tensor, adv: Tensor, keep: Tensor, cfg: AlgoCon
         dual = (adv < 0) & (r > cfg.dual_clip_c)
     high = (adv > 0) & (r > 1.0 + cfg.clip_high)  # these tokens get no gradient
     low = (adv < 0) & (r < 1.0 - cfg.clip_low)
-    return loss, {
-        "clip_frac": _masked_mean((high | low).float(), keep),
-        "clip_frac_high": _masked_mean(high.float(), keep),
-        "clip_frac_low": _masked_mean(low.float(), keep),
-        "dual_clip_frac": _masked_mean(dual.float(), keep),
-    }
+    return loss, {**_clip_fracs(high, low, keep), "dual_clip_frac": _masked_mean(dual.float(), keep)}
 
 
 # ---------------------------------------------------------------------------------------------- surrogates
@@ -176,8 +183,7 @@ def _clipped_surrogate(*, ratio: Tensor, adv: Tensor, keep: Tensor, cfg: AlgoCon
 def ppo_clip(x: LossInputs, cfg: AlgoConfig):
     """PPO clip with asymmetric bounds (DAPO clip-higher) and optional dual clip."""
     keep, logp, old_logp, adv = _token_inputs(x)
-    log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    log_ratio, ratio = _token_ratio(logp, old_logp)
     loss, metrics = _clipped_surrogate(ratio=ratio, adv=adv, keep=keep, cfg=cfg)
     return loss, {**metrics, **_ratio_metrics(ratio, log_ratio, keep)}
 
@@ -185,8 +191,7 @@ def ppo_clip(x: LossInputs, cfg: AlgoConfig):
 def is_pg(x: LossInputs, cfg: AlgoConfig):
     """−ρA, unclipped importance-sampled policy gradient. The clip settings are unused."""
     keep, logp, old_logp, adv = _token_inputs(x)
-    log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    log_ratio, ratio = _token_ratio(logp, old_logp)
     return -ratio * adv, _ratio_metrics(ratio, log_ratio, keep)
 
 
@@ -206,17 +211,12 @@ def gspo(x: LossInputs, cfg: AlgoConfig):
 def cispo(x: LossInputs, cfg: AlgoConfig):
     """−sg(clip(ρ))·A·logp: gradient −clip(ρ)·A∇logp on every token."""
     keep, logp, old_logp, adv = _token_inputs(x)
-    log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach()
+    log_ratio, ratio = _token_ratio(logp, old_logp)
+    ratio = ratio.detach()
     weight = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)  # stop-gradient: ratio is detached
     high = ratio > 1.0 + cfg.clip_high  # weight capped, gradient kept (unlike ppo_clip)
     low = ratio < 1.0 - cfg.clip_low
-    metrics = {
-        "clip_frac": _masked_mean((high | low).float(), keep),
-        "clip_frac_high": _masked_mean(high.float(), keep),
-        "clip_frac_low": _masked_mean(low.float(), keep),
-    }
-    return -weight * adv * logp, {**metrics, **_ratio_metrics(ratio, log_ratio, keep)}
+    return -weight * adv * logp, {**_clip_fracs(high, low, keep), **_ratio_metrics(ratio, log_ratio, keep)}
 
 
 LOSSES: dict[str, LossFn] = {"ppo_clip": ppo_clip, "is_pg": is_pg, "gspo": gspo, "cispo": cispo}

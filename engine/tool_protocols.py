@@ -15,6 +15,7 @@ prompt lists the same tools (tools/schema.py, engine/evaluate.py `prompts_for`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from engine.config import RolloutConfig
 from engine.trajectory import ToolCallRecord, Trajectory
@@ -78,8 +79,32 @@ def run_latest_call(traj: Trajectory, vlm: VLM, protocol: str, limits: RolloutCo
     return image, text, error
 
 
+def inject_inline(traj: Trajectory, vlm: VLM, image, text: str | None, error: str | None) -> None:
+    """inline: the result (image and/or text, or the error) follows the call in the same assistant turn."""
+    if image is not None:
+        traj.append_image(image, vlm)
+    if text or error:
+        traj.append_injected(vlm.tokenizer(f"\n{text or 'Tool error: ' + error}\n", add_special_tokens=False).input_ids)
+
+
+def inject_multiturn(traj: Trajectory, vlm: VLM, image, text: str | None, error: str | None) -> None:
+    """multiturn: the call ended the turn; the result comes back as the next user turn, in the family's chat
+    format, and a new assistant turn opens."""
+    tok, fam = vlm.tokenizer, vlm.family
+    traj.append_injected(tok(f"{fam.turn_end}\n{fam.turn('user')}", add_special_tokens=False).input_ids)
+    if image is not None:
+        traj.append_image(image, vlm)
+    reply = text or (f"Tool error: {error}" if error else "Here is the result.")
+    traj.append_injected(tok(f"{reply}{fam.turn_end}\n{fam.turn('assistant')}", add_special_tokens=False).input_ids)
+
+
 @dataclass
-class InlineProtocol:
+class CallProtocol:
+    """A rollout.protocol: how a call is written (`name`: the syntax find_last_call parses; sampling stops on
+    `stop_ids`) and how its result goes back into the trajectory (`inject`)."""
+
+    name: str
+    inject: Callable[..., None]
     vlm: VLM
     tool_limits: ToolLimits
     stop_ids: frozenset[int]
@@ -88,39 +113,14 @@ class InlineProtocol:
     def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutConfig) -> bool:
         if len(traj.tool_calls) >= limits.max_tool_calls:
             return False
-        image, text, error = run_latest_call(traj, vlm, "inline", limits, self.tool_limits, self.enabled)
-        if image is not None:
-            traj.append_image(image, vlm)
-        if text or error:
-            traj.append_injected(vlm.tokenizer(f"\n{text or 'Tool error: ' + error}\n",
-                                               add_special_tokens=False).input_ids)
+        image, text, error = run_latest_call(traj, vlm, self.name, limits, self.tool_limits, self.enabled)
+        self.inject(traj, vlm, image, text, error)
         return True
 
 
-@dataclass
-class MultiTurnProtocol:
-    vlm: VLM
-    tool_limits: ToolLimits
-    stop_ids: frozenset[int]
-    enabled: frozenset[str] = frozenset()  # canonical tool names that may run (empty: all)
-
-    def on_stop(self, traj: Trajectory, vlm: VLM, limits: RolloutConfig) -> bool:
-        if len(traj.tool_calls) >= limits.max_tool_calls:
-            return False
-        image, text, error = run_latest_call(traj, vlm, "multiturn", limits, self.tool_limits, self.enabled)
-        tok = vlm.tokenizer
-        fam = vlm.family  # the tool result comes back as the next user turn, in the family's chat format
-        traj.append_injected(tok(f"{fam.turn_end}\n{fam.turn('user')}", add_special_tokens=False).input_ids)
-        if image is not None:
-            traj.append_image(image, vlm)
-        reply = text or (f"Tool error: {error}" if error else "Here is the result.")
-        traj.append_injected(tok(f"{reply}{fam.turn_end}\n{fam.turn('assistant')}",
-                                 add_special_tokens=False).input_ids)
-        return True
-
-
-# rollout.protocol → (the protocol, the closing tag a call ends on: sampling stops there). Checked at config parse.
-PROTOCOLS = {"inline": (InlineProtocol, "</tool_call>"), "multiturn": (MultiTurnProtocol, "</tool>")}
+# rollout.protocol → (how a result is injected, the closing tag a call ends on: sampling stops there). Checked at
+# config parse.
+PROTOCOLS = {"inline": (inject_inline, "</tool_call>"), "multiturn": (inject_multiturn, "</tool>")}
 
 
 def make_protocol(name: str | None, vlm: VLM, tool_limits: ToolLimits | None = None, tools: list[str] = ()):
@@ -133,5 +133,6 @@ def make_protocol(name: str | None, vlm: VLM, tool_limits: ToolLimits | None = N
         return None
     if name not in PROTOCOLS:
         raise ValueError(f"rollout.protocol = {name!r} is unknown; choose one of {', '.join(sorted(PROTOCOLS))}")
-    cls, close = PROTOCOLS[name]
-    return cls(vlm, tool_limits or ToolLimits(), frozenset({_single_id(vlm, close, name)}), enabled)
+    inject, close = PROTOCOLS[name]
+    return CallProtocol(name, inject, vlm, tool_limits or ToolLimits(), frozenset({_single_id(vlm, close, name)}),
+                        enabled)

@@ -78,14 +78,18 @@ def _switch_attention(model, attn_implementation: str) -> None:
         set_attention(model, VARLEN)
 
 
-def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "sdpa",
-             box_frame: str | None = None, min_pixels: int = 0, max_pixels: int = 0) -> VLM:
+def _folder(path: str | Path, dtype: str):
+    """(path, tokenizer, config) of a checked model folder, after checking the dtype name."""
     path = Path(path)
     _check_folder(path)
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} unknown; choose one of {sorted(DTYPES)}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    config = AutoConfig.from_pretrained(path)
+    return path, AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path)
+
+
+def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "sdpa",
+             box_frame: str | None = None, min_pixels: int = 0, max_pixels: int = 0) -> VLM:
+    path, tokenizer, config = _folder(path, dtype)
     model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=DTYPES[dtype], attn_implementation=_loadable(attn_implementation)).to(device)
     _switch_attention(model, attn_implementation)
@@ -100,12 +104,7 @@ def init_vlm(path: str | Path, *, dtype: str = "bfloat16", device: str = "cpu", 
     """A randomly initialised model from a folder's config (its weights, if any, are not read), built directly on
     `device`, with the folder's tokenizer and image processor: e.g. a released checkpoint's shape written by
     `python -m models.tiny --shape 3b --no-weights` (a 3B model is built on a GPU in seconds; no 7 GB file)."""
-    path = Path(path)
-    _check_folder(path)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} unknown; choose one of {sorted(DTYPES)}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    config = AutoConfig.from_pretrained(path)
+    path, tokenizer, config = _folder(path, dtype)
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[dtype],

@@ -5,13 +5,12 @@ with its new setting set on the command line. Nothing in engine/ knows the loss 
 import importlib.util
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from data.synth import write_dataset
 from engine.config import Config
 from engine.configlib import build_config
 from engine.losses import LOSSES, LossInputs
@@ -62,8 +61,7 @@ def test_the_setting_exists_only_in_the_plugins_config(plugin):
 def test_training_with_the_plugin_loss(plugin, tmp_path):
     from engine import trainer
 
-    subprocess.run([sys.executable, "-m", "data.synth", "colors", "--n", "16", "--out", str(tmp_path / "data"),
-                    "--seed", "3"], check=True, cwd=ROOT, capture_output=True)
+    write_dataset("colors", 16, str(tmp_path / "data"), seed=3)
     cfg = build_config(plugin.EntropyConfig, toml_path=ROOT / "configs/demo.toml", overrides=[
         "--data.train", str(tmp_path / "data" / "data.jsonl"), "--data.eval", "", "--train.out_dir",
         str(tmp_path / "run"), "--train.threads", "1", "--train.tensorboard", "false", "--train.stage", "rl",

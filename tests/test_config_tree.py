@@ -64,12 +64,12 @@ def test_off_is_none_not_zero():
 @pytest.mark.parametrize("old, new", [("train.steps", "rl.steps"), ("train.epochs", "rl.epochs"), ("optim.lr", "rl.lr"),
                                       ("algo.dynamic_sampling", "algo.drop_uniform_groups")])
 def test_moved_keys_say_where_they_went(tmp_path, old, new):
-    with pytest.raises(ValueError, match=rf"--{old} is now {new}"):
+    with pytest.raises(ValueError, match=rf"--{old} moved to {new}"):
         build_config(Config, toml_path=ROOT / "configs/demo.toml", overrides=[f"--{old}", "3"])
     section, key = old.split(".")
     bad = tmp_path / "old.toml"
     bad.write_text(f'[data]\ntrain = "x.jsonl"\n[{section}]\n{key} = 3\n')
-    with pytest.raises(ValueError, match=rf"old\.toml: {old} is now {new}"):
+    with pytest.raises(ValueError, match=rf"old\.toml: {old} moved to {new}"):
         build_config(Config, toml_path=bad)
 
 

@@ -2,7 +2,7 @@
 and a bad tool call never ends a rollout.
 
 - A prompt with one image + sampled `... <tool_call>[x1, y1, x2, y2]</tool_call>` (ids set by hand), then
-  InlineProtocol.on_stop: input_ids, pixel_values, image_grid_thw and mrope positions equal the ones built
+  the inline CallProtocol.on_stop: input_ids, pixel_values, image_grid_thw and mrope positions equal the ones built
   independently (Qwen2-VL image processor on [original, crop], tokenizer on the full chat text with two image
   blocks expanded to their counts, get_rope_index); the crop is the original cut at box * original / resized
   (Qwen2.5-VL boxes are in resized pixels); the loss mask is 1 exactly on the hand-set sampled tokens.

@@ -13,29 +13,26 @@ Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_mixed_precision.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from data.synth import write_dataset
 from engine import distributed as D
 from engine import trainer
 from engine.config import Config
 from engine.configlib import build_config
 from models.tiny import tiny_model_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 LR = 1e-5
 
 
 @pytest.fixture(scope="module")
 def colors(tmp_path_factory):
     out = tmp_path_factory.mktemp("colors")
-    subprocess.run([sys.executable, "-m", "data.synth", "colors", "--n", "16", "--out", str(out), "--seed", "5"],
-                   check=True, cwd=ROOT, capture_output=True)
+    write_dataset("colors", 16, str(out), seed=5)
     return out / "data.jsonl"
 
 

@@ -8,8 +8,6 @@ SFT (20 steps on "<answer>{answer}</answer>") first, so the sampled responses ho
 """
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from data.synth import write_dataset
 from engine import trainer
 from engine.config import Config
 from engine.configlib import build_config
 from rewards import REWARDS
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S, RETRIES, BACKOFF_S = 0.5, 1, 0.5  # BACKOFF_S: rewards.judge.Judge's default, slept between the two tries
 
 
@@ -81,8 +79,7 @@ def rewards_restored():
 @pytest.fixture(scope="module")
 def colors(tmp_path_factory):
     out = tmp_path_factory.mktemp("colors")
-    subprocess.run([sys.executable, "-m", "data.synth", "colors", "--n", "8", "--out", str(out), "--seed", "3"],
-                   check=True, cwd=ROOT, capture_output=True)
+    write_dataset("colors", 8, str(out), seed=3)
     return out / "data.jsonl"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from data.synth import write_dataset
 from engine import trainer
 from engine.config import Config
 from engine.configlib import build_config
@@ -26,8 +27,7 @@ EXPECTED_ERRORS = {"seed003": {"reasoning"}}
 def datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("seedmix")
     for task in set(TASK.values()):
-        subprocess.run([sys.executable, "-m", "data.synth", task, "--n", "8", "--out", str(root / task),
-                        "--seed", "5"], check=True, cwd=ROOT, capture_output=True)
+        write_dataset(task, 8, str(root / task), seed=5)
     return root
 
 
@@ -61,8 +61,7 @@ def test_seed_mix_trains(preset, datasets, tmp_path):
 def test_inline_crop_protocol_trains(tmp_path):
     """The zoom preset (inline <tool_call> crops): SFT on seed-001 crop targets (crops injected with mask 0),
     then RL steps with the inline protocol; the multi-turn protocol is covered by seed000 above."""
-    subprocess.run([sys.executable, "-m", "data.synth", "zoom", "--n", "6", "--out", str(tmp_path / "zoom"),
-                    "--seed", "7"], check=True, cwd=ROOT, capture_output=True)
+    write_dataset("zoom", 6, str(tmp_path / "zoom"), seed=7)
     subprocess.run([sys.executable, "-m", "data.zoom_sft", "--src", str(tmp_path / "zoom"), "--out",
                     str(tmp_path / "zoom-sft.jsonl")], check=True, cwd=ROOT, capture_output=True)
     cfg = build_config(Config, toml_path=ROOT / "configs/zoom_tools.toml", overrides=[

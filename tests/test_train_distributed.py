@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.synth import write_dataset
 from engine import distributed as D
 from engine import trainer
 from engine.checkpoint import load_checkpoint
@@ -87,8 +88,7 @@ def _run_here(data: Path, out_dir: Path, *extra: str) -> dict:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("colors")
-    subprocess.run([sys.executable, "-m", "data.synth", "colors", "--n", "16", "--out", str(out), "--seed", "3"],
-                   check=True, cwd=ROOT, capture_output=True)
+    write_dataset("colors", 16, str(out), seed=3)
     return out / "data.jsonl"
 
 

@@ -2,13 +2,12 @@
 resume exactly, and a short GRPO run raises the reward."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from data.synth import write_dataset
 from engine.config import Config
 from engine.configlib import build_config
 from engine import trainer
@@ -19,8 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def colors(tmp_path_factory):
     out = tmp_path_factory.mktemp("colors")
-    subprocess.run([sys.executable, "-m", "data.synth", "colors", "--n", "48", "--out", str(out), "--seed", "3"],
-                   check=True, cwd=ROOT, capture_output=True)
+    write_dataset("colors", 48, str(out), seed=3)
     return out / "data.jsonl"
 
 

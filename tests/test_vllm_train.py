@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from data.synth import write_dataset
 from engine.config import Config
 from engine.configlib import build_config
 
@@ -35,8 +35,7 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def colors(tmp_path_factory):
     out = tmp_path_factory.mktemp("colors")
-    subprocess.run([sys.executable, "-m", "data.synth", "colors", "--n", "32", "--out", str(out), "--seed", "5"],
-                   check=True, cwd=ROOT, capture_output=True)
+    write_dataset("colors", 32, str(out), seed=5)
     return out / "data.jsonl"
 
 
