@@ -5,7 +5,8 @@
 
 The workload: 8 prompts × 8 samples × 256 new tokens per optimizer step, 448×448 noise images with a colour
 question, KL β 0.04 (a frozen reference forward is part of the step), bf16 weights and AdamW state (model.dtype
-bfloat16: the setting PLATFORM.md's first GPU measurements used), sdpa attention unless --attn says otherwise.
+bfloat16: the setting of the first GPU measurements, docs/PLATFORM.md "GPU"), sdpa attention unless --attn says
+otherwise.
 The model is `python -m models.tiny --arch ARCH --shape SHAPE --no-weights` built in memory on the GPU
 (models.load.init_vlm): the real text and vision dimensions and padded vocabulary, the offline tokenizer. Every
 sample runs to its full length (the rollout gets a family with no eos ids, as scripts/bench.py does). The step is

@@ -87,7 +87,8 @@ def test_crop_reinjection_matches_processor_on_full_text(vlm, prompt):
     enc = processor(images=[original, crop], return_tensors="pt")
     grid = enc["image_grid_thw"]
     # and the PIL processor, which the two implementations must agree with to within rounding (both resize the
-    # same way; the fast one computes in another order, so pixel_values differ in the last bits, PLATFORM.md)
+    # same way; the fast one computes in another order, so pixel_values differ in the last bits: docs/PLATFORM.md,
+    # "Installing")
     pil = Qwen2VLImageProcessorPil.from_pretrained(vlm.path)(images=[original, crop], return_tensors="pt")
     assert torch.equal(pil["image_grid_thw"], grid)
     assert torch.allclose(pil["pixel_values"], enc["pixel_values"], atol=PROCESSOR_ATOL, rtol=0)
