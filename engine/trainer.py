@@ -171,6 +171,7 @@ class Run:
         if mine is not None and generator_device(mine, "sampler") != here:  # a CPU state does not fit a CUDA one
             self._print(f"note: the checkpoint sampled on {generator_device(mine, 'sampler')}, this run samples on "
                         f"{here}: a fresh sampling stream (the run continues correctly, not bitwise)")
+            restore_rng({**mine, "generators": {}, "generator_devices": {}})  # python, numpy, torch continue
             mine = None
         if mine is not None:
             restore_rng(mine, {"sampler": self.generator})

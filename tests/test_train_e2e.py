@@ -81,6 +81,40 @@ def test_resume_after_crash_reproduces_the_uninterrupted_losses(colors, tmp_path
             assert resumed[step][key] == straight[step][key], (step, key)
 
 
+def test_resume_on_another_device_type_continues_with_a_fresh_sampling_stream(colors, tmp_path, monkeypatch,
+                                                                             capsys):
+    """A checkpoint whose sampling generator lived on the other device type (a CUDA generator saves a 16-byte seed +
+    offset, a CPU one 5,056 bytes of Mersenne state), resumed here: the state does not fit this run's generator, so
+    the run says so, reseeds, and finishes."""
+    from engine.checkpoint import load_plain
+
+    real_step, calls = trainer.rl_step, []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated crash after step 1")
+        return real_step(*args, **kwargs)
+
+    extra = ["--rl.steps", "2", "--train.save_every", "1", "--rollout.max_new_tokens", "4"]
+    monkeypatch.setattr(trainer, "rl_step", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(_cfg(colors, tmp_path, *extra))
+    monkeypatch.setattr(trainer, "rl_step", real_step)
+    file = tmp_path / "checkpoints" / "step_000001" / "state.pt"
+    state = load_plain(file)
+    here = "cuda" if torch.cuda.is_available() else "cpu"  # where trainer.load_policy puts the model
+    other = "cpu" if here == "cuda" else "cuda"
+    state["rng"][0]["generators"]["sampler"] = (torch.Generator().get_state() if other == "cpu"
+                                                else torch.zeros(16, dtype=torch.uint8))
+    state["rng"][0]["generator_devices"] = {"sampler": other}
+    torch.save(state, file)
+    capsys.readouterr()
+    trainer.run(_cfg(colors, tmp_path, *extra, "--train.resume", "true"))
+    assert f"the checkpoint sampled on {other}, this run samples on {here}" in capsys.readouterr().out
+    assert sorted(_metrics(tmp_path)) == [1, 2]
+
+
 @pytest.mark.slow
 def test_grpo_raises_the_reward(colors, tmp_path):
     # SFT on the mixed colours teaches the answer format (which colour stays near chance). Then RL on data whose
