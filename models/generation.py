@@ -25,6 +25,8 @@ from typing import NamedTuple, Protocol
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from models.attention import SDPA_GQA
+
 
 class Sampling(Protocol):
     """What `generate` reads from the sampling settings (engine.config.RolloutConfig has these fields)."""
@@ -223,7 +225,7 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
     # sdpa / eager: the decoding steps' padding mask as the additive [N, 1, 1, keys] tensor transformers would
     # build from mask_BT at every step (~10 % of a step on a CPU), made once; a step takes a view of it.
     config = getattr(model, "config", None)  # (a test's wrapper module may have none: then the 2-D mask)
-    additive = padded and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+    additive = padded and getattr(config, "_attn_implementation", None) in ("sdpa", "eager", SDPA_GQA)
     if additive:
         keys_NK = torch.cat([mask_BT, mask_BT.new_ones(n, steps)], 1)
         add_N11K = torch.zeros(n, 1, 1, keys_NK.shape[1], device=device).masked_fill_(

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-from models.attention import VARLEN, set_attention
+from models.attention import SDPA_GQA, VARLEN, set_attention
 from models.family import SUPPORTED, Family, family_from
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,9 +73,11 @@ def _loadable(attn_implementation: str) -> str:
     return "sdpa" if attn_implementation == "varlen" else attn_implementation
 
 
-def _switch_attention(model, attn_implementation: str) -> None:
+def _switch_attention(model, attn_implementation: str, device: str) -> None:
     if attn_implementation == "varlen":
         set_attention(model, VARLEN)
+    elif attn_implementation == "sdpa" and torch.device(device).type == "cpu":  # the same attention, less copying
+        set_attention(model, SDPA_GQA)
 
 
 def _folder(path: str | Path, dtype: str):
@@ -92,7 +94,7 @@ def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", a
     path, tokenizer, config = _folder(path, dtype)
     model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=DTYPES[dtype], attn_implementation=_loadable(attn_implementation)).to(device)
-    _switch_attention(model, attn_implementation)
+    _switch_attention(model, attn_implementation, device)
     image_processor = load_image_processor(path)
     set_pixel_range(image_processor, min_pixels=min_pixels, max_pixels=max_pixels)
     return VLM(model=model, tokenizer=tokenizer, image_processor=image_processor,
@@ -109,6 +111,6 @@ def init_vlm(path: str | Path, *, dtype: str = "bfloat16", device: str = "cpu", 
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[dtype],
                                                         attn_implementation=_loadable(attn_implementation))
-    _switch_attention(model, attn_implementation)
+    _switch_attention(model, attn_implementation, device)
     return VLM(model=model, tokenizer=tokenizer, image_processor=load_image_processor(path),
                family=family_from(config, tokenizer), path=path)

@@ -9,6 +9,8 @@ the signature of torch 2.13's varlen_attn, so everything around it is tested for
 - sampling batches (a 2-D padding mask, a KV cache) take the sdpa fallback in the text layers: generate() gives
   the same tokens and log-probs as with plain sdpa.
 GPU (marked gpu, skipped without CUDA): torch's real varlen_attn, bf16, packed row == padded batch.
+And the CPU's sdpa (a model loaded with "sdpa" on the CPU runs models.attention.sdpa_gqa_forward): equal to
+transformers' sdpa_attention_forward with no mask, a boolean mask, an additive decoding mask, a longer mask.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_attention_varlen.py
 """
@@ -119,3 +121,32 @@ def test_real_varlen_kernel_on_gpu():
         A.set_attention(model, A.VARLEN)
         packed, _ = row_logps(model, row)
     torch.testing.assert_close(packed.float(), padded.float(), rtol=0, atol=5e-2)  # bf16 kernels differ in rounding
+
+
+@pytest.mark.parametrize("case", ["causal", "bool-mask", "additive-mask-decoding", "longer-mask"])
+def test_sdpa_gqa_equals_transformers_sdpa(case):
+    """models.attention.sdpa_gqa_forward (what a CPU model loaded with sdpa runs) == transformers' own
+    sdpa_attention_forward, which repeats K and V when there is a mask: 4 query heads on 2 kv heads."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    class Layer(torch.nn.Module):
+        is_causal, num_key_value_groups = True, 2
+
+    g = torch.Generator().manual_seed(0)
+    Q = 1 if case == "additive-mask-decoding" else 7
+    q, k, v = (torch.randn(3, h, n, 16, generator=g) for h, n in ((4, Q), (2, 9), (2, 9)))
+    keep = torch.ones(3, 1, Q, 9, dtype=torch.bool).tril(9 - Q)
+    keep[0, ..., :3] = False  # a left-padded row
+    mask = {"causal": None, "bool-mask": keep,
+            "additive-mask-decoding": torch.zeros(3, 1, Q, 9).masked_fill(~keep, torch.finfo(torch.float32).min),
+            "longer-mask": torch.cat([keep, torch.zeros(3, 1, Q, 4, dtype=torch.bool)], -1)}[case]
+    ours, _ = A.sdpa_gqa_forward(Layer(), q, k, v, mask, scaling=0.25)
+    theirs, _ = sdpa_attention_forward(Layer(), q, k, v, None if mask is None else mask[..., :9], scaling=0.25)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_cpu_sdpa_loads_as_sdpa_gqa():
+    vlm = load_tiny()
+    assert vlm.model.config._attn_implementation == A.SDPA_GQA
+    assert vlm.model.config.text_config._attn_implementation == A.SDPA_GQA
+    assert not A.uses_varlen(vlm.model)
