@@ -11,7 +11,10 @@ def build_optimizer(params, *, lr: float, weight_decay: float, betas: tuple[floa
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters: check the model / LoRA settings")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    # fused: one kernel for all parameters instead of a Python loop of ~8 ops each (the tiny model's step: 4.1 ->
+    # 1.0 ms CPU). Only where every parameter is a plain tensor of one device: FSDP2's DTensors take the default.
+    plain = all(type(p.data) is torch.Tensor for p in params) and len({p.device for p in params}) == 1
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=plain or None)
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
