@@ -75,6 +75,9 @@ def _loadable(attn_implementation: str) -> str:
 
 def _switch_attention(model, attn_implementation: str, device: str) -> None:
     if attn_implementation == "varlen":
+        if torch.device(device).type != "cuda":
+            raise ValueError(f"attn_implementation varlen on {device}: torch's varlen_attn (and flash-attn) run on "
+                             "CUDA only; use sdpa on a CPU (it scores packed rows without a T×T mask too)")
         set_attention(model, VARLEN)
     elif attn_implementation == "sdpa" and torch.device(device).type == "cpu":  # the same attention, less copying
         set_attention(model, SDPA_GQA)

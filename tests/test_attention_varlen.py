@@ -150,3 +150,11 @@ def test_cpu_sdpa_loads_as_sdpa_gqa():
     assert vlm.model.config._attn_implementation == A.SDPA_GQA
     assert vlm.model.config.text_config._attn_implementation == A.SDPA_GQA
     assert not A.uses_varlen(vlm.model)
+
+
+def test_varlen_on_a_cpu_is_refused_with_the_fix():
+    from models.load import load_vlm
+    from models.tiny import tiny_model_dir
+
+    with pytest.raises(ValueError, match="varlen.*CUDA only.*use sdpa"):
+        load_vlm(tiny_model_dir("qwen2_5_vl"), attn_implementation="varlen", device="cpu")
