@@ -16,9 +16,12 @@ Reported per mode (median over the timed steps): seconds per phase, sampled toke
 update phase's model-FLOPs utilisation and peak GPU memory. MFU counts 6 × parameters × tokens for a forward and
 backward: the decoder body (the LM's layers) over every sequence token, the LM head over the kept (sampled)
 tokens only (the engine never computes the other logits), the vision tower over every trajectory's patches
-(each trajectory's training forward encodes its own images); attention scores are not counted. It is set against
-the GPU's dense bf16 peak from PEAK_BF16_TFLOPS (or --peak-tflops); recomputation under gradient checkpointing is
-real work that MFU, by definition, does not count.
+(each trajectory's training forward encodes its own images); attention scores are not counted. Where the update
+runs a row in the "prefix" layout (engine/layouts.py: sdpa without checkpointing), a group's shared prompt and its
+image run once, so they are counted once: MFU is the work the GPU did, not the work a per-trajectory forward would
+have done ("upd TFLOP/s" beside it is the same count). It is set against the GPU's dense bf16 peak from
+PEAK_BF16_TFLOPS (or --peak-tflops); recomputation under gradient checkpointing is real work that MFU, by
+definition, does not count.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from engine.configlib import build_config  # noqa: E402
 from engine.data_setup import load_data  # noqa: E402
 from engine.data_stream import DataStream  # noqa: E402
 from engine.evaluate import prompts_for  # noqa: E402
+from engine.layouts import default_layout  # noqa: E402
+from engine.packing import pack  # noqa: E402
 from engine.step import RLState, rl_step  # noqa: E402
 from engine.trainer import _optimizer  # noqa: E402
 from models.load import init_vlm  # noqa: E402
@@ -120,6 +125,24 @@ def param_counts(model) -> dict[str, int]:
     return {"all": every, "body": body, "head": head, "vision": vision, "embedding": embed}
 
 
+def computed_work(model, trajs, micro_batch_tokens: int) -> tuple[int, int]:
+    """(sequence tokens, vision patches) the update's forward runs over: the rows the step packs, each in the layout
+    the objective picks for it; a "prefix" row runs each distinct prompt (and its images) once."""
+    tokens = patches = 0
+    for row in pack(trajs, micro_batch_tokens):
+        members = [trajs[i] for i in row.members]
+        if default_layout(model, row) != "prefix":
+            tokens += sum(row.lengths)
+            patches += sum(int(t.grid_thw.prod(-1).sum()) for t in members)
+            continue
+        owners = set(row.prefix_of)
+        tokens += sum(row.prefix_lens[o] for o in owners) + sum(n - p for n, p in zip(row.lengths, row.prefix_lens))
+        for slot, t in enumerate(members):
+            first = 0 if slot in owners else row.prompt_image_counts[slot]  # a shared prompt's images: once
+            patches += int(t.grid_thw[first:].prod(-1).sum())
+    return tokens, patches
+
+
 def timed_step(cfg, vlm, state, examples, stream, counts: dict, peak: float | None) -> dict:
     cuda = next(vlm.model.parameters()).is_cuda
     if cuda:
@@ -130,9 +153,8 @@ def timed_step(cfg, vlm, state, examples, stream, counts: dict, peak: float | No
     metrics, trajs, _, _ = rl_step(state, prompts_for(batch, vlm, cfg))
     if cuda:
         torch.cuda.synchronize()  # host sync: the step's last kernels finish inside the timed span
-    seq = sum(len(t.ids) for t in trajs)
+    seq, patches = computed_work(vlm.model, trajs, cfg.optim.micro_batch_tokens)
     sampled = sum(t.num_sampled for t in trajs)
-    patches = sum(int(t.grid_thw.prod(-1).sum()) for t in trajs)
     update_s = metrics.get("time/update", float("nan"))
     flops = 6 * (counts["body"] * seq + counts["head"] * sampled + counts["vision"] * patches)
     return {"wall_s": time.perf_counter() - wall, **{p: metrics.get(f"time/{p}", 0.0) for p in PHASES},

@@ -33,9 +33,15 @@ def test_tiny_shape_runs_both_modes_on_cpu(tmp_path, capsys):
     assert p["body"] + p["vision"] + p["embedding"] + p["head"] == p["all"]  # the tiny model does not tie them
     for mode in r["modes"]:
         m = mode["median"]
+        # Without checkpointing the update runs the "prefix" layout (engine/layouts.py): the group's shared prompt
+        # and its image once; with it, each trajectory whole. MFU counts the work done.
+        shared = not mode["gradient_checkpointing"]
         assert m["sampled_tokens"] == 2 * 4  # every sample runs to --new-tokens
-        assert m["patches"] == 2 * 64  # 112 px: an 8 x 8 patch grid per trajectory's image
+        assert m["patches"] == (1 if shared else 2) * 64  # 112 px: an 8 x 8 patch grid per image encoded
         assert m["update_mfu"] is None and m["peak_gib"] is None and m["update_tflops"] > 0
-        flops = 6 * (p["body"] * m["sequence_tokens"] + p["head"] * 8 + p["vision"] * 128)
+        flops = 6 * (p["body"] * m["sequence_tokens"] + p["head"] * 8 + p["vision"] * m["patches"])
         assert m["update_tflops"] == pytest.approx(flops / m["update"] / 1e12, rel=1e-6)
+    whole, shared = (mode["median"]["sequence_tokens"] for mode in r["modes"])
+    prompt = whole // 2 - 4  # whole = 2 x (prompt + 4 new tokens); shared = prompt once + 2 x 4
+    assert prompt > 0 and shared == prompt + 2 * 4
     assert "rollout tok/s" in capsys.readouterr().out
