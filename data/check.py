@@ -77,4 +77,13 @@ def summary(example: Example) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import os
+    import signal
+    # `python -m data.check DIR | head`: a reader that stops early ends the listing quietly, as it does for ls
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # platforms without SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

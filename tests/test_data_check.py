@@ -121,3 +121,19 @@ def test_split_and_image_root_reach_the_loader(tmp_path, capsys):
     assert "examples: 3 (skipped 0)" in capsys.readouterr().out
     assert main([str(path), "--split", "test"]) == 2
     assert "has no splits" in capsys.readouterr().err
+
+
+def test_cli_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
+    # 3000 bad records with --skip-bad print one 'skipped:' line each: far more than a pipe buffer holds, so the
+    # writer meets a closed pipe once the reader (as `| head -1` does) has gone
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join('{"question": "q", "answer": "a", "image": "missing.png"}\n' for _ in range(3000)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "data.check", str(bad), "--skip-bad"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert first.startswith("format: jsonl")
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
