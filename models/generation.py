@@ -79,7 +79,7 @@ def _sample(logits_BV: torch.Tensor, p: Sampling, banned_ids: frozenset[int], nu
     the tokenizer (`num_token_ids`) removed. top-k/top-p only decide what may be drawn and do not change logp (the
     trainer recomputes the same quantity; banned and padded ids hold ~0 probability in any trained model, so
     removing them changes logp negligibly; in a random-init model they do not, and only the sampler masks them).
-    `gen` must live on the logits' device (torch.multinomial's rule)."""
+    `gen` must live on the logits' device (torch.rand's rule)."""
     return _draw(logits_BV, p, _ban_bias(logits_BV.shape[-1], banned_ids, num_token_ids, logits_BV.device), gen)
 
 
@@ -102,9 +102,21 @@ def _draw(logits_BV: torch.Tensor, p: Sampling, bias_V: torch.Tensor | None, gen
         cum_BV = torch.softmax(sorted_BV, -1).cumsum(-1)
         drop_BV = cum_BV - torch.softmax(sorted_BV, -1) > p.top_p  # keep the token that crosses top_p
         masked_BV = masked_BV.scatter(-1, order_BV, sorted_BV.masked_fill(drop_BV, float("-inf")))
-    probs_BV = torch.softmax(masked_BV, -1)
-    tok_B = torch.multinomial(probs_BV, 1, generator=gen)[:, 0]
+    tok_B = _inverse_cdf(torch.softmax(masked_BV, -1), gen)
     return tok_B, logp_BV.gather(-1, tok_B[:, None])[:, 0]
+
+
+def _inverse_cdf(probs_BV: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """One draw per row from probs_BV by inverse CDF: one uniform per row and a binary search, where
+    torch.multinomial draws an exponential for every entry (V of them per row: ~0.3 ms of a ~3 ms decoding step on
+    the tiny model, 16 rows). A zero-probability id is never drawn: its CDF step is flat, and the search returns the
+    first id whose cumulative probability exceeds u."""
+    cdf_BV = probs_BV.cumsum(-1)
+    total_B1 = cdf_BV[:, -1:]
+    u_B1 = torch.rand(probs_BV.shape[0], 1, device=probs_BV.device, generator=gen) * total_B1
+    # u * total can round up to total itself: keep u below it, so the search always lands on a positive step
+    u_B1 = torch.minimum(u_B1, torch.nextafter(total_B1, torch.zeros_like(total_B1)))
+    return torch.searchsorted(cdf_BV, u_B1, right=True)[:, 0]
 
 
 def left_pad(requests: list[GenRequest], pad_id: int):

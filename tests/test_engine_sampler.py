@@ -197,7 +197,7 @@ def test_ids_past_the_tokenizer_are_never_drawn_and_leave_logp():
     logits_BV = torch.tensor([[0.0, 0.0, 5.0, 9.0, 9.0], [1.0, 0.0, 0.0, 9.0, 9.0]])  # ids 3, 4 name no token
     params = gen_args(0, temperature=1.0)["sampling"]
     draws = torch.stack([_sample(logits_BV, params, frozenset(), 3, torch.Generator().manual_seed(s))[0]
-                         for s in range(200)])
+                         for s in range(2000)])  # ids 0 and 1 of row 0: p = 0.0067 each, all but surely drawn
     assert int(draws.max()) < 3 and set(draws[:, 0].tolist()) >= {0, 1, 2}  # every real id is reachable
     tok_B, logp_B = _sample(logits_BV, GREEDY, frozenset(), 3, None)
     assert tok_B.tolist() == [2, 0]  # greedy: the best REAL id
@@ -205,3 +205,22 @@ def test_ids_past_the_tokenizer_are_never_drawn_and_leave_logp():
     expected = torch.log(torch.tensor([torch.e**5 / (2 + torch.e**5), torch.e / (torch.e + 2)]))
     assert torch.allclose(logp_B, expected, atol=1e-6)
 
+
+
+def test_draws_follow_the_distribution_and_skip_zero_probability_ids(monkeypatch):
+    """The inverse-CDF draw: frequencies over 20,000 draws match the probabilities (each within 4 standard errors
+    of a binomial count), a zero-probability id — inside the vocabulary or last — is never drawn, and a uniform that
+    rounds up to the CDF's total still lands on the last id with positive probability."""
+    import models.generation as G
+
+    probs_V = torch.tensor([0.1, 0.0, 0.25, 0.05, 0.6, 0.0])
+    probs_BV = probs_V.expand(20_000, -1).contiguous()
+    tok_B = G._inverse_cdf(probs_BV, torch.Generator().manual_seed(0))
+    counts_V = torch.bincount(tok_B, minlength=6).double()
+    n = probs_BV.shape[0]
+    sd_V = (n * probs_V.double() * (1 - probs_V.double())).sqrt()
+    assert counts_V[1] == 0 and counts_V[5] == 0
+    assert bool(((counts_V - n * probs_V.double()).abs() <= 4 * sd_V).all()), counts_V.tolist()
+    # the worst uniform: the largest float below 1, whose product with the total can round up to it
+    monkeypatch.setattr(G.torch, "rand", lambda *shape, **kw: torch.full(shape, 1 - 2**-24))
+    assert G._inverse_cdf(probs_V[None], None).tolist() == [4]

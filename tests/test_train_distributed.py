@@ -123,7 +123,14 @@ def test_two_processes_train_like_one(one, two):
         assert b[step]["sft/grad_norm"] == pytest.approx(a[step]["sft/grad_norm"], rel=1e-4), step
     assert a[2]["sft/loss"] != a[1]["sft/loss"]  # the steps really trained
     for step in range(5, 8):
-        assert b[step].keys() == a[step].keys(), step
+        # The samples differ, so a token class (engine/diagnostics.py) may occur in one run's step and not the
+        # other's: its share is logged either way, its means only where it occurred.
+        sampled_only = lambda m: {k for k in m if k.startswith("train/tokens/") and not k.endswith("/share")}  # noqa: E731
+        assert b[step].keys() - sampled_only(b[step]) == a[step].keys() - sampled_only(a[step]), step
+        for m in (a[step], b[step]):
+            present = {k.split("/")[2] for k in m if k.startswith("train/tokens/") and k.endswith("/share")
+                       and m[k] > 0}
+            assert {k.split("/")[2] for k in sampled_only(m)} == present, step
         assert all(math.isfinite(v) for v in b[step].values()), step
     assert a[5]["train/kl"] == b[5]["train/kl"] == 0.0  # the reference is the policy as RL starts
     # Greedy held-out answers after SFT: each rank answered 2 of the 4, gathered in example order.
