@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from data.example import Example
@@ -45,14 +45,8 @@ def load_hf_disk(path: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]
         with memory_map(str(file)) as source:
             reader = ipc.open_stream(source)
             check_columns(reader.schema.names, TABLE_COLUMNS, shown=shown)
-            for batch in reader:
-                for record in batch.to_pylist():  # copies out of the map, so closing it later is safe
-                    where = f"{shown}:row {row}"
-                    row += 1
-                    try:
-                        yield hf_example(record, where=where, base=Path(opts.image_root or folder), opts=opts)
-                    except BadRecord as bad:
-                        yield bad
+            # to_pylist copies out of the map, so closing it after the file is safe
+            row = yield from batch_examples(reader, shown=shown, folder=folder, opts=opts, first_row=row)
 
 
 def split_folder(path: Path, opts: LoadOptions) -> tuple[Path, str]:
@@ -131,8 +125,15 @@ def parquet_rows(file: Path, shown: str, folder: Path, opts: LoadOptions) -> Ite
 
     table = parquet.ParquetFile(file)
     check_columns(table.schema_arrow.names, TABLE_COLUMNS, shown=shown)
-    row = 0
-    for batch in table.iter_batches(batch_size=64):
+    yield from batch_examples(table.iter_batches(batch_size=64), shown=shown, folder=folder, opts=opts)
+
+
+def batch_examples(batches, *, shown: str, folder: Path, opts: LoadOptions,
+                   first_row: int = 0) -> Generator[Example | BadRecord, None, int]:
+    """Every record of a stream of Arrow record batches as an Example, or the BadRecord naming its row
+    (`shown:row N`, N counted from first_row); returns the next row number."""
+    row = first_row
+    for batch in batches:
         for record in batch.to_pylist():
             where = f"{shown}:row {row}"
             row += 1
@@ -140,6 +141,7 @@ def parquet_rows(file: Path, shown: str, folder: Path, opts: LoadOptions) -> Ite
                 yield hf_example(record, where=where, base=Path(opts.image_root or folder), opts=opts)
             except BadRecord as bad:
                 yield bad
+    return row
 
 
 # ---------------------------------------------------------------------------------------------- shared
