@@ -117,6 +117,14 @@ def report(r: dict) -> None:
     print(f"peak RSS      {r['peak_rss_mb']:.0f} MB")
 
 
+def write_result(out: str, result: dict) -> None:
+    """The results as JSON at `out` (empty: nowhere); shared with scripts/bench_gpu.py."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up)")
@@ -137,10 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step {i + 1}/{args.steps}: {steps[-1]['wall']:.3f} s", flush=True)
     result = summarise(steps, args.threads, load_before, [round(x, 2) for x in os.getloadavg()])
     report(result)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -54,7 +54,7 @@ from engine.step import RLState, rl_step  # noqa: E402
 from engine.trainer import _optimizer  # noqa: E402
 from models.load import init_vlm  # noqa: E402
 from models.tiny import build  # noqa: E402
-from scripts.bench import PHASES  # noqa: E402  (the CPU benchmark's phase names: one list for both)
+from scripts.bench import PHASES, write_result  # noqa: E402  (phase names and JSON writer shared with the CPU one)
 
 # Dense bf16 tensor-core peak (no sparsity), TFLOP/s, from the vendors' data sheets; matched against
 # torch.cuda.get_device_name() (longest name first, so "H100" does not claim a "GH200").
@@ -266,10 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gradient checkpointing {'on' if checkpointing else 'off'}:", flush=True)
         result["modes"].append(run_mode(args, cfg, vlm, state, examples, counts, peak, checkpointing))
     report(result)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 
