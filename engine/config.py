@@ -95,6 +95,7 @@ class RolloutConfig:
     temperature: float = doc(1.0, "Sampling temperature; the trainer scores tokens under the same temperature.")
     top_p: float = doc(1.0, "Nucleus sampling threshold (1: off).")
     top_k: int = doc(0, "Top-k sampling (0: off).")
+    cuda_graph: bool = doc(True, "Native sampler on a GPU: capture the decoding step as a CUDA graph and replay it (fixed-shape KV cache, models/decode_graph.py; the same tokens as eager decoding, ~10x fewer kernel launches). false: decode eagerly. No effect on CPU or with the vllm sampler.")
     protocol: str | None = doc(None, "Tool protocol (engine/tool_protocols.py PROTOCOLS): none, inline (<tool_call>…</tool_call> inside the answer) or multiturn (<tool>…</tool> ends the turn).")
     tools: list[str] = doc([], "Tools the model may call (names from `python -m tools.run --list`): the system prompt then lists their signatures and the protocol's call format (Qwen's `# Tools` convention, tools/schema.py), and a call to any other tool is answered with an error. Empty: every tool may run and the prompt lists none (write your own instructions in data.question_template or system_prompt). Needs protocol inline or multiturn.")
     max_tool_calls: int = doc(2, "Tool calls allowed per trajectory.")
@@ -322,6 +323,11 @@ class Config:
         if self.train.mixed_precision and self.model.dtype != "float32":
             raise ValueError(f"train.mixed_precision = {self.train.mixed_precision} keeps fp32 master weights: set "
                              f"model.dtype = float32 (not {self.model.dtype}); the compute runs in bf16 anyway")
+        if (self.model.attn_implementation in ("varlen", "flash_attention_2") and self.model.dtype == "float32"
+                and not self.train.mixed_precision):
+            raise ValueError(f"model.attn_implementation = {self.model.attn_implementation} runs flash kernels, which "
+                             "take bf16 / fp16 tensors only: set model.dtype = bfloat16 (or train.mixed_precision = "
+                             "bf16), or use sdpa for float32")
         if self.train.mixed_precision and self.rollout.sampler == "vllm":
             raise ValueError("train.mixed_precision with rollout.sampler = vllm: the in-process vLLM engine makes a "
                              "torch.distributed group of its own; use the native sampler, or model.dtype without "

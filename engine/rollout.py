@@ -62,7 +62,8 @@ def rollout(vlm: VLM, prompts: list[Prompt], settings: RolloutConfig, *, protoco
 
     def sample(requests: list[GenRequest], images: list[list], expand: int = 1):
         if sampler is None:
-            return generate(vlm.model, requests, settings, pad_id=fam.pad_id, expand=expand, **call)
+            return generate(vlm.model, requests, settings, pad_id=fam.pad_id, expand=expand,
+                            decode="auto" if settings.cuda_graph else "dynamic", **call)
         return sampler.generate(requests, settings, expand=expand, images_per_request=images, **call)
 
     trajs = [Trajectory.start(p, g) for g, p in enumerate(prompts) for _ in range(settings.group_size)]

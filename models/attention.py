@@ -87,8 +87,13 @@ def _row_seqlens(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def _sdpa_fallback(query_BHQD, key_BHKD, value_BHKD, attention_mask, scaling, is_causal):
-    """Ordinary batches (the sampler's): causal within each row, a 2-D padding mask if given, KV cache aware."""
+    """Ordinary batches (the sampler's): causal within each row, a 2-D padding mask if given, KV cache aware; a 4-D
+    mask (models/decode_graph.py's fixed-shape decoding step) is added to the scores as it is."""
     Q, K = query_BHQD.shape[2], key_BHKD.shape[2]
+    if attention_mask is not None and attention_mask.ndim == 4:  # an additive mask built whole by the caller
+        return F.scaled_dot_product_attention(query_BHQD, key_BHKD, value_BHKD, scale=scaling,
+                                              attn_mask=attention_mask[:, :, :, :K].to(query_BHQD.dtype),
+                                              enable_gqa=query_BHQD.shape[1] != key_BHKD.shape[1])
     mask = None
     if is_causal and Q > 1:  # queries are the last Q of the K keys
         mask = torch.ones(Q, K, dtype=torch.bool, device=query_BHQD.device).tril(K - Q)[None, None]
@@ -114,6 +119,11 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
         return out.transpose(1, 2).contiguous(), None
     fn, kind = _varlen_kernel()
     q_THD, k_THD, v_THD = (t[0].transpose(0, 1) for t in (query, key, value))
+    out_dtype = q_THD.dtype
+    # CUDA flash kernels take bf16 / fp16 only. An fp32 forward reaches here under train.mixed_precision (the
+    # sampler's): its attention runs in bf16, as the training forwards' does. A float32 model is refused in config.
+    if out_dtype == torch.float32 and q_THD.is_cuda:
+        q_THD, k_THD, v_THD = (t.to(torch.bfloat16) for t in (q_THD, k_THD, v_THD))
     gqa = {}
     if kind == "torch" and k_THD.shape[1] != q_THD.shape[1]:  # grouped-query attention
         if _native_gqa(fn, query.device):
@@ -129,7 +139,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
         kw, q_factor = _torch_varlen_kwargs(fn, is_causal, scaling, q_THD.shape[-1])
         q_THD = q_THD * q_factor if q_factor != 1.0 else q_THD
         out_THD = fn(q_THD, k_THD, v_THD, cu_q, cu_k, int(max_length_q), int(max_length_k), **kw, **gqa)
-    return out_THD[None], None
+    return out_THD[None].to(out_dtype), None
 
 
 SDPA_GQA = "sdpa_gqa"  # what a CPU model loaded with "sdpa" runs (models/load.py)
@@ -154,8 +164,29 @@ def sdpa_gqa_forward(module, query, key, value, attention_mask, dropout=0.0, sca
     return out.transpose(1, 2).contiguous(), None
 
 
+DECODE_GQA = "decode_gqa"  # the fixed-shape decoding step's attention (models/decode_graph.py)
+
+
+def decode_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                             **kwargs):
+    """One query per row over the whole fixed-shape KV cache, with the additive 4-D mask hiding the columns not yet
+    written. Grouped-query heads are folded, not repeated: the G query heads that share a kv head (heads j*G ..
+    j*G+G-1 use kv head j, transformers' repeat_kv order) become G queries of that head, which see the same keys
+    under the same mask row. K and V are read once, where transformers' sdpa copies them G times per layer per
+    step whenever a mask is given (on CUDA: measured 5.4 s vs 1.9 s for a 3B rollout, docs/BENCHMARKS.md)."""
+    B, H, Q, D = query.shape
+    h = key.shape[1]
+    mask = None if attention_mask is None else attention_mask[:, :, :, :key.shape[-2]].to(query.dtype)
+    if Q == 1 and H != h:
+        out = F.scaled_dot_product_attention(query.reshape(B, h, H // h, D), key, value, attn_mask=mask,
+                                             scale=scaling)
+        return out.reshape(B, H, 1, D).transpose(1, 2).contiguous(), None
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=H != h)
+    return out.transpose(1, 2).contiguous(), None
+
+
 def register() -> None:
-    """Make VARLEN and SDPA_GQA names transformers accepts on a loaded model (idempotent)."""
+    """Make VARLEN, SDPA_GQA and DECODE_GQA names transformers accepts on a loaded model (idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask, sdpa_mask
 
@@ -163,6 +194,8 @@ def register() -> None:
     AttentionMaskInterface.register(VARLEN, flash_attention_mask)  # None for packed rows: no T×T mask is built
     AttentionInterface.register(SDPA_GQA, sdpa_gqa_forward)
     AttentionMaskInterface.register(SDPA_GQA, sdpa_mask)  # the masks sdpa gets
+    AttentionInterface.register(DECODE_GQA, decode_attention_forward)
+    AttentionMaskInterface.register(DECODE_GQA, sdpa_mask)  # (never built: the step passes its 4-D mask)
 
 
 def set_attention(model, name: str) -> None:

@@ -26,6 +26,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from models.attention import SDPA_GQA
+from models.decode_graph import DecodeStep, static_cache
 
 
 class Sampling(Protocol):
@@ -192,6 +193,19 @@ def _preallocated_cache(model, capacity: int) -> DynamicCache | None:
     return cache
 
 
+DECODE_MODES = ("auto", "dynamic", "static", "graph")
+
+
+def _decode_mode(decode: str, device: torch.device) -> str:
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode {decode!r}: choose one of {', '.join(DECODE_MODES)}")
+    if decode == "graph" and device.type != "cuda":
+        raise ValueError(f"decode 'graph' needs a CUDA device, the model is on {device}")
+    if decode == "auto":
+        decode = "graph" if device.type == "cuda" else "dynamic"
+    return decode
+
+
 def _stop_check_every(device: torch.device) -> int:
     """Decoding steps between host syncs that drop finished rows. On a GPU each sync stalls the launch queue, so
     rows that finished keep decoding (their extra tokens are cut off) until the next check; on the CPU a check
@@ -202,14 +216,21 @@ def _stop_check_every(device: torch.device) -> int:
 @torch.no_grad()
 def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: int, max_new_tokens: int,
              stop_ids: frozenset[int] = frozenset(), banned_ids: frozenset[int] = frozenset(),
-             num_token_ids: int = 0, expand: int = 1, generator: torch.Generator | None = None) -> list[GenOutput]:
+             num_token_ids: int = 0, expand: int = 1, generator: torch.Generator | None = None,
+             decode: str = "auto") -> list[GenOutput]:
     """Continue every request by at most `max_new_tokens` (or its own smaller cap), stopping on `stop_ids`;
     `banned_ids` are never drawn (e.g. image placeholders), nor ids >= `num_token_ids` (padded embedding rows that
     name no token; 0: off). With expand=G each request yields G outputs (request-major order).
 
     The decoding loop keeps everything on the device: tokens and log-probs go into [N, steps] buffers, stops are
     recorded per row as they happen, and the host looks only every `_stop_check_every` steps (to drop finished
-    rows from the cache, or end). The buffers become Python lists once, at the end."""
+    rows from the cache, or end). The buffers become Python lists once, at the end.
+
+    `decode`: how a decoding step runs. "dynamic": the cache grows by a column a step and finished rows are
+    dropped from it. "graph": fixed shapes (models/decode_graph.py), captured once as a CUDA graph and replayed;
+    "static": the same fixed-shape step without the capture (tests). "auto": graph on a CUDA device, dynamic
+    elsewhere. Where fixed shapes don't hold (sliding-window or mixture-of-experts layers) every mode runs
+    dynamic."""
     device = next(model.parameters()).device
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"the sampling generator is on {generator.device} and the model on {device}: make it with "
@@ -221,7 +242,10 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
     ids_BT, mask_BT, pos_3BT = (t.to(device) for t in (ids_BT, mask_BT, pos_3BT))
     pixels, grids = concat_images(requests)
     limits = [min(r.max_new_tokens or max_new_tokens, max_new_tokens) for r in requests]
-    cache = _preallocated_cache(model, ids_BT.shape[1] + max(limits, default=0))
+    capacity = ids_BT.shape[1] + max(limits, default=0)
+    mode = _decode_mode(decode, device)
+    fixed = static_cache(model, capacity, device) if mode != "dynamic" else None
+    cache, cursor = fixed or (_preallocated_cache(model, capacity), None)
     out = model(input_ids=ids_BT, attention_mask=mask_BT if padded else None, position_ids=pos_3BT, use_cache=True,
                 past_key_values=cache,
                 pixel_values=None if pixels is None else pixels.to(device, dtype=model.dtype),
@@ -234,10 +258,17 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
         logits_BV, mask_BT, next_pos_B, limit_B = (t.repeat_interleave(expand, 0)
                                                    for t in (logits_BV, mask_BT, next_pos_B, limit_B))
     n, steps = logits_BV.shape[0], max(limits, default=0)
+    decode_step = None
+    if fixed is not None:  # the additive mask over every column of the cache; DecodeStep opens each step's column
+        keys_NC = torch.cat([mask_BT, mask_BT.new_zeros(n, steps)], 1)
+        mask_N11C = torch.zeros(n, 1, 1, capacity, device=device).masked_fill_(
+            keys_NC[:, None, None, :] == 0, torch.finfo(torch.float32).min).to(model.dtype)
+        decode_step = DecodeStep(model, cache, cursor, mask_N11C, mode)
     # sdpa / eager: the decoding steps' padding mask as the additive [N, 1, 1, keys] tensor transformers would
     # build from mask_BT at every step (~10 % of a step on a CPU), made once; a step takes a view of it.
     config = getattr(model, "config", None)  # (a test's wrapper module may have none: then the 2-D mask)
-    additive = padded and getattr(config, "_attn_implementation", None) in ("sdpa", "eager", SDPA_GQA)
+    additive = decode_step is None and padded and getattr(config, "_attn_implementation", None) in (
+        "sdpa", "eager", SDPA_GQA)
     if additive:
         keys_NK = torch.cat([mask_BT, mask_BT.new_ones(n, steps)], 1)
         add_N11K = torch.zeros(n, 1, 1, keys_NK.shape[1], device=device).masked_fill_(
@@ -261,19 +292,26 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
         if (step + 1) % every == 0 or step + 1 == steps:
             if bool(done_B.all()):  # host sync: once per `every` steps
                 break
-            if bool(done_B.any()):  # host sync
+            if decode_step is None and bool(done_B.any()):  # host sync (fixed shapes keep finished rows)
                 keep = (~done_B).nonzero()[:, 0]
                 cache.batch_select_indices(keep)
                 tok_B, next_pos_B, limit_B, row_B, done_B = (
                     t[keep] for t in (tok_B, next_pos_B, limit_B, row_B, done_B))
                 mask_BT = mask_BT[keep] if padded else None
                 add_N11K = add_N11K[keep] if additive else None
-        mask_BT = torch.cat([mask_BT, torch.ones_like(mask_BT[:, :1])], dim=1) if padded else None
-        step_mask = add_N11K[..., :mask_BT.shape[1]] if additive else mask_BT
-        out = model(input_ids=tok_B[:, None], attention_mask=step_mask, past_key_values=cache, use_cache=True,
-                    position_ids=next_pos_B.view(1, -1, 1).expand(3, -1, 1))
-        cache, logits_BV = out.past_key_values, out.logits[:, -1]
+        if step + 1 == steps:  # the last draw: no forward for a token nobody samples
+            break
+        if decode_step is not None:
+            logits_BV = decode_step(tok_B, next_pos_B, ids_BT.shape[1] + step)
+        else:
+            mask_BT = torch.cat([mask_BT, torch.ones_like(mask_BT[:, :1])], dim=1) if padded else None
+            step_mask = add_N11K[..., :mask_BT.shape[1]] if additive else mask_BT
+            out = model(input_ids=tok_B[:, None], attention_mask=step_mask, past_key_values=cache, use_cache=True,
+                        position_ids=next_pos_B.view(1, -1, 1).expand(3, -1, 1))
+            cache, logits_BV = out.past_key_values, out.logits[:, -1]
         next_pos_B = next_pos_B + 1
+    if decode_step is not None:
+        decode_step.close()
     # host sync, once: the buffers to Python lists
     lens, stops = len_N.tolist(), stopped_N.tolist()
     return [GenOutput(tokens=t[:k], logps=lp[:k], stop="stop" if s else "length")

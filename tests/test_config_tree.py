@@ -44,6 +44,7 @@ def test_unknown_toml_key_names_the_file(tmp_path):
     (["--train.stage", "rl", "--rl.steps", "0"], "rl.steps is 0"),
     (["--rollout.sampler", "vllm", "--rollout.top_p", "0.9"], "top_p"),
     (["--rollout.vllm_kv_cache_gib", "4"], "vllm_kv_cache_gib"),
+    (["--model.attn_implementation", "varlen"], "take bf16 / fp16 tensors only: set model.dtype = bfloat16"),
 ])
 def test_settings_that_would_do_nothing_or_nonsense_raise(overrides, message):
     with pytest.raises(ValueError, match=message):

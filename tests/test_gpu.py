@@ -166,7 +166,7 @@ def test_resume_after_crash_is_bitwise_on_cuda(tmp_path, monkeypatch):
     subprocess.run([sys.executable, "-m", "data.synth", "colors", "--n", "48", "--out", str(data), "--seed", "3"],
                    check=True, cwd=ROOT, capture_output=True)
     e2e.test_resume_after_crash_reproduces_the_uninterrupted_losses(data / "data.jsonl", tmp_path / "runs",
-                                                                    monkeypatch)
+                                                                    monkeypatch, sft_steps=60)
     state = load_checkpoint(next((tmp_path / "runs" / "crashed" / "checkpoints").glob("step_*")), model=None)
     assert state["rng"][0]["generator_devices"] == {"sampler": "cuda"}  # a CUDA generator's state was restored
 
@@ -231,3 +231,51 @@ def test_sampler_refuses_a_cpu_generator_for_a_cuda_model():
     with pytest.raises(ValueError, match="generator is on cpu and the model on cuda"):
         generate(vlm.model, [request(prompt, vlm)], GREEDY, pad_id=vlm.family.pad_id, max_new_tokens=2,
                  generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("attn,dtype", [("sdpa", "float32"), ("varlen", "bfloat16")])
+def test_decoding_step_replayed_as_a_cuda_graph_equals_eager_decoding(attn, dtype):
+    """The rollout's default on a GPU (decode "auto" -> "graph"): the same tokens and log-probs as the fixed-shape
+    step run eagerly, and (float32) greedy tokens as the dynamic loop's, on a left-padded batch; a graph was
+    captured. (bf16 rounds differently over a cache of another length, so only float32 compares with dynamic.)"""
+    import warnings
+
+    import models.decode_graph as DG
+
+    vlm = trainer.load_policy(build_config(Config, overrides=["--data.train", "x.jsonl", "--model.dtype", dtype,
+                                                              "--model.attn_implementation", attn]))
+    reqs = [request(make_prompt(vlm, size, q, seed), vlm) for size, q, seed in
+            [((90, 60), "What colour?", 0), ((56, 112), "How many dots are there in the picture?", 1)]]
+    captured = []
+    real_call = DG.DecodeStep.__call__
+
+    def recording(self, *args):
+        out = real_call(self, *args)
+        captured.append(self.graph is not None)
+        return out
+
+    def run(decode, temperature, seed=0):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        return generate(vlm.model, reqs, RolloutConfig(temperature=temperature), pad_id=vlm.family.pad_id,
+                        max_new_tokens=16, expand=3, generator=g, decode=decode)
+
+    DG.DecodeStep.__call__ = recording
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            graph_sampled, graph_greedy = run("graph", 1.0), run("graph", 0.0)
+    finally:
+        DG.DecodeStep.__call__ = real_call
+    assert captured and all(captured), "the decoding step was not captured as a CUDA graph"
+    assert not [w for w in caught if "CUDA graph" in str(w.message)]
+    for graph, static in [(graph_sampled, run("static", 1.0)), (graph_greedy, run("static", 0.0))]:
+        assert [o.tokens for o in graph] == [o.tokens for o in static]
+        for a, b in zip(graph, static):
+            torch.testing.assert_close(torch.tensor(a.logps), torch.tensor(b.logps), rtol=0, atol=1e-6)
+    assert len({tuple(o.tokens) for o in graph_sampled}) > 2  # real draws
+    if dtype != "float32":
+        return
+    dynamic = run("dynamic", 0.0)
+    assert [o.tokens for o in graph_greedy] == [o.tokens for o in dynamic]
+    for a, b in zip(graph_greedy, dynamic):
+        torch.testing.assert_close(torch.tensor(a.logps), torch.tensor(b.logps), rtol=0, atol=1e-4)

@@ -36,8 +36,9 @@ def _metrics(out_dir):
 
 
 @pytest.mark.slow
-def test_resume_after_crash_reproduces_the_uninterrupted_losses(colors, tmp_path, monkeypatch):
-    extra = ["--train.stage", "sft,rl", "--sft.steps", "20", "--sft.batch_size", "8", "--rl.steps", "4",
+def test_resume_after_crash_reproduces_the_uninterrupted_losses(colors, tmp_path, monkeypatch, sft_steps=20):
+    # sft_steps: tests/test_gpu.py passes more (a CUDA random stream after 20 steps drew no reward at all: 2026-12-04)
+    extra = ["--train.stage", "sft,rl", "--sft.steps", str(sft_steps), "--sft.batch_size", "8", "--rl.steps", "4",
              "--train.save_every", "2", "--rl.lr", "1e-3", "--algo.kl_beta", "0.04",
              # pinned here, not inherited from the demo preset: these (seed 2 included) give varied rewards at steps 3-4
              "--sft.lr", "2e-3", "--rollout.temperature", "1.0", "--rollout.max_new_tokens", "24",
