@@ -90,7 +90,7 @@ def set_checkpointing(model, on: bool) -> None:
 
 def build_state(arch: str, shape: str, data: Path, *, prompts: int, group: int, new_tokens: int,
                 micro_batch_tokens: int, checkpointing: bool, work: Path, attn: str = "sdpa",
-                device: str | None = None, kl_beta: float = 0.04, total_steps: int = 10):
+                device: str | None = None, kl_beta: float = 0.04, total_steps: int = 10, cuda_graph: bool = True):
     """(cfg, vlm, state, examples): the pieces engine/trainer.py's Run.rl builds, around an in-memory model."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "bfloat16" if device == "cuda" else "float32"  # bf16 on a CPU without bf16 units is 3x slower
@@ -100,7 +100,7 @@ def build_state(arch: str, shape: str, data: Path, *, prompts: int, group: int, 
         "--data.train", str(data), "--rollout.group_size", str(group), "--rollout.prompts_per_step", str(prompts),
         "--rollout.max_new_tokens", str(new_tokens), "--rollout.max_total_tokens", "16384",
         "--rollout.temperature", "1.0", "--algo.kl_beta", str(kl_beta), "--optim.micro_batch_tokens",
-        str(micro_batch_tokens), "--rl.lr", "1e-6"])
+        str(micro_batch_tokens), "--rl.lr", "1e-6", "--rollout.cuda_graph", str(cuda_graph).lower()])
     vlm = init_vlm(work, dtype=dtype, device=device, attn_implementation=cfg.model.attn_implementation)
     vlm.family = replace(vlm.family, eos_ids=())  # every sample runs to new_tokens (see scripts/bench.py)
     set_checkpointing(vlm.model, checkpointing)
@@ -166,9 +166,10 @@ def timed_step(cfg, vlm, state, examples, stream, counts: dict, peak: float | No
 
 
 def micro_batch_tokens(args, checkpointing: bool) -> int:
-    """--micro-batch-tokens, or the sizes PLATFORM.md measured on an H200 for the 3B shape: 16384 with gradient
-    checkpointing (41 GiB peak), 8192 without (101 GiB: twice that would not fit in 141)."""
-    return args.micro_batch_tokens or (16384 if checkpointing else 8192)
+    """--micro-batch-tokens, or 8192: measured on an H200 for the 3B shape (docs/BENCHMARKS.md), the same update time
+    as 16384 with gradient checkpointing at 42.8 instead of 45.8 GiB peak, and without checkpointing 103 GiB (twice
+    that would not fit in 141)."""
+    return args.micro_batch_tokens or 8192
 
 
 def run_mode(args, cfg, vlm, state, examples, counts, peak, checkpointing: bool) -> dict:
@@ -228,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--side", type=int, default=448, help="image side in pixels")
     parser.add_argument("--kl-beta", type=float, default=0.04)
     parser.add_argument("--micro-batch-tokens", type=int, default=0,
-                        help="token budget of a packed row (0: 16384 with gradient checkpointing, 8192 without)")
+                        help="token budget of a packed row (0: 8192)")
     parser.add_argument("--attn", default="sdpa", help="model.attn_implementation: sdpa, varlen, ...")
     parser.add_argument("--checkpointing", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--cuda-graph", choices=("on", "off"), default="on",
+                        help="rollout.cuda_graph: replay the sampler's decoding step as a CUDA graph (off: eager)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per mode")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first, per mode")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="the GPU's dense bf16 peak, if not in the table")
@@ -248,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, vlm, state, examples = build_state(
         args.arch, args.shape, data, prompts=args.prompts, group=args.group, new_tokens=args.new_tokens,
         micro_batch_tokens=micro_batch_tokens(args, modes[0]), checkpointing=modes[0], work=work / "model",
-        attn=args.attn,
+        attn=args.attn, cuda_graph=args.cuda_graph == "on",
         device=args.device, kl_beta=args.kl_beta, total_steps=len(modes) * (args.warmup + args.steps))
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     peak = args.peak_tflops * 1e12 or (peak_flops(name) if args.device == "cuda" else None)
@@ -259,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"workload": f"{args.arch} {args.shape} (random init), {args.prompts} prompts x {args.group} samples x "
                           f"{args.new_tokens} new tokens, {args.side}x{args.side} images, KL beta {args.kl_beta}, "
-                          f"{cfg.model.dtype} weights and AdamW, attention {args.attn}",
+                          f"{cfg.model.dtype} weights and AdamW, attention {args.attn}, "
+                          f"decoding {'CUDA graph' if args.cuda_graph == 'on' else 'eager'}",
               "device": name, "torch": torch.__version__, "transformers": transformers.__version__,
               "params": counts, "peak_tflops": peak / 1e12 if peak else None, "modes": []}
     for checkpointing in modes:

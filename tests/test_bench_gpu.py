@@ -28,7 +28,7 @@ def test_tiny_shape_runs_both_modes_on_cpu(tmp_path, capsys):
                  "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert [m["gradient_checkpointing"] for m in r["modes"]] == [True, False]
-    assert [m["micro_batch_tokens"] for m in r["modes"]] == [16384, 8192]  # the sizes measured to fit an H200
+    assert [m["micro_batch_tokens"] for m in r["modes"]] == [8192, 8192]  # the size measured best on an H200
     p = r["params"]
     assert p["body"] + p["vision"] + p["embedding"] + p["head"] == p["all"]  # the tiny model does not tie them
     for mode in r["modes"]:
