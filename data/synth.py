@@ -9,7 +9,7 @@ byte-identical files; sample i depends only on (seed, i) (and its class label on
 run extends a shorter one.
 
 Tasks (TASKS below): `colors` (name the square's colour), `zoom` (a fine pattern inside a bold box that only a
-crop can read; see synth_zoom.py), `grounding` (box of the <colour> <shape>), `geometry` (the third angle of a
+crop can read; see synth_zoom.py; `zoom2`: the same on a 2x2 grid), `grounding` (box of the <colour> <shape>), `geometry` (the third angle of a
 triangle). Python API: `generate(task, n, seed) -> list[Sample]`, `write_dataset(task, n, out_dir, seed)`, and
 `model_view(image)`: the image as the tiny Qwen2.5-VL sees it (smart resize to <= 112*112 pixels).
 """
@@ -28,7 +28,7 @@ import numpy as np
 
 from data.synth_base import Sample, balanced_labels, model_view, smart_resize
 from data.synth_tasks import COLOR_NAMES, make_colors, make_geometry, make_grounding
-from data.synth_zoom import PATTERNS, make_zoom
+from data.synth_zoom import PATTERNS, make_zoom, make_zoom2
 
 __all__ = ["TASKS", "Sample", "generate", "write_dataset", "model_view", "smart_resize", "main"]
 
@@ -42,6 +42,7 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "colors": TaskSpec(make_colors, COLOR_NAMES),
     "zoom": TaskSpec(make_zoom, PATTERNS),
+    "zoom2": TaskSpec(make_zoom2, PATTERNS),
     "grounding": TaskSpec(make_grounding),
     "geometry": TaskSpec(make_geometry),
 }

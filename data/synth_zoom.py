@@ -29,9 +29,19 @@ Each record also carries "target_box": the box's cell, the crop that answers (re
 RL diagnostics and the optional crop_target reward, rewards/tool_target.py, compare crops with it).
 
 Generate: `python -m data.synth zoom --n 60 --out runs/synth/zoom`.
+
+`zoom2` is the same task on a 2x2 grid (`ZOOM2`): 224 px images whose four 112 px quadrants each cover 2x2 of the
+4x4 visual tokens, patterns of period 2 px. Smart-resizing the whole image to 112x112 is an exact 2x downscale,
+which averages every 2x2 block of a period-2 pattern to the same flat grey; a crop of a quadrant is 112 px, shown
+as it is, so the 1 px stripes, cells and dots stay plain. Where to look is then a choice among 4 quadrants by
+4 hues 90 degrees apart, a mapping the tiny model can learn from reward alone (the 16-cell one it learns slowly
+even from exact targets: docs/BENCHMARKS.md). Generate: `python -m data.synth zoom2 --n 60 --out runs/synth/zoom2`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -52,10 +62,22 @@ _HUE_CHROMA = 48.0  # grey levels: each cell's background is its base white + th
 SIDES = tuple(s for s in range(448, 641, 16) if smart_resize(s, s) == (112, 112))
 
 
-def pattern(name: str, height: int, width: int, mean: float, phase: tuple[int, int]) -> np.ndarray:
-    """A HxW float grey pattern whose mean is exactly `mean` when both sides are multiples of PERIOD."""
-    assert height % PERIOD == 0 and width % PERIOD == 0, (height, width)
-    half = PERIOD // 2
+@dataclass(frozen=True)
+class Layout:
+    grid: int  # cells per side
+    period: int  # px of the interior pattern
+    sides: tuple[int, ...]  # image sides to draw from
+
+
+ZOOM = Layout(GRID, PERIOD, SIDES)
+ZOOM2 = Layout(2, 2, (224,))
+
+
+def pattern(name: str, height: int, width: int, mean: float, phase: tuple[int, int],
+            period: int = PERIOD) -> np.ndarray:
+    """A HxW float grey pattern whose mean is exactly `mean` when both sides are multiples of `period`."""
+    assert height % period == 0 and width % period == 0, (height, width)
+    half = period // 2
     yy, xx = np.mgrid[0:height, 0:width]
     row_band = ((yy + phase[0]) // half) % 2
     col_band = ((xx + phase[1]) // half) % 2
@@ -67,43 +89,43 @@ def pattern(name: str, height: int, width: int, mean: float, phase: tuple[int, i
         return mean + _CONTRAST * (2.0 * ((row_band + col_band) % 2) - 1)
     if name == "dots":
         # dots cover 1/4 of the pixels: 0.25 * (mean - 1.5c) + 0.75 * (mean + 0.5c) = mean
-        dot = ((yy + phase[0]) % PERIOD < half) & ((xx + phase[1]) % PERIOD < half)
+        dot = ((yy + phase[0]) % period < half) & ((xx + phase[1]) % period < half)
         return np.where(dot, mean - 1.5 * _CONTRAST, mean + 0.5 * _CONTRAST)
     raise ValueError(f"unknown pattern {name!r}; expected one of {PATTERNS}")
 
 
-def cell_of(box, image_size) -> list[int]:
-    """The GRID x GRID cell (original pixels, exclusive ends) holding the centre of `box` in an image of
+def cell_of(box, image_size, grid: int = GRID) -> list[int]:
+    """The grid x grid cell (original pixels, exclusive ends) holding the centre of `box` in an image of
     image_size = (width, height); for a zoom sample it holds the whole box."""
     width, height = image_size
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    col, row = min(int(cx * GRID // width), GRID - 1), min(int(cy * GRID // height), GRID - 1)
-    return [col * width // GRID, row * height // GRID, (col + 1) * width // GRID, (row + 1) * height // GRID]
+    col, row = min(int(cx * grid // width), grid - 1), min(int(cy * grid // height), grid - 1)
+    return [col * width // grid, row * height // grid, (col + 1) * width // grid, (row + 1) * height // grid]
 
 
-def cell_hue(col: int, row: int) -> np.ndarray:
+def cell_hue(col: int, row: int, grid: int = GRID) -> np.ndarray:
     """The RGB offset (zero mean: a pure hue at equal lightness) added to cell (col, row)'s light background."""
-    angle = 2 * np.pi * (row * GRID + col) / GRID ** 2
+    angle = 2 * np.pi * (row * grid + col) / grid ** 2
     return _HUE_CHROMA * np.cos(angle - np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]))
 
 
-def _hue_map(side: int, box) -> np.ndarray:
+def _hue_map(side: int, box, grid: int) -> np.ndarray:
     """side x side x 3 offsets: the grid cell holding `box` filled with its cell_hue, every other cell neutral."""
     out = np.zeros((side, side, 3), dtype=np.float32)
-    x1, y1, x2, y2 = cell_of(box, (side, side))
-    out[y1:y2, x1:x2] = cell_hue(x1 * GRID // side, y1 * GRID // side)
+    x1, y1, x2, y2 = cell_of(box, (side, side), grid)
+    out[y1:y2, x1:x2] = cell_hue(x1 * grid // side, y1 * grid // side, grid)
     return out
 
 
-def _place_target(rng: np.random.Generator, side: int) -> tuple[list[int], int]:
-    """A box inside a random cell of the GRID x GRID grid over a side x side image, >= _CELL_MARGIN from its edges."""
+def _place_target(rng: np.random.Generator, side: int, layout: Layout) -> tuple[list[int], int]:
+    """A box inside a random cell of the layout's grid over a side x side image, >= _CELL_MARGIN from its edges."""
     border = int(rng.integers(8, 11))
-    cell = side // GRID
+    cell, p = side // layout.grid, layout.period
     largest = min(96, cell - 2 * _CELL_MARGIN)
-    inner_w, inner_h = (PERIOD * int(rng.integers(-(-(64 - 2 * border) // PERIOD), (largest - 2 * border) // PERIOD + 1))
+    inner_w, inner_h = (p * int(rng.integers(-(-(64 - 2 * border) // p), (largest - 2 * border) // p + 1))
                         for _ in range(2))
     outer_w, outer_h = inner_w + 2 * border, inner_h + 2 * border
-    col, row = (int(v) for v in rng.integers(0, GRID, size=2))
+    col, row = (int(v) for v in rng.integers(0, layout.grid, size=2))
     x1 = col * cell + int(rng.integers(_CELL_MARGIN, cell - outer_w - _CELL_MARGIN + 1))
     y1 = row * cell + int(rng.integers(_CELL_MARGIN, cell - outer_h - _CELL_MARGIN + 1))
     return [x1, y1, x1 + outer_w, y1 + outer_h], border
@@ -140,15 +162,15 @@ def _draw_clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size, tar
         placed += 1
 
 
-def make_zoom(rng: np.random.Generator, label: int | None) -> Sample:
+def make_zoom(rng: np.random.Generator, label: int | None, layout: Layout = ZOOM) -> Sample:
     assert label is not None, "zoom is a classification task: generate() passes a balanced label"
     name = PATTERNS[label]
-    side = int(rng.choice(SIDES))
+    side = int(rng.choice(layout.sides))
     width = height = side
-    box, border = _place_target(rng, side)
+    box, border = _place_target(rng, side, layout)
     white = float(rng.integers(236, 256)) - _HUE_CHROMA  # a neutral white (no tint of its own), room for the hue
     base = np.full((height, width, 3), white, dtype=np.float32)
-    canvas = Image.fromarray(np.clip(np.rint(base + _hue_map(side, box)), 0, 255).astype(np.uint8))
+    canvas = Image.fromarray(np.clip(np.rint(base + _hue_map(side, box, layout.grid)), 0, 255).astype(np.uint8))
     _draw_clutter(rng, ImageDraw.Draw(canvas), (width, height), box)
 
     pixels = np.array(canvas)
@@ -156,12 +178,15 @@ def make_zoom(rng: np.random.Generator, label: int | None) -> Sample:
     pixels[box[1]:box[3], box[0]:box[2]] = dark  # the border: the whole box dark, the interior painted over next
     inner = [box[0] + border, box[1] + border, box[2] - border, box[3] - border]
     mean = float(rng.integers(125, 146))
-    phase = (int(rng.integers(0, PERIOD)), int(rng.integers(0, PERIOD)))
-    grey = pattern(name, inner[3] - inner[1], inner[2] - inner[0], mean, phase)
+    phase = (int(rng.integers(0, layout.period)), int(rng.integers(0, layout.period)))
+    grey = pattern(name, inner[3] - inner[1], inner[2] - inner[0], mean, phase, layout.period)
     pixels[inner[1]:inner[3], inner[0]:inner[2]] = np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None]
     noise = rng.normal(0.0, _NOISE_STD, size=(height, width, 1))  # over everything, the box included
     pixels = np.clip(np.rint(pixels + noise), 0, 255).astype(np.uint8)
 
-    cell = cell_of(box, (width, height))
+    cell = cell_of(box, (width, height), layout.grid)
     return Sample(image=Image.fromarray(pixels), question=QUESTION, answer=name, bbox=box, choices=list(PATTERNS),
                   info={"border": border, "interior": inner, "mean": mean, "cell": cell}, target_box=cell)
+
+
+make_zoom2 = partial(make_zoom, layout=ZOOM2)

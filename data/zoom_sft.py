@@ -11,9 +11,9 @@ Each example becomes one line `{"image_path", "image_id", "QnA": [{"Q": question
     </think>
     <answer>{answer}</answer>
 
-where the box (original-image pixels, exclusive ends) is, with `--crop cell` (the default), the 4x4-grid cell
-holding the dataset's "bbox" (data/synth_zoom.py: one merged visual token of the tiny model's 112x112 view, a crop
-a tiny model learns to choose), or with `--crop box` the bbox itself (for a model that can regress pixel boxes);
+where the box (original-image pixels, exclusive ends) is, with `--crop cell` (the default), the grid cell
+holding the dataset's "bbox" (the record's "target_box" where it has one: zoom's 4x4 grid, zoom2's 2x2; else
+4x4; data/synth_zoom.py: a crop a tiny model learns to choose), or with `--crop box` the bbox itself (for a model that can regress pixel boxes);
 image_path is relative to the output file's folder; "target_box" repeats the crop (the loader keeps it as the
 example's metadata, which the RL diagnostics and the optional crop_target reward read). `data.load_examples` reads
 the file as "seed001": the crop becomes the SFT target's `<tool_call>[x1, y1, x2, y2]</tool_call>` and the
@@ -73,7 +73,9 @@ def convert(src, out, crop: str = "cell") -> int:
             raise ValueError(f"{ex.origin}: answer {ex.answer!r} cannot sit inside <answer>...</answer>")
         image = ex.images[0]
         box = ex.boxes[0]
-        if crop == "cell":
+        if crop == "cell" and ex.metadata.get("target_box"):  # the generator's own cell (zoom: 4x4, zoom2: 2x2)
+            box = [float(v) for v in ex.metadata["target_box"]]
+        elif crop == "cell":
             with Image.open(image) as im:
                 box = cell_of(box, im.size)
         rel = Path(os.path.relpath(image, os.path.abspath(out.parent))).as_posix()
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--src", required=True, help="zoom dataset folder (with data.jsonl) or its JSONL file")
     parser.add_argument("--out", required=True, help="seed-001 JSONL file to write")
     parser.add_argument("--crop", choices=CROPS, default="cell",
-                        help="what the SFT target crops: the 4x4-grid cell holding the bold box (default) or the box")
+                        help="what the SFT target crops: the grid cell holding the bold box (default) or the box")
     args = parser.parse_args(argv)
     try:
         n = convert(args.src, args.out, args.crop)

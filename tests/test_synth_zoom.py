@@ -178,3 +178,51 @@ def test_the_box_tokens_hue_tells_its_cell(samples):
         assert int(np.argmax(hues @ (whole - whole.mean()))) == row * GRID + col
         others = np.delete(view.reshape(GRID, 28, GRID, 28, 3).mean((1, 3)).reshape(-1, 3), row * GRID + col, 0)
         assert np.abs(others - others.mean(1, keepdims=True)).max() < 2.0, "the other cells carry no hue"
+
+
+# ---- zoom2: the same task on a 2x2 grid of 224 px images, period-2 patterns (synth_zoom.ZOOM2) ----
+
+@pytest.fixture(scope="module")
+def samples2():
+    return generate("zoom2", N, seed=0)
+
+
+def test_zoom2_layout(samples2):
+    cells = set()
+    for s in samples2:
+        x1, y1, x2, y2 = s.bbox
+        assert s.image.size == (224, 224) and model_view(s.image).size == (112, 112)  # an exact 2x downscale
+        assert 64 <= x2 - x1 <= 88 and 64 <= y2 - y1 <= 88
+        col, row = x1 // 112, y1 // 112
+        assert col * 112 + 12 <= x1 and x2 <= (col + 1) * 112 - 12 and row * 112 + 12 <= y1 and y2 <= (row + 1) * 112 - 12
+        assert s.info["cell"] == cell_of(s.bbox, s.image.size, 2) == [col * 112, row * 112, col * 112 + 112,
+                                                                       row * 112 + 112]
+        assert s.record("x.png")["target_box"] == s.info["cell"]
+        inner = s.info["interior"]
+        assert (inner[2] - inner[0]) % 2 == 0 and (inner[3] - inner[1]) % 2 == 0
+        cells.add((col, row))
+    assert len(cells) == 4
+
+
+def test_zoom2_pattern_is_unreadable_whole_and_plain_in_its_quadrant(samples2):
+    labels = np.array([PATTERNS.index(s.answer) for s in samples2])
+    whole, crop = [], []
+    for s in samples2:
+        patch = _interior_in_view(_grey(model_view(s.image)), s.info["interior"], s.image.size)
+        assert patch.std() < 5.0, "2x2 blocks of a period-2 pattern average to one grey (noise left)"
+        whole.append(_features(patch, s.info["mean"]))
+        cell = _crop_interior(s, box=s.info["cell"])  # 112 px: shown as it is
+        assert cell.std() > 45 and _crop_rule(cell) == s.answer
+        crop.append(_features(cell, s.info["mean"]))
+    assert _nearest_class_mean_accuracy(np.array(whole), labels) <= 0.45  # chance 0.25
+    assert _nearest_class_mean_accuracy(np.array(crop), labels) >= 0.95
+
+
+def test_zoom2_quadrant_hue_names_the_quadrant(samples2):
+    """The whole view's hue is the box's quadrant's (nearest of the 4, 90 degrees apart), as in zoom."""
+    hues = np.stack([cell_hue(c, r, 2) for r in range(2) for c in range(2)])
+    for s in samples2:
+        view = np.asarray(model_view(s.image), dtype=np.float64)
+        col, row = s.bbox[0] // 112, s.bbox[1] // 112
+        whole = view.reshape(-1, 3).mean(0)
+        assert int(np.argmax(hues @ (whole - whole.mean()))) == row * 2 + col

@@ -73,6 +73,17 @@ def test_default_crop_is_the_grid_cell_holding_the_box(zoom_dir, tmp_path):
         convert(zoom_dir, out, crop="middle")
 
 
+def test_zoom2_crop_is_its_quadrant(tmp_path):
+    src = tmp_path / "zoom2"
+    write_dataset("zoom2", 8, src, seed=4)
+    out = tmp_path / "zoom2-sft.jsonl"
+    assert convert(src, out) == 8
+    for rec, ex in zip(map(json.loads, (src / "data.jsonl").read_text().splitlines()), load_examples(out).examples):
+        x1, y1 = rec["bbox"][:2]
+        quadrant = [x1 // 112 * 112, y1 // 112 * 112, x1 // 112 * 112 + 112, y1 // 112 * 112 + 112]
+        assert ex.boxes == [quadrant] and ex.metadata["target_box"] == quadrant  # 2x2, not the 4x4 rule's cells
+
+
 def test_sft_crop_is_the_bold_box(zoom_dir, tmp_path):
     """The crop the SFT target asks for, run as engine/sft.py runs it, shows the box's dark border all round."""
     out = tmp_path / "zoom-sft.jsonl"
