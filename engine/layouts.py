@@ -13,6 +13,13 @@ trajectory's logits equal those of a forward of it alone (tests/test_engine_pack
   sums them). Needs no gradient checkpointing (transformers turns the cache off under it) and no FSDP (two
   forwards before one backward): default_layout picks "padded" then, and when no prompt repeats in the row.
 
+In "packed" and "padded", an image that several trajectories of the row share (their prompt's: the G samples of a
+group) is encoded ONCE where the model allows it (`shares_images`): the vision tower runs on the row's distinct
+images, their features are repeated to every placeholder that shows them, and the text model gets the embeddings
+(autograd sums the repeats' gradients into the one encoding). On a group of 8 with one 448 px image each that is
+1/8 of the vision work (measured share of the 3B update's model FLOPs: 30 %, docs/BENCHMARKS.md). "prefix"
+shares the prompt's images by construction.
+
 Each layout returns (flat_T, calls, run): the index of every row position in the LM head's inputs (flattened
 and concatenated over the `calls` forwards), and `run(model, device)`, which makes those forwards.
 Shapes: T row tokens, S trajectories, L longest, U distinct prompts, P longest prompt.
@@ -35,13 +42,62 @@ def _images(pixel_values, grid_thw, model, device) -> dict:
             "image_grid_thw": None if grid_thw is None else grid_thw.to(device)}
 
 
+def shares_images(model, row: PackedRow) -> bool:
+    """Whether "packed" / "padded" encode the row's shared images once: some image repeats in the row, and the model
+    takes its image features through its input embeddings alone (Qwen2-VL, Qwen2.5-VL; not Qwen3-VL, whose
+    deepstack layers read vision features again) outside FSDP (whose root parameters are only whole inside the
+    root module's forward)."""
+    if row.grid_thw is None or len(set(row.prefix_of)) == len(row.prefix_of) or not any(row.prompt_image_counts):
+        return False
+    base = _base(model)
+    if getattr(base.config, "model_type", None) not in ("qwen2_vl", "qwen2_5_vl"):
+        return False
+    try:
+        from torch.distributed.fsdp import FSDPModule
+        return not isinstance(base, FSDPModule)
+    except ImportError:
+        return True
+
+
+def distinct_images(row: PackedRow) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """(parts, use): the row's distinct images as (slot, first, end) parts for `row.images` (each prompt's images
+    once, at its first slot; every tool image), and for each image of the row in order, its index among them."""
+    parts, first_of, use = [], {}, []
+    for s, (n_prompt, n_all) in enumerate(zip(row.prompt_image_counts, row.image_counts)):
+        owner = row.prefix_of[s]
+        if owner not in first_of:
+            first_of[owner] = len(parts)
+            parts += [(s, i, i + 1) for i in range(n_prompt)]
+        use += [first_of[owner] + i for i in range(n_prompt)]
+        use += list(range(len(parts), len(parts) + n_all - n_prompt))
+        parts += [(s, i, i + 1) for i in range(n_prompt, n_all)]
+    return parts, use
+
+
+def _inputs(ids, row: PackedRow, model, device) -> dict:
+    """The forward's token inputs: ids and every image's pixels, or (shares_images) the embeddings with each
+    distinct image encoded once."""
+    if not shares_images(model, row):
+        return {"input_ids": ids.to(device), **_images(row.pixel_values, row.grid_thw, model, device)}
+    base, (parts, use) = _base(model), distinct_images(row)
+    pixels, grids = row.images(parts)
+    feats = base.get_image_features(pixels.to(device, model.dtype), grids.to(device)).pooler_output
+    ids = ids.to(device)
+    embeds = base.get_input_embeddings()(ids)
+    placeholders = (ids == base.config.image_token_id).unsqueeze(-1)
+    shown = torch.cat([feats[k] for k in use]).to(embeds.dtype)  # repeats: one tensor, several uses
+    if int(placeholders.sum()) != shown.shape[0]:  # host sync, once per forward: a silent misfit would shift images
+        raise ValueError(f"the row has {int(placeholders.sum())} image placeholders but its images make "
+                         f"{shown.shape[0]} feature tokens")
+    return {"input_ids": None, "inputs_embeds": embeds.masked_scatter(placeholders.expand_as(embeds), shown)}
+
+
 def packed(row: PackedRow):
     T = row.num_tokens
 
     def run(model, device):
-        model(input_ids=row.ids_T.view(1, T).to(device), position_ids=row.pos_4T.view(4, 1, T).to(device),
-              attention_mask=None, use_cache=False, logits_to_keep=0,
-              **_images(row.pixel_values, row.grid_thw, model, device))
+        model(position_ids=row.pos_4T.view(4, 1, T).to(device), attention_mask=None, use_cache=False,
+              logits_to_keep=0, **_inputs(row.ids_T.view(1, T), row, model, device))
     return torch.arange(T), 1, run
 
 
@@ -58,8 +114,8 @@ def padded(row: PackedRow):
         flat.append(torch.arange(n) + s * L)
 
     def run(model, device):
-        model(input_ids=ids_SL.to(device), position_ids=pos_4SL.to(device), attention_mask=None, use_cache=False,
-              logits_to_keep=0, **_images(row.pixel_values, row.grid_thw, model, device))
+        model(position_ids=pos_4SL.to(device), attention_mask=None, use_cache=False, logits_to_keep=0,
+              **_inputs(ids_SL, row, model, device))
     return torch.cat(flat), 1, run
 
 

@@ -15,13 +15,14 @@ engine.step.rl_step itself, timed by phase, once with gradient checkpointing and
 Reported per mode (median over the timed steps): seconds per phase, sampled tokens per second in the rollout, the
 update phase's model-FLOPs utilisation and peak GPU memory. MFU counts 6 × parameters × tokens for a forward and
 backward: the decoder body (the LM's layers) over every sequence token, the LM head over the kept (sampled)
-tokens only (the engine never computes the other logits), the vision tower over every trajectory's patches
-(each trajectory's training forward encodes its own images); attention scores are not counted. Where the update
-runs a row in the "prefix" layout (engine/layouts.py: sdpa without checkpointing), a group's shared prompt and its
-image run once, so they are counted once: MFU is the work the GPU did, not the work a per-trajectory forward would
-have done ("upd TFLOP/s" beside it is the same count). It is set against the GPU's dense bf16 peak from
-PEAK_BF16_TFLOPS (or --peak-tflops); recomputation under gradient checkpointing is real work that MFU, by
-definition, does not count.
+tokens only (the engine never computes the other logits), the vision tower over the patches it encodes; attention
+scores are not counted. Where the update runs a row in the "prefix" layout (engine/layouts.py: sdpa without
+checkpointing), a group's shared prompt and its image run once, and in the other layouts each distinct image is
+encoded once (engine/layouts.shares_images), so they are counted once: "upd MFU" is the work the GPU did ("upd
+TFLOP/s" beside it is the same count). "wl MFU" (workload) counts every trajectory's tokens and patches whatever the
+layout shares: the step's work as a per-trajectory forward would do it, the speed issue's definition. Both are set
+against the GPU's dense bf16 peak from PEAK_BF16_TFLOPS (or --peak-tflops); recomputation under gradient
+checkpointing is real work that MFU, by definition, does not count.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from engine.configlib import build_config  # noqa: E402
 from engine.data_setup import load_data  # noqa: E402
 from engine.data_stream import DataStream  # noqa: E402
 from engine.evaluate import prompts_for  # noqa: E402
-from engine.layouts import default_layout  # noqa: E402
+from engine.layouts import default_layout, distinct_images, shares_images  # noqa: E402
 from engine.packing import pack  # noqa: E402
 from engine.step import RLState, rl_step  # noqa: E402
 from engine.trainer import _optimizer  # noqa: E402
@@ -127,13 +128,17 @@ def param_counts(model) -> dict[str, int]:
 
 def computed_work(model, trajs, micro_batch_tokens: int) -> tuple[int, int]:
     """(sequence tokens, vision patches) the update's forward runs over: the rows the step packs, each in the layout
-    the objective picks for it; a "prefix" row runs each distinct prompt (and its images) once."""
+    the objective picks for it; a "prefix" row runs each distinct prompt (and its images) once, and the other
+    layouts encode each distinct image once where engine/layouts.shares_images says so."""
     tokens = patches = 0
     for row in pack(trajs, micro_batch_tokens):
         members = [trajs[i] for i in row.members]
         if default_layout(model, row) != "prefix":
             tokens += sum(row.lengths)
-            patches += sum(int(t.grid_thw.prod(-1).sum()) for t in members)
+            if shares_images(model, row):  # each distinct image encoded once
+                patches += int(row.images(distinct_images(row)[0])[1].prod(-1).sum())
+            else:
+                patches += sum(int(t.grid_thw.prod(-1).sum()) for t in members)
             continue
         owners = set(row.prefix_of)
         tokens += sum(row.prefix_lens[o] for o in owners) + sum(n - p for n, p in zip(row.lengths, row.prefix_lens))
@@ -157,10 +162,13 @@ def timed_step(cfg, vlm, state, examples, stream, counts: dict, peak: float | No
     sampled = sum(t.num_sampled for t in trajs)
     update_s = metrics.get("time/update", float("nan"))
     flops = 6 * (counts["body"] * seq + counts["head"] * sampled + counts["vision"] * patches)
+    workload = 6 * (counts["body"] * sum(len(t.ids) for t in trajs) + counts["head"] * sampled
+                    + counts["vision"] * sum(int(t.grid_thw.prod(-1).sum()) for t in trajs))
     return {"wall_s": time.perf_counter() - wall, **{p: metrics.get(f"time/{p}", 0.0) for p in PHASES},
             "sequence_tokens": seq, "sampled_tokens": sampled, "patches": patches,
             "rollout_tok_per_s": sampled / max(metrics.get("time/rollout", 0.0), 1e-9),
             "update_tflops": flops / update_s / 1e12, "update_mfu": flops / update_s / peak if peak else None,
+            "workload_mfu": workload / update_s / peak if peak else None,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
             "loss": float(metrics.get("train/loss", float("nan")))}
 
@@ -193,7 +201,8 @@ def run_mode(args, cfg, vlm, state, examples, counts, peak, checkpointing: bool)
             steps.append(rec)
     med = {k: statistics.median(s[k] for s in steps) for k in steps[0] if isinstance(steps[0][k], (int, float))}
     med["peak_gib"] = max(s["peak_gib"] for s in steps) if steps[0]["peak_gib"] is not None else None
-    med["update_mfu"] = statistics.median(s["update_mfu"] for s in steps) if peak else None
+    for key in ("update_mfu", "workload_mfu"):
+        med[key] = statistics.median(s[key] for s in steps) if peak else None
     return {"gradient_checkpointing": checkpointing, "micro_batch_tokens": cfg.optim.micro_batch_tokens,
             "out_of_memory": False, "median": med, "per_step": steps}
 
@@ -204,17 +213,17 @@ def report(result: dict) -> None:
           f"{result['params']['all'] / 1e9:.3f}B (vision {result['params']['vision'] / 1e9:.3f}B); dense bf16 peak "
           + (f"{result['peak_tflops']:.0f} TFLOP/s" if result["peak_tflops"] else "unknown (pass --peak-tflops)"))
     print(f"{'checkpointing':>13} {'micro-batch':>11} {'step s':>7} " + " ".join(f"{p:>9}" for p in PHASES)
-          + f" {'rollout tok/s':>13} {'upd TFLOP/s':>11} {'upd MFU':>7} {'peak GiB':>8}")
+          + f" {'rollout tok/s':>13} {'upd TFLOP/s':>11} {'upd MFU':>7} {'wl MFU':>7} {'peak GiB':>8}")
     for mode in result["modes"]:
         m = mode["median"]
         head = f"{'on' if mode['gradient_checkpointing'] else 'off':>13} {mode['micro_batch_tokens']:11d}"
         if m is None:
             print(f"{head} out of memory")
             continue
-        mfu = f"{m['update_mfu'] * 100:.1f}%" if m["update_mfu"] is not None else "n/a"
+        mfu, wl = (f"{m[k] * 100:.1f}%" if m[k] is not None else "n/a" for k in ("update_mfu", "workload_mfu"))
         print(f"{head} {m['wall_s']:7.2f} "
               + " ".join(f"{m[p]:9.2f}" for p in PHASES)
-              + f" {m['rollout_tok_per_s']:13.0f} {m['update_tflops']:11.1f} {mfu:>7} "
+              + f" {m['rollout_tok_per_s']:13.0f} {m['update_tflops']:11.1f} {mfu:>7} {wl:>7} "
               + (f"{m['peak_gib']:8.1f}" if m["peak_gib"] is not None else f"{'n/a':>8}"))
 
 

@@ -25,7 +25,7 @@ def test_tiny_shape_runs_both_modes_on_cpu(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["--shape", "tiny", "--device", "cpu", "--prompts", "1", "--group", "2", "--new-tokens", "4",
                  "--side", "112", "--steps", "1", "--warmup", "0", "--work", str(tmp_path / "work"),
-                 "--out", str(out)]) == 0
+                 "--peak-tflops", "1", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert [m["gradient_checkpointing"] for m in r["modes"]] == [True, False]
     assert [m["micro_batch_tokens"] for m in r["modes"]] == [8192, 8192]  # the size measured best on an H200
@@ -34,13 +34,16 @@ def test_tiny_shape_runs_both_modes_on_cpu(tmp_path, capsys):
     for mode in r["modes"]:
         m = mode["median"]
         # Without checkpointing the update runs the "prefix" layout (engine/layouts.py): the group's shared prompt
-        # and its image once; with it, each trajectory whole. MFU counts the work done.
-        shared = not mode["gradient_checkpointing"]
+        # and its image once; with it, each trajectory whole but the shared image encoded once. MFU counts the work
+        # done; the workload MFU counts both trajectories' tokens and images.
         assert m["sampled_tokens"] == 2 * 4  # every sample runs to --new-tokens
-        assert m["patches"] == (1 if shared else 2) * 64  # 112 px: an 8 x 8 patch grid per image encoded
-        assert m["update_mfu"] is None and m["peak_gib"] is None and m["update_tflops"] > 0
+        assert m["patches"] == 64  # 112 px: an 8 x 8 patch grid, the one image encoded once
+        assert m["peak_gib"] is None and m["update_tflops"] > 0
         flops = 6 * (p["body"] * m["sequence_tokens"] + p["head"] * 8 + p["vision"] * m["patches"])
         assert m["update_tflops"] == pytest.approx(flops / m["update"] / 1e12, rel=1e-6)
+        assert m["update_mfu"] == pytest.approx(flops / m["update"] / 1e12, rel=1e-6)  # --peak-tflops 1
+        workload = 6 * (p["body"] * r["modes"][0]["median"]["sequence_tokens"] + p["head"] * 8 + p["vision"] * 128)
+        assert m["workload_mfu"] == pytest.approx(workload / m["update"] / 1e12, rel=1e-6)
     whole, shared = (mode["median"]["sequence_tokens"] for mode in r["modes"])
     prompt = whole // 2 - 4  # whole = 2 x (prompt + 4 new tokens); shared = prompt once + 2 x 4
     assert prompt > 0 and shared == prompt + 2 * 4

@@ -236,3 +236,45 @@ def test_shared_prompts_run_once_with_the_same_logps_and_gradients(vlm, group_tr
     for n, g in grads["padded"].items():
         torch.testing.assert_close(grads["prefix"][n], g, rtol=1e-4, atol=1e-6, msg=n)
     vlm.model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_shared_images_are_encoded_once_with_the_same_logps_and_gradients(vlm, group_trajs, layout, monkeypatch):
+    """"packed" / "padded" encode each distinct image of the row once (the 2 prompts' images and the one crop: 3,
+    not 6) and repeat the features: the same log-probs and gradients as encoding every trajectory's own copy."""
+    import engine.layouts as L
+
+    row = pack_row(group_trajs, [0, 1, 2, 3, 4])
+    assert L.shares_images(vlm.model, row)
+    parts, use = L.distinct_images(row)
+    assert parts == [(0, 0, 1), (1, 1, 2), (3, 0, 1)] and use == [0, 0, 1, 0, 2, 2]  # A, A + crop, A, B, B
+    images_seen = []
+    hook = vlm.model.model.visual.register_forward_hook(
+        lambda mod, args, kwargs, out: images_seen.append(len(kwargs["grid_thw"])), with_kwargs=True)
+    results = {}
+    try:
+        for shared in (True, False):
+            monkeypatch.setattr(L, "shares_images", lambda model, r, on=shared: on)
+            vlm.model.zero_grad(set_to_none=True)
+            images_seen.clear()
+            logp_K, _ = row_logps(vlm.model, row, layout=layout)
+            (logp_K * torch.linspace(-1, 1, logp_K.numel())).sum().backward()
+            results[shared] = (logp_K.detach(), images_seen[:],
+                               {n: p.grad.clone() for n, p in vlm.model.named_parameters() if p.grad is not None})
+    finally:
+        hook.remove()
+        vlm.model.zero_grad(set_to_none=True)
+    assert results[True][1] == [3] and results[False][1] == [6]
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=0, atol=1e-5)
+    assert any("visual" in n for n in results[True][2])
+    for n, g in results[False][2].items():
+        torch.testing.assert_close(results[True][2][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_images_are_not_shared_where_the_model_reads_them_twice(vlm, group_trajs, monkeypatch):
+    import engine.layouts as L
+
+    row = pack_row(group_trajs, [0, 1, 2, 3, 4])
+    assert not L.shares_images(vlm.model, pack_row(group_trajs, [0, 3]))  # no prompt repeats in that row
+    monkeypatch.setattr(vlm.model.config, "model_type", "qwen3_vl")  # deepstack layers read the features again
+    assert not L.shares_images(vlm.model, row)
