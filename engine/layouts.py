@@ -81,15 +81,15 @@ def _inputs(ids, row: PackedRow, model, device) -> dict:
         return {"input_ids": ids.to(device), **_images(row.pixel_values, row.grid_thw, model, device)}
     base, (parts, use) = _base(model), distinct_images(row)
     pixels, grids = row.images(parts)
+    placeholders = ids == base.config.image_token_id  # on the host: counted without a device sync
     feats = base.get_image_features(pixels.to(device, model.dtype), grids.to(device)).pooler_output
-    ids = ids.to(device)
-    embeds = base.get_input_embeddings()(ids)
-    placeholders = (ids == base.config.image_token_id).unsqueeze(-1)
-    shown = torch.cat([feats[k] for k in use]).to(embeds.dtype)  # repeats: one tensor, several uses
-    if int(placeholders.sum()) != shown.shape[0]:  # host sync, once per forward: a silent misfit would shift images
+    shown = torch.cat([feats[k] for k in use])  # repeats: one tensor, several uses
+    if int(placeholders.sum()) != shown.shape[0]:  # a silent misfit would shift every later image
         raise ValueError(f"the row has {int(placeholders.sum())} image placeholders but its images make "
                          f"{shown.shape[0]} feature tokens")
-    return {"input_ids": None, "inputs_embeds": embeds.masked_scatter(placeholders.expand_as(embeds), shown)}
+    embeds = base.get_input_embeddings()(ids.to(device))
+    mask = placeholders.to(device).unsqueeze(-1).expand_as(embeds)
+    return {"input_ids": None, "inputs_embeds": embeds.masked_scatter(mask, shown.to(embeds.dtype))}
 
 
 def packed(row: PackedRow):

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from models.attention import SDPA_GQA
-from models.decode_graph import DecodeStep, static_cache
+from models.decode_graph import DecodeStep, preallocated_cache, static_cache
 
 
 class Sampling(Protocol):
@@ -143,56 +142,6 @@ def concat_images(requests: list[GenRequest]):
     return torch.cat(pix), torch.cat(grids)
 
 
-class _PreallocatedLayer(DynamicLayer):
-    """transformers' DynamicLayer with its keys and values in buffers sized for the whole call: a decoding step
-    writes one column in place instead of copying the layer's cache into a new tensor (torch.cat: ~25 % of a
-    decoding step's CPU time measured on the tiny model, 16 rows). `keys` / `values` are views of the filled part,
-    so everything that reads them (masks, lengths) is unchanged. Generation only: the writes are in place."""
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity, self.length = capacity, 0
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            B, H, _, D = key_states.shape
-            self.k_buf = key_states.new_empty(B, H, self.capacity, D)
-            self.v_buf = value_states.new_empty(B, H, self.capacity, value_states.shape[-1])
-        n = key_states.shape[-2]
-        assert self.length + n <= self.capacity, "the preallocated cache is full"
-        self.k_buf[:, :, self.length:self.length + n] = key_states
-        self.v_buf[:, :, self.length:self.length + n] = value_states
-        self.length += n
-        return self._views()
-
-    def _views(self):
-        self.keys, self.values = self.k_buf[:, :, :self.length], self.v_buf[:, :, :self.length]
-        return self.keys, self.values
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.length:
-            self.k_buf, self.v_buf = (b.repeat_interleave(repeats, dim=0) for b in (self.k_buf, self.v_buf))
-            self._views()
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.length:
-            self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
-            self._views()
-
-
-def _preallocated_cache(model, capacity: int) -> DynamicCache | None:
-    """A DynamicCache of _PreallocatedLayer (one per decoder layer); None (transformers makes its own) for a model
-    with sliding-window layers or no readable layer count."""
-    text = getattr(getattr(model, "config", None), "text_config", None)
-    layers = getattr(text, "num_hidden_layers", None)
-    if not layers or any(t != "full_attention" for t in (getattr(text, "layer_types", None) or ["full_attention"])):
-        return None
-    cache = DynamicCache()
-    cache.layers = [_PreallocatedLayer(capacity) for _ in range(layers)]
-    return cache
-
-
 DECODE_MODES = ("auto", "dynamic", "static", "graph")
 
 
@@ -245,7 +194,7 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
     capacity = ids_BT.shape[1] + max(limits, default=0)
     mode = _decode_mode(decode, device)
     fixed = static_cache(model, capacity, device) if mode != "dynamic" else None
-    cache, cursor = fixed or (_preallocated_cache(model, capacity), None)
+    cache, cursor = fixed or (preallocated_cache(model, capacity), None)
     out = model(input_ids=ids_BT, attention_mask=mask_BT if padded else None, position_ids=pos_3BT, use_cache=True,
                 past_key_values=cache,
                 pixel_values=None if pixels is None else pixels.to(device, dtype=model.dtype),

@@ -21,6 +21,10 @@ from models.tiny import tiny_model_dir
 from models.vision import mm_token_type_ids, rope_positions
 
 SYSTEM = "You are a helpful assistant."
+# (width, height), question, seed: three image sizes (grids 1x4x6, 1x8x4, 1x6x8) and three prompt lengths, so a
+# batch of them is really left-padded and the images really differ in token count (the sampler tests' prompts)
+MIXED_PROMPTS = [((90, 60), "What colour?", 0), ((56, 112), "How many dots are there in the picture?", 1),
+                 ((112, 84), "Is it a cat", 2)]
 
 
 def gen_args(max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

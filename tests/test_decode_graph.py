@@ -18,11 +18,9 @@ import torch
 
 import models.decode_graph as DG
 from models.generation import GenRequest, generate
-from tests.engine_helpers import gen_args, load_tiny, make_prompt, request
+from tests.engine_helpers import MIXED_PROMPTS, gen_args, load_tiny, make_prompt, request
 
 N_NEW = 10
-SPECS = [((90, 60), "What colour?", 0), ((56, 112), "How many dots are there in the picture?", 1),
-         ((112, 84), "Is it a cat", 2)]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +30,7 @@ def vlm():
 
 @pytest.fixture(scope="module")
 def reqs(vlm):
-    return [request(make_prompt(vlm, size, q, seed), vlm) for size, q, seed in SPECS]
+    return [request(make_prompt(vlm, size, q, seed), vlm) for size, q, seed in MIXED_PROMPTS]
 
 
 def _run(vlm, reqs, decode, *, seed=None, expand=1, **params):

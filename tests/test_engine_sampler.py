@@ -19,13 +19,9 @@ import torch
 
 from models.generation import GREEDY, GenRequest, generate
 from models.vision import mm_token_type_ids
-from tests.engine_helpers import gen_args, load_tiny, make_prompt, plain_logits, request
+from tests.engine_helpers import MIXED_PROMPTS, gen_args, load_tiny, make_prompt, plain_logits, request
 
 N_NEW = 12
-# (width, height), question: three image sizes (grids 1x4x6, 1x8x4, 1x6x8) and three prompt lengths,
-# so the batch is really left-padded and the images really differ in token count.
-SPECS = [((90, 60), "What colour?", 0), ((56, 112), "How many dots are there in the picture?", 1),
-         ((112, 84), "Is it a cat", 2)]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +31,7 @@ def vlm():
 
 @pytest.fixture(scope="module")
 def prompts(vlm):
-    return [make_prompt(vlm, size, q, seed) for size, q, seed in SPECS]
+    return [make_prompt(vlm, size, q, seed) for size, q, seed in MIXED_PROMPTS]
 
 
 @pytest.fixture(scope="module")

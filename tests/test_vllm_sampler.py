@@ -40,8 +40,8 @@ from engine.trajectory import Trajectory
 from engine.vllm_sampler import _BufferOnlyReloadNotice, check_params, collapse_image_runs
 from models.tiny import tiny_model_dir
 from models.vision import rope_positions
-from tests.engine_helpers import (encode, gen_args, load_tiny, loss_positions, make_prompt, noise_image, plain_logits,
-                                  request)
+from tests.engine_helpers import (MIXED_PROMPTS, encode, gen_args, load_tiny, loss_positions, make_prompt,
+                                  noise_image, plain_logits, request)
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 try:
@@ -54,8 +54,6 @@ needs_vllm = pytest.mark.skipif(bool(NO_VLLM), reason=NO_VLLM)
 
 N_NEW = 12
 ATOL = 1e-2  # the bound asked for; measured here <= 1e-6 (docs/PLATFORM.md saw ~5e-3 vLLM vs transformers elsewhere)
-SPECS = [((90, 60), "What colour?", 0), ((56, 112), "How many dots are there in the picture?", 1),
-         ((112, 84), "Is it a cat", 2)]
 
 
 def test_collapse_image_runs():
@@ -89,7 +87,7 @@ def vlm():
 
 @pytest.fixture(scope="module")
 def prompts(vlm):
-    return [make_prompt(vlm, size, q, seed) for size, q, seed in SPECS]
+    return [make_prompt(vlm, size, q, seed) for size, q, seed in MIXED_PROMPTS]
 
 
 @pytest.fixture(scope="module")
