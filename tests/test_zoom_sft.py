@@ -147,3 +147,42 @@ def test_zoom_presets_differ_only_in_tools():
     # the control's SFT target is the tools target without its crop line
     crop_line = "{Crop bold box [1, 2, 3, 4]}\n"
     assert plain.data.sft_template.format(answer="dots") == a3_text([1, 2, 3, 4], "dots").replace(crop_line, "")
+
+
+def test_random_crop_draws_cells_uniformly_and_keeps_the_target(tmp_path):
+    """--crop random: each target crops one of the 4 quadrants at random (whatever the image shows), target_box stays
+    the box's own quadrant, the answer stays the true pattern, and the draws follow the seed."""
+    src = tmp_path / "zoom2"
+    write_dataset("zoom2", 40, src, seed=5)
+    quadrants = [[x, y, x + 112, y + 112] for y in (0, 112) for x in (0, 112)]
+    drawn = {}
+    for seed in (0, 0, 1):
+        out = tmp_path / f"rand{seed}.jsonl"
+        assert convert(src, out, crop="random", seed=seed) == 40
+        boxes = []
+        for rec, ex in zip(map(json.loads, (src / "data.jsonl").read_text().splitlines()), load_examples(out).examples):
+            x1, y1 = rec["bbox"][:2]
+            own = [x1 // 112 * 112, y1 // 112 * 112, x1 // 112 * 112 + 112, y1 // 112 * 112 + 112]
+            assert ex.metadata["target_box"] == own and ex.answers == [rec["answer"]]
+            assert ex.boxes[0] in quadrants
+            boxes.append((ex.boxes[0], own))
+        if seed in drawn:
+            assert boxes == drawn[seed]  # same seed, same draws
+        drawn[seed] = boxes
+    assert drawn[0] != drawn[1]
+    for boxes in drawn.values():
+        hits = sum(box == own for box, own in boxes)
+        assert 2 <= hits <= 20  # P(hit) = 1/4: 10 of 40 expected; a crop that follows the box would hit 40
+        assert len({tuple(box) for box, _ in boxes}) == 4  # every quadrant is drawn
+
+
+def test_random_crop_refuses_a_target_box_off_the_grid(tmp_path):
+    src = tmp_path / "zoom2"
+    write_dataset("zoom2", 3, src, seed=6)
+    lines = (src / "data.jsonl").read_text().splitlines()
+    rec = json.loads(lines[1])
+    rec["target_box"] = [0, 0, 100, 112]
+    lines[1] = json.dumps(rec)
+    (src / "data.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"data.jsonl:2: target_box \[0, 0, 100, 112\] is not a cell"):
+        convert(src, tmp_path / "out.jsonl", crop="random")
