@@ -104,8 +104,17 @@ def cell_of(box, image_size, grid: int = GRID) -> list[int]:
 
 
 def cell_hue(col: int, row: int, grid: int = GRID) -> np.ndarray:
-    """The RGB offset (zero mean: a pure hue at equal lightness) added to cell (col, row)'s light background."""
-    angle = 2 * np.pi * (row * grid + col) / grid ** 2
+    """The RGB offset (zero mean: a pure hue at equal lightness) added to cell (col, row)'s light background.
+
+    16 cells: hues 22.5 degrees apart in row-major order. 4 cells (zoom2): 45, 135, 225, 315 degrees for the
+    top-left, top-right, bottom-right, bottom-left quadrants, so that the column is the sign of the red offset and
+    the row the sign of green minus blue: each a linear read of the mean colour. (In row-major order, 0/90/180/270,
+    the column is not: red and cyan, opposite offsets, would share a column, and a tiny model learned the row from
+    the hue long before the column: docs/BENCHMARKS.md.)"""
+    if grid == 2:
+        angle = np.pi / 4 + np.pi / 2 * (0, 1, 3, 2)[row * 2 + col]
+    else:
+        angle = 2 * np.pi * (row * grid + col) / grid ** 2
     return _HUE_CHROMA * np.cos(angle - np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]))
 
 

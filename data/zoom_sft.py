@@ -68,12 +68,15 @@ def grid_cells(target, image_size) -> list[list[int]]:
             for r in range(grid) for c in range(grid)]
 
 
-def convert(src, out, crop: str = "cell", seed: int = 0) -> int:
+def convert(src, out, crop: str = "cell", seed: int = 0, on_target: float = 0.0) -> int:
     """Write `out` (seed-001 JSONL) from the generic-JSONL zoom dataset at `src`, cropping each example's grid
     cell (crop="cell"), its bbox (crop="box"), or a grid cell drawn uniformly at random, whatever the image shows
-    (crop="random", seeded by `seed`; "target_box" stays the box's own cell); returns the number of lines."""
+    (crop="random", seeded by `seed`; "target_box" stays the box's own cell; with `on_target` = P, a fraction P
+    of the examples, drawn at random, crop the box's own cell instead); returns the number of lines."""
     if crop not in CROPS:
         raise ValueError(f"crop {crop!r}: choose one of {', '.join(CROPS)}")
+    if not 0.0 <= on_target <= 1.0 or (on_target and crop != "random"):
+        raise ValueError(f"on_target {on_target}: a fraction in [0, 1], and only with crop='random'")
     src, out = Path(src), Path(out)
     data = src / "data.jsonl" if src.is_dir() else src
     if not data.is_file():
@@ -100,7 +103,8 @@ def convert(src, out, crop: str = "cell", seed: int = 0) -> int:
         target = [json.loads(_number(v)) for v in box]  # ints stay ints, as in the A3 text
         if crop == "random":
             try:
-                box = rng.choice(grid_cells(target, size))
+                cells = grid_cells(target, size)
+                box = target if on_target and rng.random() < on_target else rng.choice(cells)
             except ValueError as exc:
                 raise ValueError(f"{ex.origin}: {exc}") from None
         rel = Path(os.path.relpath(image, os.path.abspath(out.parent))).as_posix()
@@ -118,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="what the SFT target crops: the grid cell holding the bold box (default), the box, "
                              "or a cell drawn at random (teaches the call and the reading, leaves where to look to RL)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --crop random's draws (default 0)")
+    parser.add_argument("--on-target", type=float, default=0.0,
+                        help="with --crop random: the fraction of examples that crop the box's own cell instead "
+                             "(default 0); a little of where to look, for RL to finish")
     args = parser.parse_args(argv)
     try:
-        n = convert(args.src, args.out, args.crop, args.seed)
+        n = convert(args.src, args.out, args.crop, args.seed, args.on_target)
     except ValueError as exc:  # BadRecord is a ValueError: file:line: reason
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -226,3 +226,14 @@ def test_zoom2_quadrant_hue_names_the_quadrant(samples2):
         col, row = s.bbox[0] // 112, s.bbox[1] // 112
         whole = view.reshape(-1, 3).mean(0)
         assert int(np.argmax(hues @ (whole - whole.mean()))) == row * 2 + col
+
+
+def test_zoom2_hue_reads_column_and_row_linearly():
+    """zoom2's quadrant hues: the column is the sign of the red offset, the row the sign of green minus blue, so a
+    linear read of the mean colour gives each (in row-major hue order the column needed |red|: it was learned last)."""
+    for row in range(2):
+        for col in range(2):
+            r, g, b = cell_hue(col, row, 2)
+            assert abs(r + g + b) < 1e-9 and np.isclose(np.linalg.norm([r, g, b]), 48 * np.sqrt(1.5))
+            assert (r > 0) == (col == 0) and abs(r) > 30
+            assert (g - b > 0) == (row == 0) and abs(g - b) > 50

@@ -186,3 +186,20 @@ def test_random_crop_refuses_a_target_box_off_the_grid(tmp_path):
     (src / "data.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"data.jsonl:2: target_box \[0, 0, 100, 112\] is not a cell"):
         convert(src, tmp_path / "out.jsonl", crop="random")
+
+
+def test_on_target_fraction_crops_the_own_cell_more_often(tmp_path):
+    """--on-target P: a fraction P of the examples crop their own quadrant, the rest a uniform draw, so about
+    P + (1 - P) / 4 of all crops hit; refused outside [0, 1] and without --crop random."""
+    src = tmp_path / "zoom2"
+    write_dataset("zoom2", 200, src, seed=7)
+    rates = {}
+    for p in (0.0, 0.6, 1.0):
+        out = tmp_path / f"mix{p}.jsonl"
+        convert(src, out, crop="random", on_target=p)
+        examples = load_examples(out).examples
+        rates[p] = sum(ex.boxes[0] == ex.metadata["target_box"] for ex in examples) / len(examples)
+    assert 0.15 <= rates[0.0] <= 0.35 and 0.6 <= rates[0.6] <= 0.8 and rates[1.0] == 1.0
+    for bad in ({"crop": "random", "on_target": 1.5}, {"crop": "cell", "on_target": 0.2}):
+        with pytest.raises(ValueError, match="on_target"):
+            convert(src, tmp_path / "bad.jsonl", **bad)
