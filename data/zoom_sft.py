@@ -16,7 +16,8 @@ holding the dataset's "bbox" (the record's "target_box" where it has one: zoom's
 4x4; data/synth_zoom.py: a crop a tiny model learns to choose), with `--crop box` the bbox itself (for a model
 that can regress pixel boxes), or with `--crop random` a cell of the same grid drawn uniformly at random, whatever
 the image shows (seeded by `--seed`): such targets teach the call's format and reading the crop (the answer is
-still the true pattern) but not where to look, which is left to RL's reward (configs/zoom_tools.toml).
+still the true pattern) but not where to look, which is left to RL's reward; `--on-target P` makes a fraction P of
+them crop the box's own cell instead, a weak start on where to look that RL then finishes (configs/zoom_tools.toml).
 image_path is relative to the output file's folder; "target_box" is always the box's own cell (the loader keeps it
 as the example's metadata, which the RL diagnostics and the optional crop_target reward read). `data.load_examples` reads
 the file as "seed001": the crop becomes the SFT target's `<tool_call>[x1, y1, x2, y2]</tool_call>` and the

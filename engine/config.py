@@ -231,10 +231,17 @@ class SftConfig:
     batch_size: int = doc(8, "Examples per SFT step over all processes (torchrun: a multiple of the number of processes).")
     lr: float = doc(1e-4, "SFT peak learning rate (AdamW; optim holds the settings both stages share).")
     epochs: float = doc(0.0, "Passes over the training set; when > 0 it sets sft.steps to ceil(epochs x examples / batch_size).")
+    final_train: str = doc("", "A second SFT dataset, read like data.train, for the stage's last sft.final_steps steps: a curriculum's last phase (configs/zoom_tools.toml: own-cell crops after random ones). Empty: data.train throughout.")
+    final_steps: int = doc(0, "How many of the sft.steps, at the end, draw their examples from sft.final_train instead of data.train.")
 
     def validate(self) -> None:
         if self.epochs < 0:
             raise ValueError("sft.epochs must be >= 0")
+        if self.final_steps < 0:
+            raise ValueError("sft.final_steps must be >= 0")
+        if bool(self.final_steps) != bool(self.final_train):
+            raise ValueError("sft.final_train and sft.final_steps go together: set both (a dataset and how many of "
+                             "the last SFT steps read it) or neither")
 
 
 @dataclass

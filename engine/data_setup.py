@@ -40,6 +40,16 @@ def load_train(cfg: Config, verbose: bool = True) -> list[Example]:
     return kept
 
 
+def load_sft_final(cfg: Config, verbose: bool = True) -> list[Example]:
+    """The examples of the SFT stage's last phase: `sft.final_train` (its "train" split), all of them."""
+    examples, fmt = _load(cfg.sft.final_train, cfg, cfg.data.train_split, "train", verbose)
+    if not examples:
+        raise ValueError(f"sft.final_train {cfg.sft.final_train}: no examples to train on")
+    if verbose:
+        print(f"data: {len(examples)} examples for the last {cfg.sft.final_steps} SFT steps ({fmt}, sft.final_train)")
+    return examples
+
+
 def load_eval(cfg: Config, verbose: bool = True) -> list[Example]:
     """The held-out examples: `data.eval` (its `eval_split`), the first `data.num_eval_examples` when set."""
     if not cfg.data.eval:

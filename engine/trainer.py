@@ -49,7 +49,7 @@ from engine.checkpoint import (capture_rng, generator_device, latest_checkpoint,
                                read_optimizer_state, restore_rng, save_checkpoint)
 from engine.config import Config
 from engine.configlib import to_toml
-from engine.data_setup import load_data, with_epochs
+from engine.data_setup import load_data, load_sft_final, with_epochs
 from engine.data_stream import DataStream
 from engine.evaluate import evaluate, headline, prompts_for
 from engine.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed, stages_left
@@ -81,6 +81,12 @@ class Run:
         # Data first: a bad dataset fails before the model loads, and epochs become step counts here.
         self.train_set, self.eval_set = load_data(cfg, verbose=self.main_rank)
         self.cfg = cfg = with_epochs(cfg, len(self.train_set))
+        self.final_set = []  # sft.final_train: the SFT stage's last phase
+        if cfg.sft.final_steps and "sft" in cfg.train.stage.split(","):
+            if cfg.sft.final_steps > cfg.sft.steps:
+                raise ValueError(f"sft.final_steps = {cfg.sft.final_steps} is more than sft.steps = {cfg.sft.steps}: "
+                                 "the final phase is part of the SFT stage")
+            self.final_set = load_sft_final(cfg, verbose=self.main_rank)
         _check_world(cfg, self.dist.world)
         if cfg.rollout.sampler == "vllm" and self.dist.world > 1:
             raise ValueError("rollout.sampler = vllm runs in one process for now (each rank would need its own "
@@ -297,10 +303,19 @@ class Run:
         optimizer, scheduler = _optimizer(model, cfg, s.lr, s.steps)
         stream = DataStream(len(self.train_set), cfg.train.seed + 1)
         start = self._take_resume("sft", model, optimizer, scheduler, stream)
+        # The last sft.final_steps steps draw from sft.final_train, in an order of their own; on a resume inside that
+        # phase its stream is replayed to where it was (the checkpoint holds data.train's stream only).
+        first_final = s.steps - s.final_steps if self.final_set else s.steps
+        final = DataStream(len(self.final_set), cfg.train.seed + 3) if self.final_set else None
+        if final is not None and start > first_final:
+            final.take((start - first_final) * s.batch_size)
         model.train()
         bar = self._bar(s.steps, initial=start, desc="sft")
         for step in range(start, s.steps):
-            examples = self._mine([self.train_set[i] for i in stream.take(s.batch_size)])
+            if step < first_final:
+                examples = self._mine([self.train_set[i] for i in stream.take(s.batch_size)])
+            else:
+                examples = self._mine([self.final_set[i] for i in final.take(s.batch_size)])
             trajs = [sft_trajectory(p, target_text(e, cfg.data.sft_template, p, self.vlm), self.vlm)
                      for p, e in zip(prompts_for(examples, self.vlm, cfg), examples)]
             metrics = sft_step(model, optimizer, scheduler, trajs, micro_batch_tokens=cfg.optim.micro_batch_tokens,

@@ -133,15 +133,19 @@ def _flat(cfg, prefix: str = "") -> dict:
 
 
 def test_zoom_presets_differ_only_in_tools():
-    """configs/zoom_tools.toml vs zoom_notools.toml: same budgets; the tools one trains on this module's output."""
+    """configs/zoom_tools.toml vs zoom_notools.toml: same budgets; the tools one trains on this module's output, whose
+    header commands write the files it names."""
     tools = build_config(Config, toml_path=str(REPO / "configs" / "zoom_tools.toml"))
     plain = build_config(Config, toml_path=str(REPO / "configs" / "zoom_notools.toml"))
     a, b = _flat(tools), _flat(plain)
     assert {key for key in a if a[key] != b[key]} == {
-        "data.train", "data.sft_template", "rollout.protocol", "reward.weights", "train.out_dir"}
+        "data.train", "sft.final_train", "data.sft_template", "rollout.protocol", "reward.weights", "train.out_dir"}
     assert (tools.rollout.protocol, plain.rollout.protocol) == ("inline", None)
-    assert tools.data.train == "runs/data/zoom-sft.jsonl" and plain.data.train == "runs/data/zoom-train/data.jsonl"
-    assert tools.data.eval == plain.data.eval == "runs/data/zoom-eval/data.jsonl"
+    # the same zoom2 examples: the tools arm's SFT targets crop a random quadrant, then (the last 100 steps) their own
+    assert tools.data.train == "runs/data/zoom2-sft-rand.jsonl" and tools.sft.final_train == "runs/data/zoom2-sft.jsonl"
+    assert plain.data.train == plain.sft.final_train == "runs/data/zoom2-train/data.jsonl"
+    assert tools.sft.final_steps == plain.sft.final_steps == 100 < tools.sft.steps
+    assert tools.data.eval == plain.data.eval == "runs/data/zoom2-eval/data.jsonl"
     assert plain.reward.weights == {"format": 0.2, "accuracy": 1.0}
     assert tools.reward.weights == {**plain.reward.weights, "tool_success": 0.1}
     # the control's SFT target is the tools target without its crop line
@@ -203,3 +207,15 @@ def test_on_target_fraction_crops_the_own_cell_more_often(tmp_path):
     for bad in ({"crop": "random", "on_target": 1.5}, {"crop": "cell", "on_target": 0.2}):
         with pytest.raises(ValueError, match="on_target"):
             convert(src, tmp_path / "bad.jsonl", **bad)
+
+
+def test_zoom_tools_header_writes_what_the_preset_reads():
+    """The data commands at the top of configs/zoom_tools.toml produce the files its data.train, sft.final_train
+    and data.eval name (so a user who runs them gets a preset that starts)."""
+    text = (REPO / "configs" / "zoom_tools.toml").read_text()
+    tools = build_config(Config, toml_path=str(REPO / "configs" / "zoom_tools.toml"))
+    commands = [line[1:].strip() for line in text.splitlines() if line.startswith("#   python -m data.")]
+    outs = {c.split("--out ")[1].split()[0] for c in commands}
+    assert tools.data.train in outs and tools.sft.final_train in outs
+    assert str(Path(tools.data.eval).parent) in outs
+    assert any("--crop random" in c and tools.data.train in c for c in commands)
