@@ -34,8 +34,9 @@ Generate: `python -m data.synth zoom --n 60 --out runs/synth/zoom`.
 4x4 visual tokens, patterns of period 2 px. Smart-resizing the whole image to 112x112 is an exact 2x downscale,
 which averages every 2x2 block of a period-2 pattern to the same flat grey; a crop of a quadrant is 112 px, shown
 as it is, so the 1 px stripes, cells and dots stay plain. Where to look is then a choice among 4 quadrants by
-4 hues 90 degrees apart, a mapping the tiny model can learn from reward alone (the 16-cell one it learns slowly
-even from exact targets: docs/BENCHMARKS.md). Generate: `python -m data.synth zoom2 --n 60 --out runs/synth/zoom2`.
+4 hues 90 degrees apart, placed so that the column and the row are each a linear read of the mean colour
+(`cell_hue`): the tiny model learns it from exact targets in ~150 SFT steps, and from the reward alone once SFT
+has started it (the 16-cell one it learns slowly even from exact targets: docs/BENCHMARKS.md). Generate: `python -m data.synth zoom2 --n 60 --out runs/synth/zoom2`.
 """
 
 from __future__ import annotations
