@@ -59,13 +59,16 @@ def test_seed_mix_trains(preset, datasets, tmp_path):
 
 @pytest.mark.slow
 def test_inline_crop_protocol_trains(tmp_path):
-    """The zoom preset (inline <tool_call> crops): SFT on seed-001 crop targets (crops injected with mask 0),
-    then RL steps with the inline protocol; the multi-turn protocol is covered by seed000 above."""
-    write_dataset("zoom", 6, str(tmp_path / "zoom"), seed=7)
-    subprocess.run([sys.executable, "-m", "data.zoom_sft", "--src", str(tmp_path / "zoom"), "--out",
-                    str(tmp_path / "zoom-sft.jsonl")], check=True, cwd=ROOT, capture_output=True)
+    """The zoom preset (inline <tool_call> crops): SFT on seed-001 crop targets (crops injected with mask 0), random
+    quadrants then, for the last step, the own one (sft.final_train), then RL steps with the inline protocol; the
+    multi-turn protocol is covered by seed000 above."""
+    write_dataset("zoom2", 6, str(tmp_path / "zoom2"), seed=7)
+    for name, extra in (("zoom2-sft-rand.jsonl", ["--crop", "random"]), ("zoom2-sft.jsonl", [])):
+        subprocess.run([sys.executable, "-m", "data.zoom_sft", "--src", str(tmp_path / "zoom2"), "--out",
+                        str(tmp_path / name), *extra], check=True, cwd=ROOT, capture_output=True)
     cfg = build_config(Config, toml_path=ROOT / "configs/zoom_tools.toml", overrides=[
-        "--data.train", str(tmp_path / "zoom-sft.jsonl"), "--data.eval", "", "--train.out_dir", str(tmp_path / "run"),
+        "--data.train", str(tmp_path / "zoom2-sft-rand.jsonl"), "--sft.final_train", str(tmp_path / "zoom2-sft.jsonl"),
+        "--sft.final_steps", "1", "--data.eval", "", "--train.out_dir", str(tmp_path / "run"),
         "--train.threads", "1", "--train.tensorboard", "false", "--sft.steps", "3", "--sft.batch_size", "3",
         "--rl.steps", "2", "--rollout.group_size", "2", "--rollout.prompts_per_step", "2",
         "--rollout.max_new_tokens", "24", "--train.sample_every", "1"])
