@@ -61,12 +61,11 @@ def grid_cells(target, image_size) -> list[list[int]]:
     width, height = image_size
     cell_w, cell_h = target[2] - target[0], target[3] - target[1]
     grid = round(width / cell_w) if cell_w > 0 else 0
-    if grid < 1 or grid != round(height / cell_h) or [int(v) for v in target] not in [
-            [c * width // grid, r * height // grid, (c + 1) * width // grid, (r + 1) * height // grid]
-            for r in range(grid) for c in range(grid)]:
+    cells = [[c * width // grid, r * height // grid, (c + 1) * width // grid, (r + 1) * height // grid]
+             for r in range(grid) for c in range(grid)] if cell_h > 0 and grid == round(height / cell_h) else []
+    if [int(v) for v in target] not in cells:
         raise ValueError(f"target_box {list(target)} is not a cell of a square grid over a {width}x{height} image")
-    return [[c * width // grid, r * height // grid, (c + 1) * width // grid, (r + 1) * height // grid]
-            for r in range(grid) for c in range(grid)]
+    return cells
 
 
 def convert(src, out, crop: str = "cell", seed: int = 0, on_target: float = 0.0) -> int:
