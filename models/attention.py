@@ -58,6 +58,21 @@ def _torch_varlen_kwargs(fn, is_causal: bool, scale: float | None, head_dim: int
     return kw, scale * head_dim**0.5  # the kernel's default scale is 1/sqrt(head_dim)
 
 
+def varlen_available(device) -> bool:
+    """Whether a varlen kernel runs on `device`: a CUDA device of compute capability 8.0 or above (flash
+    attention's floor: Ampere) with flash-attn or torch's varlen module importable."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    try:
+        _varlen_kernel()
+    except ImportError:
+        return False
+    return True
+
+
 def _native_gqa(fn, device: torch.device) -> bool:
     """Whether torch's varlen_attn takes fewer kv heads itself: `enable_gqa` exists (2.13) and the flash backend
     runs (2.13 picks cuDNN on compute capability >= 10, which refuses GQA)."""
@@ -87,21 +102,28 @@ def _row_seqlens(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def _sdpa_fallback(query_BHQD, key_BHKD, value_BHKD, attention_mask, scaling, is_causal):
-    """Ordinary batches (the sampler's): causal within each row, a 2-D padding mask if given, KV cache aware; a 4-D
-    mask (models/decode_graph.py's fixed-shape decoding step) is added to the scores as it is."""
+    """Ordinary batches (the sampler's, and the "prefix" layout's prompts and continuations): causal within each
+    row, a 2-D padding mask if given, KV cache aware; a 4-D mask (models/decode_graph.py's fixed-shape decoding
+    step) is added to the scores as it is. As transformers' sdpa does on a GPU: with no padding and as many queries
+    as keys the kernel's own causal flag (CUDA's flash kernel takes no mask), and under a mask every query head gets
+    its K and V (CUDA's kernels that take a mask want them repeated)."""
     Q, K = query_BHQD.shape[2], key_BHKD.shape[2]
+    mask, causal = None, False
     if attention_mask is not None and attention_mask.ndim == 4:  # an additive mask built whole by the caller
-        return F.scaled_dot_product_attention(query_BHQD, key_BHKD, value_BHKD, scale=scaling,
-                                              attn_mask=attention_mask[:, :, :, :K].to(query_BHQD.dtype),
-                                              enable_gqa=query_BHQD.shape[1] != key_BHKD.shape[1])
-    mask = None
-    if is_causal and Q > 1:  # queries are the last Q of the K keys
-        mask = torch.ones(Q, K, dtype=torch.bool, device=query_BHQD.device).tril(K - Q)[None, None]
-    if attention_mask is not None:
-        pad = attention_mask[:, -K:].bool()[:, None, None, :]
-        mask = pad if mask is None else mask & pad
-    return F.scaled_dot_product_attention(query_BHQD, key_BHKD, value_BHKD, attn_mask=mask, scale=scaling,
-                                          enable_gqa=query_BHQD.shape[1] != key_BHKD.shape[1])
+        mask = attention_mask[:, :, :, :K].to(query_BHQD.dtype)
+    elif attention_mask is None and is_causal and Q == K and Q > 1:
+        causal = True
+    else:
+        if is_causal and Q > 1:  # queries are the last Q of the K keys
+            mask = torch.ones(Q, K, dtype=torch.bool, device=query_BHQD.device).tril(K - Q)[None, None]
+        if attention_mask is not None:
+            pad = attention_mask[:, -K:].bool()[:, None, None, :]
+            mask = pad if mask is None else mask & pad
+    groups = query_BHQD.shape[1] // key_BHKD.shape[1]
+    if groups > 1 and mask is not None and query_BHQD.is_cuda:
+        key_BHKD, value_BHKD = key_BHKD.repeat_interleave(groups, 1), value_BHKD.repeat_interleave(groups, 1)
+    return F.scaled_dot_product_attention(query_BHQD, key_BHKD, value_BHKD, attn_mask=mask, is_causal=causal,
+                                          scale=scaling, enable_gqa=query_BHQD.shape[1] != key_BHKD.shape[1])
 
 
 def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,

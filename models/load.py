@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-from models.attention import SDPA_GQA, VARLEN, set_attention
+from models.attention import SDPA_GQA, VARLEN, set_attention, varlen_available
 from models.family import SUPPORTED, Family, family_from
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -68,6 +68,18 @@ def set_pixel_range(image_processor, *, min_pixels: int = 0, max_pixels: int = 0
     image_processor.size = size
 
 
+def resolve_attention(attn_implementation: str, device: str, dtype: str) -> str:
+    """"auto" (the default) -> "varlen" on a CUDA device that runs its kernel (models/attention.varlen_available)
+    with bf16 / fp16 weights, else "sdpa"; any other name as it is. varlen is the faster path measured on an H200
+    (docs/BENCHMARKS.md, "GRPO step on a GPU"): packed rows without masks, one kernel call per vision block, and
+    the "prefix" layout's ordinary batches through sdpa where engine/layouts.py picks it."""
+    if attn_implementation != "auto":
+        return attn_implementation
+    if dtype in ("bfloat16", "float16") and varlen_available(device):
+        return "varlen"
+    return "sdpa"
+
+
 def _loadable(attn_implementation: str) -> str:
     """"varlen" (models/attention.py) is not a name transformers loads: load with sdpa, then switch."""
     return "sdpa" if attn_implementation == "varlen" else attn_implementation
@@ -77,7 +89,7 @@ def _switch_attention(model, attn_implementation: str, device: str) -> None:
     if attn_implementation == "varlen":
         if torch.device(device).type != "cuda":
             raise ValueError(f"attn_implementation varlen on {device}: torch's varlen_attn (and flash-attn) run on "
-                             "CUDA only; use sdpa on a CPU (it scores packed rows without a T×T mask too)")
+                             "CUDA only; use sdpa (or auto) on a CPU")
         set_attention(model, VARLEN)
     elif attn_implementation == "sdpa" and torch.device(device).type == "cpu":  # the same attention, less copying
         set_attention(model, SDPA_GQA)
@@ -92,9 +104,10 @@ def _folder(path: str | Path, dtype: str):
     return path, AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path)
 
 
-def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "sdpa",
+def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "auto",
              box_frame: str | None = None, min_pixels: int = 0, max_pixels: int = 0) -> VLM:
     path, tokenizer, config = _folder(path, dtype)
+    attn_implementation = resolve_attention(attn_implementation, device, dtype)
     model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=DTYPES[dtype], attn_implementation=_loadable(attn_implementation)).to(device)
     _switch_attention(model, attn_implementation, device)
@@ -104,12 +117,13 @@ def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", a
                family=family_from(config, tokenizer, box_frame=box_frame), path=path)
 
 
-def init_vlm(path: str | Path, *, dtype: str = "bfloat16", device: str = "cpu", attn_implementation: str = "sdpa",
+def init_vlm(path: str | Path, *, dtype: str = "bfloat16", device: str = "cpu", attn_implementation: str = "auto",
              seed: int = 0) -> VLM:
     """A randomly initialised model from a folder's config (its weights, if any, are not read), built directly on
     `device`, with the folder's tokenizer and image processor: e.g. a released checkpoint's shape written by
     `python -m models.tiny --shape 3b --no-weights` (a 3B model is built on a GPU in seconds; no 7 GB file)."""
     path, tokenizer, config = _folder(path, dtype)
+    attn_implementation = resolve_attention(attn_implementation, device, dtype)
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[dtype],

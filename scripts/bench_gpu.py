@@ -5,8 +5,8 @@
 
 The workload: 8 prompts × 8 samples × 256 new tokens per optimizer step, 448×448 noise images with a colour
 question, KL β 0.04 (a frozen reference forward is part of the step), bf16 weights and AdamW state (model.dtype
-bfloat16: the setting of the first GPU measurements, docs/PLATFORM.md "GPU"), sdpa attention unless --attn says
-otherwise.
+bfloat16: the setting of the first GPU measurements, docs/PLATFORM.md "GPU"), the engine's default attention (auto:
+varlen on a GPU, engine/layouts.py's "prefix" layout where it applies) unless --attn says otherwise.
 The model is `python -m models.tiny --arch ARCH --shape SHAPE --no-weights` built in memory on the GPU
 (models.load.init_vlm): the real text and vision dimensions and padded vocabulary, the offline tokenizer. Every
 sample runs to its full length (the rollout gets a family with no eos ids, as scripts/bench.py does). The step is
@@ -90,7 +90,7 @@ def set_checkpointing(model, on: bool) -> None:
 
 
 def build_state(arch: str, shape: str, data: Path, *, prompts: int, group: int, new_tokens: int,
-                micro_batch_tokens: int, checkpointing: bool, work: Path, attn: str = "sdpa",
+                micro_batch_tokens: int, checkpointing: bool, work: Path, attn: str = "auto",
                 device: str | None = None, kl_beta: float = 0.04, total_steps: int = 10, cuda_graph: bool = True):
     """(cfg, vlm, state, examples): the pieces engine/trainer.py's Run.rl builds, around an in-memory model."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kl-beta", type=float, default=0.04)
     parser.add_argument("--micro-batch-tokens", type=int, default=0,
                         help="token budget of a packed row (0: 8192)")
-    parser.add_argument("--attn", default="sdpa", help="model.attn_implementation: sdpa, varlen, ...")
+    parser.add_argument("--attn", default="auto",
+                        help="model.attn_implementation: auto (the engine's default: varlen on a GPU), sdpa, varlen, ...")
     parser.add_argument("--checkpointing", choices=("both", "on", "off"), default="both")
     parser.add_argument("--cuda-graph", choices=("on", "off"), default="on",
                         help="rollout.cuda_graph: replay the sampler's decoding step as a CUDA graph (off: eager)")
@@ -271,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"workload": f"{args.arch} {args.shape} (random init), {args.prompts} prompts x {args.group} samples x "
                           f"{args.new_tokens} new tokens, {args.side}x{args.side} images, KL beta {args.kl_beta}, "
-                          f"{cfg.model.dtype} weights and AdamW, attention {args.attn}, "
-                          f"decoding {'CUDA graph' if args.cuda_graph == 'on' else 'eager'}",
+                          f"{cfg.model.dtype} weights and AdamW, attention {args.attn} "
+                          f"({vlm.model.config._attn_implementation}), "
+                          f"decoding {'CUDA graph' if args.cuda_graph == 'on' and args.device == 'cuda' else 'eager'}",
               "device": name, "torch": torch.__version__, "transformers": transformers.__version__,
               "params": counts, "peak_tflops": peak / 1e12 if peak else None, "modes": []}
     for checkpointing in modes:

@@ -123,6 +123,28 @@ def test_real_varlen_kernel_on_gpu():
     torch.testing.assert_close(packed.float(), padded.float(), rtol=0, atol=5e-2)  # bf16 kernels differ in rounding
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch's varlen_attn has no CPU kernel")
+def test_auto_attention_on_gpu_is_varlen_and_its_prefix_layout_matches():
+    """The default (model.attn_implementation auto) on a GPU with bf16 weights loads the varlen kernel; a row of
+    samples sharing prompts then takes the "prefix" layout (the prompts' images through the real kernel, the rest
+    through the fallback's CUDA sdpa) and matches the padded batch under sdpa."""
+    from engine.layouts import default_layout
+    from models.load import load_vlm
+    from models.tiny import tiny_model_dir
+
+    vlm = load_vlm(tiny_model_dir("qwen2_5_vl"), dtype="bfloat16", device="cuda")
+    assert vlm.model.config._attn_implementation == A.VARLEN
+    trajs = _group_trajs(vlm)
+    row = pack_row(trajs, list(range(len(trajs))))
+    assert default_layout(vlm.model, row) == "prefix"
+    with torch.no_grad():
+        prefix, _ = row_logps(vlm.model, row)
+        A.set_attention(vlm.model, "sdpa")
+        padded, _ = row_logps(vlm.model, row, layout="padded")
+    torch.testing.assert_close(prefix.float(), padded.float(), rtol=0, atol=5e-2)
+
+
 @pytest.mark.parametrize("case", ["causal", "bool-mask", "additive-mask-decoding", "longer-mask"])
 def test_sdpa_gqa_equals_transformers_sdpa(case):
     """models.attention.sdpa_gqa_forward (what a CPU model loaded with sdpa runs) == transformers' own
@@ -158,3 +180,90 @@ def test_varlen_on_a_cpu_is_refused_with_the_fix():
 
     with pytest.raises(ValueError, match="varlen.*CUDA only.*use sdpa"):
         load_vlm(tiny_model_dir("qwen2_5_vl"), attn_implementation="varlen", device="cpu")
+
+
+def _written_out(q, k, v, keep_BQK, scale):
+    """Attention by hand: the kv heads repeated to their query heads, softmax over the kept keys."""
+    k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], 1) for t in (k, v))
+    scores = (q @ k.transpose(-1, -2)) * scale
+    return (scores.masked_fill(~keep_BQK[:, None], float("-inf")).softmax(-1) @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize("case", ["causal", "padded-prompts", "continuation-on-cache", "decoding"])
+def test_sdpa_fallback_equals_attention_written_out(case):
+    """The varlen model's ordinary batches (the sampler's, the "prefix" layout's prompts and continuations): no
+    mask with as many queries as keys is the kernel's own causal flag; a 2-D padding mask with fewer queries than
+    keys (a continuation on its prompt's cache) keeps each query's causal window right-aligned; 4 query heads on 2
+    kv heads. Compared on the queries that see some key (a left-padded row's pad queries are never read)."""
+    class Layer(torch.nn.Module):
+        is_causal = True
+
+    g = torch.Generator().manual_seed(0)
+    Q, K = {"causal": (9, 9), "padded-prompts": (9, 9), "continuation-on-cache": (5, 9), "decoding": (1, 9)}[case]
+    q, k, v = (torch.randn(3, h, n, 16, generator=g) for h, n in ((4, Q), (2, K), (2, K)))
+    pad_BK = torch.ones(3, K, dtype=torch.long)
+    if case != "causal":
+        pad_BK[0, :3] = 0  # a left-padded prompt
+        pad_BK[1, 2:4] = 0  # a prompt's right padding before its continuation (the "prefix" layout's keys)
+    keep_BQK = torch.ones(Q, K, dtype=torch.bool).tril(K - Q)[None] & pad_BK.bool()[:, None, :]
+    ours, _ = A.varlen_attention_forward(Layer(), q, k, v, None if case == "causal" else pad_BK, scaling=0.25)
+    read_BQ = keep_BQK.any(-1)
+    torch.testing.assert_close(ours[read_BQ], _written_out(q, k, v, keep_BQK, 0.25)[read_BQ], rtol=0, atol=1e-5)
+
+
+def _group_trajs(vlm):
+    g = torch.Generator().manual_seed(3)
+    prompts = [make_prompt(vlm, (90, 60), "What colour?", 20), make_prompt(vlm, (56, 112), "How many?", 21)]
+    out = []
+    for k, (p, n) in enumerate([(0, 6), (0, 9), (0, 4), (1, 7), (1, 5)]):
+        traj = Trajectory.start(prompts[p], p)
+        traj.append_sampled(torch.randint(40, 200, (n,), generator=g).tolist(), [0.0] * n)
+        traj.stop = "length"
+        finish(traj, vlm)
+        out.append(traj)
+    return out
+
+
+def test_shared_prompts_under_varlen_run_once_and_equal_alone(varlen_vlm):
+    """Samples sharing prompts under the varlen kernel take the "prefix" layout by default (the fastest update and
+    reference forward measured on a GPU): the prompts' images through the kernel, one call per vision block, the
+    prompts and their samples through the sdpa fallback. Log-probs == each alone under plain sdpa (1e-5) and
+    gradients == the plain sdpa padded batch's (rtol 1e-4)."""
+    from engine.layouts import default_layout
+
+    trajs = _group_trajs(varlen_vlm)
+    row = pack_row(trajs, list(range(len(trajs))))
+    assert default_layout(varlen_vlm.model, row) == "prefix"
+    sdpa = load_tiny()
+    with torch.no_grad():
+        alone = [row_logps(sdpa.model, pack_row(trajs, [i]))[0] for i in range(len(trajs))]
+    grads = {}
+    for name, model, layout in (("varlen", varlen_vlm.model, None), ("sdpa", sdpa.model, "padded")):
+        reference_varlen.calls = 0
+        logp_K, _ = row_logps(model, row, layout=layout)
+        if name == "varlen":  # the two prompt images once: one call per vision block, none in the text layers
+            assert reference_varlen.calls == model.config.vision_config.depth
+            for i in range(len(trajs)):
+                torch.testing.assert_close(logp_K.detach()[row.seq_K == i], alone[i], rtol=0, atol=1e-5)
+        (logp_K * torch.linspace(-1, 1, logp_K.numel())).sum().backward()
+        grads[name] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["varlen"].keys() == grads["sdpa"].keys() and any("visual" in n for n in grads["varlen"])
+    for n, g in grads["sdpa"].items():
+        torch.testing.assert_close(grads["varlen"][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_auto_attention_resolves_to_the_measured_faster_kernel(monkeypatch):
+    """model.attn_implementation "auto": varlen where its kernel runs (a CUDA device, bf16 / fp16 weights),
+    sdpa otherwise; explicit names pass through."""
+    from models.load import resolve_attention
+
+    assert resolve_attention("auto", "cpu", "float32") == "sdpa"
+    assert resolve_attention("auto", "cpu", "bfloat16") == "sdpa"
+    monkeypatch.setattr("models.load.varlen_available", lambda device: torch.device(device).type == "cuda")
+    assert resolve_attention("auto", "cuda", "bfloat16") == "varlen"
+    assert resolve_attention("auto", "cuda:0", "float16") == "varlen"
+    assert resolve_attention("auto", "cuda", "float32") == "sdpa"  # flash kernels take half precision only
+    assert resolve_attention("eager", "cuda", "bfloat16") == "eager"
+    monkeypatch.setattr("models.load.varlen_available", lambda device: False)  # e.g. a pre-Ampere GPU
+    assert resolve_attention("auto", "cuda", "bfloat16") == "sdpa"
+    assert not A.varlen_available("cpu")

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from engine.layouts import default_layout
+from models.attention import VARLEN
 from engine.packing import pack, pack_row, plan_rows, row_logps
 from engine.rollout import finish
 from engine.trajectory import Trajectory
@@ -236,6 +237,33 @@ def test_shared_prompts_run_once_with_the_same_logps_and_gradients(vlm, group_tr
     for n, g in grads["padded"].items():
         torch.testing.assert_close(grads["prefix"][n], g, rtol=1e-4, atol=1e-6, msg=n)
     vlm.model.zero_grad(set_to_none=True)
+
+
+def test_layout_choice_follows_what_the_model_allows(vlm, group_trajs):
+    """"prefix" needs the KV cache: gradient checkpointing turns it off while training, not in eval mode (the
+    frozen reference); without shared prompts every kernel gets its own layout."""
+    row, unshared = pack_row(group_trajs, [0, 1, 2, 3, 4]), pack_row(group_trajs, [0, 3])
+    model = vlm.model
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        model.train()
+        assert default_layout(model, row) == "padded"
+        model.eval()
+        assert default_layout(model, row) == "prefix"
+    finally:
+        model.gradient_checkpointing_disable()
+        model.train()
+    assert default_layout(model, row) == "prefix" and default_layout(model, unshared) == "padded"
+    usual = model.config._attn_implementation
+    try:
+        for name, shared, alone in ((VARLEN, "prefix", "packed"),
+                                    ("flash_attention_2", "packed", "packed")):
+            for c in (model.config, model.config.text_config, model.config.vision_config):
+                c._attn_implementation = name
+            assert (default_layout(model, row), default_layout(model, unshared)) == (shared, alone), name
+    finally:
+        for c in (model.config, model.config.text_config, model.config.vision_config):
+            c._attn_implementation = usual
 
 
 @pytest.mark.parametrize("layout", ["packed", "padded"])
