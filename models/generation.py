@@ -26,6 +26,7 @@ import torch
 
 from models.attention import SDPA_GQA
 from models.decode_graph import DecodeStep, preallocated_cache, static_cache
+from models.lean_decode import lean_step_for
 
 
 class Sampling(Protocol):
@@ -222,6 +223,8 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
         keys_NK = torch.cat([mask_BT, mask_BT.new_ones(n, steps)], 1)
         add_N11K = torch.zeros(n, 1, 1, keys_NK.shape[1], device=device).masked_fill_(
             keys_NK[:, None, None, :] == 0, torch.finfo(torch.float32).min).to(model.dtype)
+    # the CPU's dynamic step without transformers' module plumbing, where it is bitwise the model's (lean_decode.py)
+    lean = lean_step_for(model) if decode_step is None else None
     tok_NS = torch.zeros(n, steps, dtype=torch.long, device=device)
     logp_NS = torch.zeros(n, steps, device=device)
     len_N = limit_B.clone()  # tokens each output keeps: its limit, or up to and including its first stop id
@@ -255,9 +258,13 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
         else:
             mask_BT = torch.cat([mask_BT, torch.ones_like(mask_BT[:, :1])], dim=1) if padded else None
             step_mask = add_N11K[..., :mask_BT.shape[1]] if additive else mask_BT
-            out = model(input_ids=tok_B[:, None], attention_mask=step_mask, past_key_values=cache, use_cache=True,
-                        position_ids=next_pos_B.view(1, -1, 1).expand(3, -1, 1))
-            cache, logits_BV = out.past_key_values, out.logits[:, -1]
+            pos_3B1 = next_pos_B.view(1, -1, 1).expand(3, -1, 1)
+            if lean is not None:  # (SDPA_GQA: a padded batch has its additive mask)
+                logits_BV = lean(tok_B, pos_3B1, cache, step_mask)
+            else:
+                out = model(input_ids=tok_B[:, None], attention_mask=step_mask, past_key_values=cache,
+                            use_cache=True, position_ids=pos_3B1)
+                cache, logits_BV = out.past_key_values, out.logits[:, -1]
         next_pos_B = next_pos_B + 1
     if decode_step is not None:
         decode_step.close()
