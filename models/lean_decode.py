@@ -11,7 +11,8 @@ bitwise the model's (tests/test_lean_decode.py checks tokens and log-probs of wh
 
 It is written for one case and checks for it (`lean_step_for`), the CPU sampler's:
 - a Qwen2-VL or Qwen2.5-VL model of transformers' own classes, every layer full attention, in eval mode;
-- plain nn.Linear projections (no LoRA wrapper), no forward hooks anywhere (FSDP, profilers, ...);
+- plain nn.Linear projections (no LoRA wrapper) with biases where Qwen2 has them, no forward hooks anywhere
+  (FSDP, profilers, ...);
 - on the CPU, its text attention models/attention.py's SDPA_GQA (what a model loaded with sdpa on a CPU runs),
   whose call this step repeats.
 Anything else gets None, and generate() calls the model. A GPU decodes through models/decode_graph.py instead.
@@ -44,8 +45,9 @@ def _rotate_half(x):
     return torch.cat((-x[..., x.shape[-1] // 2:], x[..., :x.shape[-1] // 2]), dim=-1)
 
 
-def _plain_linear(m) -> bool:
-    return type(m) is torch.nn.Linear
+def _plain_linear(m, bias: bool = False) -> bool:
+    """An nn.Linear itself (not a subclass such as LoRA's), with a bias exactly where Qwen2 has one."""
+    return type(m) is torch.nn.Linear and (m.bias is not None) == bias
 
 
 def _hooked(model) -> bool:
@@ -65,10 +67,10 @@ def lean_step_for(model) -> Callable | None:
     for layer in lm.layers:
         a, m = layer.self_attn, layer.mlp
         if type(layer).__name__ not in _LAYERS or not all(
-                _plain_linear(p) for p in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj,
-                                           m.down_proj)):
+                [_plain_linear(p, bias=True) for p in (a.q_proj, a.k_proj, a.v_proj)]
+                + [_plain_linear(p) for p in (a.o_proj, m.gate_proj, m.up_proj, m.down_proj)]):
             return None
-    if not _plain_linear(model.lm_head) or model.lm_head.bias is not None or _hooked(model):
+    if not _plain_linear(model.lm_head) or _hooked(model):
         return None
 
     def step(tok_B: torch.Tensor, pos_3B1: torch.Tensor, cache, mask_B11K: torch.Tensor | None) -> torch.Tensor:

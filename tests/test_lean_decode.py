@@ -5,7 +5,7 @@
   3 samples each, temperature sampling with top-k and a seeded generator, and greedy;
 - the lean step really runs in those calls (once per decoding step after the first draw);
 - it stands aside (None) wherever it would not be the model's forward: another family (Qwen3-VL), another attention
-  kernel, training mode, a LoRA-wrapped projection, a forward hook.
+  kernel, training mode, a LoRA-wrapped projection, a bias where Qwen2 has none, a forward hook.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_lean_decode.py
 """
@@ -83,5 +83,9 @@ def test_the_lean_step_stands_aside_where_it_is_not_the_models_forward():
     model.model.language_model.layers[1].self_attn.q_proj = Wrapped(q_proj.in_features, q_proj.out_features)
     assert L.lean_step_for(model) is None
     model.model.language_model.layers[1].self_attn.q_proj = q_proj
+    down = model.model.language_model.layers[0].mlp.down_proj
+    down.bias = torch.nn.Parameter(torch.zeros(down.out_features))  # a bias the step would not add
+    assert L.lean_step_for(model) is None
+    down.bias = None
     assert L.lean_step_for(model) is not None
     assert L.lean_step_for(_load("qwen3_vl").model) is None  # another family: q/k norms, deepstack
