@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch.nn.modules import module as _module
@@ -31,18 +33,6 @@ from models.attention import SDPA_GQA
 
 _MODELS = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
 _LAYERS = ("Qwen2VLDecoderLayer", "Qwen2_5_VLDecoderLayer")
-
-
-def _rms(norm, x):
-    """transformers' Qwen2 RMSNorm, op for op."""
-    dtype = x.dtype
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * h.to(dtype)
-
-
-def _rotate_half(x):
-    return torch.cat((-x[..., x.shape[-1] // 2:], x[..., :x.shape[-1] // 2]), dim=-1)
 
 
 def _plain_linear(m, bias: bool = False) -> bool:
@@ -72,27 +62,26 @@ def lean_step_for(model) -> Callable | None:
             return None
     if not _plain_linear(model.lm_head) or _hooked(model):
         return None
+    rotary = sys.modules[type(lm.layers[0]).__module__].apply_rotary_pos_emb  # the model file's own function
 
     def step(tok_B: torch.Tensor, pos_3B1: torch.Tensor, cache, mask_B11K: torch.Tensor | None) -> torch.Tensor:
         x = lm.embed_tokens(tok_B[:, None])
         cos, sin = lm.rotary_emb(x, pos_3B1)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         B = x.shape[0]
         for i, layer in enumerate(lm.layers):
             a, mlp = layer.self_attn, layer.mlp
-            h = _rms(layer.input_layernorm, x)
+            h = layer.input_layernorm.forward(x)  # .forward: the module's own code, without its call machinery
             q, k, v = (F.linear(h, p.weight, p.bias).view(B, 1, -1, a.head_dim).transpose(1, 2)
                        for p in (a.q_proj, a.k_proj, a.v_proj))
-            q = (q * cos) + (_rotate_half(q) * sin)
-            k = (k * cos) + (_rotate_half(k) * sin)
+            q, k = rotary(q, k, cos, sin)
             k, v = cache.update(k, v, i)
             mask = None if mask_B11K is None else mask_B11K[:, :, :, :k.shape[-2]]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=a.scaling,
                                                enable_gqa=k.shape[1] != q.shape[1])
             x = x + F.linear(o.transpose(1, 2).contiguous().reshape(B, 1, -1).contiguous(), a.o_proj.weight)
-            h = _rms(layer.post_attention_layernorm, x)
+            h = layer.post_attention_layernorm.forward(x)
             x = x + F.linear(mlp.act_fn(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
                              mlp.down_proj.weight)
-        return F.linear(_rms(lm.norm, x)[:, -1], model.lm_head.weight)
+        return F.linear(lm.norm.forward(x)[:, -1], model.lm_head.weight)
 
     return step
