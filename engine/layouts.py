@@ -52,13 +52,7 @@ def shares_images(model, row: PackedRow) -> bool:
     if row.grid_thw is None or len(set(row.prefix_of)) == len(row.prefix_of) or not any(row.prompt_image_counts):
         return False
     base = _base(model)
-    if getattr(base.config, "model_type", None) not in ("qwen2_vl", "qwen2_5_vl"):
-        return False
-    try:
-        from torch.distributed.fsdp import FSDPModule
-        return not isinstance(base, FSDPModule)
-    except ImportError:
-        return True
+    return getattr(base.config, "model_type", None) in ("qwen2_vl", "qwen2_5_vl") and not _sharded(base)
 
 
 def distinct_images(row: PackedRow) -> tuple[list[tuple[int, int, int]], list[int]]:
@@ -163,22 +157,26 @@ def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _sharded(base) -> bool:
+    """Whether FSDP2 wraps the model (its root parameters are whole only inside the root module's forward)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(base, FSDPModule)
+
+
 def default_layout(model, row: PackedRow) -> str:
     """"prefix" where a prompt has several samples in the row and the model allows it (not under FSDP, nor under
     gradient checkpointing while training: transformers then turns the KV cache off; a reference model in eval
     mode keeps it), else "packed" under a varlen kernel and "padded" under sdpa / eager. transformers' own
     flash_attention_2 path always gets "packed". Measured on an H200 (3B shape, docs/BENCHMARKS.md): prefix 1.86 s
     per update against varlen packed 3.20 s, and 0.63 against 1.08 s per reference forward."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-        fsdp = isinstance(_base(model), FSDPModule)
-    except ImportError:
-        fsdp = False
+    base, varlen = _base(model), uses_varlen(model)
     shared = len(set(row.prefix_of)) < len(row.lengths)  # some prompt has several samples in this row
     continues = all(n > p for n, p in zip(row.lengths, row.prefix_lens))
-    base = _base(model)
     no_cache = getattr(base, "is_gradient_checkpointing", False) and base.training
-    flash_attention_2 = uses_varlen(model) and getattr(base.config, "_attn_implementation", None) != VARLEN
-    if shared and continues and not fsdp and not no_cache and not flash_attention_2:
+    flash_attention_2 = varlen and getattr(base.config, "_attn_implementation", None) != VARLEN
+    if shared and continues and not _sharded(base) and not no_cache and not flash_attention_2:
         return "prefix"
-    return "packed" if uses_varlen(model) else "padded"
+    return "packed" if varlen else "padded"
