@@ -6,7 +6,7 @@
     make eval ARGS="--config configs/demo.toml --model.path DIR"
 
 --model.path may be a model folder, a run's checkpoint folder, a LoRA adapter or checkpoint (merged into its base on
-the fly) or a run folder (its merged/ export or latest checkpoint; engine/model_source.py). Only data.eval is read
+the fly) or a run folder (its merged/ export or latest checkpoint; engine/setup/model_source.py). Only data.eval is read
 (no training data). Writes into --out (default: RUN/eval when the model came from a run, else runs/eval):
 metrics.json, predictions.jsonl (question, reference, answer, reward parts, tool calls, image paths), images/
 (originals and crops) and index.html (plots, the run's training curves, the examples with their crops drawn),
@@ -37,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    from engine.data_setup import load_eval
-    from engine.eval_report import write_report
-    from engine.evaluate import evaluate, headline
-    from engine.model_source import load_any
-    from engine.tool_protocols import make_protocol
+    from engine.setup.data_setup import load_eval
+    from engine.report.eval_report import write_report
+    from engine.report.evaluate import evaluate, headline
+    from engine.setup.model_source import load_any
+    from engine.rollout.tool_protocols import make_protocol
     from models.tiny import tiny_model_dir
     from rewards.setup import setup_rewards
 

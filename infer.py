@@ -5,7 +5,7 @@
     python infer.py --model DIR --image img.png --question "..." --tools crop,zoom       # enable tools
     python infer.py --model DIR --data held_out.jsonl --out answers.jsonl                 # batch over a data file
 
---model is a model folder, a run folder, a checkpoint folder or a LoRA adapter (engine/model_source.py). Pass the
+--model is a model folder, a run folder, a checkpoint folder or a LoRA adapter (engine/setup/model_source.py). Pass the
 preset the model was trained with (--config) so it is asked the way it was taught (system prompt, question
 template, prefill, tools); any config key can be overridden (--rollout.max_new_tokens 128). --tools NAMES (comma
 separated) is --rollout.tools, with the inline protocol when the config has none. Crops are saved under --crops-dir.

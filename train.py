@@ -15,8 +15,8 @@ import argparse
 import os
 import sys
 
-from engine.config import Config
-from engine.configlib import build_config, describe
+from engine.config.settings import Config
+from engine.config.parsing import build_config, describe
 
 
 def parse(argv: list[str], description: str | None = None, parents: tuple = ()) -> Config:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from engine.guard import RunStopped
+    from engine.runtime.guard import RunStopped
     from engine.trainer import run  # heavy imports only after the config is known to be good
 
     try:

@@ -19,7 +19,7 @@ from data.loaders import load_examples
 from data.records import image_size
 
 TARGET_CHARS = 200  # how much of an SFT target the summary shows
-MAX_IMAGE_PIXELS = 4096 * 4096  # the default of data.max_image_pixels (engine/config.py); data/ imports no engine
+MAX_IMAGE_PIXELS = 4096 * 4096  # the default of data.max_image_pixels (engine/config/settings.py); data/ imports no engine
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 
 from data.example import Example
-from engine.config import Config
-from engine.evaluate import prompts_for
-from engine.model_source import load_any
-from engine.rollout import rollout
-from engine.tool_protocols import make_protocol
+from engine.config.settings import Config
+from engine.report.evaluate import prompts_for
+from engine.setup.model_source import load_any
+from engine.rollout.rollout import rollout
+from engine.rollout.tool_protocols import make_protocol
 from rewards.format import extract_answer
 
 

@@ -5,7 +5,7 @@ checkpoints, resume, progress bar, TensorBoard and a summary.
     torchrun --nproc_per_node N train.py --config configs/demo.toml    # FSDP2 over N processes
     python train.py --config configs/demo.toml --lora.r 8              # LoRA (either way)
 
-One code path for 1 and N processes (engine/distributed.py; without torchrun every collective is the identity):
+One code path for 1 and N processes (engine/runtime/distributed.py; without torchrun every collective is the identity):
 - Every rank reads the same data stream and takes its contiguous share (shard_indices) of each step's prompts or
   SFT examples, so a prompt's group stays on one rank; rollout.prompts_per_step and sft.batch_size are global.
 - Rank r samples with its own generator, seeded train.seed + 1000·r (rank 0 = the one-process run); every rank
@@ -27,7 +27,7 @@ One code path for 1 and N processes (engine/distributed.py; without torchrun eve
   loaded from its full state (FSDP modules cannot be deep-copied). When SFT ran first, rank 0 also writes that
   copy to out_dir/reference/, so that a run resumed mid-RL anchors to it and not to the resumed weights.
 - With LoRA the run ends with a merged export (out_dir/merged/, a plain HF folder; summary.json names it).
-- Nothing lost, nothing silent (engine/guard.py): the run folder appears only once setup worked; SIGTERM/SIGINT
+- Nothing lost, nothing silent (engine/runtime/guard.py): the run folder appears only once setup worked; SIGTERM/SIGINT
   save and stop (exit 128 + signal); NaN/inf updates are skipped and counted, a streak stops the run (exit 3); an
   unwritable checkpoint is a clear error, the previous one intact; a run that fails leaves a FAILED note. Resume
   continues a finished stage to a raised step count, and says so when nothing is left.
@@ -44,25 +44,25 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from engine import distributed as D
-from engine.checkpoint import (capture_rng, generator_device, latest_checkpoint, load_checkpoint,
+from engine.runtime import distributed as D
+from engine.runtime.checkpoint import (capture_rng, generator_device, latest_checkpoint, load_checkpoint,
                                read_optimizer_state, restore_rng, save_checkpoint)
-from engine.config import Config
-from engine.configlib import to_toml
-from engine.data_setup import load_data, load_sft_final, with_epochs
-from engine.data_stream import DataStream
-from engine.evaluate import evaluate, headline, prompts_for
-from engine.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed, stages_left
-from engine.lora import apply_lora, is_peft, merged_export
-from engine.metrics import MetricsLogger, progress
-from engine.rollout_dump import dump_rollouts
-from engine.run_setup import (_check_world, _optimizer, enable_gradient_checkpointing,  # noqa: F401 (re-exported)
+from engine.config.settings import Config
+from engine.config.parsing import to_toml
+from engine.setup.data_setup import load_data, load_sft_final, with_epochs
+from engine.setup.data_stream import DataStream
+from engine.report.evaluate import evaluate, headline, prompts_for
+from engine.runtime.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed, stages_left
+from engine.runtime.lora import apply_lora, is_peft, merged_export
+from engine.runtime.log import MetricsLogger, progress
+from engine.report.rollout_dump import dump_rollouts
+from engine.setup.run_setup import (_check_world, _optimizer, enable_gradient_checkpointing,  # noqa: F401 (re-exported)
                               load_policy)
-from engine.sft import sft_step, sft_trajectory, target_text
-from engine.step import RLState, model_device, policy_weights, rl_step
-from engine.tool_health import ToolCallMonitor
-from engine.tool_protocols import make_protocol
-from engine.update import due
+from engine.algo.sft import sft_step, sft_trajectory, target_text
+from engine.algo.step import RLState, model_device, policy_weights, rl_step
+from engine.report.tool_health import ToolCallMonitor
+from engine.rollout.tool_protocols import make_protocol
+from engine.algo.update import due
 from rewards.setup import setup_rewards
 
 
@@ -73,7 +73,7 @@ class Run:
     """Everything a run holds between steps. Methods are the stages; `main` is the order."""
 
     def __init__(self, cfg: Config):
-        # train.mixed_precision shards with FSDP2 in one process too: a process group of one (engine/distributed.py)
+        # train.mixed_precision shards with FSDP2 in one process too: a process group of one (engine/runtime/distributed.py)
         self.dist = D.init(world_of_one=bool(cfg.train.mixed_precision))
         self.main_rank = self.dist.is_main
         self.dir = Path(cfg.train.out_dir)
@@ -268,7 +268,7 @@ class Run:
         r = self.cfg.rollout
         if r.sampler != "vllm":
             return None
-        from engine.vllm_sampler import VLLMSampler
+        from engine.rollout.vllm_sampler import VLLMSampler
 
         sampler = VLLMSampler(self.vlm.path, max_model_len=r.max_total_tokens, kv_cache_gib=r.vllm_kv_cache_gib,
                               seed=self.cfg.train.seed, limit_images=r.max_images, dtype=self.cfg.model.dtype)
@@ -334,7 +334,7 @@ class Run:
         cfg = self.cfg
         model = self.vlm.model
         optimizer, scheduler = _optimizer(model, cfg, cfg.rl.lr, cfg.rl.steps * cfg.algo.num_updates)
-        # LoRA: the reference is the policy with its adapters off (engine/step.py); no copy.
+        # LoRA: the reference is the policy with its adapters off (engine/algo/step.py); no copy.
         reference = self._reference() if cfg.algo.kl_beta > 0 and not is_peft(model) else None
         state = RLState(cfg=cfg, policy=self.vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
                         generator=self.generator, protocol=self.protocol, scorer=self.scorer)
@@ -367,7 +367,7 @@ class Run:
         self._finish_stage("rl", cfg.rl.steps, optimizer, scheduler, stream)
 
     def _periodic(self, stage: str, done: int, total: int, optimizer, scheduler, stream: DataStream) -> None:
-        """After step `done` of `total`: evaluate and save when due (`engine.update.due`, the one rule for both
+        """After step `done` of `total`: evaluate and save when due (`engine.algo.update.due`, the one rule for both
         stages); the last step's are `_finish_stage`'s, so the final weights are evaluated and saved once."""
         if due(done, self.cfg.train.eval_every, total):
             self.evaluate(f"{stage}_step{done}")

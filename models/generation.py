@@ -3,7 +3,7 @@
     outs = generate(model, requests, cfg.rollout, max_new_tokens=32, stop_ids=eos, expand=G, generator=g)
 
 `sampling` is any object with `temperature`, `top_k` and `top_p` (the trainer passes its `rollout` config section
-itself, engine/config.py, so those settings are defined once; `GREEDY` is argmax). What stops a sequence and what
+itself, engine/config/settings.py, so those settings are defined once; `GREEDY` is argmax). What stops a sequence and what
 may never be drawn are arguments of the call, not settings.
 
 Each request is one sequence to continue (prompt, or a trajectory after a tool result was injected), with its
@@ -30,7 +30,7 @@ from models.lean_decode import lean_step_for
 
 
 class Sampling(Protocol):
-    """What `generate` reads from the sampling settings (engine.config.RolloutConfig has these fields)."""
+    """What `generate` reads from the sampling settings (engine.config.settings.RolloutConfig has these fields)."""
 
     temperature: float  # 0 → greedy
     top_k: int  # 0 → off

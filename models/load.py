@@ -72,7 +72,7 @@ def resolve_attention(attn_implementation: str, device: str, dtype: str) -> str:
     """"auto" (the default) -> "varlen" on a CUDA device that runs its kernel (models/attention.varlen_available)
     with bf16 / fp16 weights, else "sdpa"; any other name as it is. varlen is the faster path measured on an H200
     (docs/BENCHMARKS.md, "GRPO step on a GPU"): packed rows without masks, one kernel call per vision block, and
-    the "prefix" layout's ordinary batches through sdpa where engine/layouts.py picks it."""
+    the "prefix" layout's ordinary batches through sdpa where engine/forward/layouts.py picks it."""
     if attn_implementation != "auto":
         return attn_implementation
     if dtype in ("bfloat16", "float16") and varlen_available(device):

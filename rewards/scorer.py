@@ -10,7 +10,7 @@ and checks it against the weighted rewards (`check_scorer_needs`: a missing or a
 is a ValueError at start-up, not a stream of per-sample errors).
 
 Methods (each takes per-item image lists and questions; an item's user turn is its images, then its text,
-rendered with the chat template like engine/trajectory.py `build_prompt`, without prefill):
+rendered with the chat template like engine/rollout/trajectory.py `build_prompt`, without prefill):
 - `prob_yes`: P("yes") / (P("yes") + P("no")) at the first answer position: the softmax over the logits of the
   two tokens that "yes" and "no" START with as the assistant turn's first word (single ids in Qwen tokenizers and
   the tiny one; pass yes="Yes", no="No" for a model that capitalises). One left-padded forward per chunk, the

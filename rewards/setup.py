@@ -7,7 +7,7 @@ reward whose part is missing, is a ValueError at start-up, not a stream of zeros
 
 - `check_reward_config(reward_cfg)`: every name in reward.weights is a registered reward (or "judge"), and the
   options fit the names (judge ↔ judge_url, embedder_path ↔ reasoning, scorer/teacher/clip ↔ the rewards that
-  use them). Pure: engine/config.py calls it when the config is parsed, before any model loads.
+  use them). Pure: engine/config/settings.py calls it when the config is parsed, before any model loads.
 - `register_configured_rewards(reward_cfg)`: when reward.weights names "judge", REWARDS["judge"] =
   `rewards.judge.make_judge_reward(judge_url, judge_model, judge_prompt, ...)` (rewards/judge.py: timeouts,
   retries, bounded concurrency and a per-batch deadline; a failure scores 0 and counts in reward_errors/judge).

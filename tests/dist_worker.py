@@ -35,14 +35,14 @@ from torch.distributed.fsdp import FSDPModule
 
 from data.example import Example
 from data.synth import generate as synth
-from engine.distributed import (Dist, all_gather_objects, all_reduce_metrics, all_reduce_sum, barrier,
+from engine.runtime.distributed import (Dist, all_gather_objects, all_reduce_metrics, all_reduce_sum, barrier,
                                 full_optimizer_state_dict, full_state_dict, init, load_full_state_dict,
                                 load_optimizer_state_dict, max_over_ranks, shard_indices, shard_model, unsharded)
-from engine.lora import adapters_disabled, apply_lora, merged_export, save_adapter
-from engine.packing import pack, row_logps
+from engine.runtime.lora import adapters_disabled, apply_lora, merged_export, save_adapter
+from engine.forward.packing import pack, row_logps
 from models.generation import generate
-from engine.sft import sft_trajectory
-from engine.trajectory import build_prompt
+from engine.algo.sft import sft_trajectory
+from engine.rollout.trajectory import build_prompt
 from tests.engine_helpers import SYSTEM, gen_args, load_tiny, request
 
 NUM = 4

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from data.example import Example
-from engine.config import RolloutConfig
-from engine.trajectory import Prompt, Trajectory, build_prompt
+from engine.config.settings import RolloutConfig
+from engine.rollout.trajectory import Prompt, Trajectory, build_prompt
 from models.generation import GenRequest
 from models.load import VLM, load_vlm
 from models.tiny import tiny_model_dir
@@ -61,7 +61,7 @@ def make_prompt(vlm: VLM, size: tuple[int, int], question: str, seed: int) -> Pr
 
 
 def request(prompt: Prompt, vlm: VLM) -> GenRequest:
-    """The request engine/rollout.py `_request` builds for a fresh prompt: build_prompt ids, mrope positions from
+    """The request engine/rollout/rollout.py `_request` builds for a fresh prompt: build_prompt ids, mrope positions from
     models.vision.rope_positions, the prompt's images."""
     positions = rope_positions(vlm.model, prompt.ids, prompt.grid_thw, vlm.family)
     return GenRequest(ids=list(prompt.ids), positions=positions, pixel_values=prompt.pixel_values,

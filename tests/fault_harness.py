@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def kill_in_save(n: int) -> None:
-    import engine.checkpoint as ckpt
+    import engine.runtime.checkpoint as ckpt
 
     real, calls = ckpt._write_atomic, {"n": 0}
 
@@ -39,7 +39,7 @@ def kill_in_save(n: int) -> None:
 
 
 def nan_sft(which: str) -> None:
-    import engine.sft as sft
+    import engine.algo.sft as sft
     import engine.trainer as trainer
 
     steps, state = (None if which == "all" else {int(s) for s in which.split(",")}), {"step": 0, "poison": False}

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from data.synth import write_dataset
-from engine.config import Config
-from engine.configlib import build_config
-from engine.losses import LOSSES, LossInputs
+from engine.config.settings import Config
+from engine.config.parsing import build_config
+from engine.algo.losses import LOSSES, LossInputs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "ADDING_A_LOSS.md"

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from engine.advantages import ADVANTAGES
+from engine.algo.advantages import ADVANTAGES
 
 
 def looped(name: str, rewards: list[float], groups: list[int], eps: float) -> list[float]:

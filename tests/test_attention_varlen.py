@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 import models.attention as A
 from models.attention import cu_seqlens_from_positions
-from engine.packing import pack_row, row_logps
-from engine.rollout import finish
+from engine.forward.packing import pack_row, row_logps
+from engine.rollout.rollout import finish
 from models.generation import generate
-from engine.trajectory import Trajectory
+from engine.rollout.trajectory import Trajectory
 from tests.engine_helpers import gen_args, load_tiny, make_prompt, request
 
 
@@ -129,7 +129,7 @@ def test_auto_attention_on_gpu_is_varlen_and_its_prefix_layout_matches():
     """The default (model.attn_implementation auto) on a GPU with bf16 weights loads the varlen kernel; a row of
     samples sharing prompts then takes the "prefix" layout (the prompts' images through the real kernel, the rest
     through the fallback's CUDA sdpa) and matches the padded batch under sdpa."""
-    from engine.layouts import default_layout
+    from engine.forward.layouts import default_layout
     from models.load import load_vlm
     from models.tiny import tiny_model_dir
 
@@ -229,7 +229,7 @@ def test_shared_prompts_under_varlen_run_once_and_equal_alone(varlen_vlm):
     reference forward measured on a GPU): the prompts' images through the kernel, one call per vision block, the
     prompts and their samples through the sdpa fallback. Log-probs == each alone under plain sdpa (1e-5) and
     gradients == the plain sdpa padded batch's (rtol 1e-4)."""
-    from engine.layouts import default_layout
+    from engine.forward.layouts import default_layout
 
     trajs = _group_trajs(varlen_vlm)
     row = pack_row(trajs, list(range(len(trajs))))

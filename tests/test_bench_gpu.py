@@ -33,7 +33,7 @@ def test_tiny_shape_runs_both_modes_on_cpu(tmp_path, capsys):
     assert p["body"] + p["vision"] + p["embedding"] + p["head"] == p["all"]  # the tiny model does not tie them
     for mode in r["modes"]:
         m = mode["median"]
-        # Without checkpointing the update runs the "prefix" layout (engine/layouts.py): the group's shared prompt
+        # Without checkpointing the update runs the "prefix" layout (engine/forward/layouts.py): the group's shared prompt
         # and its image once; with it, each trajectory whole but the shared image encoded once. MFU counts the work
         # done; the workload MFU counts both trajectories' tokens and images.
         assert m["sampled_tokens"] == 2 * 4  # every sample runs to --new-tokens

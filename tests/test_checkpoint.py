@@ -1,4 +1,4 @@
-"""Tests for engine/checkpoint.py: exact resume (weights, AdamW state, scheduler, RNG), `latest`, pruning,
+"""Tests for engine/runtime/checkpoint.py: exact resume (weights, AdamW state, scheduler, RNG), `latest`, pruning,
 crash safety, and in-place loading of save_pretrained's hub layout (renamed/transposed keys, tied weights).
 
 The model is a 1-layer GPT-2 (tied lm_head/wte, dropout off so two copies train identically).
@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import engine.checkpoint as ckpt
-from engine.checkpoint import (capture_rng, generator_device, latest_checkpoint, load_checkpoint, restore_rng,
+import engine.runtime.checkpoint as ckpt
+from engine.runtime.checkpoint import (capture_rng, generator_device, latest_checkpoint, load_checkpoint, restore_rng,
                                save_checkpoint)
 
 

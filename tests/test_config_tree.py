@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import Config
-from engine.configlib import build_config, to_toml, from_toml_str, undocumented_fields
+from engine.config.settings import Config
+from engine.config.parsing import build_config, to_toml, from_toml_str, undocumented_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests for engine/configlib.py: layering (defaults → TOML → CLI), parsing by annotated type, error messages,
+"""Tests for engine/config/parsing.py: layering (defaults → TOML → CLI), parsing by annotated type, error messages,
 validate(), the exact TOML round trip, to_dict, describe and undocumented_fields.
 
 The tree below uses string annotations (`from __future__ import annotations`) on purpose, so every test also
@@ -14,7 +14,8 @@ from typing import Literal
 
 import pytest
 
-from engine.configlib import build_config, describe, from_toml_str, to_dict, to_toml, undocumented_fields
+from engine.config.parsing import (build_config, describe, differences, from_toml_str, to_dict, to_toml,
+                                   undocumented_fields)
 
 
 def doc(default, help: str):
@@ -213,3 +214,16 @@ class Unsupported:
 def test_unsupported_annotation_is_a_type_error():
     with pytest.raises(TypeError, match="Unsupported.pairs: config type"):
         build_config(Unsupported)
+
+
+def test_a_base_config_is_the_bottom_layer_and_differences_name_each_changed_key():
+    """A run's own resolved config as the base: the TOML file and the flags go over it, and `differences` lists
+    exactly the keys that then differ from it (what eval.py prints against the run's own settings)."""
+    run = build_config(Tree, toml_text="[rollout]\ngroup_size = 16\n", overrides=["--rollout.temperature", "0.7"])
+    again = build_config(Tree, base=run, toml_text="[rollout]\nmax_tokens = 48\n",
+                         overrides=["--rollout.group_size=4"])
+    assert again.rollout.temperature == 0.7  # kept from the base, which the TOML file did not name
+    assert differences(run, again) == [("rollout.group_size", 16, 4), ("rollout.max_tokens", None, 48)]
+    assert differences(run, build_config(Tree, base=run)) == []
+    nested = build_config(Tree, base=run, overrides=["--rollout.sampling.top_k", "5"])
+    assert differences(run, nested) == [("rollout.sampling.top_k", 0, 5)]

@@ -1,5 +1,5 @@
 """Every data format a user brings, fed to all three entry points: `python -m data.check`, train.py and
-eval.py read the same examples from it (one loader decides: data.load_examples via engine/data_setup.py).
+eval.py read the same examples from it (one loader decides: data.load_examples via engine/setup/data_setup.py).
 The same three colours examples are written in each format; a format with splits gets a different test split,
 which is what evaluation reads by default."""
 

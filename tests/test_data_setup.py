@@ -1,6 +1,6 @@
 """The run's data settings: num_samples subsampling, epochs as step counts, split defaults for data with and
-without splits, the image processor's pixel bounds and the 448-px main-image rule (engine/data_setup.py,
-models/load.py, engine/trajectory.py)."""
+without splits, the image processor's pixel bounds and the 448-px main-image rule (engine/setup/data_setup.py,
+models/load.py, engine/rollout/trajectory.py)."""
 
 import json
 
@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from data import load_examples, subsample
-from engine.config import Config
-from engine.configlib import build_config
-from engine.data_setup import load_eval, load_train, with_epochs
+from engine.config.settings import Config
+from engine.config.parsing import build_config
+from engine.setup.data_setup import load_eval, load_train, with_epochs
 from tests.data_fixtures import save_png, seed003_dataset, write_lines
 
 
@@ -87,7 +87,7 @@ def test_pixel_bounds_reach_the_image_processor():
 def test_main_image_short_side_resizes_what_the_model_sees_not_the_original(tmp_path):
     from data import Example
     from engine.trainer import load_policy
-    from engine.trajectory import build_prompt, resize_short_side
+    from engine.rollout.trajectory import build_prompt, resize_short_side
 
     assert resize_short_side(Image.new("RGB", (1000, 500)), 448).size == (896, 448)
     assert resize_short_side(Image.new("RGB", (100, 300)), 448).size == (448, 1344)

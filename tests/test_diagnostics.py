@@ -1,6 +1,6 @@
-"""engine/diagnostics.py: token classes from the sampled text, per-class loss statistics and their exact reduction
+"""engine/algo/diagnostics.py: token classes from the sampled text, per-class loss statistics and their exact reduction
 over rows, group and crop-on-target counts; and, on the tiny model, that the advantage reaches the tool-call
-(box) tokens of a crop-then-answer trajectory through the real loss (engine/objective.py).
+(box) tokens of a crop-then-answer trajectory through the real loss (engine/algo/objective.py).
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_diagnostics.py
 """
@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from data.example import Example
-from engine.config import AlgoConfig
-from engine.diagnostics import (TOKEN_CLASSES, class_metrics, classify_tokens, finalize_class_metrics,
-                                reduce_rollout_records, rollout_record)
-from engine.losses import LossInputs, ppo_clip
-from engine.objective import StepBatch, policy_loss
-from engine.packing import pack
-from engine.sft import sft_trajectory
-from engine.trajectory import Prompt, ToolCallRecord, Trajectory
+from engine.config.settings import AlgoConfig
+from engine.algo.diagnostics import class_metrics, finalize_class_metrics, reduce_rollout_records, rollout_record
+from engine.rollout.token_classes import TOKEN_CLASSES, classify_tokens
+from engine.algo.losses import LossInputs, ppo_clip
+from engine.algo.objective import StepBatch, policy_loss
+from engine.forward.packing import pack
+from engine.algo.sft import sft_trajectory
+from engine.rollout.trajectory import Prompt, ToolCallRecord, Trajectory
 from tests.engine_helpers import load_tiny, make_prompt
 
 TOOL, ANSWER, TEXT = range(3)
@@ -44,7 +44,7 @@ def test_classify_tokens_by_hand():
 
 
 def _reduce(rows: list[dict[str, torch.Tensor]], counts: list[int]) -> dict:
-    """What engine/step.py does with row metrics: token-weighted mean over rows, then finalize."""
+    """What engine/algo/step.py does with row metrics: token-weighted mean over rows, then finalize."""
     total = sum(counts)
     m = {f"train/{k}": sum(float(r[k]) * n for r, n in zip(rows, counts)) / total for k in rows[0]}
     finalize_class_metrics(m)

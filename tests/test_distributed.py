@@ -1,4 +1,4 @@
-"""engine/distributed.py: the single-process no-ops (hand-checked values), then one real FSDP2 run — torchrun with
+"""engine/runtime/distributed.py: the single-process no-ops (hand-checked values), then one real FSDP2 run — torchrun with
 2 CPU processes (gloo) running tests/dist_worker.py — compared with the same code in this process on all 4
 trajectories: loss, gradient norm, every updated parameter, greedy tokens and their log-probs; and the LoRA run:
 loss, the reference (adapters off) = base model, the adapter and the merged export written from gathered shards.
@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine import distributed as D
+from engine.runtime import distributed as D
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""engine.logprobs: log-probs and entropy computed chunk by chunk equal the one-shot formula, with bounded memory.
+"""engine.forward.logprobs: log-probs and entropy computed chunk by chunk equal the one-shot formula, with bounded memory.
 
 - token_logps with chunks (fp32, temperature 0.7, with a bias, K not a multiple of the chunk) == the plain
   [K, V] formula: log-probs, entropy and hidden-state gradients (1e-6), head weight and bias gradients (1e-5:
@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.logprobs import token_logps
-from engine.packing import pack_row, row_logps
-from engine.rollout import finish
-from engine.trajectory import Trajectory
+from engine.forward.logprobs import token_logps
+from engine.forward.packing import pack_row, row_logps
+from engine.rollout.rollout import finish
+from engine.rollout.trajectory import Trajectory
 from tests.engine_helpers import load_tiny, make_prompt
 
 K, H, V = 403, 16, 300

@@ -1,4 +1,4 @@
-"""engine.objective.policy_loss on the real tiny model, and engine.sft.sft_trajectory.
+"""engine.algo.objective.policy_loss on the real tiny model, and engine.algo.sft.sft_trajectory.
 
 - Gradient accumulation is exact: summing policy_loss(...).backward() over rows packed with a small budget gives
   the same parameter gradients (1e-5 relative) as one row holding everything, for token_mean,
@@ -19,11 +19,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import AlgoConfig, RolloutConfig
-from engine.objective import StepBatch, policy_loss
-from engine.packing import pack
-from engine.rollout import rollout
-from engine.sft import sft_trajectory
+from engine.config.settings import AlgoConfig, RolloutConfig
+from engine.algo.objective import StepBatch, policy_loss
+from engine.forward.packing import pack
+from engine.rollout.rollout import rollout
+from engine.algo.sft import sft_trajectory
 from tests.engine_helpers import encode, load_tiny, make_prompt, plain_logps
 
 NORM_LEN = 8

@@ -1,8 +1,8 @@
-"""engine.packing: several multimodal trajectories in one row give the same log-probs as each alone.
+"""engine.forward.packing: several multimodal trajectories in one row give the same log-probs as each alone.
 
 - each trajectory packed ALONE == a plain forward of it (the model computing its own mrope positions), 1e-5;
 - packed rows == each alone (1e-5, fp32), for trajectories of different lengths and images, one with TWO images
-  (a crop injected mid-answer through Trajectory.append_image), in each of engine/layouts.py's layouts
+  (a crop injected mid-answer through Trajectory.append_image), in each of engine/forward/layouts.py's layouts
   (one packed sequence, a padded batch, shared prompts + continuations on their KV cache);
 - samples sharing prompts (as a rollout's groups do): the "prefix" layout runs each prompt once, gives each
   sample's log-probs alone (1e-5) and the padded batch's gradients, the shared image's included (rtol 1e-4);
@@ -23,11 +23,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.layouts import default_layout
+from engine.forward.layouts import default_layout
 from models.attention import VARLEN
-from engine.packing import pack, pack_row, plan_rows, row_logps
-from engine.rollout import finish
-from engine.trajectory import Trajectory
+from engine.forward.packing import pack, pack_row, plan_rows, row_logps
+from engine.rollout.rollout import finish
+from engine.rollout.trajectory import Trajectory
 from tests.engine_helpers import load_tiny, make_prompt, noise_image, plain_logps
 
 # (width, height), question, seed, sampled-token runs: a run after the first is preceded by an injected crop
@@ -270,7 +270,7 @@ def test_layout_choice_follows_what_the_model_allows(vlm, group_trajs):
 def test_shared_images_are_encoded_once_with_the_same_logps_and_gradients(vlm, group_trajs, layout, monkeypatch):
     """"packed" / "padded" encode each distinct image of the row once (the 2 prompts' images and the one crop: 3,
     not 6) and repeat the features: the same log-probs and gradients as encoding every trajectory's own copy."""
-    import engine.layouts as L
+    import engine.forward.layouts as L
 
     row = pack_row(group_trajs, [0, 1, 2, 3, 4])
     assert L.shares_images(vlm.model, row)
@@ -300,7 +300,7 @@ def test_shared_images_are_encoded_once_with_the_same_logps_and_gradients(vlm, g
 
 
 def test_images_are_not_shared_where_the_model_reads_them_twice(vlm, group_trajs, monkeypatch):
-    import engine.layouts as L
+    import engine.forward.layouts as L
 
     row = pack_row(group_trajs, [0, 1, 2, 3, 4])
     assert not L.shares_images(vlm.model, pack_row(group_trajs, [0, 3]))  # no prompt repeats in that row

@@ -1,4 +1,4 @@
-"""Crop re-injection (engine.tool_protocols) builds exactly what the processor would build for the whole text,
+"""Crop re-injection (engine.rollout.tool_protocols) builds exactly what the processor would build for the whole text,
 and a bad tool call never ends a rollout.
 
 - A prompt with one image + sampled `... <tool_call>[x1, y1, x2, y2]</tool_call>` (ids set by hand), then
@@ -20,11 +20,11 @@ import pytest
 import torch
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from engine.packing import pack, row_logps
-from engine.config import RolloutConfig
-from engine.rollout import finish
-from engine.tool_protocols import make_protocol
-from engine.trajectory import Trajectory
+from engine.forward.packing import pack, row_logps
+from engine.config.settings import RolloutConfig
+from engine.rollout.rollout import finish
+from engine.rollout.tool_protocols import make_protocol
+from engine.rollout.trajectory import Trajectory
 from tests.engine_helpers import SYSTEM, encode, load_tiny, make_prompt
 
 # A 100x80 image is resized to 112x84 (round(100/28)=4, round(80/28)=3 patches of 28): grid [1, 6, 8].

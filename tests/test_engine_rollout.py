@@ -1,4 +1,4 @@
-"""engine.rollout.rollout end to end with a tool call, on the real tiny model steered by a scripted wrapper.
+"""engine.rollout.rollout.rollout end to end with a tool call, on the real tiny model steered by a scripted wrapper.
 
 The wrapper adds +1e4 to one logit whenever (last input token, its position) is a step of the script
 "Look. <tool_call>[28, 21, 84, 63]</tool_call>" right after a prompt; everywhere else the real model's logits
@@ -23,10 +23,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.packing import pack, row_logps
-from engine.config import RolloutConfig
-from engine.rollout import rollout
-from engine.tool_protocols import make_protocol
+from engine.forward.packing import pack, row_logps
+from engine.config.settings import RolloutConfig
+from engine.rollout.rollout import rollout
+from engine.rollout.tool_protocols import make_protocol
 from models.vision import image_block, rope_positions
 from tests.engine_helpers import encode, load_tiny, make_prompt, plain_logits
 

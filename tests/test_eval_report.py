@@ -17,10 +17,10 @@ from PIL import Image
 
 import eval as eval_cli
 import train as train_cli
-from engine.eval_report import write_report
-from engine.evaluate import EvalResult, example_record
-from engine.model_source import load_any, resolve_model
-from engine.trajectory import ToolCallRecord
+from engine.report.eval_report import write_report
+from engine.report.evaluate import EvalResult, example_record
+from engine.setup.model_source import load_any, resolve_model
+from engine.rollout.trajectory import ToolCallRecord
 from models.tiny import tiny_model_dir
 from tests.test_view import BOX, _chromium, _traj
 from tools.plots import histogram, line_chart

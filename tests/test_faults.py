@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from engine.checkpoint import latest_checkpoint, load_checkpoint
+from engine.runtime.checkpoint import latest_checkpoint, load_checkpoint
 from tests.data_fixtures import save_png, save_truncated_png, write_lines
 from tests.fault_tally import TALLY
 

@@ -29,13 +29,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import distributed as D
+from engine.runtime import distributed as D
 from engine import trainer
-from engine.config import Config, RolloutConfig
-from engine.configlib import build_config
-from engine.packing import pack, row_logps
-from engine.rollout import rollout
-from engine.tool_protocols import make_protocol
+from engine.config.settings import Config, RolloutConfig
+from engine.config.parsing import build_config
+from engine.forward.packing import pack, row_logps
+from engine.rollout.rollout import rollout
+from engine.rollout.tool_protocols import make_protocol
 from models.generation import GREEDY, GenOutput, generate
 from tests.engine_helpers import encode, make_prompt, request
 
@@ -105,7 +105,7 @@ def test_tool_protocols_through_the_rollout_on_cuda(name, call):
     prompt = make_prompt(vlm, (100, 80), "What is in the box?", 0)
     scripted, rounds = encode(vlm, call), []
 
-    class FirstRoundScripted:  # the rollout's sampler hook (engine/vllm_sampler.py has the same contract)
+    class FirstRoundScripted:  # the rollout's sampler hook (engine/rollout/vllm_sampler.py has the same contract)
         def generate(self, requests, sampling, *, images_per_request, expand=1, **call):
             rounds.append(len(requests))
             if len(rounds) == 1:
@@ -129,9 +129,9 @@ def test_tool_protocols_through_the_rollout_on_cuda(name, call):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients_on_cuda(colors):
-    from engine.data_setup import load_data
-    from engine.evaluate import prompts_for
-    from engine.sft import sft_trajectory, target_text
+    from engine.setup.data_setup import load_data
+    from engine.report.evaluate import prompts_for
+    from engine.algo.sft import sft_trajectory, target_text
 
     cfg = build_config(Config, overrides=["--data.train", str(colors)])
     examples, _ = load_data(cfg, verbose=False)
@@ -160,7 +160,7 @@ def test_bf16_mixed_precision_in_one_process_on_cuda(tmp_path):
 
 def test_resume_after_crash_is_bitwise_on_cuda(tmp_path, monkeypatch):
     import tests.test_train_e2e as e2e
-    from engine.checkpoint import load_checkpoint
+    from engine.runtime.checkpoint import load_checkpoint
 
     data = tmp_path / "data"
     subprocess.run([sys.executable, "-m", "data.synth", "colors", "--n", "48", "--out", str(data), "--seed", "3"],
@@ -212,8 +212,8 @@ def test_torchrun_one_process_nccl_with_mixed_precision(colors, tmp_path):
 def test_3b_shape_rl_step_on_448_px_images(tmp_path):
     """The benchmark's model (scripts/bench_gpu.py) in a small step: real dimensions, the padded vocabulary."""
     from scripts.bench_gpu import build_state, make_images_data
-    from engine.evaluate import prompts_for
-    from engine.step import rl_step
+    from engine.report.evaluate import prompts_for
+    from engine.algo.step import rl_step
 
     data = make_images_data(tmp_path / "data", side=448, n=4)
     cfg, vlm, state, examples = build_state("qwen2_5_vl", "3b", data, prompts=2, group=2, new_tokens=16,

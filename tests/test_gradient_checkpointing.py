@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from engine.config import Config
-from engine.configlib import build_config
-from engine.lora import apply_lora
-from engine.packing import pack_row, row_logps
-from engine.rollout import finish
+from engine.config.settings import Config
+from engine.config.parsing import build_config
+from engine.runtime.lora import apply_lora
+from engine.forward.packing import pack_row, row_logps
+from engine.rollout.rollout import finish
 from engine.trainer import enable_gradient_checkpointing
-from engine.trajectory import Trajectory
+from engine.rollout.trajectory import Trajectory
 from models.load import load_vlm
 from models.tiny import tiny_model_dir
 from tests.engine_helpers import make_prompt, noise_image

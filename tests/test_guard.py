@@ -1,9 +1,9 @@
-"""engine/guard.py without processes: which stages a resumed run still has, the NaN streak, the run folder check.
+"""engine/runtime/guard.py without processes: which stages a resumed run still has, the NaN streak, the run folder check.
 The real signals, kills and full disks are in tests/test_faults.py."""
 
 import pytest
 
-from engine.guard import NonFinite, RunStopped, check_out_dir, stages_left
+from engine.runtime.guard import NonFinite, RunStopped, check_out_dir, stages_left
 
 FLAGS = {"sft": "sft.steps", "rl": "rl.steps"}
 
@@ -55,8 +55,8 @@ def test_resume_with_more_steps_continues_and_with_none_left_says_so(tmp_path, c
 
     from data.synth import main as synth
     from engine import trainer
-    from engine.config import Config
-    from engine.configlib import build_config
+    from engine.config.settings import Config
+    from engine.config.parsing import build_config
 
     synth(["colors", "--n", "8", "--out", str(tmp_path / "data"), "--seed", "1"])
     out = tmp_path / "run"
@@ -89,9 +89,10 @@ def test_rl_update_with_a_nan_loss_is_skipped_and_the_weights_stay(tmp_path, mon
     import torch
 
     from data.synth import main as synth
-    from engine import step, trainer
-    from engine.config import Config
-    from engine.configlib import build_config
+    from engine import trainer
+    from engine.algo import step
+    from engine.config.settings import Config
+    from engine.config.parsing import build_config
 
     synth(["colors", "--n", "8", "--out", str(tmp_path / "data"), "--seed", "1"])
     real, calls = step.policy_loss, {"n": 0}

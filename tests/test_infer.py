@@ -16,7 +16,7 @@ from PIL import Image
 
 import infer as infer_cli
 from data.example import Example
-from engine.evaluate import prompts_for
+from engine.report.evaluate import prompts_for
 from engine.infer import Assistant
 from models.tiny import tiny_model_dir
 from tests.engine_helpers import encode, noise_image

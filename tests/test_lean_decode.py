@@ -69,7 +69,7 @@ def test_the_lean_step_stands_aside_where_it_is_not_the_models_forward():
     model.train()
     assert L.lean_step_for(model) is None  # training: dropout, checkpointing
     model.eval()
-    handle = model.lm_head.register_forward_pre_hook(lambda m, a: None)  # e.g. engine/logprobs.py's head hook
+    handle = model.lm_head.register_forward_pre_hook(lambda m, a: None)  # e.g. engine/forward/logprobs.py's head hook
     assert L.lean_step_for(model) is None
     handle.remove()
     usual = model.config.text_config._attn_implementation

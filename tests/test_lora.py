@@ -1,4 +1,4 @@
-"""engine/lora.py on the tiny Qwen2.5-VL: which layers get adapters (and how many parameters, worked out by
+"""engine/runtime/lora.py on the tiny Qwen2.5-VL: which layers get adapters (and how many parameters, worked out by
 hand), a packed forward + backward through the PeftModel, the reference policy as the same weights with the
 adapters off, the merged export reloaded by plain transformers, and the adapter save/load round trip.
 """
@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.lora import adapters_disabled, apply_lora, merged_export, save_adapter
-from engine.packing import pack, row_logps
-from engine.sft import sft_trajectory
+from engine.runtime.lora import adapters_disabled, apply_lora, merged_export, save_adapter
+from engine.forward.packing import pack, row_logps
+from engine.algo.sft import sft_trajectory
 from models.load import load_vlm
 from tests.engine_helpers import load_tiny, make_prompt, plain_logits, plain_logps
 

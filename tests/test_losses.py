@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from engine.config import AlgoConfig
-from engine.losses import (
+from engine.config.settings import AlgoConfig
+from engine.algo.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
     LOSSES,

@@ -1,4 +1,4 @@
-"""The memory planner (engine/memory.py) against peaks measured on an H200, and its command line.
+"""The memory planner (engine/setup/memory.py) against peaks measured on an H200, and its command line.
 
 Run: `OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_memory.py`.
 """
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from engine.memory import LOGIT_BYTES, GiB, Setting, Workload, estimate, fitting_settings, main, read_dims, shape_dims
+from engine.setup.memory import LOGIT_BYTES, GiB, Setting, Workload, estimate, fitting_settings, main, read_dims, shape_dims
 from models.tiny import tiny_model_dir
 
 

@@ -1,4 +1,4 @@
-"""Tests for engine/metrics.py: PhaseTimer accumulation, metrics.jsonl / samples.jsonl contents, TensorBoard
+"""Tests for engine/runtime/log.py: PhaseTimer accumulation, metrics.jsonl / samples.jsonl contents, TensorBoard
 events read back with tensorboard's EventAccumulator, and the progress bar's output."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from engine.metrics import MetricsLogger, PhaseTimer, progress
+from engine.runtime.log import MetricsLogger, PhaseTimer, progress
 
 
 def test_phase_timer_accumulates_and_resets():

@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 from data.synth import write_dataset
-from engine import distributed as D
+from engine.runtime import distributed as D
 from engine import trainer
-from engine.config import Config
-from engine.configlib import build_config
+from engine.config.settings import Config
+from engine.config.parsing import build_config
 from models.tiny import tiny_model_dir
 
 LR = 1e-5

@@ -37,7 +37,7 @@ def _sha256s(folder) -> dict[str, str]:
 
 
 def _image_prompt(tok, image_processor, image: Image.Image):
-    """Prompt ids as engine/trajectory.py builds them: chat template, then the single <|image_pad|> expanded to
+    """Prompt ids as engine/rollout/trajectory.py builds them: chat template, then the single <|image_pad|> expanded to
     grid.prod() // merge² pads. Returns (input_ids [1, T], pixel_values, image_grid_thw, mm_token_type_ids)."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is the square?"}]}]
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -17,8 +17,8 @@ import pytest
 
 from data.synth import write_dataset
 from engine import trainer
-from engine.config import Config
-from engine.configlib import build_config
+from engine.config.settings import Config
+from engine.config.parsing import build_config
 from rewards import REWARDS
 
 TIMEOUT_S, RETRIES, BACKOFF_S = 0.5, 1, 0.5  # BACKOFF_S: rewards.judge.Judge's default, slept between the two tries

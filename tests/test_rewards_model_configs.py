@@ -14,9 +14,9 @@ import torch
 
 from data.example import Example
 from data.synth import generate
-from engine.config import Config
-from engine.configlib import build_config
-from engine.sft import target_text
+from engine.config.settings import Config
+from engine.config.parsing import build_config
+from engine.algo.sft import target_text
 from models.family import SUPPORTED
 from rewards import blind, image_rewards  # noqa: F401  (register the model-based rewards)
 from rewards.combine import score_batch
@@ -54,7 +54,7 @@ def test_seed_config_builds_and_its_sft_target_scores(name):
     frame = cfg.model.box_frame or SUPPORTED["qwen2_5_vl"]
     contexts = [RewardContext(box_frame=frame, prompt_prefill=cfg.data.prefill) for _ in examples]
     # {box} (seed002) is written in the model's frame, which needs the image's size and the processor's grid: a
-    # stand-in prompt and model family give them (engine/sft.py reads nothing else of either)
+    # stand-in prompt and model family give them (engine/algo/sft.py reads nothing else of either)
     family = SimpleNamespace(box_frame=frame, patch_size=14)
     prompts = [SimpleNamespace(images=[s.image], grid_thw=torch.tensor([[1, 8, 8]])) for s in samples]
     targets = [target_text(e, cfg.data.sft_template, p, SimpleNamespace(family=family))

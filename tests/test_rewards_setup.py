@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from data.example import Example
-from engine.config import Config, RewardConfig
-from engine.configlib import build_config
+from engine.config.settings import Config, RewardConfig
+from engine.config.parsing import build_config
 from rewards import REWARDS, RewardContext
 from rewards.judge import Judge
 from rewards.reasoning import THRESHOLD, match_f1, token_f1

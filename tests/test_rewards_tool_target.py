@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from data.example import Example
-from engine.trajectory import ToolCallRecord
+from engine.rollout.trajectory import ToolCallRecord
 from rewards import REWARDS, RewardContext, score_batch
 from rewards.tool_target import crop_target_iou
 

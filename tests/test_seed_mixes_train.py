@@ -13,8 +13,8 @@ import pytest
 
 from data.synth import write_dataset
 from engine import trainer
-from engine.config import Config
-from engine.configlib import build_config
+from engine.config.settings import Config
+from engine.config.parsing import build_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = {"seed000": "zoom", "seed002": "grounding", "seed003": "colors", "seed004": "geometry",

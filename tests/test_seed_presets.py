@@ -51,12 +51,12 @@ def test_sft_target_scores_full_marks_on_the_headline_metrics(seed, tmp_path):
     step for VQA reasoning) is what its headline metrics call perfect: SFT teaches the answer RL is paid for."""
     from dataclasses import replace
 
-    from engine.config import Config
-    from engine.configlib import build_config
-    from engine.data_setup import load_train
-    from engine.evaluate import prompts_for
-    from engine.sft import sft_trajectory, target_text
-    from engine.step import score
+    from engine.config.settings import Config
+    from engine.config.parsing import build_config
+    from engine.setup.data_setup import load_train
+    from engine.report.evaluate import prompts_for
+    from engine.algo.sft import sft_trajectory, target_text
+    from engine.algo.step import score
     from engine.trainer import load_policy
 
     data, _ = seed_fixture(seed, tmp_path, n_train=3, n_eval=1)

@@ -7,8 +7,8 @@ import pytest
 
 from data.synth import write_dataset
 from engine import trainer
-from engine.config import Config
-from engine.configlib import build_config
+from engine.config.settings import Config
+from engine.config.parsing import build_config
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_TARGET_TEXT = trainer.target_text

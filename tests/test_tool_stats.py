@@ -1,4 +1,4 @@
-"""engine/tool_health.py: the tool-use collapse warning on hand-made call-rate sequences. Each expected warning step
+"""engine/report/tool_health.py: the tool-use collapse warning on hand-made call-rate sequences. Each expected warning step
 is worked out by hand from the moving averages written next to it (rates are multiples of 1/8, exact in floats).
 Run: `OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_tool_stats.py`.
 """
@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from engine.tool_health import ToolCallMonitor
+from engine.report.tool_health import ToolCallMonitor
 
 
 def warnings_at(monitor: ToolCallMonitor, rates: list[float]) -> list[int]:

@@ -9,11 +9,11 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from engine.config import Config
-from engine.configlib import from_toml_str
-from engine.evaluate import prompts_for
-from engine.tool_protocols import make_protocol, run_call
-from engine.trajectory import Trajectory
+from engine.config.settings import Config
+from engine.config.parsing import from_toml_str
+from engine.report.evaluate import prompts_for
+from engine.rollout.tool_protocols import make_protocol, run_call
+from engine.rollout.trajectory import Trajectory
 from models.tiny import tiny_model_dir
 from tests.engine_helpers import load_tiny, make_prompt
 from tools.protocols import ToolCall

@@ -29,13 +29,13 @@ import pytest
 import torch
 
 from data.synth import write_dataset
-from engine import distributed as D
+from engine.runtime import distributed as D
 from engine import trainer
-from engine.checkpoint import load_checkpoint
-from engine.config import Config
-from engine.configlib import build_config
-from engine.lora import apply_lora
-from engine.sft import sft_trajectory
+from engine.runtime.checkpoint import load_checkpoint
+from engine.config.settings import Config
+from engine.config.parsing import build_config
+from engine.runtime.lora import apply_lora
+from engine.algo.sft import sft_trajectory
 from models.load import load_vlm
 from tests.engine_helpers import make_prompt, plain_logits
 
@@ -123,7 +123,7 @@ def test_two_processes_train_like_one(one, two):
         assert b[step]["sft/grad_norm"] == pytest.approx(a[step]["sft/grad_norm"], rel=1e-4), step
     assert a[2]["sft/loss"] != a[1]["sft/loss"]  # the steps really trained
     for step in range(5, 8):
-        # The samples differ, so a token class (engine/diagnostics.py) may occur in one run's step and not the
+        # The samples differ, so a token class (engine/algo/diagnostics.py) may occur in one run's step and not the
         # other's: its share is logged either way, its means only where it occurred.
         sampled_only = lambda m: {k for k in m if k.startswith("train/tokens/") and not k.endswith("/share")}  # noqa: E731
         assert b[step].keys() - sampled_only(b[step]) == a[step].keys() - sampled_only(a[step]), step

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from data.synth import write_dataset
-from engine.config import Config
-from engine.configlib import build_config
+from engine.config.settings import Config
+from engine.config.parsing import build_config
 from engine import trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_resume_on_another_device_type_continues_with_a_fresh_sampling_stream(co
     """A checkpoint whose sampling generator lived on the other device type (a CUDA generator saves a 16-byte seed +
     offset, a CPU one 5,056 bytes of Mersenne state), resumed here: the state does not fit this run's generator, so
     the run says so, reseeds, and finishes."""
-    from engine.checkpoint import load_plain
+    from engine.runtime.checkpoint import load_plain
 
     real_step, calls = trainer.rl_step, []
 

@@ -1,4 +1,4 @@
-"""engine/update.py, the update SFT and RL share: rows' gradients accumulate to the one-batch gradient, metrics are
+"""engine/algo/update.py, the update SFT and RL share: rows' gradients accumulate to the one-batch gradient, metrics are
 token-weighted, the norm is taken before clipping and the lr is the one the step used; `due` and the trainer's
 periodic actions evaluate and save the final weights once (RL's eval_every used to evaluate them twice)."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.trainer import Run
-from engine.update import due, optimizer_update
+from engine.algo.update import due, optimizer_update
 
 
 def _linear():

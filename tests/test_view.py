@@ -1,4 +1,4 @@
-"""tools/view.py: the rollout page, built from a folder that engine.rollout_dump.dump_rollouts wrote from hand-made
+"""tools/view.py: the rollout page, built from a folder that engine.report.rollout_dump.dump_rollouts wrote from hand-made
 Trajectory objects, rendered in headless Chromium (the page must open from disk: every <img> loads, the crop
 boxes are drawn, the screenshot is not blank), plus the pure pieces (box frames, highlighting, sampling, errors).
 
@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from data.example import Example
-from engine.rollout_dump import dump_rollouts
-from engine.trajectory import Prompt, ToolCallRecord, Trajectory
+from engine.report.rollout_dump import dump_rollouts
+from engine.rollout.trajectory import Prompt, ToolCallRecord, Trajectory
 from rewards.combine import RewardBatch
 from tools import view
 

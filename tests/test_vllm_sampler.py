@@ -1,7 +1,7 @@
-"""engine.vllm_sampler.VLLMSampler on the tiny Qwen2.5-VL, checked against the trainer's log-probs and our native
+"""engine.rollout.vllm_sampler.VLLMSampler on the tiny Qwen2.5-VL, checked against the trainer's log-probs and our native
 sampler, never against itself:
 
-- the log-probs vLLM reports for its sampled tokens == engine.packing.row_logps of the same tokens (fp32, packed,
+- the log-probs vLLM reports for its sampled tokens == engine.forward.packing.row_logps of the same tokens (fp32, packed,
   the trainer's own path) within 1e-2, at temperatures 1 and 0.7, and after a tool round re-injected an image
   (two image blocks in one sequence);
 - greedy vLLM == our native greedy sampler token for token (three image sizes, left-padded batch); stop ids, the
@@ -12,7 +12,7 @@ sampler, never against itself:
   the first samples exactly;
 - G samples per prompt from a seeded generator are reproducible; another seed gives other samples; sampling
   leaves torch's global RNG where it was;
-- once engine.rollout takes `sampler=` (the integration hook), a whole rollout through vLLM gives trajectories
+- once engine.rollout.rollout takes `sampler=` (the integration hook), a whole rollout through vLLM gives trajectories
   whose sampler log-probs are the trainer's (skipped, saying so, before that).
 
 Needs vLLM: runs under .venv-vllm (bash scripts/install_vllm.sh; make test-vllm). Elsewhere the vLLM tests are
@@ -32,12 +32,12 @@ import time
 import pytest
 import torch
 
-from engine.packing import pack, row_logps
-from engine.config import RolloutConfig
-from engine.rollout import finish, rollout
+from engine.forward.packing import pack, row_logps
+from engine.config.settings import RolloutConfig
+from engine.rollout.rollout import finish, rollout
 from models.generation import GenRequest, generate
-from engine.trajectory import Trajectory
-from engine.vllm_sampler import _BufferOnlyReloadNotice, check_params, collapse_image_runs
+from engine.rollout.trajectory import Trajectory
+from engine.rollout.vllm_sampler import _BufferOnlyReloadNotice, check_params, collapse_image_runs
 from models.tiny import tiny_model_dir
 from models.vision import rope_positions
 from tests.engine_helpers import (MIXED_PROMPTS, encode, gen_args, load_tiny, loss_positions, make_prompt,
@@ -103,7 +103,7 @@ def long_prompt(vlm):
 def sampler():
     if NO_VLLM:
         pytest.skip(NO_VLLM)
-    from engine.vllm_sampler import VLLMSampler
+    from engine.rollout.vllm_sampler import VLLMSampler
     s = VLLMSampler(tiny_model_dir("qwen2_5_vl"), max_model_len=1024, kv_cache_gib=1, seed=0, limit_images=4)
     yield s
     s.close()

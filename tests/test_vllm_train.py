@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from data.synth import write_dataset
-from engine.config import Config
-from engine.configlib import build_config
+from engine.config.settings import Config
+from engine.config.parsing import build_config
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -70,7 +70,7 @@ def test_vllm_sampler_trains_and_stays_in_sync(colors, tmp_path):
 
 
 def test_without_pushes_the_mismatch_shows(colors, tmp_path, monkeypatch):
-    from engine.vllm_sampler import VLLMSampler
+    from engine.rollout.vllm_sampler import VLLMSampler
 
     real_push, pushes = VLLMSampler.push_weights, {"n": 0}
 

@@ -19,8 +19,8 @@ from data import load_examples
 from data.example import open_image
 from data.synth import write_dataset
 from data.zoom_sft import a3_text, convert
-from engine.config import Config
-from engine.configlib import build_config
+from engine.config.settings import Config
+from engine.config.parsing import build_config
 from tools.registry import ToolLimits, call_tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ def test_zoom2_crop_is_its_quadrant(tmp_path):
 
 
 def test_sft_crop_is_the_bold_box(zoom_dir, tmp_path):
-    """The crop the SFT target asks for, run as engine/sft.py runs it, shows the box's dark border all round."""
+    """The crop the SFT target asks for, run as engine/algo/sft.py runs it, shows the box's dark border all round."""
     out = tmp_path / "zoom-sft.jsonl"
     convert(zoom_dir, out, crop="box")
     for ex in load_examples(out).examples:

@@ -2,7 +2,7 @@
 
     python -m tools.view RUN_DIR [--out FILE] [--max N]
 
-Reads RUN_DIR/rollouts/step_*.jsonl (written by engine/rollout_dump.py; RUN_DIR may also be the rollouts folder
+Reads RUN_DIR/rollouts/step_*.jsonl (written by engine/report/rollout_dump.py; RUN_DIR may also be the rollouts folder
 itself) and writes one self-contained page (default RUN_DIR/rollouts/index.html). Images are referenced by paths
 relative to the page, so it opens from disk in a browser, no server. With more than N records (default 32), N are
 taken evenly spaced over the whole run (the first and last always in), so the page shows how answers changed.
@@ -22,7 +22,7 @@ Each image gets data-loaded="1" from a small inline script once it has loaded ("
 tests/test_view.py reads back from headless Chromium. A record with a "target_box" (where the crop should look,
 original pixels) gets it drawn dotted black, marked T, and its "crop_target_iou" shown in the header.
 
-Learning signals: when RUN_DIR/metrics.jsonl holds RL steps (engine/diagnostics.py), the page opens with a table of
+Learning signals: when RUN_DIR/metrics.jsonl holds RL steps (engine/algo/diagnostics.py), the page opens with a table of
 them (at most --max rows, evenly spaced): the fraction of groups whose rewards differ, the crop-on-target rate,
 and the mean |advantage|, entropy and clip fraction of the tool-call, answer and other tokens.
 
@@ -186,7 +186,7 @@ def render_signals(rows: list[dict], max_rows: int) -> str:
                    + "".join(f"<td>{_num(r[k]) if k in r else ''}</td>" for k, _ in columns) + "</tr>"
                    for r in spread(rows, max_rows))
     return (f"<h2>Learning signals per RL step</h2><p>{len(rows)} RL steps in metrics.jsonl "
-            f"(engine/diagnostics.py says what each means)</p><table class=\"signals\">{head}{body}</table>")
+            f"(engine/algo/diagnostics.py says what each means)</p><table class=\"signals\">{head}{body}</table>")
 
 
 def highlight(text: str) -> str:

@@ -37,7 +37,7 @@ class ModelConfig:
     path: str = doc("", "Local Hugging Face VLM folder. Empty: build the tiny model named by `tiny_arch` (cached).")
     tiny_arch: str = doc("qwen2_5_vl", "Tiny offline model to build when `path` is empty: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe (models/tiny.py ARCHS).")
     dtype: Literal["float32", "bfloat16", "float16"] = doc("float32", "Parameter dtype (bf16 is slow on CPUs without bf16 units).")
-    attn_implementation: Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"] = doc("auto", "Attention kernel. auto: varlen on a CUDA GPU of compute capability >= 8.0 with bf16 / fp16 weights, sdpa elsewhere (the faster measured there). varlen (GPU: torch's variable-length flash attention, or flash-attn's when installed): packed rows without masks, one call per vision block. sdpa / eager score each micro-batch as a right-padded batch. Under auto, sdpa, eager and varlen, where a micro-batch holds several samples of one prompt and nothing else forbids it (gradient checkpointing while training, FSDP), its prompts run once and their samples on their KV cache (the prefix layout, engine/layouts.py). flash_attention_2: transformers' flash-attn path (GPU, flash-attn installed). sdpa on a CPU runs models/attention.py's sdpa_gqa: the same kernel, grouped-query heads not repeated under a mask.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"] = doc("auto", "Attention kernel. auto: varlen on a CUDA GPU of compute capability >= 8.0 with bf16 / fp16 weights, sdpa elsewhere (the faster measured there). varlen (GPU: torch's variable-length flash attention, or flash-attn's when installed): packed rows without masks, one call per vision block. sdpa / eager score each micro-batch as a right-padded batch. Under auto, sdpa, eager and varlen, where a micro-batch holds several samples of one prompt and nothing else forbids it (gradient checkpointing while training, FSDP), its prompts run once and their samples on their KV cache (the prefix layout, engine/forward/layouts.py). flash_attention_2: transformers' flash-attn path (GPU, flash-attn installed). sdpa on a CPU runs models/attention.py's sdpa_gqa: the same kernel, grouped-query heads not repeated under a mask.")
     box_frame: Literal["pixels", "resized", "norm1000"] | None = doc(None, "Coordinate frame the model writes boxes in (none: the family's own).")
     logprob_chunk_tokens: int = doc(2048, "Log-probs and entropy are computed from the LM head this many tokens at a time, and recomputed in the backward: peak logits memory ~ this × vocabulary × 4 bytes, whatever the micro-batch (Qwen's 151,936-token vocabulary: ~1.2 GB at 2048). 0: all kept tokens at once (autograd keeps their [tokens, vocab] logits).")
     gradient_checkpointing: bool = doc(False, "Recompute each decoder layer's and vision block's activations in the backward pass instead of storing them: less activation memory for about one extra forward per update.")
@@ -84,9 +84,9 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    """Sampling and rollout limits: `engine.rollout.rollout` and `models.generation.generate` read this object."""
+    """Sampling and rollout limits: `engine.rollout.rollout.rollout` and `models.generation.generate` read this object."""
 
-    sampler: Literal["native", "vllm"] = doc("native", "Sampler: native (our batched KV-cache sampler) or vllm (in-process vLLM, engine/vllm_sampler.py: run under .venv-vllm from scripts/install_vllm.sh; one process, top_k 0, top_p 1; the policy's weights are pushed to it after every optimizer step).")
+    sampler: Literal["native", "vllm"] = doc("native", "Sampler: native (our batched KV-cache sampler) or vllm (in-process vLLM, engine/rollout/vllm_sampler.py: run under .venv-vllm from scripts/install_vllm.sh; one process, top_k 0, top_p 1; the policy's weights are pushed to it after every optimizer step).")
     vllm_kv_cache_gib: int = doc(1, "KV-cache size of the vllm sampler in GiB (rollout.sampler = vllm only).")
     group_size: int = doc(8, "Samples per prompt (G).")
     prompts_per_step: int = doc(4, "Prompts per optimizer step over all processes (torchrun: a multiple of the number of processes, which split them).")
@@ -96,13 +96,13 @@ class RolloutConfig:
     top_p: float = doc(1.0, "Nucleus sampling threshold (1: off).")
     top_k: int = doc(0, "Top-k sampling (0: off).")
     cuda_graph: bool = doc(True, "Native sampler on a GPU: capture the decoding step as a CUDA graph and replay it (fixed-shape KV cache, models/decode_graph.py; the same tokens as eager decoding, ~10x fewer kernel launches). false: decode eagerly. No effect on CPU or with the vllm sampler.")
-    protocol: str | None = doc(None, "Tool protocol (engine/tool_protocols.py PROTOCOLS): none, inline (<tool_call>…</tool_call> inside the answer) or multiturn (<tool>…</tool> ends the turn).")
+    protocol: str | None = doc(None, "Tool protocol (engine/rollout/tool_protocols.py PROTOCOLS): none, inline (<tool_call>…</tool_call> inside the answer) or multiturn (<tool>…</tool> ends the turn).")
     tools: list[str] = doc([], "Tools the model may call (names from `python -m tools.run --list`): the system prompt then lists their signatures and the protocol's call format (Qwen's `# Tools` convention, tools/schema.py), and a call to any other tool is answered with an error. Empty: every tool may run and the prompt lists none (write your own instructions in data.question_template or system_prompt). Needs protocol inline or multiturn.")
     max_tool_calls: int = doc(2, "Tool calls allowed per trajectory.")
     max_images: int = doc(4, "Images per trajectory, the original included.")
 
     def validate(self) -> None:
-        from engine.tool_protocols import PROTOCOLS
+        from engine.rollout.tool_protocols import PROTOCOLS
 
         if self.protocol is not None:
             _choose("rollout.protocol", self.protocol, PROTOCOLS)
@@ -124,23 +124,23 @@ class RolloutConfig:
 class AlgoConfig:
     """The advantage estimator and everything that shapes the policy loss: every loss receives this object."""
 
-    advantage: str = doc("grpo", "Advantage estimator (engine/advantages.py ADVANTAGES): grpo, drgrpo, rloo.")
+    advantage: str = doc("grpo", "Advantage estimator (engine/algo/advantages.py ADVANTAGES): grpo, drgrpo, rloo.")
     adv_eps: float = doc(1e-6, "ε added to the group std in grpo.")
-    loss: str = doc("ppo_clip", "Policy loss (engine/losses.py LOSSES): ppo_clip, is_pg, gspo, cispo.")
+    loss: str = doc("ppo_clip", "Policy loss (engine/algo/losses.py LOSSES): ppo_clip, is_pg, gspo, cispo.")
     clip_low: float = doc(0.2, "Lower clip range ε_low: ratio ≥ 1 − ε_low (1.0 removes the bound: ρ ≥ 0 anyway).")
     clip_high: float = doc(0.28, "Upper clip range ε_high: ratio ≤ 1 + ε_high (DAPO clip-higher: 0.28; GSPO: ~4e-4).")
     dual_clip_c: float | None = doc(None, "Dual-clip bound c > 1 for negative advantages, ppo_clip and gspo (none: off; verl uses 3).")
-    aggregation: str = doc("token_mean", "Loss aggregation (engine/losses.py AGGREGATIONS): token_mean, seq_mean_token_mean, seq_mean_token_sum_norm.")
+    aggregation: str = doc("token_mean", "Loss aggregation (engine/algo/losses.py AGGREGATIONS): token_mean, seq_mean_token_mean, seq_mean_token_sum_norm.")
     norm_len: int | None = doc(None, "Dr.GRPO's constant length, seq_mean_token_sum_norm only (none: rollout.max_new_tokens).")
     kl_beta: float = doc(0.0, "KL penalty weight to the frozen reference (0: no reference model is loaded).")
-    kl_estimator: str = doc("k3", "KL estimator (engine/losses.py KL_ESTIMATORS): k1, k2, k3.")
+    kl_estimator: str = doc("k3", "KL estimator (engine/algo/losses.py KL_ESTIMATORS): k1, k2, k3.")
     tis_cap: float | None = doc(None, "Truncated importance-sampling cap on exp(old_logp − sampler_logp), for sampler/trainer mismatch (none: off; verl uses 2).")
     num_updates: int = doc(1, "Optimizer updates per rollout (>1 computes old log-probs once, PPO-style).")
     drop_uniform_groups: bool = doc(False, "Drop groups whose rewards are all equal (zero advantage: no signal) from the update; the batch shrinks (batch/kept_fraction). DAPO's dynamic sampling also samples more prompts to refill the batch; this does not.")
 
     def validate(self) -> None:
-        from engine.advantages import ADVANTAGES
-        from engine.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES, USES_DUAL_CLIP
+        from engine.algo.advantages import ADVANTAGES
+        from engine.algo.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES, USES_DUAL_CLIP
 
         _choose("algo.advantage", self.advantage, ADVANTAGES)
         _choose("algo.loss", self.loss, LOSSES)

@@ -84,7 +84,7 @@ LOG_RATIO_CLAMP = 20.0  # verl's bound on log ρ: exp(20) ≈ 4.9e8 is finite in
 K3_VALUE_CLAMP = 10.0  # verl's bound on the k3 value.
 
 if TYPE_CHECKING:  # the settings every loss reads: the `algo` config section itself, not a copy
-    from engine.config import AlgoConfig
+    from engine.config.settings import AlgoConfig
 
 
 

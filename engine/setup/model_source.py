@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.checkpoint import latest_checkpoint
+from engine.runtime.checkpoint import latest_checkpoint
 from models.load import VLM, load_vlm
 from models.tiny import tiny_model_dir
 

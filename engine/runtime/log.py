@@ -1,4 +1,4 @@
-"""Step metrics: phase timers, one logger for TensorBoard + JSONL, and the progress bar.
+"""Run logging: phase timers, one logger for TensorBoard + JSONL, and the progress bar.
 
     timer = PhaseTimer()
     logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard)
@@ -20,10 +20,6 @@ Sync points (GPU): PhaseTimer calls torch.cuda.synchronize() when a phase starts
 available, so a phase is charged for the kernels it launched rather than for the next phase that waits on them.
 MetricsLogger.log moves all tensor values to the host with one .cpu() per device: call it once per step, with
 metrics kept as detached tensors until then.
-
-An RL step's metrics: each rank makes a small picklable `rank_record` (rewards, advantages, lengths, tool calls,
-update sums, times), the records are gathered once, and `step_metrics` reduces them as one process would reduce
-the whole batch (update metrics token-weighted over ranks, times the mean over ranks).
 """
 
 from __future__ import annotations
@@ -38,7 +34,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from engine.diagnostics import finalize_class_metrics, reduce_rollout_records, rollout_record
 
 
 class PhaseTimer:
@@ -128,64 +123,3 @@ class MetricsLogger:
 def progress(total: int, initial: int = 0, desc: str = "train") -> tqdm:
     """A tqdm bar on stderr with ETA; redraws at most once a second (so logs stay small when not a TTY)."""
     return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
-
-
-# ----------------------------------------------------------------------------------------------- RL step metrics
-
-def rank_record(trajs, rewards, adv_B, kept, update, times: dict[str, float]) -> dict:
-    """What this rank contributes to the step's metrics: small, picklable, per trajectory."""
-    cpu = lambda t: t.detach().cpu()  # noqa: E731  (sync point, once per step)
-    if update is not None:
-        update = {**update, "sums": {k: cpu(v) for k, v in update["sums"].items()},
-                  **{k: cpu(update[k]) for k in ("loss", "grad_norm", "lr")}}
-    return {"reward": list(rewards.total), "parts": rewards.parts, "errors": rewards.errors, "adv": cpu(adv_B),
-            "kept": len(kept), "sampled": [t.num_sampled for t in trajs], "length": [len(t.ids) for t in trajs],
-            "stop": [t.stop for t in trajs], "calls": [[(c.name, c.ok) for c in t.tool_calls] for t in trajs],
-            "update": update, "time": times,
-            "signals": rollout_record(trajs, torch.tensor(rewards.total))}  # groups, crops on target
-
-
-def step_metrics(records: list[dict]) -> dict:
-    """The step's metrics from every rank's record (rank order), as one process would compute them over the
-    whole batch. Update metrics are token-weighted over all ranks; times are the mean over ranks."""
-    cat = lambda key: [x for r in records for x in r[key]]  # noqa: E731
-    reward, sampled, stop, calls = cat("reward"), cat("sampled"), cat("stop"), cat("calls")
-    adv_B, n = torch.cat([r["adv"] for r in records]), len(reward)
-    m = {}
-    updates = [r["update"] for r in records if r["update"] is not None]
-    if updates:
-        sums: dict[str, torch.Tensor] = {}
-        for u in updates:
-            for k, v in u["sums"].items():
-                sums[k] = sums[k] + v if k in sums else v
-        total = sum(u["tokens"] for u in updates)
-        m = {f"train/{k}": v / max(total, 1) for k, v in sums.items()}  # token-weighted means of per-row metrics
-        m["train/loss"] = sum(u["loss"] for u in updates)
-        m["train/grad_norm"], m["train/lr"] = updates[0]["grad_norm"], updates[0]["lr"]  # the same on every rank
-        finalize_class_metrics(m)  # per token class: sums over all loss tokens -> means over the class's tokens
-        m["train/skipped_update"] = float(updates[0]["skipped"])  # decided the same on every rank
-    m["reward/total"] = sum(reward) / n
-    m["reward/std"] = float(torch.tensor(reward).std()) if n > 1 else 0.0
-    for name in records[0]["parts"]:
-        m[f"reward/{name}"] = sum(x for r in records for x in r["parts"][name]) / n
-    for r in records:
-        for name, count in r["errors"].items():
-            m[f"reward_errors/{name}"] = m.get(f"reward_errors/{name}", 0) + count
-    m["adv/mean"], m["adv/std"] = float(adv_B.mean()), float(adv_B.std()) if n > 1 else 0.0
-    m["adv/abs_max"] = float(adv_B.abs().max())
-    m["batch/kept_fraction"] = sum(r["kept"] for r in records) / n
-    m.update(reduce_rollout_records([r["signals"] for r in records]))
-    m["length/response_mean"] = sum(sampled) / n
-    m["length/total_mean"] = sum(cat("length")) / n
-    m["stop/eos_rate"] = sum(s == "eos" for s in stop) / n
-    m["stop/truncated_rate"] = sum(s == "length" for s in stop) / n
-    m["tools/call_rate"] = sum(bool(c) for c in calls) / n
-    m["tools/calls_per_traj"] = sum(len(c) for c in calls) / n
-    flat = [c for cs in calls for c in cs]
-    m["tools/success_rate"] = sum(ok for _, ok in flat) / len(flat) if flat else 0.0
-    for name, _ in flat:
-        m[f"tools/count_{name}"] = m.get(f"tools/count_{name}", 0) + 1
-    for key in records[0]["time"]:
-        m[key] = sum(r["time"].get(key, 0.0) for r in records) / len(records)
-    m["throughput/sampled_tokens_per_s"] = sum(sampled) / max(m.get("time/rollout", 0.0), 1e-9)
-    return m

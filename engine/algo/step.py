@@ -4,11 +4,11 @@
     → clip → AdamW step → metrics
 
 Each phase is one call, timed. Nothing here branches on a loss or estimator name: those are looked up in
-engine/losses.py and engine/advantages.py. The update (loss + backward per row, clip, AdamW) is engine/update.py's,
-which SFT shares; the metric reduction is engine/metrics.py's.
+engine/algo/losses.py and engine/algo/advantages.py. The update (loss + backward per row, clip, AdamW) is engine/algo/update.py's,
+which SFT shares; the metric reduction is engine/algo/diagnostics.py's.
 
 Under torchrun each rank runs this on its own prompts (whole groups, so advantages stay local) with the policy
-FSDP-sharded (engine/distributed.py): rollout and rewards run inside `unsharded` (ranks stop at different
+FSDP-sharded (engine/runtime/distributed.py): rollout and rewards run inside `unsharded` (ranks stop at different
 tokens and make different numbers of forwards there); the loss normalisers are summed over ranks before the
 loss; every rank runs as many micro-batch rows as the busiest one (zero-weight padding rows); the metrics are
 gathered once and reduced as one process would reduce them. One process: every collective is the identity.
@@ -21,15 +21,16 @@ from dataclasses import dataclass
 
 import torch
 
-from engine import distributed as D
-from engine.advantages import ADVANTAGES
-from engine.lora import adapters_disabled, is_peft, merged_state_dict
-from engine.metrics import PhaseTimer, rank_record, step_metrics
-from engine.objective import StepBatch, padded_rows, policy_loss, rows_logps, sampler_logps
-from engine.packing import pack
-from engine.rollout import ToolProtocol, rollout
-from engine.trajectory import Prompt, Trajectory
-from engine.update import optimizer_update
+from engine.runtime import distributed as D
+from engine.algo.advantages import ADVANTAGES
+from engine.runtime.lora import adapters_disabled, is_peft, merged_state_dict
+from engine.algo.diagnostics import rank_record, step_metrics
+from engine.runtime.log import PhaseTimer
+from engine.algo.objective import StepBatch, padded_rows, policy_loss, rows_logps, sampler_logps
+from engine.forward.packing import pack
+from engine.rollout.rollout import ToolProtocol, rollout
+from engine.rollout.trajectory import Prompt, Trajectory
+from engine.algo.update import optimizer_update
 from models.load import VLM
 from models.vision import resized_size
 from rewards.combine import RewardBatch, score_batch
@@ -38,7 +39,7 @@ from rewards.registry import RewardContext
 
 @dataclass
 class RLState:
-    cfg: object  # engine.config.Config
+    cfg: object  # engine.config.settings.Config
     policy: VLM
     reference: torch.nn.Module | None  # frozen copy; None when kl_beta = 0 or when it is the policy's adapters off
     optimizer: torch.optim.Optimizer
@@ -46,7 +47,7 @@ class RLState:
     generator: torch.Generator  # sampling randomness (checkpointed)
     protocol: ToolProtocol | None
     scorer: object | None = None  # rewards.scorer.ModelScorer for model-based rewards (ctx.scorer), or None
-    sampler: object | None = None  # engine.vllm_sampler.VLLMSampler (rollout.sampler = vllm); None: native
+    sampler: object | None = None  # engine.rollout.vllm_sampler.VLLMSampler (rollout.sampler = vllm); None: native
 
 
 def policy_weights(model):

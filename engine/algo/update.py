@@ -4,14 +4,14 @@
                               max_grad_norm=1.0, scoring={"temperature": 1.0, "chunk_tokens": 0})
 
 A NaN/inf loss or gradient norm would poison every weight: the update is then skipped (weights and lr schedule
-untouched; `skipped` is returned, and the trainer counts and stops on a streak, engine/guard.py).
+untouched; `skipped` is returned, and the trainer counts and stops on a streak, engine/runtime/guard.py).
 
 `row_loss(i, row) -> (loss, metrics, n)` is the only thing a stage brings: RL's is the policy loss of row i
-(engine/objective.py), SFT's the cross-entropy of its assistant tokens (engine/sft.py). Each row's loss is already
+(engine/algo/objective.py), SFT's the cross-entropy of its assistant tokens (engine/algo/sft.py). Each row's loss is already
 normalised by the whole step's counts (every micro-batch, every rank), so the backward passes accumulate exactly the
 gradient of one big batch. Rows from `num_real` on are zero-weight padding (`padding_loss`): under FSDP every rank
 runs as many forwards and backwards as the busiest one. The returned metrics stay detached tensors on the model's
-device; the step reduces them once (engine/metrics.py). One host sync: the finiteness decision.
+device; the step reduces them once (engine/algo/diagnostics.py). One host sync: the finiteness decision.
 
 `due(step, every, last)` is the one rule for the periodic actions of a stage's loop (evaluate, save).
 """
@@ -23,9 +23,9 @@ from typing import Callable
 
 import torch
 
-from engine import distributed as D
-from engine.objective import full_value, padding_loss
-from engine.packing import PackedRow
+from engine.runtime import distributed as D
+from engine.algo.objective import full_value, padding_loss
+from engine.forward.packing import PackedRow
 
 RowLoss = Callable[[int, PackedRow], tuple[torch.Tensor, dict[str, torch.Tensor], int]]
 

@@ -10,7 +10,7 @@
   finishes the current step, writes a checkpoint and exits with 128 + the signal number (143, 130), the code a
   shell reports for a process the signal ended, so a job script can tell "preempted" from "done". A second one
   acts at once (the default handlers are back). A kill -9 is covered by the atomic checkpoints instead
-  (engine/checkpoint.py): the newest complete one is always loadable.
+  (engine/runtime/checkpoint.py): the newest complete one is always loadable.
 - `NonFinite`: an update whose loss or gradient norm is NaN/inf is skipped by the step functions (no optimizer
   step, weights untouched); this counts them, and after `limit` in a row stops the run with a clear message.
 - `stages_left`: resuming a finished stage with a raised step count continues it; with nothing left, says so.
@@ -26,7 +26,7 @@ import signal
 import threading
 from pathlib import Path
 
-from engine import distributed as D
+from engine.runtime import distributed as D
 
 FAILED = "FAILED"
 

@@ -39,7 +39,7 @@ What an in-process engine does to the process it lives in (measured here; the tr
   under `torch.random.fork_rng`, so the trainer's global RNG never moves;
 - it replaces `torch.set_num_threads` with a no-op for the rest of the process: put back after construction;
 - it creates a world-1 torch.distributed process group (gloo on CPU), which lives until `close()`: code that
-  takes "a process group exists" for "launched by torchrun" must not (engine.distributed.active() has to count
+  takes "a process group exists" for "launched by torchrun" must not (engine.runtime.distributed.active() has to count
   only the group its init() joined); it also sets a NUMA membind policy for the process (one node: no effect).
 Shapes: T tokens, G samples per prompt.
 """

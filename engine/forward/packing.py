@@ -2,13 +2,13 @@
 
 A row is the unit of one forward (a micro-batch): its trajectories' tokens, positions and images, concatenated.
 How it reaches the model (one packed sequence for a varlen kernel; a padded batch; a shared prompt run once,
-then the continuations on its KV cache) is engine/layouts.py's choice; every layout is exact.
+then the continuations on its KV cache) is engine/forward/layouts.py's choice; every layout is exact.
 
 Exactness (docs/PLATFORM.md, transformers 5.19): a packed row gives the same logits as separate sequences only with
 4-row position ids (row 0 = 0..len-1 per sequence, rows 1-3 = that sequence's mrope T/H/W), attention_mask=None
 and use_cache=False. Anything else lets sequences attend to each other, silently.
 
-Only positions whose NEXT token carries loss go through the LM head, chunk by chunk (engine/logprobs.py), so
+Only positions whose NEXT token carries loss go through the LM head, chunk by chunk (engine/forward/logprobs.py), so
 prompt and image tokens never materialise [T, V] logits and the kept ones at most chunk_tokens × V at a time.
 Shapes: T tokens in a row, K kept positions, V vocab.
 """
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.layouts import LAYOUTS, default_layout
-from engine.logprobs import head_logps
-from engine.trajectory import Trajectory
+from engine.forward.layouts import LAYOUTS, default_layout
+from engine.forward.logprobs import head_logps
+from engine.rollout.trajectory import Trajectory
 
 
 @dataclass
@@ -39,7 +39,7 @@ class PackedRow:
     prefix_of: list[int]  # slot (0..len(members)-1) of the first member with the same prompt
     image_counts: list[int]  # images of each member: its prompt's first, then any tool's
     prompt_image_counts: list[int]  # images of each member's prompt
-    class_K: torch.Tensor | None = None  # token class of each kept token (engine/diagnostics.py; -1: unknown)
+    class_K: torch.Tensor | None = None  # token class of each kept token (engine/algo/diagnostics.py; -1: unknown)
 
     @property
     def num_tokens(self) -> int:
@@ -138,7 +138,7 @@ def row_logps(model, row: PackedRow, *, temperature: float = 1.0, with_entropy: 
               chunk_tokens: int = 0, layout: str | None = None):
     """Per kept token: log p(token | its own prefix) under softmax(logits / temperature). Returns
     (logp_K, entropy_K or None). Gradients flow when called outside no_grad. chunk_tokens > 0 bounds the
-    logits in memory to that many tokens at a time (engine/logprobs.py). layout: engine/layouts.py's name (all
+    logits in memory to that many tokens at a time (engine/forward/logprobs.py). layout: engine/forward/layouts.py's name (all
     exact; tests force each); None: the fastest that applies (default_layout)."""
     device = next(model.parameters()).device
     flat_T, calls, run = LAYOUTS[layout or default_layout(model, row)](row)

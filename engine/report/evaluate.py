@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from engine import distributed as D
-from engine.rollout import rollout
-from engine.step import score
-from engine.trajectory import build_prompt
+from engine.runtime import distributed as D
+from engine.rollout.rollout import rollout
+from engine.algo.step import score
+from engine.rollout.trajectory import build_prompt
 from models.load import VLM
 from rewards.format import extract_answer
 from tools.schema import system_with_tools

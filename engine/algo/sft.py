@@ -14,12 +14,12 @@ import re
 import torch
 
 from data.example import Example
-from engine import distributed as D
-from engine.objective import padded_rows
-from engine.packing import pack, row_logps
-from engine.rollout import finish
-from engine.trajectory import Prompt, Trajectory
-from engine.update import optimizer_update
+from engine.runtime import distributed as D
+from engine.algo.objective import padded_rows
+from engine.forward.packing import pack, row_logps
+from engine.rollout.rollout import finish
+from engine.rollout.trajectory import Prompt, Trajectory
+from engine.algo.update import optimizer_update
 from models.load import VLM
 from models.vision import resized_size
 from tools.boxes import convert_box
@@ -90,7 +90,7 @@ def sft_trajectory(prompt: Prompt, target: str, vlm: VLM, tool_limits: ToolLimit
 
 def sft_step(model, optimizer, scheduler, trajs: list[Trajectory], *, micro_batch_tokens: int,
              max_grad_norm: float, chunk_tokens: int = 0) -> dict[str, float]:
-    """One optimizer step of token-mean cross-entropy over every assistant token of the batch (engine/update.py's
+    """One optimizer step of token-mean cross-entropy over every assistant token of the batch (engine/algo/update.py's
     update, as RL's; skipped, weights untouched and `sft/skipped_update` 1, when the loss or the gradient norm is
     NaN/inf). Under torchrun `trajs` is this rank's share: the token count is the whole batch's (all ranks), every
     rank runs as many rows as the busiest (zero-weight padding), and the returned loss, norm and count are the

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from engine.config import Config
-from engine.optim import build_optimizer, build_scheduler
+from engine.config.settings import Config
+from engine.runtime.optim import build_optimizer, build_scheduler
 from models.load import VLM, load_vlm
 from models.tiny import tiny_model_dir
 

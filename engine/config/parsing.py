@@ -249,9 +249,10 @@ def _validate(obj: Any) -> None:
 
 
 def build_config(cls: type, *, toml_path: str | Path | None = None, overrides: list[str] = (),
-                 toml_text: str | None = None, validate: bool = True) -> Any:
-    """Defaults in code, then the TOML file (or `toml_text`), then CLI overrides; then validate()."""
-    cfg, source = cls(), "<string>"
+                 toml_text: str | None = None, base: Any = None, validate: bool = True) -> Any:
+    """Defaults in code (or `base`, e.g. a run's own resolved config), then the TOML file (or `toml_text`), then CLI
+    overrides; then validate()."""
+    cfg, source = (cls() if base is None else base), "<string>"
     if toml_path is not None:
         if toml_text is not None:
             raise ValueError("build_config: pass toml_path or toml_text, not both")
@@ -268,6 +269,12 @@ def build_config(cls: type, *, toml_path: str | Path | None = None, overrides: l
     if validate:
         _validate(cfg)
     return cfg
+
+
+def differences(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) for every setting where two configs of one tree differ, in tree order."""
+    flat_a, flat_b = to_dict(a), to_dict(b)
+    return [(k, flat_a[k], flat_b[k]) for k in flat_a if flat_a[k] != flat_b[k]]
 
 
 def from_toml_str(cls: type, text: str, *, validate: bool = True) -> Any:

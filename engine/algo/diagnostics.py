@@ -1,9 +1,9 @@
 """Learning signals of an RL step: what says whether GRPO can learn from this batch, above all on tool trajectories.
 
-    traj.token_class = classify_tokens(traj.ids, traj.mask, tokenizer.batch_decode)   # engine/rollout.py: finish
-    metrics |= class_metrics(class_K, adv_K=..., entropy_K=..., loss_metrics=...)     # engine/objective.py, per row
-    record = rollout_record(trajs, rewards_B)                                          # engine/step.py, per rank
-    m |= reduce_rollout_records(records); finalize_class_metrics(m)                    # engine/step.py, per step
+    traj.token_class = classify_tokens(traj.ids, traj.mask, tokenizer.batch_decode)   # engine/rollout/rollout.py: finish
+    metrics |= class_metrics(class_K, adv_K=..., entropy_K=..., loss_metrics=...)     # engine/algo/objective.py, per row
+    record = rollout_record(trajs, rewards_B)                                          # engine/algo/step.py, per rank
+    m |= reduce_rollout_records(records); finalize_class_metrics(m)                    # engine/algo/step.py, per step
 
 Token classes (TOKEN_CLASSES) come from the text the policy wrote, so they need no knowledge of a task: "tool" is
 every sampled token of a tool call (`<tool_call>...</tool_call>` or `<tool>...</tool>`, tags included: the box
@@ -13,7 +13,7 @@ rest (thinking, the end-of-turn token). Per class and step (TensorBoard and metr
 - adv_mean, adv_abs: the mean advantage and mean |advantage| its tokens carry into the loss (a class the loss
   mask or the advantage never reaches shows share 0 or adv_abs 0);
 - entropy: the policy's mean entropy there (near 0: a group's samples agree, there is nothing to choose between);
-- clip_frac, clip_frac_high, clip_frac_low: the loss's own clip fractions (engine/losses.py) over the class's tokens.
+- clip_frac, clip_frac_high, clip_frac_low: the loss's own clip fractions (engine/algo/losses.py) over the class's tokens.
   With algo.num_updates = 1 the ratio is exactly 1 and they are 0 by construction: the clip only acts from the
   second update on a rollout.
 Per step, from the rollouts (as groups/... and tools/...):
@@ -25,48 +25,20 @@ Per step, from the rollouts (as groups/... and tools/...):
   correctness reward can tell a good crop from a bad one).
 
 Reduction: class metrics leave the row as sums over the class's tokens divided by the row's token count, so the
-step's usual token-weighted mean of row metrics (engine/step.py) gives (sum over the class's tokens) / (all loss
+step's usual token-weighted mean of row metrics (engine/algo/step.py) gives (sum over the class's tokens) / (all loss
 tokens) exactly; finalize_class_metrics then divides by the class's share. Shapes: K loss tokens of one row.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import torch
 
+from engine.rollout.token_classes import TOKEN_CLASSES
 from rewards.tool_target import HIT_IOU, crop_target_iou
 
-TOKEN_CLASSES = ("tool", "answer", "text")
-_SPANS = (  # class index, pattern over the sampled text; the first class whose span holds a token wins
-    (0, re.compile(r"<tool_call>.*?</tool_call>|<tool>.*?</tool>", re.DOTALL)),
-    (1, re.compile(r"<answer>.*?(?:</answer>|$)", re.DOTALL)),
-)
 _PREFIX = "tokens/"
-
-
-def classify_tokens(ids: list[int], mask: list[int], batch_decode: Callable[[list[list[int]]], list[str]]
-                    ) -> list[int]:
-    """Per position of a trajectory: the TOKEN_CLASSES index of each sampled token (mask 1), -1 elsewhere. The
-    sampled tokens' texts are joined (injected tool results are not the policy's words) and matched against the
-    span patterns; a token is in a span when any of its characters is."""
-    sampled = [k for k, m in enumerate(mask) if m]
-    out = [-1] * len(ids)
-    if not sampled:
-        return out
-    pieces = batch_decode([[ids[k]] for k in sampled])
-    text = "".join(pieces)
-    owner = [len(TOKEN_CLASSES) - 1] * len(text)  # "text" unless a span claims the character
-    for cls, pattern in reversed(_SPANS):  # earlier classes written last: they win overlaps
-        for match in pattern.finditer(text):
-            owner[match.start():match.end()] = [cls] * (match.end() - match.start())
-    start = 0
-    for k, piece in zip(sampled, pieces):
-        chars = owner[start:start + len(piece)]
-        out[k] = min(chars) if chars else len(TOKEN_CLASSES) - 1  # an empty piece (a special token) is "text"
-        start += len(piece)
-    return out
 
 
 def class_metrics(class_K: torch.Tensor, *, adv_K: torch.Tensor, entropy_K: torch.Tensor,
@@ -108,7 +80,7 @@ def finalize_class_metrics(metrics: dict, prefix: str = "train/") -> None:
 
 def rollout_record(trajs, rewards_B: torch.Tensor) -> dict:
     """This rank's plain counts for the step's group and crop-target metrics (summed over ranks by
-    reduce_rollout_records). Groups never span ranks (engine/step.py), so per-rank group counts add up."""
+    reduce_rollout_records). Groups never span ranks (engine/algo/step.py), so per-rank group counts add up."""
     groups: dict[int, list[int]] = {}
     for i, t in enumerate(trajs):
         groups.setdefault(t.group, []).append(i)
@@ -140,4 +112,65 @@ def reduce_rollout_records(records: list[dict]) -> dict[str, float]:
         m["tools/target_hit_rate"] = total["hits"] / total["targets"]
         m["tools/target_iou"] = total["iou"] / total["targets"]
         m["groups/hit_informative_fraction"] = total["hit_informative"] / max(total["hit_groups"], 1)
+    return m
+
+
+# ----------------------------------------------------------------------------------------------- the step's metrics
+
+def rank_record(trajs, rewards, adv_B, kept, update, times: dict[str, float]) -> dict:
+    """What this rank contributes to the step's metrics: small, picklable, per trajectory."""
+    cpu = lambda t: t.detach().cpu()  # noqa: E731  (sync point, once per step)
+    if update is not None:
+        update = {**update, "sums": {k: cpu(v) for k, v in update["sums"].items()},
+                  **{k: cpu(update[k]) for k in ("loss", "grad_norm", "lr")}}
+    return {"reward": list(rewards.total), "parts": rewards.parts, "errors": rewards.errors, "adv": cpu(adv_B),
+            "kept": len(kept), "sampled": [t.num_sampled for t in trajs], "length": [len(t.ids) for t in trajs],
+            "stop": [t.stop for t in trajs], "calls": [[(c.name, c.ok) for c in t.tool_calls] for t in trajs],
+            "update": update, "time": times,
+            "signals": rollout_record(trajs, torch.tensor(rewards.total))}  # groups, crops on target
+
+
+def step_metrics(records: list[dict]) -> dict:
+    """The step's metrics from every rank's record (rank order), as one process would compute them over the
+    whole batch. Update metrics are token-weighted over all ranks; times are the mean over ranks."""
+    cat = lambda key: [x for r in records for x in r[key]]  # noqa: E731
+    reward, sampled, stop, calls = cat("reward"), cat("sampled"), cat("stop"), cat("calls")
+    adv_B, n = torch.cat([r["adv"] for r in records]), len(reward)
+    m = {}
+    updates = [r["update"] for r in records if r["update"] is not None]
+    if updates:
+        sums: dict[str, torch.Tensor] = {}
+        for u in updates:
+            for k, v in u["sums"].items():
+                sums[k] = sums[k] + v if k in sums else v
+        total = sum(u["tokens"] for u in updates)
+        m = {f"train/{k}": v / max(total, 1) for k, v in sums.items()}  # token-weighted means of per-row metrics
+        m["train/loss"] = sum(u["loss"] for u in updates)
+        m["train/grad_norm"], m["train/lr"] = updates[0]["grad_norm"], updates[0]["lr"]  # the same on every rank
+        finalize_class_metrics(m)  # per token class: sums over all loss tokens -> means over the class's tokens
+        m["train/skipped_update"] = float(updates[0]["skipped"])  # decided the same on every rank
+    m["reward/total"] = sum(reward) / n
+    m["reward/std"] = float(torch.tensor(reward).std()) if n > 1 else 0.0
+    for name in records[0]["parts"]:
+        m[f"reward/{name}"] = sum(x for r in records for x in r["parts"][name]) / n
+    for r in records:
+        for name, count in r["errors"].items():
+            m[f"reward_errors/{name}"] = m.get(f"reward_errors/{name}", 0) + count
+    m["adv/mean"], m["adv/std"] = float(adv_B.mean()), float(adv_B.std()) if n > 1 else 0.0
+    m["adv/abs_max"] = float(adv_B.abs().max())
+    m["batch/kept_fraction"] = sum(r["kept"] for r in records) / n
+    m.update(reduce_rollout_records([r["signals"] for r in records]))
+    m["length/response_mean"] = sum(sampled) / n
+    m["length/total_mean"] = sum(cat("length")) / n
+    m["stop/eos_rate"] = sum(s == "eos" for s in stop) / n
+    m["stop/truncated_rate"] = sum(s == "length" for s in stop) / n
+    m["tools/call_rate"] = sum(bool(c) for c in calls) / n
+    m["tools/calls_per_traj"] = sum(len(c) for c in calls) / n
+    flat = [c for cs in calls for c in cs]
+    m["tools/success_rate"] = sum(ok for _, ok in flat) / len(flat) if flat else 0.0
+    for name, _ in flat:
+        m[f"tools/count_{name}"] = m.get(f"tools/count_{name}", 0) + 1
+    for key in records[0]["time"]:
+        m[key] = sum(r["time"].get(key, 0.0) for r in records) / len(records)
+    m["throughput/sampled_tokens_per_s"] = sum(sampled) / max(m.get("time/rollout", 0.0), 1e-9)
     return m

@@ -16,8 +16,8 @@ Layout of `run_dir/checkpoints/`:
 A save writes everything into `.tmp-step_000010-XXXX/`, fsyncs it, writes COMPLETE, renames the folder into
 place, then replaces `latest`, then prunes to `keep_last` folders (never the one `latest` names). Leftover
 `.tmp-*` folders of a crashed save are never read and are deleted by the next save. Call on one rank only.
-Under FSDP pass what every rank gathered (engine/distributed.py): `model_state=full_state_dict(model)` (the
-weights are written from it; a peft model writes its adapter through engine.lora.save_adapter) and
+Under FSDP pass what every rank gathered (engine/runtime/distributed.py): `model_state=full_state_dict(model)` (the
+weights are written from it; a peft model writes its adapter through engine.runtime.lora.save_adapter) and
 `optimizer_state=full_optimizer_state_dict(model, opt)` (written as is; `read_optimizer_state` reads it back).
 
 Loading is in place, into the existing model object (before FSDP sharding: full tensors expected); `model=None`
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from engine.lora import is_peft, save_adapter
+from engine.runtime.lora import is_peft, save_adapter
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
@@ -245,7 +245,7 @@ def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer
                     scheduler=None) -> dict[str, Any]:
     """Load weights (in place; model=None: skip them), optimizer and scheduler state; return the saved
     extra_state. `optimizer` takes the plain `optimizer.state_dict()` format; a full (FSDP-format) one is read
-    with `read_optimizer_state` and loaded with engine.distributed.load_optimizer_state_dict."""
+    with `read_optimizer_state` and loaded with engine.runtime.distributed.load_optimizer_state_dict."""
     path = Path(path)
     if not (path / COMPLETE).is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")

@@ -1,8 +1,8 @@
 """Memory planner: the peak GPU memory of an RL run, split by what holds it, and the settings that fit.
 
-    python -m engine.memory --config configs/demo.toml --model.path /models/Qwen2.5-VL-3B-Instruct \
+    python -m engine.setup.memory --config configs/demo.toml --model.path /models/Qwen2.5-VL-3B-Instruct \
         --gpu-gib 80 --gpus 1
-    python -m engine.memory --config configs/demo.toml --shape 3b --model.dtype bfloat16   # a released shape
+    python -m engine.setup.memory --config configs/demo.toml --shape 3b --model.dtype bfloat16   # a released shape
 
 Any config key can be set as in train.py (`--optim.micro_batch_tokens 8192`, `--lora.r 16`). The model's
 dimensions come from its config.json (model.path, the released shape `--shape` of model.tiny_arch as
@@ -97,7 +97,7 @@ def count_params(model_dir: str | Path) -> tuple[int, int, dict]:
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from engine.lora import TARGETS, target_regex
+    from engine.runtime.lora import TARGETS, target_regex
 
     config = AutoConfig.from_pretrained(model_dir)
     with torch.device("meta"):
@@ -253,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="", help="a released checkpoint's dimensions for model.tiny_arch "
                         "(models/shapes.py, e.g. 3b for qwen2_5_vl) instead of a model folder")
     args, overrides = parser.parse_known_args(argv)
-    from engine.config import Config
-    from engine.configlib import build_config
+    from engine.config.settings import Config
+    from engine.config.parsing import build_config
     from models.tiny import tiny_model_dir
 
     try:

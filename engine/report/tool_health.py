@@ -1,7 +1,7 @@
 """Tool-use collapse warning: a policy trained with tools can learn to stop calling them (the calls cost tokens and
 can fail, and an answer without a crop is sometimes right anyway); once the call rate is near zero, RL has no
 tool samples left to reinforce and tool use rarely comes back. This watches the per-step tool-call rate
-(`tools/call_rate` of engine/step.py: the fraction of trajectories with at least one call) and says so once.
+(`tools/call_rate` of engine/algo/step.py: the fraction of trajectories with at least one call) and says so once.
 
     monitor = ToolCallMonitor(window=10, min_rate=0.02)
     for step ...:

@@ -51,7 +51,7 @@ class Trajectory:
     stop: str = ""  # "eos" | "tool" | "length" | "limit"
     text: str = ""  # the response as text (what rewards read)
     positions: torch.Tensor | None = None  # [3, T], filled when the trajectory is complete
-    token_class: list[int] | None = None  # [T] engine/diagnostics.py TOKEN_CLASSES index of sampled tokens, else -1
+    token_class: list[int] | None = None  # [T] engine/algo/diagnostics.py TOKEN_CLASSES index of sampled tokens, else -1
 
     @classmethod
     def start(cls, prompt: Prompt, group: int) -> "Trajectory":

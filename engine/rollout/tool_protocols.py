@@ -9,7 +9,7 @@ image is injected right after the call, in the same assistant turn. multiturn (s
 Tools always run on the ORIGINAL image; boxes are read in the model family's frame and converted to pixels.
 Every injected token has loss mask 0. A bad call never ends the rollout: the error text is the tool's result.
 With `tools` given (rollout.tools), a call to any other tool is answered with an error naming the enabled ones; the
-prompt lists the same tools (tools/schema.py, engine/evaluate.py `prompts_for`).
+prompt lists the same tools (tools/schema.py, engine/report/evaluate.py `prompts_for`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from engine.config import RolloutConfig
-from engine.trajectory import ToolCallRecord, Trajectory
+from engine.config.settings import RolloutConfig
+from engine.rollout.trajectory import ToolCallRecord, Trajectory
 from models.load import VLM
 from models.vision import resized_size
 from tools.boxes import args_to_pixels, box_numbers

@@ -14,7 +14,7 @@ import math
 from dataclasses import replace
 
 from data import Example, load_examples, subsample
-from engine.config import Config
+from engine.config.settings import Config
 
 
 def _load(path: str, cfg: Config, split: str, default_split: str, verbose: bool) -> tuple[list[Example], str]:

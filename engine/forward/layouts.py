@@ -1,4 +1,4 @@
-"""How a packed row (engine/packing.py) is laid out for the model's forward(s). All three are exact: every
+"""How a packed row (engine/forward/packing.py) is laid out for the model's forward(s). All three are exact: every
 trajectory's logits equal those of a forward of it alone (tests/test_engine_packing.py).
 
 - "packed": ONE sequence [1, T] with 4-row positions (row 0 restarts at each trajectory): a variable-length
@@ -36,7 +36,7 @@ import torch
 from models.attention import VARLEN, uses_varlen
 
 if TYPE_CHECKING:
-    from engine.packing import PackedRow
+    from engine.forward.packing import PackedRow
 
 
 def _images(pixel_values, grid_thw, model, device) -> dict:

@@ -4,7 +4,7 @@
 
 `StepBatch` holds the step-level tensors indexed by trajectory (advantages, lengths, groups) or by row and
 position (old / reference / sampler log-probs); `policy_loss` turns one row of it into the `LossInputs` every loss
-receives (engine/losses.py). The normalisers (num_tokens, num_seqs) are counted once per optimizer
+receives (engine/algo/losses.py). The normalisers (num_tokens, num_seqs) are counted once per optimizer
 step, so summing this over micro-batches equals the loss of one big batch. Shapes: B trajectories, K kept tokens.
 
 Under FSDP every rank must run as many forwards and backwards as the busiest one: `padded_rows` tops a rank's
@@ -17,11 +17,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from engine import distributed as D
-from engine.config import AlgoConfig
-from engine.diagnostics import class_metrics
-from engine.losses import LOSSES, LossInputs, add_kl, aggregate, tis_weight
-from engine.packing import PackedRow, row_logps
+from engine.runtime import distributed as D
+from engine.config.settings import AlgoConfig
+from engine.algo.diagnostics import class_metrics
+from engine.algo.losses import LOSSES, LossInputs, add_kl, aggregate, tis_weight
+from engine.forward.packing import PackedRow, row_logps
 
 
 @dataclass

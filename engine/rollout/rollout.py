@@ -2,7 +2,7 @@
 
     trajs = rollout(vlm, prompts, cfg.rollout, protocol=protocol, generator=g)
 
-`settings` is the `rollout` config section itself (engine/config.py RolloutConfig): group size, sampling
+`settings` is the `rollout` config section itself (engine/config/settings.py RolloutConfig): group size, sampling
 (temperature, top-k, top-p) and limits (max_new_tokens, max_total_tokens, max_tool_calls, max_images).
 
 Round 0 prefills each prompt once and samples G continuations from the shared cache. A sample that stops on
@@ -17,9 +17,9 @@ from typing import Protocol
 
 import torch
 
-from engine.config import RolloutConfig
-from engine.diagnostics import classify_tokens
-from engine.trajectory import Prompt, Trajectory
+from engine.config.settings import RolloutConfig
+from engine.rollout.token_classes import classify_tokens
+from engine.rollout.trajectory import Prompt, Trajectory
 from models.generation import GenRequest, generate
 from models.load import VLM
 from models.vision import rope_positions
@@ -53,7 +53,7 @@ def _absorb(traj: Trajectory, out, stop_ids_tool: frozenset[int], eos_ids: tuple
 def rollout(vlm: VLM, prompts: list[Prompt], settings: RolloutConfig, *, protocol: ToolProtocol | None,
             generator: torch.Generator | None = None, sampler=None) -> list[Trajectory]:
     """`settings.group_size` samples per prompt. `sampler` None: our sampler on `vlm.model`; an
-    engine.vllm_sampler.VLLMSampler holding the same weights: vLLM (same outputs; it reads each sequence's PIL
+    engine.rollout.vllm_sampler.VLLMSampler holding the same weights: vLLM (same outputs; it reads each sequence's PIL
     images instead of its pixel_values)."""
     fam, limits = vlm.family, settings
     tool_stops = protocol.stop_ids if protocol else frozenset()
