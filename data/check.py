@@ -1,12 +1,18 @@
 """Check a dataset before training on it: detect its format, load it with every image decoded, summarise.
 
     python -m data.check PATH [--image-root DIR] [--split S] [--skip-bad] [--max-image-pixels N] [--refuse-oversized]
+    python -m data.check PATH --model DIR [--image-short-side N] [--min-pixels N] [--max-pixels N]
 
-Prints the format, the number of examples and one example in short. Every image is decoded in full. Every bad
-record is printed to stderr as `file:line: reason`, all of them in one pass, then it exits 2; with --skip-bad they
-are printed as skipped, the rest load, and it exits 0. An image over the pixel cap is downsized (said per record)
-or, with --refuse-oversized, a bad record. A missing path, an unknown format or a dataset with no examples at
-all also exit 2. Tested in tests/test_data_check.py.
+Prints the format, the number of examples and one example in short. Every image is decoded in full, upright (its
+EXIF orientation applied: boxes are read in the displayed frame). Every bad record is printed to stderr as
+`file:line: reason`, all of them in one pass, then it exits 2; with --skip-bad they are printed as skipped, the
+rest load, and it exits 0. An image over the pixel cap is downsized (said per record) or, with --refuse-oversized,
+a bad record. With --model, the model folder's tokenizer and chat template are checked and every record is also
+held to what its image processor takes (models/admit.py: the check training runs at load, with the same
+data.image_short_side / min_pixels / max_pixels given here as flags), so --skip-bad drops exactly what training
+would. A missing path, an unknown format, an unusable model folder or a dataset with no examples at all also exit
+2. Tested in tests/test_data_check.py. (--model reaches up to models/ for the processor, lazily: data/ itself
+stands on nothing of ours.)
 """
 
 from __future__ import annotations
@@ -32,12 +38,19 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"pixel cap per image, as data.max_image_pixels (default {MAX_IMAGE_PIXELS}; 0: none)")
     parser.add_argument("--refuse-oversized", action="store_true",
                         help="an image over the cap is a bad record (data.oversized_images = refuse), not downsized")
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="also check every record against this model folder's image processor (and its "
+                             "tokenizer and chat template), as training does at load")
+    parser.add_argument("--image-short-side", type=int, default=0, help="as data.image_short_side (with --model)")
+    parser.add_argument("--min-pixels", type=int, default=0, help="as data.min_pixels (with --model)")
+    parser.add_argument("--max-pixels", type=int, default=0, help="as data.max_pixels (with --model)")
     args = parser.parse_args(argv)
     try:  # always collect every bad record: a user fixing a dataset wants all of them in one pass
         result = load_examples(args.path, image_root=args.image_root, split=args.split, skip_bad=True,
                                verify_images=True, max_image_pixels=args.max_image_pixels,
-                               oversized="refuse" if args.refuse_oversized else "downsize")
-    except ValueError as exc:  # a whole-file problem (no such path, unknown format, missing column)
+                               oversized="refuse" if args.refuse_oversized else "downsize",
+                               model_check=model_check(args))
+    except ValueError as exc:  # a whole-file problem (no such path, unknown format, missing column, model folder)
         print(exc, file=sys.stderr)
         return 2
     for note in result.notes:
@@ -59,6 +72,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary(result.examples[0]))
     return 0
+
+
+def model_check(args):
+    """The per-record check against --model's processor (None without --model); the folder itself is checked too."""
+    if args.model is None:
+        if args.image_short_side or args.min_pixels or args.max_pixels:
+            raise ValueError("--image-short-side, --min-pixels and --max-pixels describe what the model sees: give "
+                             "--model DIR with them")
+        return None
+    from models.admit import example_check  # the model's floor, only when asked for
+    from models.load import load_processing
+
+    processing = load_processing(args.model, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    print(f"model: {args.model} ({processing.family.model_type}): tokenizer and chat template checked; records held "
+          "to its image processor")
+    return example_check(processing, short_side=args.image_short_side)
 
 
 def summary(example: Example) -> str:

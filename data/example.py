@@ -2,6 +2,8 @@
 
 Boxes are always stored in ORIGINAL-image pixels of `images[0]`, `[x1, y1, x2, y2]` with x1 < x2, y1 < y2.
 Converting to a model family's frame (0-1000, resized pixels, ...) happens at the model boundary, never here.
+Images are used as a person sees them: a photo's EXIF orientation (a phone's "rotate 90°" tag) is applied when it is
+opened (`displayed`), so pixels, sizes and boxes all live in the displayed frame, never in the stored one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 ImageSource = Union[str, bytes]  # a file path, or the encoded bytes of an image (PNG/JPEG/...)
 
@@ -37,13 +39,38 @@ class Example:
         return [open_image(src, origin=self.origin) for src in self.images]
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 is upright, 5-8 swap width and height
+
+
+def orientation(img: Image.Image) -> int:
+    """The image's EXIF orientation (1..8; 1 when it has none or an unreadable one)."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # a broken EXIF block: the pixels are what they are
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed: swapped for the orientations that turn the image a quarter (5-8)."""
+    width, height = img.size
+    return (height, width) if orientation(img) >= 5 else (width, height)
+
+
+def displayed(img: Image.Image) -> Image.Image:
+    """The image turned upright as its EXIF orientation says (the same object when there is nothing to do)."""
+    return ImageOps.exif_transpose(img) if orientation(img) != 1 else img
+
+
 def open_image(src: ImageSource, *, origin: str = "") -> Image.Image:
+    """The image decoded in full, upright (EXIF orientation applied) and in RGB."""
     try:
         if isinstance(src, bytes):
             img = Image.open(io.BytesIO(src))
         else:
             img = Image.open(Path(src))
         img.load()
+        img = displayed(img)
     except (OSError, ValueError) as exc:
         name = "<bytes>" if isinstance(src, bytes) else str(src)
         raise ValueError(f"{origin}: cannot open image {name}: {exc}") from exc

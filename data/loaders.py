@@ -51,13 +51,15 @@ DETECT_LINES = 50  # how many non-blank lines a JSONL file may start with that a
 
 
 def load_examples(path, *, image_root=None, split=None, default_split="train", skip_bad=False,
-                  verify_images=False, max_image_pixels=0, oversized="downsize") -> LoadResult:
+                  verify_images=False, max_image_pixels=0, oversized="downsize", model_check=None) -> LoadResult:
     """Every Example of the dataset at `path`. The first bad record raises BadRecord, unless `skip_bad`, where
     each one's message goes to `skipped` and the rest load. `split` picks a split of a format with splits (an
     error for one without: a JSONL file, a parquet file, a save_to_disk Dataset saved under another split);
     None reads `default_split` where the data has splits and the whole data where it has none. `image_root` is
     where relative image paths live (default: the dataset's own folder). `verify_images` decodes every pixel;
-    an image over `max_image_pixels` (0: no cap) is downsized or refused (`oversized`), said in `notes`."""
+    an image over `max_image_pixels` (0: no cap) is downsized or refused (`oversized`), said in `notes`.
+    `model_check(example, sizes) -> reason | None` (models/admit.py: what the model's processor will take) makes a
+    record it refuses bad like any other, so `skip_bad` drops exactly what training would fail on."""
     fmt = detect_format(path)
     if split is not None and not FORMATS[fmt].has_splits:
         raise ValueError(f"{path}: a {fmt} file has no splits; drop split={split!r} (give the file of that split)")
@@ -68,7 +70,7 @@ def load_examples(path, *, image_root=None, split=None, default_split="train", s
     opts = LoadOptions(shown=str(path), image_root=None if image_root is None else str(image_root),
                        split=split, default_split=default_split)
     checks = LoadOptions(shown=str(path), verify_images=verify_images, max_image_pixels=max_image_pixels,
-                         oversized=oversized)  # the formats read headers; finish_example decodes, once per image
+                         oversized=oversized, model_check=model_check)  # the formats read headers; finish_example decodes, once per image
     result, seen = LoadResult(format=fmt, examples=[]), {}
     for item in FORMATS[fmt].load(Path(path), opts):
         if isinstance(item, Example):

@@ -12,14 +12,15 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
 
-from data.example import Example, ImageSource
+from data.example import Example, ImageSource, displayed, displayed_size, orientation
 
-BOX_HINT = "boxes are [x1, y1, x2, y2] in original-image pixels"
+BOX_HINT = "boxes are [x1, y1, x2, y2] in original-image pixels, as the image is displayed"
 MISSING = object()  # a field absent from its record (as opposed to present with the value None)
 
 
@@ -53,6 +54,9 @@ class LoadOptions:
     verify_images: bool = False  # decode every pixel (finish_example), not just the header
     max_image_pixels: int = 0  # width x height above which an image is downsized or refused (0: no cap)
     oversized: str = "downsize"  # what happens above the cap: downsize (boxes scaled with it) or refuse
+    # fn(example, displayed sizes of its images) -> why the model cannot take it, or None (models/admit.py builds
+    # one from the model's processor); a reason makes the record bad, like any other check here
+    model_check: Callable[[Example, list[tuple[int, int]]], str | None] | None = None
 
 
 def resolve_path(value: str, base: Path) -> str:
@@ -61,8 +65,9 @@ def resolve_path(value: str, base: Path) -> str:
 
 
 def image_size(src: ImageSource, *, where: str, verify: bool) -> tuple[int, int]:
-    """(width, height) of an image file or encoded bytes. Reads only the header unless `verify`, which decodes
-    every pixel (catches truncated files that a header read misses)."""
+    """(width, height) of an image file or encoded bytes as displayed (EXIF orientation applied: the frame boxes
+    are in). Reads only the header unless `verify`, which decodes every pixel (catches truncated files that a
+    header read misses)."""
     name = "<image bytes>" if isinstance(src, bytes) else src
     if isinstance(src, str) and not os.path.isfile(src):
         raise BadRecord(where, f"image file not found: {src}")
@@ -72,7 +77,7 @@ def image_size(src: ImageSource, *, where: str, verify: bool) -> tuple[int, int]
             with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
                 if verify:
                     img.load()
-                return img.size
+                return displayed_size(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL raises all of these
         raise BadRecord(where, f"cannot read image {name}: {exc}") from None
 
@@ -147,6 +152,7 @@ TOOL_CALL_BOX_RE = re.compile(r"(<tool_call>\s*\[)([^\]]*)(\]\s*</tool_call>)")
 @dataclass
 class CheckedImage:
     src: ImageSource  # the source to train on: the original, or PNG bytes of the downsized image
+    size: tuple[int, int]  # (width, height) of `src` as displayed (EXIF orientation applied)
     scale: tuple[float, float] | None = None  # (x, y) factors applied to the pixels, None when untouched
     note: str | None = None  # what was done to it, for the user
 
@@ -154,7 +160,8 @@ class CheckedImage:
 def finish_example(example: Example, opts: LoadOptions, seen: dict[str, CheckedImage]) -> tuple[Example, list[str]]:
     """The checks every format's Example goes through, whatever file it came from: a non-empty reference answer,
     every image decodable (`opts.verify_images`) and within `opts.max_image_pixels` (downsized, with its boxes
-    and the SFT target's crop boxes scaled the same way, or refused). `seen` caches images shared by records.
+    and the SFT target's crop boxes scaled the same way, or refused), then what the model will take
+    (`opts.model_check`). `seen` caches images shared by records.
     Returns the Example to train on and notes for the user; raises BadRecord naming the record."""
     where = example.origin
     if not example.answers or any(not a.strip() for a in example.answers):
@@ -168,6 +175,8 @@ def finish_example(example: Example, opts: LoadOptions, seen: dict[str, CheckedI
             if key is not None:
                 seen[key] = one
         checked.append(one if key is None else seen[key])
+    if opts.model_check is not None and (reason := opts.model_check(example, [c.size for c in checked])):
+        raise BadRecord(where, reason)
     notes = [f"{where}: {c.note}" for c in checked if c.note]
     if not notes:
         return example, []
@@ -202,22 +211,27 @@ def check_image(src: ImageSource, *, where: str, opts: LoadOptions) -> CheckedIm
 def capped(src: ImageSource, name: str, *, where: str, opts: LoadOptions) -> CheckedImage:
     cap = opts.max_image_pixels
     with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
-        width, height = img.size
+        width, height = displayed_size(img)
+        turned = orientation(img)
         if not cap or width * height <= cap:
             if opts.verify_images:
                 img.load()
-            return CheckedImage(src)
+            note = (f"image {name} has EXIF orientation {turned}: used as displayed ({width}x{height}), and its "
+                    "boxes are read in that frame") if turned != 1 else None
+            return CheckedImage(src, (width, height), note=note)
         said = f"image {name} is {width}x{height} = {width * height} pixels, over data.max_image_pixels = {cap}"
         if opts.oversized == "refuse":
             raise BadRecord(where, f"{said}: shrink it, raise the cap, or set data.oversized_images = downsize")
         factor = math.sqrt(cap / (width * height))
         size = (max(1, int(width * factor)), max(1, int(height * factor)))
-        img.draft("RGB", size)  # JPEG: decode at a reduced scale directly (no-op for other formats)
-        rgb = img if img.mode == "RGB" else img.convert("RGB")  # no second full-size copy when already RGB
+        stored = size[::-1] if turned >= 5 else size  # draft() takes the stored frame
+        img.draft("RGB", stored)  # JPEG: decode at a reduced scale directly (no-op for other formats)
+        upright = displayed(img)
+        rgb = upright if upright.mode == "RGB" else upright.convert("RGB")  # no second full-size copy when already RGB
         small = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)  # integer reduce first: faster
     buf = io.BytesIO()
     small.save(buf, format="PNG")
-    return CheckedImage(buf.getvalue(), (size[0] / width, size[1] / height),
+    return CheckedImage(buf.getvalue(), size, (size[0] / width, size[1] / height),
                         f"{said}: downsized to {size[0]}x{size[1]}, its boxes scaled with it")
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from PIL import Image
 
 from data import load_examples
+from data.example import displayed_size
 from data.synth_zoom import cell_of
 
 CROPS = ("cell", "box", "random")
@@ -97,7 +98,7 @@ def convert(src, out, crop: str = "cell", seed: int = 0, on_target: float = 0.0)
         box = ex.boxes[0]
         if crop != "box":
             with Image.open(image) as im:
-                size = im.size
+                size = displayed_size(im)  # the frame boxes are in (EXIF orientation applied)
             # the generator's own cell (zoom: 4x4, zoom2: 2x2) where the record has one, else the 4x4 cell
             box = [float(v) for v in ex.metadata.get("target_box") or cell_of(box, size)]
         target = [json.loads(_number(v)) for v in box]  # ints stay ints, as in the A3 text

@@ -1,13 +1,18 @@
 """Load a Hugging Face VLM folder (a real checkpoint or a tiny one from `models.tiny`) as one bundle: model,
 tokenizer, image processor and the family's facts. Works whether or not torchvision imports.
 
-    from models.load import load_vlm
+    from models.load import load_vlm, load_processing
     vlm = load_vlm("path/to/Qwen2.5-VL-3B-Instruct", dtype="bfloat16", device="cuda")
+    parts = load_processing(folder)   # tokenizer, image processor and family only (no weights): checks data first
+
+Every file is read through models/files.py's guard, and what a run needs later is checked now: config.json and
+preprocessor_config.json parse, tokenizer files and a chat template exist and the template writes one image
+placeholder per image, every safetensors header covers its file, and no weight the model has is missing from it
+(transformers would initialise it at random and say so only in a log table).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +21,20 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextTo
 
 from models.attention import SDPA_GQA, VARLEN, set_attention, varlen_available
 from models.family import SUPPORTED, Family, family_from
+from models.files import COPY_AGAIN, UnreadableFile, check_weights, read_json, reading
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")  # any one: fast, BPE or sentencepiece
+
+
+@dataclass
+class Processing:
+    """What turns data into model inputs, without the weights: enough to check a dataset before the model loads."""
+
+    tokenizer: object
+    image_processor: object
+    family: Family
+    path: Path
 
 
 @dataclass
@@ -36,10 +53,31 @@ def _check_folder(path: Path) -> None:
     for name in ("config.json", "preprocessor_config.json"):
         if not (path / name).exists():
             raise ValueError(f"{path} has no {name}: it is not a Hugging Face VLM folder")
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        read_json(path / name, f"the model's {name}")
+    model_type = read_json(path / "config.json", "the model's config").get("model_type")
     if model_type not in SUPPORTED:
         raise ValueError(f"{path}/config.json: model_type {model_type!r} is not supported; "
                          f"supported: {sorted(SUPPORTED)}")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}: any one): copy them, with "
+                         "tokenizer_config.json and the chat template, from the checkpoint the model came from")
+
+
+def check_chat_template(tokenizer, family: Family, path: Path) -> None:
+    """The tokenizer has a chat template, and it writes exactly one image placeholder for a message with one image
+    (else every prompt fails at step 1 with "0 image placeholders")."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{path}: the tokenizer has no chat template (chat_template.jinja, or chat_template in "
+                         "tokenizer_config.json): copy it from the checkpoint the model came from")
+    probe = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
+    with reading(path, "the chat template (rendering a message with one image)",
+                 "fix the template or copy it from the checkpoint the model came from"):
+        text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        count = tokenizer(text, add_special_tokens=False).input_ids.count(family.image_token_id)
+    if count != 1:
+        raise ValueError(f"{path}: the chat template writes {count} image placeholders (<|image_pad|>, id "
+                         f"{family.image_token_id}) for a message with one image; it must write one: use the chat "
+                         "template of the checkpoint the model came from")
 
 
 def load_image_processor(path: Path):
@@ -101,20 +139,56 @@ def _folder(path: str | Path, dtype: str):
     _check_folder(path)
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} unknown; choose one of {sorted(DTYPES)}")
-    return path, AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path)
+    with reading(path, "the tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    with reading(path / "config.json", "the model's config"):
+        config = AutoConfig.from_pretrained(path)
+    return path, tokenizer, config
+
+
+def load_processing(path: str | Path, *, box_frame: str | None = None, min_pixels: int = 0,
+                    max_pixels: int = 0) -> Processing:
+    """The folder's tokenizer (with its chat template checked), image processor (Qwen's pixel bounds applied) and
+    family facts: no weights are read, so a dataset can be checked against them before the model loads."""
+    path, tokenizer, config = _folder(path, "float32")
+    family = family_from(config, tokenizer, box_frame=box_frame)
+    check_chat_template(tokenizer, family, path)
+    with reading(path / "preprocessor_config.json", "the image processor's settings"):
+        image_processor = load_image_processor(path)
+    set_pixel_range(image_processor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return Processing(tokenizer=tokenizer, image_processor=image_processor, family=family, path=path)
+
+
+def _from_pretrained(path: Path, dtype: str, attn_implementation: str):
+    """transformers' loader, after checking every weights file; a weight the model has but the file lacks (or with
+    another shape) is an error naming the file, not a silent random initialisation."""
+    files = check_weights(path)
+    with reading(files[0] if len(files) == 1 else path, "the model's weights", passthrough=(MemoryError,
+                                                                                            torch.OutOfMemoryError)):
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=DTYPES[dtype], attn_implementation=_loadable(attn_implementation), output_loading_info=True)
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        shown = ", ".join((missing + mismatched)[:3]) + (" ..." if len(missing) + len(mismatched) > 3 else "")
+        raise UnreadableFile(f"{files[0] if len(files) == 1 else path}: the weights do not fit the model its "
+                             f"config.json describes ({len(missing)} missing, {len(mismatched)} of another shape: "
+                             f"{shown}); {COPY_AGAIN}")
+    return model
 
 
 def load_vlm(path: str | Path, *, dtype: str = "float32", device: str = "cpu", attn_implementation: str = "auto",
-             box_frame: str | None = None, min_pixels: int = 0, max_pixels: int = 0) -> VLM:
-    path, tokenizer, config = _folder(path, dtype)
+             box_frame: str | None = None, min_pixels: int = 0, max_pixels: int = 0,
+             processing: Processing | None = None) -> VLM:
+    """The model of `path` with its processing (`processing`: one loaded already by load_processing)."""
+    parts = processing or load_processing(path, box_frame=box_frame, min_pixels=min_pixels, max_pixels=max_pixels)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} unknown; choose one of {sorted(DTYPES)}")
     attn_implementation = resolve_attention(attn_implementation, device, dtype)
-    model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=DTYPES[dtype], attn_implementation=_loadable(attn_implementation)).to(device)
+    model = _from_pretrained(parts.path, dtype, attn_implementation).to(device)
     _switch_attention(model, attn_implementation, device)
-    image_processor = load_image_processor(path)
-    set_pixel_range(image_processor, min_pixels=min_pixels, max_pixels=max_pixels)
-    return VLM(model=model, tokenizer=tokenizer, image_processor=image_processor,
-               family=family_from(config, tokenizer, box_frame=box_frame), path=path)
+    return VLM(model=model, tokenizer=parts.tokenizer, image_processor=parts.image_processor, family=parts.family,
+               path=parts.path)
 
 
 def init_vlm(path: str | Path, *, dtype: str = "bfloat16", device: str = "cpu", attn_implementation: str = "auto",
@@ -129,5 +203,7 @@ def init_vlm(path: str | Path, *, dtype: str = "bfloat16", device: str = "cpu", 
         model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[dtype],
                                                         attn_implementation=_loadable(attn_implementation))
     _switch_attention(model, attn_implementation, device)
-    return VLM(model=model, tokenizer=tokenizer, image_processor=load_image_processor(path),
+    with reading(path / "preprocessor_config.json", "the image processor's settings"):
+        image_processor = load_image_processor(path)
+    return VLM(model=model, tokenizer=tokenizer, image_processor=image_processor,
                family=family_from(config, tokenizer), path=path)

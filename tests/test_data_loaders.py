@@ -21,7 +21,7 @@ from tests.data_fixtures import (
     seed001_dataset, seed001_lines, write_lines,
 )
 
-HINT = "boxes are [x1, y1, x2, y2] in original-image pixels"
+HINT = "boxes are [x1, y1, x2, y2] in original-image pixels, as the image is displayed"
 
 
 # ---------------------------------------------------------------------------------------------- generic JSONL

@@ -20,7 +20,7 @@ from tests.data_fixtures import (
     seed002_dataset, seed003_dataset,
 )
 
-HINT = "boxes are [x1, y1, x2, y2] in original-image pixels"
+HINT = "boxes are [x1, y1, x2, y2] in original-image pixels, as the image is displayed"
 
 
 def decoded(src: bytes) -> tuple[tuple[int, int], tuple]:

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tools.protocols import describe_tools
 from tools.registry import ToolLimits, call_tool
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--args is not valid JSON ({exc})")
     try:
         with Image.open(opts.image) as source:
-            image = source.convert("RGB")
+            image = ImageOps.exif_transpose(source).convert("RGB")  # as displayed, as the data loader opens it
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         return _fail(f"cannot read image {opts.image}: {exc}")
     result = call_tool(opts.name, args, image, ToolLimits())

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from data.example import Example
+from models.admit import short_side_size
 from models.load import VLM
 from models.vision import encode_images, expand_image_pads, image_block
 
@@ -106,10 +107,7 @@ def build_prompt(example: Example, vlm: VLM, *, system_prompt: str, question_tem
 
 
 def resize_short_side(image: Image.Image, side: int) -> Image.Image:
-    """`image` scaled (bicubic, aspect ratio kept, long side rounded) so its shorter side is `side`; 0: as is."""
-    if side <= 0 or min(image.size) == side:
-        return image
-    w, h = image.size
-    scale = side / min(w, h)
-    size = (side, max(1, round(h * scale))) if w <= h else (max(1, round(w * scale)), side)
-    return image.resize(size, Image.BICUBIC)
+    """`image` scaled (bicubic, aspect ratio kept, long side rounded) so its shorter side is `side`; 0: as is.
+    The size is models.admit.short_side_size's, the one the data's admission check judged."""
+    size = short_side_size(image.size, side)
+    return image if size == image.size else image.resize(size, Image.BICUBIC)

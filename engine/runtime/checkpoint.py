@@ -48,6 +48,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine.runtime.lora import is_peft, save_adapter
+from models.files import reading, weight_files
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
@@ -108,14 +109,16 @@ def load_plain(file: Path):
     Tensors come back on the CPU, whatever device saved them (a GPU run's AdamW state resumes on a CPU-only machine;
     optimizer.load_state_dict moves each state tensor to its parameter's device)."""
     try:
-        return torch.load(file, weights_only=True, map_location="cpu")
+        with reading(file, "this checkpoint file", "this checkpoint is damaged", passthrough=(pickle.UnpicklingError,)):
+            return torch.load(file, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        detail = next((line for line in str(exc).splitlines() if "GLOBAL" in line), str(exc).splitlines()[0])
+        detail = next((line for line in str(exc).splitlines() if "GLOBAL" in line), None)
+        if detail is None:  # not a refused object: bytes that are no pickle at all (garbage, a cut file)
+            raise ValueError(f"{file}: cannot read this checkpoint file (its bytes are not a torch.save file: cut "
+                             "short or overwritten); this checkpoint is damaged") from None
         raise ValueError(f"{file}: refused: it holds Python objects, not only tensors and plain data, and loading "
                          f"it could run code ({detail.strip()}). This engine never writes such files: do not "
                          "resume from a run folder you did not make unless you know what changed it") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{file}: cannot read this checkpoint file: {exc}") from None
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer=None, image_processor=None,
@@ -171,15 +174,28 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer=None, im
     return final
 
 
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's complete checkpoint folders, oldest step first."""
+    root = Path(run_dir) / "checkpoints"
+    return _step_dirs(root) if root.is_dir() else []
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The folder `latest` names, or None when there is no `latest` yet (a fresh run)."""
+    """The folder `latest` names, or None when there is no `latest` yet (a fresh run). A `latest` naming a
+    missing or incomplete folder is an error that offers the newest complete checkpoint."""
     root = Path(run_dir) / "checkpoints"
     if not (root / LATEST).is_file():
         return None
-    path = root / (root / LATEST).read_text().strip()
-    if not (path / COMPLETE).is_file():
-        raise ValueError(f"{root / LATEST} names {path}, which is missing or incomplete; "
-                         f"complete checkpoints: {[p.name for p in _step_dirs(root)] or 'none'}")
+    with reading(root / LATEST, "the name of the newest checkpoint", "write the name of a complete step_* folder "
+                 "into it"):
+        name = (root / LATEST).read_text(encoding="utf-8").strip()
+    path = root / name
+    if not name or "/" in name or not (path / COMPLETE).is_file():
+        complete = _step_dirs(root)
+        offer = (f"the newest complete checkpoint is {complete[-1].name}: resume from it with `echo "
+                 f"{complete[-1].name} > {root / LATEST}` (the steps after it are trained again)") if complete else \
+            "no complete checkpoint is left: start the run afresh (train.overwrite) or in another train.out_dir"
+        raise ValueError(f"{root / LATEST} names {name!r}, which is missing or incomplete; {offer}")
     return path
 
 
@@ -196,13 +212,11 @@ def _hub_view(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    single, index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
-    if single.is_file():
-        return load_file(single)
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(model_dir / shard).items()}
-    raise ValueError(f"{model_dir}: no model.safetensors (or sharded index) to load")
+    out = {}
+    for file in weight_files(model_dir):  # model.safetensors, or the shards its index names
+        with reading(file, "the checkpoint's weights", "this checkpoint is damaged"):
+            out.update(load_file(file))
+    return out
 
 
 def _load_full(model: torch.nn.Module, model_dir: Path) -> None:
@@ -231,7 +245,8 @@ def _load_full(model: torch.nn.Module, model_dir: Path) -> None:
 def _load_adapter(model, model_dir: Path) -> None:
     from peft import set_peft_model_state_dict
 
-    saved = load_file(model_dir / "adapter_model.safetensors")
+    with reading(model_dir / "adapter_model.safetensors", "the checkpoint's LoRA adapter", "this checkpoint is damaged"):
+        saved = load_file(model_dir / "adapter_model.safetensors")
     result = set_peft_model_state_dict(model, saved)
     if result.unexpected_keys:
         raise ValueError(f"{model_dir}: adapter weights the model does not have: {result.unexpected_keys[:5]}")

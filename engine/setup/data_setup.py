@@ -6,6 +6,9 @@
 
 Every format `data.load_examples` reads works for both (`python -m data.check PATH` shows what it reads). A split
 is read only where the data has splits: the training split defaults to "train", the held-out one to "test".
+Given the model's `processing` (models.load.load_processing: tokenizer and image processor, no weights), every
+record is also held to what the model will take (models/admit.py), so one it would refuse at step N fails here, or
+is skipped and named with `data.skip_bad` (`python -m data.check PATH --model DIR` runs the same check).
 """
 
 from __future__ import annotations
@@ -15,24 +18,35 @@ from dataclasses import replace
 
 from data import Example, load_examples, subsample
 from engine.config.settings import Config
+from models.admit import example_check
 
 
-def _load(path: str, cfg: Config, split: str, default_split: str, verbose: bool) -> tuple[list[Example], str]:
+def model_check(cfg: Config, processing):
+    """The per-record check of what the model will take (None without `processing`): its image processor on each
+    image as the model sees it (after data.image_short_side)."""
+    return None if processing is None else example_check(processing, short_side=cfg.data.image_short_side)
+
+
+def _load(path: str, cfg: Config, split: str, default_split: str, verbose: bool,
+          processing=None) -> tuple[list[Example], str]:
     d = cfg.data
-    # Every image decoded in full and held to the pixel cap: a broken one stops (or is skipped) here, not at step N.
+    # Every image decoded in full and held to the pixel cap and to the model's processor: a broken one stops (or is
+    # skipped) here, not at step N.
     result = load_examples(path, image_root=d.image_root or None, split=split or None, default_split=default_split,
                            skip_bad=d.skip_bad, verify_images=True, max_image_pixels=d.max_image_pixels,
-                           oversized=d.oversized_images)
+                           oversized=d.oversized_images, model_check=model_check(cfg, processing))
     for msg in (result.notes + [f"skipped: {m}" for m in result.skipped]) if verbose else ():
         print(msg)
+    if verbose and result.skipped:
+        print(f"data: {path}: skipped {len(result.skipped)} bad records (data.skip_bad), each named above")
     return result.examples, result.format
 
 
-def load_train(cfg: Config, verbose: bool = True) -> list[Example]:
+def load_train(cfg: Config, verbose: bool = True, processing=None) -> list[Example]:
     """The training examples: `data.train` (its `train_split`), `data.num_samples` of them when set."""
     if not cfg.data.train:  # checked here, not in Config: eval.py needs no training data
         raise ValueError("data.train is empty: point it at a dataset (python -m data.check PATH tells the format)")
-    examples, fmt = _load(cfg.data.train, cfg, cfg.data.train_split, "train", verbose)
+    examples, fmt = _load(cfg.data.train, cfg, cfg.data.train_split, "train", verbose, processing)
     kept = subsample(examples, cfg.data.num_samples, cfg.train.seed)
     if verbose:
         drawn = f", {len(kept)} drawn (data.num_samples)" if len(kept) < len(examples) else ""
@@ -40,9 +54,9 @@ def load_train(cfg: Config, verbose: bool = True) -> list[Example]:
     return kept
 
 
-def load_sft_final(cfg: Config, verbose: bool = True) -> list[Example]:
+def load_sft_final(cfg: Config, verbose: bool = True, processing=None) -> list[Example]:
     """The examples of the SFT stage's last phase: `sft.final_train` (its "train" split), all of them."""
-    examples, fmt = _load(cfg.sft.final_train, cfg, cfg.data.train_split, "train", verbose)
+    examples, fmt = _load(cfg.sft.final_train, cfg, cfg.data.train_split, "train", verbose, processing)
     if not examples:
         raise ValueError(f"sft.final_train {cfg.sft.final_train}: no examples to train on")
     if verbose:
@@ -50,19 +64,19 @@ def load_sft_final(cfg: Config, verbose: bool = True) -> list[Example]:
     return examples
 
 
-def load_eval(cfg: Config, verbose: bool = True) -> list[Example]:
+def load_eval(cfg: Config, verbose: bool = True, processing=None) -> list[Example]:
     """The held-out examples: `data.eval` (its `eval_split`), the first `data.num_eval_examples` when set."""
     if not cfg.data.eval:
         return []
-    examples, fmt = _load(cfg.data.eval, cfg, cfg.data.eval_split, "test", verbose)
+    examples, fmt = _load(cfg.data.eval, cfg, cfg.data.eval_split, "test", verbose, processing)
     kept = examples[: cfg.data.num_eval_examples or None]
     if verbose:
         print(f"data: {len(kept)} held-out examples ({fmt})")
     return kept
 
 
-def load_data(cfg: Config, verbose: bool = True) -> tuple[list[Example], list[Example]]:
-    return load_train(cfg, verbose), load_eval(cfg, verbose)
+def load_data(cfg: Config, verbose: bool = True, processing=None) -> tuple[list[Example], list[Example]]:
+    return load_train(cfg, verbose, processing), load_eval(cfg, verbose, processing)
 
 
 def with_epochs(cfg: Config, num_examples: int) -> Config:

@@ -10,7 +10,7 @@ import torch
 
 from engine.config.settings import Config
 from engine.runtime.optim import build_optimizer, build_scheduler
-from models.load import VLM, load_vlm
+from models.load import VLM, Processing, load_processing, load_vlm
 from models.tiny import tiny_model_dir
 
 
@@ -22,13 +22,26 @@ def enable_gradient_checkpointing(model) -> None:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def load_policy(cfg: Config, device: str | None = None, path: str | Path | None = None) -> VLM:
-    """The model of `path` (default: model.path, or the tiny model) on `device` (default: cuda if available)."""
-    path = path or cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed)
-    return load_vlm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+def model_dir(cfg: Config) -> Path:
+    """The policy's folder: model.path, or the tiny model (built and cached on first use)."""
+    return Path(cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed))
+
+
+def load_model_processing(cfg: Config) -> Processing:
+    """The policy's tokenizer, image processor and family, without its weights: what the data is checked against
+    before the model loads (engine/setup/data_setup.py)."""
+    return load_processing(model_dir(cfg), box_frame=cfg.model.box_frame, min_pixels=cfg.data.min_pixels,
+                           max_pixels=cfg.data.max_pixels)
+
+
+def load_policy(cfg: Config, device: str | None = None, path: str | Path | None = None,
+                processing: Processing | None = None) -> VLM:
+    """The model of `path` (default: model.path, or the tiny model) on `device` (default: cuda if available).
+    `processing`: the folder's, loaded already by load_model_processing."""
+    return load_vlm(path or model_dir(cfg), dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
                     device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
                     box_frame=cfg.model.box_frame, min_pixels=cfg.data.min_pixels,
-                    max_pixels=cfg.data.max_pixels)
+                    max_pixels=cfg.data.max_pixels, processing=processing)
 
 
 def _optimizer(model, cfg: Config, lr: float, total: int):
