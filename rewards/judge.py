@@ -10,12 +10,15 @@ Otherwise POST {base_url}/chat/completions {"model", "messages": [{"role": "user
 "temperature": 0} and read choices[0].message.content: "yes"/"correct"/"true" -> 1, "no"/"incorrect"/"false"
 -> 0, or a bare number in [0, 1] ("0.8", "Score: 0.8"); anything else is garbage. The reply is read up to
 MAX_REPLY_BYTES (more is garbage) and parsed as JSON data; nothing in it is ever evaluated.
-Failures never stall a step: every request has `timeout_s` (urllib's socket timeout), transport errors and
-HTTP 429/5xx are retried `retries` times with exponential backoff (`backoff_s` * 2**attempt), garbage is not
-retried, at most `max_concurrency` requests run at once, and the whole batch stops at `deadline_s` (default:
-one request's worst case, timeout_s * (retries + 1) + backoffs, plus 1 s; raise it when a batch is larger than
-max_concurrency and the judge is slow). A failed sample is `None` in `batch()` (score_batch scores it 0 and
-counts it in errors) and is counted in `judge.stats`.
+Failures never stall a step, and nothing outlives it: each attempt of a request has `timeout_s` IN ALL (connect,
+headers and body: a server that sends headers and then trickles bytes is cut at the deadline, not kept alive by
+each byte as a socket timeout would be), transport errors and HTTP 429/5xx are retried `retries` times with
+exponential backoff (`backoff_s` * 2**attempt), garbage is not retried, at most `max_concurrency` requests run at
+once, and the whole batch stops at `deadline_s` (default: one request's worst case, timeout_s * (retries + 1) +
+backoffs, plus 1 s; raise it when a batch is larger than max_concurrency and the judge is slow). The deadlines are
+kept by the calling thread, which shuts down the socket of any request past its own or the batch's deadline, so
+every worker thread has ended when `batch()` returns. A failed sample is `None` in `batch()` (score_batch scores it
+0 and counts it in errors) and is counted in `judge.stats`.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import http.client
 import json
 import logging
 import re
+import socket
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -48,6 +51,20 @@ class JudgeError(RuntimeError):
     """The judge gave no usable verdict (timeout, transport error, garbage)."""
 
 
+class HTTPStatus(Exception):
+    """A reply with an HTTP error status (retried for 429 and 5xx)."""
+
+    def __init__(self, code: int):
+        super().__init__(f"HTTP {code}")
+        self.code = code
+
+
+class Cancelled(Exception):
+    """The batch's deadline passed while this request waited or backed off."""
+
+POLL_S = 0.05  # how often the calling thread looks at the deadlines while requests run
+
+
 def parse_verdict(content: str) -> float | None:
     """1.0 / 0.0 for a yes / no verdict, a bare number in [0, 1] as is, None for anything else."""
     text = content.strip().lower()
@@ -59,6 +76,33 @@ def parse_verdict(content: str) -> float | None:
     if m and 0.0 <= float(m.group(1)) <= 1.0:
         return float(m.group(1))
     return None
+
+
+@dataclass
+class _Flight:
+    """One batch's requests in flight: their connections and deadlines, and the batch's cancel flag."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    open: dict = field(default_factory=dict)  # id(socket) -> (socket, deadline)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def track(self, sock: socket.socket, deadline: float) -> None:
+        with self.lock:
+            self.open[id(sock)] = (sock, deadline)
+
+    def untrack(self, sock: socket.socket | None) -> None:
+        with self.lock:
+            self.open.pop(id(sock), None)
+
+    def cut(self, now: float) -> None:
+        """Shut down the sockets of requests whose deadline is at or before `now` (their threads' reads end)."""
+        with self.lock:
+            due = [sock for sock, deadline in self.open.values() if deadline <= now]
+        for sock in due:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 @dataclass
@@ -111,24 +155,16 @@ class Judge:
                                                      answer=capped)
         if not prompts:
             return results
-        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts)))
-        futures = {pool.submit(self._judge_one, prompt): i for i, prompt in prompts.items()}
-        done, not_done = wait(futures, timeout=self.deadline_s)
-        pool.shutdown(wait=False, cancel_futures=True)  # a hung request ends by its own timeout, unwaited
-        reasons = []
-        for future, i in futures.items():
-            if future not in done:
-                value, reason = None, f"past the {self.deadline_s:.1f} s deadline"
-            elif future.exception() is not None:  # _judge_one catches what urllib raises; this is a bug's path
-                value, reason = None, repr(future.exception())
-            else:
-                value, reason = future.result()
+        outcomes = self._run(prompts)
+        reasons, late = [], 0
+        for i, (value, reason) in outcomes.items():
             results[i] = value
             if value is None:
                 reasons.append(reason)
+                late += reason.startswith("past the")
         self._count("ok", len(prompts) - len(reasons))
         self._count("failed", len(reasons))
-        self._count("past_deadline", len(not_done))
+        self._count("past_deadline", late)
         if reasons:
             log.warning("judge %s: %d/%d requests failed (scored 0); first: %s", self.base_url, len(reasons),
                         len(prompts), reasons[0])
@@ -138,36 +174,87 @@ class Judge:
         with self._lock:
             self.stats[key] += n
 
-    def _judge_one(self, prompt: str) -> tuple[float | None, str]:
+    def _run(self, prompts: dict[int, str]) -> dict[int, tuple[float | None, str]]:
+        """Every prompt's (verdict, why-not), within `deadline_s`; every worker thread has ended on return."""
+        flight, end = _Flight(), time.monotonic() + self.deadline_s
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts)))
+        futures = {i: pool.submit(self._judge_one, prompt, flight) for i, prompt in prompts.items()}
+        try:
+            while True:
+                _, pending = wait(futures.values(), timeout=POLL_S)
+                flight.cut(time.monotonic())  # each request's own deadline
+                if not pending or time.monotonic() >= end:
+                    break
+        finally:
+            flight.cancel.set()
+            flight.cut(float("inf"))  # the batch's deadline: every request still in flight ends now
+            pool.shutdown(wait=True, cancel_futures=True)  # quick: no worker is blocked any more
+        late = (None, f"past the {self.deadline_s:.1f} s deadline")
+        return {i: late if f.cancelled() else f.result() for i, f in futures.items()}
+
+    def _judge_one(self, prompt: str, flight: _Flight) -> tuple[float | None, str]:
         """(verdict, "") or (None, why). Retries transport errors and 429/5xx; never raises."""
-        reason = ""
+        reason, cancel = "", flight.cancel
         for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            if attempt and cancel.wait(self.backoff_s * 2 ** (attempt - 1)):
+                break
+            if cancel.is_set():
+                break
             self._count("requests")
             try:
-                content = self._post(prompt)
-            except urllib.error.HTTPError as exc:
-                reason = f"HTTP {exc.code}"
+                content = self._post(prompt, flight)
+            except HTTPStatus as exc:
+                reason = str(exc)
                 if exc.code != 429 and exc.code < 500:
                     return None, reason
                 continue
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # timeouts are OSErrors
+            except (OSError, http.client.HTTPException) as exc:  # timeouts and cut sockets are OSErrors
                 reason = f"transport: {exc!r}"
                 continue
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 return None, f"malformed response: {exc!r}"
             verdict = parse_verdict(content)
             return (verdict, "") if verdict is not None else (None, f"unparseable verdict {content[:80]!r}")
+        if cancel.is_set():
+            return None, f"past the {self.deadline_s:.1f} s deadline ({reason or 'not sent'})"
         return None, reason
 
-    def _post(self, prompt: str) -> str:
+    def _post(self, prompt: str, flight: _Flight) -> str:
+        """One attempt, `timeout_s` in all: connect, headers and body (read in pieces, each within what is left;
+        the calling thread cuts the socket at the deadline, which bounds a trickle of headers too)."""
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
-        request = urllib.request.Request(
-            self.base_url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode("utf-8"),
-            headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            raw = response.read(MAX_REPLY_BYTES + 1)  # never more: a runaway reply must not fill memory
+        url = urllib.parse.urlsplit(self.base_url.rstrip("/") + "/chat/completions")
+        kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        deadline = time.monotonic() + self.timeout_s
+        conn, sock = kind(url.hostname, url.port, timeout=self.timeout_s), None  # connect: one bounded operation
+        try:
+            if flight.cancel.is_set():
+                raise Cancelled()
+            conn.connect()
+            sock = conn.sock  # kept: the connection drops its reference once a closing reply's headers are in
+            flight.track(sock, deadline)
+            conn.request("POST", url.path + (f"?{url.query}" if url.query else ""), body=json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            if response.status >= 400:
+                raise HTTPStatus(response.status)
+            raw = b""
+            while len(raw) <= MAX_REPLY_BYTES:  # never more: a runaway reply must not fill memory
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"reply not complete after {self.timeout_s:g} s")
+                sock.settimeout(left)
+                chunk = response.read1(MAX_REPLY_BYTES + 1 - len(raw))
+                if not chunk:
+                    break
+                raw += chunk
+            if time.monotonic() >= deadline or response.length:  # cut at the deadline, or fewer bytes than said
+                raise TimeoutError(f"reply not complete after {self.timeout_s:g} s")
+        except Cancelled:
+            raise OSError("cancelled: past the batch deadline") from None
+        finally:
+            flight.untrack(sock)
+            conn.close()
         if len(raw) > MAX_REPLY_BYTES:
             raise ValueError(f"reply over {MAX_REPLY_BYTES} bytes")
         payload = json.loads(raw.decode("utf-8"))  # parsed as JSON data, never evaluated
