@@ -1,12 +1,13 @@
 """Train a VLM with SFT and/or GRPO-family RL.
 
     python train.py --config configs/demo.toml [--rollout.group_size 8 ...]
+    python train.py --resume runs/demo [--rl.steps 200]   # continue a run with its own settings (RUN/config.toml)
     torchrun --nproc_per_node N train.py --config ...     # FSDP2: N processes share the model and the prompts
     python train.py --help-config                         # every setting, its default and meaning
 
-Exit status: 0 done; 2 a bad setting, bad data or an unwritable run folder (one line says which); 3 stopped after
-optim.max_skipped_updates NaN/inf updates in a row; 130 / 143 stopped by SIGINT / SIGTERM after writing a
-checkpoint (continue with --train.resume true).
+Exit status: 0 done; 2 a bad setting, bad data, an unreadable file, a refused resume or a run folder in use or not
+writable (one line says which); 3 stopped after optim.max_skipped_updates NaN/inf updates in a row; 130 / 143 stopped
+by SIGINT / SIGTERM after writing a checkpoint (continue with --resume RUN), or at once by a second one.
 """
 
 from __future__ import annotations
@@ -14,24 +15,48 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from engine.config.settings import Config
 from engine.config.parsing import build_config, describe
 
+RESUME_HELP = ("continue the run in folder RUN from its newest checkpoint, with the run's own settings "
+               "(RUN/config.toml): flags given beside it are compared with them, and one that changes the run is "
+               "refused unless --train.resume_changes names it (budgets such as --rl.steps may always be raised)")
+
 
 def parse(argv: list[str], description: str | None = None, parents: tuple = ()) -> Config:
     """The config from --config and dotted overrides. `parents`: a command's own argparse parsers (add_help=False),
-    listed in --help; the command parses its own flags itself (parse_known_args) and passes the rest here."""
+    listed in --help; the command parses its own flags itself (parse_known_args) and passes the rest here.
+    A resume (`--resume RUN`, or `--train.resume true` with train.out_dir) builds on the run's own config.toml."""
     parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0], add_help=True,
                                      parents=list(parents),
                                      epilog="Any config key can be set as --section.key VALUE (see --help-config).")
     parser.add_argument("--config", help="TOML preset (configs/*.toml)")
     parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    if not parents:  # train.py's own: eval.py and infer.py read a run's model, they do not continue it
+        parser.add_argument("--resume", metavar="RUN", help=RESUME_HELP)
     args, overrides = parser.parse_known_args(argv)
     if args.help_config:
         print(describe(Config))
         sys.exit(0)
-    return build_config(Config, toml_path=args.config, overrides=overrides)
+    cfg = build_config(Config, toml_path=args.config, overrides=overrides)
+    run = getattr(args, "resume", None)
+    if run is None and not cfg.train.resume:
+        return cfg
+    if run is not None and Path(cfg.train.out_dir) != Path(run) and given(overrides, "train.out_dir"):
+        raise ValueError(f"--resume {run} and --train.out_dir {cfg.train.out_dir} name two folders: a resume writes "
+                         "into the run's own; drop --train.out_dir")
+    run = run or cfg.train.out_dir
+    from engine.setup.resume import run_config  # reads RUN/config.toml (light: no torch)
+
+    return build_config(Config, base=run_config(run), toml_path=args.config,
+                        overrides=[*overrides, "--train.out_dir", str(run), "--train.resume", "true"])
+
+
+def given(overrides: list[str], key: str) -> bool:
+    """Whether a dotted key was set on the command line (--a.b V, --a.b=V, dashes for underscores)."""
+    return any(flag[2:].partition("=")[0].replace("-", "_") == key for flag in overrides if flag.startswith("--"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,21 +65,30 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from engine.runtime.guard import RunStopped
-    from engine.trainer import run  # heavy imports only after the config is known to be good
-
+    try:
+        from engine.runtime.guard import RunStopped
+        from engine.trainer import run  # heavy imports only after the config is known to be good
+    except KeyboardInterrupt:
+        print("\nSIGINT: stopped before the run started; nothing was written", file=sys.stderr)
+        return 130
     try:
         summary = run(cfg)
-    except ValueError as exc:  # user errors (bad data, bad paths) carry their own explanation
+    except ValueError as exc:  # user errors (bad data, bad paths, unreadable files) carry their own explanation
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the run folder's disk: full, gone read-only, removed
         print(f"error: cannot write to the run folder {cfg.train.out_dir}: {exc}. Its newest complete checkpoint "
-              "(checkpoints/latest) is intact: fix the disk, then continue with --train.resume true", file=sys.stderr)
+              f"(checkpoints/latest) is intact: fix the disk, then continue with --resume {cfg.train.out_dir}",
+              file=sys.stderr)
         return 2
     except RunStopped as exc:  # a signal (checkpoint written) or a streak of NaN/inf updates
         print(exc, file=sys.stderr)
         return exc.code
+    except KeyboardInterrupt:  # Ctrl-C before the run's handlers are in place, or a second one: stop now
+        print(f"\nSIGINT: stopped at once, without a checkpoint. The newest complete checkpoint in "
+              f"{cfg.train.out_dir}/checkpoints (if any) is intact: continue with --resume {cfg.train.out_dir}",
+              file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
         return 0
     print(summary_line(summary, cfg))

@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,6 +51,8 @@ from engine.runtime.checkpoint import (capture_rng, generator_device, latest_che
 from engine.config.settings import Config
 from engine.config.parsing import to_toml
 from engine.setup.data_setup import load_data, load_sft_final, with_epochs
+from engine.setup.resume import fall_back_hint, fingerprint
+from engine.setup.run_folder import Claim
 from engine.setup.data_stream import DataStream
 from engine.report.evaluate import evaluate, headline, prompts_for
 from engine.runtime.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed, stages_left
@@ -57,12 +60,13 @@ from engine.runtime.lora import apply_lora, is_peft, merged_export
 from engine.runtime.log import MetricsLogger, progress
 from engine.report.rollout_dump import dump_rollouts
 from engine.setup.run_setup import (_check_world, _optimizer, enable_gradient_checkpointing,  # noqa: F401 (re-exported)
-                              load_policy)
+                                    load_model_processing, load_policy)
 from engine.algo.sft import sft_step, sft_trajectory, target_text
 from engine.algo.step import RLState, model_device, policy_weights, rl_step
 from engine.report.tool_health import ToolCallMonitor
 from engine.rollout.tool_protocols import make_protocol
 from engine.algo.update import due
+from models.generation import StopRequested
 from rewards.setup import setup_rewards
 
 
@@ -77,16 +81,33 @@ class Run:
         self.dist = D.init(world_of_one=bool(cfg.train.mixed_precision))
         self.main_rank = self.dist.is_main
         self.dir = Path(cfg.train.out_dir)
-        check_out_dir(self.dir)  # now, before data or model; the folder itself is made once setup worked
-        # Data first: a bad dataset fails before the model loads, and epochs become step counts here.
-        self.train_set, self.eval_set = load_data(cfg, verbose=self.main_rank)
+        check_out_dir(self.dir)  # now, before data or model
+        # The folder is this run's (a LOCK), and the start or resume is accepted, before anything else is written.
+        self.claim = Claim.take(self.dir, cfg, self.dist)
+        try:
+            self._setup(cfg)
+        except BaseException:
+            self.claim.release()
+            raise
+
+    def _setup(self, cfg: Config) -> None:
+        # The model's tokenizer and processor (no weights yet), then the data held to them: a record the model
+        # would refuse fails (or is skipped, named) here, before the model loads; epochs become step counts here.
+        processing = load_model_processing(cfg)
+        self.train_set, self.eval_set = load_data(cfg, verbose=self.main_rank, processing=processing)
         self.cfg = cfg = with_epochs(cfg, len(self.train_set))
         self.final_set = []  # sft.final_train: the SFT stage's last phase
         if cfg.sft.final_steps and "sft" in cfg.train.stage.split(","):
             if cfg.sft.final_steps > cfg.sft.steps:
                 raise ValueError(f"sft.final_steps = {cfg.sft.final_steps} is more than sft.steps = {cfg.sft.steps}: "
                                  "the final phase is part of the SFT stage")
-            self.final_set = load_sft_final(cfg, verbose=self.main_rank)
+            self.final_set = load_sft_final(cfg, verbose=self.main_rank, processing=processing)
+        self.fingerprints = {"data.train": fingerprint(self.train_set)}
+        if self.final_set:
+            self.fingerprints["sft.final_train"] = fingerprint(self.final_set)
+        self.claim.check_data(self.fingerprints, cfg)  # a resume: the same data, by content
+        for note in self.claim.notes:
+            self._print(note)
         _check_world(cfg, self.dist.world)
         if cfg.rollout.sampler == "vllm" and self.dist.world > 1:
             raise ValueError("rollout.sampler = vllm runs in one process for now (each rank would need its own "
@@ -98,7 +119,7 @@ class Run:
             # keeps its old one (set the variable in the environment to be sure).
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
-        self.vlm = load_policy(cfg, device=str(self.dist.device))
+        self.vlm = load_policy(cfg, device=str(self.dist.device), processing=processing)
         # Seeded after loading (building an uncached tiny model reseeds the global RNG), the same on every rank:
         # LoRA's initial adapters must be identical on all ranks before FSDP shards them.
         torch.manual_seed(cfg.train.seed)
@@ -128,13 +149,22 @@ class Run:
         self.mixed_precision = {None: None, "bf16": "bfloat16"}[cfg.train.mixed_precision]
         D.shard_model(self.vlm.model, mixed_precision=self.mixed_precision)
         self.signals, self.nonfinite = StopSignals(), NonFinite(cfg.optim.max_skipped_updates)
+        # One process abandons a step mid-rollout on a signal; under torchrun ranks stop together at step ends.
+        self.should_stop = self.signals.pending if self.dist.world == 1 else None
         self.last_saved: tuple[int, Path] | None = None  # (global step, folder) of this session's newest save
         self.logger = None
-        if self.main_rank:  # setup worked: only now does the run folder appear
-            self.dir.mkdir(parents=True, exist_ok=True)
+        if self.main_rank:  # setup worked and the start was accepted: only now is the run folder written
+            if self.claim.clear_earlier_run():
+                print(f"train.overwrite: deleted the earlier run's files in {self.dir}")
             clear_failed(self.dir)
-            (self.dir / "config.toml").write_text(to_toml(cfg))
-            self.logger = MetricsLogger(self.dir, tensorboard=cfg.train.tensorboard)
+            # the run's own record of how it is made (what the next --resume starts from)
+            made = replace(cfg, train=replace(cfg.train, resume_changes=[], overwrite=False))
+            (self.dir / "config.toml").write_text(to_toml(made))
+            self.logger = MetricsLogger(self.dir, tensorboard=cfg.train.tensorboard, start_step=self.global_step)
+        for line in self.claim.accepted:
+            self._print(f"resume: accepted change (train.resume_changes): {line}")
+        if self.claim.accepted:
+            self.summary.setdefault("resume_changes", []).extend(self.claim.accepted)
 
     # ------------------------------------------------------------------------------------- rank-0 output
     def _print(self, msg: str) -> None:
@@ -150,10 +180,11 @@ class Run:
 
     # ------------------------------------------------------------------------------------- checkpoints
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.dir)
-        if ckpt is None:
-            raise ValueError(f"--train.resume: no complete checkpoint in {self.dir}/checkpoints to resume from")
-        state = load_checkpoint(ckpt, model=self.vlm.model)
+        ckpt = self.claim.plan.checkpoint  # the newest complete one, its state read and its headers checked
+        try:
+            state = load_checkpoint(ckpt, model=self.vlm.model)
+        except ValueError as exc:
+            raise ValueError(f"{exc}. {fall_back_hint(self.dir, ckpt)}") from None
         self.summary, self.global_step = state["summary"], state["global_step"]
         self.summary.setdefault("steps", {})
         self.summary["resumed_from"] = str(ckpt)
@@ -195,7 +226,8 @@ class Run:
         path = self.dir / "checkpoints" / f"step_{self.global_step:06d}"
         if self.main_rank:
             extra = {"stage": stage, "stage_step": stage_step, "global_step": self.global_step,
-                     "data": stream.state_dict(), "rng": rngs, "summary": self.summary}
+                     "data": stream.state_dict(), "rng": rngs, "summary": self.summary,
+                     "data_fingerprint": self.fingerprints}
             try:
                 path = save_checkpoint(self.dir, self.global_step, model=model, tokenizer=self.vlm.tokenizer,
                                        image_processor=self.vlm.image_processor, extra_state=extra,
@@ -205,7 +237,7 @@ class Run:
             except Exception as exc:  # a full disk or lost permission surfaces as OSError, RuntimeError, ...
                 raise ValueError(f"cannot write the checkpoint {path.name} in {path.parent}: {exc}. The previous "
                                  f"checkpoint ({latest_checkpoint(self.dir) or 'none yet'}) is intact: free disk "
-                                 "space or fix the folder's permissions, then continue with --train.resume true"
+                                 f"space or fix the folder's permissions, then continue with --resume {self.dir}"
                                  ) from exc
         D.barrier()
         self.last_saved = (self.global_step, path)
@@ -224,6 +256,22 @@ class Run:
             fresh = self.last_saved is not None and self.last_saved[0] == self.global_step
             path = self.last_saved[1] if fresh else save(done)
             raise self.signals.stopped(f"after {stage} step {done} of {self._stage_steps(stage)}", path)
+
+    def _mark(self, stream: DataStream):
+        """Where a step starts (data position, RNG): what a checkpoint holds if the step is abandoned."""
+        return (stream.state_dict(), capture_rng({"sampler": self.generator})) if self.should_stop else None
+
+    def _abandon(self, stage: str, step: int, mark, save, stream: DataStream) -> RunStopped:
+        """A signal mid-step (one process): the step is dropped, and the run is saved as it was before it (data
+        position and RNG put back; weights and optimizer are untouched until the update), unless that is saved
+        already. Resuming trains the step again, as the uninterrupted run would have."""
+        stream.load_state_dict(mark[0])
+        restore_rng(mark[1], {"sampler": self.generator})
+        self.vlm.model.train()
+        fresh = self.last_saved is not None and self.last_saved[0] == self.global_step
+        path = self.last_saved[1] if fresh else save(step)
+        return self.signals.stopped(f"during {stage} step {step + 1} of {self._stage_steps(stage)} (abandoned: it "
+                                    "runs again on resume)", path)
 
     def _stage_steps(self, stage: str) -> int:
         return self.cfg.sft.steps if stage == "sft" else self.cfg.rl.steps
@@ -283,7 +331,8 @@ class Run:
     def evaluate(self, tag: str) -> None:
         if not self.eval_set:
             return
-        result = evaluate(self.vlm, self.eval_set, self.cfg, self.protocol, scorer=self.scorer, dist=self.dist)
+        result = evaluate(self.vlm, self.eval_set, self.cfg, self.protocol, scorer=self.scorer, dist=self.dist,
+                          should_stop=self.should_stop)
         for name in self.cfg.eval.metrics:  # the task's headline metrics, by name: accuracy_after_rl, iou_after_rl
             self.summary[f"{name}_{tag}"] = result.metrics[name]
         self.summary["num_eval_examples"] = result.metrics["num_examples"]
@@ -337,15 +386,21 @@ class Run:
         # LoRA: the reference is the policy with its adapters off (engine/algo/step.py); no copy.
         reference = self._reference() if cfg.algo.kl_beta > 0 and not is_peft(model) else None
         state = RLState(cfg=cfg, policy=self.vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
-                        generator=self.generator, protocol=self.protocol, scorer=self.scorer)
+                        generator=self.generator, protocol=self.protocol, scorer=self.scorer,
+                        should_stop=self.should_stop)
         stream = DataStream(len(self.train_set), cfg.train.seed + 2)
         start = self._take_resume("rl", model, optimizer, scheduler, stream)
         state.sampler = self._sampler()
         bar = self._bar(cfg.rl.steps, initial=start, desc="rl")
         monitor = ToolCallMonitor() if cfg.rollout.protocol is not None else None
+        save = lambda n: self._save("rl", n, optimizer, scheduler, stream)  # noqa: E731
         for step in range(start, cfg.rl.steps):
+            mark = self._mark(stream)
             examples = self._mine([self.train_set[i] for i in stream.take(cfg.rollout.prompts_per_step)])
-            metrics, trajs, rewards, adv = rl_step(state, prompts_for(examples, self.vlm, cfg))
+            try:
+                metrics, trajs, rewards, adv = rl_step(state, prompts_for(examples, self.vlm, cfg))
+            except StopRequested:
+                raise self._abandon("rl", step, mark, save, stream) from None
             self.global_step += 1
             if monitor is not None:  # RL with tools often stops calling them: say so when it happens
                 warning = monitor.update(metrics["tools/call_rate"])
@@ -360,7 +415,7 @@ class Run:
             bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", loss=f"{float(metrics.get('train/loss', 0)):.4f}")
             bar.update(1)
             self._periodic("rl", step + 1, cfg.rl.steps, optimizer, scheduler, stream)
-            self._after_step("rl", step + 1, metrics, lambda n: self._save("rl", n, optimizer, scheduler, stream))
+            self._after_step("rl", step + 1, metrics, save)
         bar.close()
         if state.sampler is not None:
             state.sampler.close()
@@ -368,16 +423,24 @@ class Run:
 
     def _periodic(self, stage: str, done: int, total: int, optimizer, scheduler, stream: DataStream) -> None:
         """After step `done` of `total`: evaluate and save when due (`engine.algo.update.due`, the one rule for both
-        stages); the last step's are `_finish_stage`'s, so the final weights are evaluated and saved once."""
+        stages); the last step's are `_finish_stage`'s, so the final weights are evaluated and saved once. A signal
+        during that evaluation drops it (the step's checkpoint is written by the stop)."""
         if due(done, self.cfg.train.eval_every, total):
-            self.evaluate(f"{stage}_step{done}")
+            try:
+                self.evaluate(f"{stage}_step{done}")
+            except StopRequested:
+                pass  # _after_step saves and stops
         if due(done, self.cfg.train.save_every, total):
             self._save(stage, done, optimizer, scheduler, stream)
 
     def _finish_stage(self, stage: str, total: int, optimizer, scheduler, stream: DataStream) -> None:
-        self.summary["done_stages"].append(stage)
         self.summary["steps"][stage] = total
-        self.evaluate(f"after_{stage}")
+        try:
+            self.evaluate(f"after_{stage}")
+        except StopRequested:  # the stage's weights are final: saved as not yet done, so a resume evaluates them
+            path = self._save(stage, total, optimizer, scheduler, stream)
+            raise self.signals.stopped(f"while evaluating after {stage} (it runs again on resume)", path) from None
+        self.summary["done_stages"].append(stage)
         self._save(stage, total, optimizer, scheduler, stream)
 
     def _log_samples(self, trajs, rewards, adv, k: int = 4) -> None:
@@ -425,9 +488,14 @@ def run(cfg: Config) -> dict:
         try:
             summary = r.main()
         except BaseException as exc:
-            if r.main_rank and not (isinstance(exc, RunStopped) and exc.code >= 128):
+            stopped = isinstance(exc, KeyboardInterrupt) or (isinstance(exc, RunStopped) and exc.code >= 128)
+            if r.main_rank and not stopped:  # a signal's stop is a normal end: its checkpoint is complete
                 mark_failed(r.dir, exc)
             raise
+        finally:
+            if r.logger is not None:
+                r.logger.close()  # idempotent; its TensorBoard thread must not outlive the run
+            r.claim.release()
     finally:
         torch.use_deterministic_algorithms(deterministic)
     D.close()  # torchrun, or a group of one (mixed precision): leave the process group cleanly

@@ -46,6 +46,10 @@ class _Fixed(NamedTuple):
 GREEDY: Sampling = _Fixed(temperature=0.0, top_k=0, top_p=1.0)  # argmax (the scorer's and the tests' decoding)
 
 
+class StopRequested(Exception):
+    """`generate`'s `should_stop()` said to stop (a signal reached the trainer): the call's samples are dropped."""
+
+
 @dataclass
 class GenRequest:
     ids: list[int]
@@ -167,7 +171,7 @@ def _stop_check_every(device: torch.device) -> int:
 def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: int, max_new_tokens: int,
              stop_ids: frozenset[int] = frozenset(), banned_ids: frozenset[int] = frozenset(),
              num_token_ids: int = 0, expand: int = 1, generator: torch.Generator | None = None,
-             decode: str = "auto") -> list[GenOutput]:
+             decode: str = "auto", should_stop=None) -> list[GenOutput]:
     """Continue every request by at most `max_new_tokens` (or its own smaller cap), stopping on `stop_ids`;
     `banned_ids` are never drawn (e.g. image placeholders), nor ids >= `num_token_ids` (padded embedding rows that
     name no token; 0: off). With expand=G each request yields G outputs (request-major order).
@@ -180,8 +184,13 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
     dropped from it. "graph": fixed shapes (models/decode_graph.py), captured once as a CUDA graph and replayed;
     "static": the same fixed-shape step without the capture (tests). "auto": graph on a CUDA device, dynamic
     elsewhere. Where fixed shapes don't hold (sliding-window or mixture-of-experts layers) every mode runs
-    dynamic."""
+    dynamic.
+
+    `should_stop`: a callable asked before the prefill and at every decoding step (a flag read, no sync); when it
+    returns True the call raises StopRequested, so a signal is acted on within a step, not after the rollout."""
     device = next(model.parameters()).device
+    if should_stop is not None and should_stop():
+        raise StopRequested("before the prefill")
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"the sampling generator is on {generator.device} and the model on {device}: make it with "
                          "torch.Generator(device=<the model's device>)")
@@ -235,6 +244,10 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
     bias_V = _ban_bias(logits_BV.shape[-1], banned_ids, num_token_ids, device)
     every = _stop_check_every(device)
     for step in range(steps):
+        if should_stop is not None and should_stop():
+            if decode_step is not None:
+                decode_step.close()
+            raise StopRequested(f"at decoding step {step}")
         tok_B, logp_B = _draw(logits_BV, sampling, bias_V, generator)
         tok_NS[row_B, step], logp_NS[row_B, step] = tok_B, logp_B
         hit_B = torch.isin(tok_B, stop_t) & ~done_B  # a row's FIRST stop id

@@ -31,6 +31,7 @@ from engine.forward.packing import pack
 from engine.rollout.rollout import ToolProtocol, rollout
 from engine.rollout.trajectory import Prompt, Trajectory
 from engine.algo.update import optimizer_update
+from models.generation import StopRequested
 from models.load import VLM
 from models.vision import resized_size
 from rewards.combine import RewardBatch, score_batch
@@ -48,6 +49,7 @@ class RLState:
     protocol: ToolProtocol | None
     scorer: object | None = None  # rewards.scorer.ModelScorer for model-based rewards (ctx.scorer), or None
     sampler: object | None = None  # engine.rollout.vllm_sampler.VLLMSampler (rollout.sampler = vllm); None: native
+    should_stop: object | None = None  # () -> bool: a signal arrived; the step is dropped before any weight changes
 
 
 def policy_weights(model):
@@ -102,10 +104,12 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
         with timer.phase("rollout"):
             vlm.model.eval()
             trajs = rollout(vlm, prompts, cfg.rollout, protocol=state.protocol, generator=state.generator,
-                            sampler=state.sampler)
+                            sampler=state.sampler, should_stop=state.should_stop)
             vlm.model.train()
         with timer.phase("rewards"):
             rewards = score(trajs, vlm, cfg, state.scorer)
+    if state.should_stop is not None and state.should_stop():  # the last moment a step can be dropped whole
+        raise StopRequested("after the rewards")
     with timer.phase("advantages"):
         rewards_B = torch.tensor(rewards.total, dtype=torch.float32)
         group_B = torch.tensor([t.group for t in trajs])

@@ -53,9 +53,10 @@ def prompts_for(examples, vlm: VLM, cfg):
 
 @torch.no_grad()
 def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, scorer=None,
-             dist: D.Dist | None = None, keep_trajectories: bool = False) -> EvalResult:
+             dist: D.Dist | None = None, keep_trajectories: bool = False, should_stop=None) -> EvalResult:
     """Greedy answers to `examples`, scored by the reward mix and by every reward named in cfg.eval.metrics.
-    `keep_trajectories` (one process): the result also holds the trajectories (images, crops) for a report."""
+    `keep_trajectories` (one process): the result also holds the trajectories (images, crops) for a report.
+    `should_stop`: see engine.rollout.rollout.rollout (a signal stops the evaluation with StopRequested)."""
     if not examples:
         raise ValueError("no held-out examples to evaluate: set data.eval")
     dist = dist or D.Dist()
@@ -69,7 +70,7 @@ def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, scorer=
     with D.unsharded(vlm.model):  # no collectives inside: ranks may make different numbers of forwards
         for start in range(0, len(mine), batch_size):
             prompts = prompts_for(mine[start:start + batch_size], vlm, cfg)
-            trajs = rollout(vlm, prompts, settings, protocol=protocol)
+            trajs = rollout(vlm, prompts, settings, protocol=protocol, should_stop=should_stop)
             rewards = score(trajs, vlm, scored, scorer)
             for name, values in rewards.parts.items():
                 parts.setdefault(name, []).extend(values)

@@ -20,7 +20,7 @@ import torch
 from engine.config.settings import RolloutConfig
 from engine.rollout.token_classes import classify_tokens
 from engine.rollout.trajectory import Prompt, Trajectory
-from models.generation import GenRequest, generate
+from models.generation import GenRequest, StopRequested, generate
 from models.load import VLM
 from models.vision import rope_positions
 
@@ -51,19 +51,22 @@ def _absorb(traj: Trajectory, out, stop_ids_tool: frozenset[int], eos_ids: tuple
 
 @torch.no_grad()
 def rollout(vlm: VLM, prompts: list[Prompt], settings: RolloutConfig, *, protocol: ToolProtocol | None,
-            generator: torch.Generator | None = None, sampler=None) -> list[Trajectory]:
+            generator: torch.Generator | None = None, sampler=None, should_stop=None) -> list[Trajectory]:
     """`settings.group_size` samples per prompt. `sampler` None: our sampler on `vlm.model`; an
     engine.rollout.vllm_sampler.VLLMSampler holding the same weights: vLLM (same outputs; it reads each sequence's PIL
-    images instead of its pixel_values)."""
+    images instead of its pixel_values). `should_stop`: asked at every decoding step of the native sampler and
+    between tool rounds; True raises models.generation.StopRequested (the rollout is dropped)."""
     fam, limits = vlm.family, settings
     tool_stops = protocol.stop_ids if protocol else frozenset()
     call = dict(max_new_tokens=limits.max_new_tokens, stop_ids=frozenset(fam.eos_ids) | tool_stops,
                 banned_ids=fam.vision_ids, num_token_ids=fam.num_token_ids, generator=generator)
 
     def sample(requests: list[GenRequest], images: list[list], expand: int = 1):
+        if should_stop is not None and should_stop():
+            raise StopRequested("between tool rounds")
         if sampler is None:
             return generate(vlm.model, requests, settings, pad_id=fam.pad_id, expand=expand,
-                            decode="auto" if settings.cuda_graph else "dynamic", **call)
+                            decode="auto" if settings.cuda_graph else "dynamic", should_stop=should_stop, **call)
         return sampler.generate(requests, settings, expand=expand, images_per_request=images, **call)
 
     trajs = [Trajectory.start(p, g) for g, p in enumerate(prompts) for _ in range(settings.group_size)]

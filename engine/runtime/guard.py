@@ -7,10 +7,13 @@
                 save a checkpoint; raise RunStopped(..., code=signals.exit_code)
 
 - A cluster scheduler preempts with SIGTERM (then SIGKILL after a grace period); Ctrl-C is SIGINT. The first one
-  finishes the current step, writes a checkpoint and exits with 128 + the signal number (143, 130), the code a
-  shell reports for a process the signal ended, so a job script can tell "preempted" from "done". A second one
-  acts at once (the default handlers are back). A kill -9 is covered by the atomic checkpoints instead
-  (engine/runtime/checkpoint.py): the newest complete one is always loadable.
+  is acted on within a decoding step in one process (`pending()`, read by the sampler: the step is abandoned and the
+  run saved as it was before it) and at the end of the step under torchrun (`requested()`, a collective); then a
+  checkpoint is written and the process exits with 128 + the signal number (143, 130), the code a shell reports
+  for a process the signal ended, so a job script can tell "preempted" from "done". A second one acts at once (the
+  default handlers are back: SIGTERM ends the process, SIGINT raises KeyboardInterrupt, which train.py turns into
+  one line and exit 130). A kill -9 is covered by the atomic checkpoints instead (engine/runtime/checkpoint.py):
+  the newest complete one is always loadable.
 - `NonFinite`: an update whose loss or gradient norm is NaN/inf is skipped by the step functions (no optimizer
   step, weights untouched); this counts them, and after `limit` in a row stops the run with a clear message.
 - `stages_left`: resuming a finished stage with a raised step count continues it; with nothing left, says so.
@@ -61,8 +64,8 @@ class StopSignals:
         self.signum = signum
         self._restore()  # a second signal acts at once
         if os.environ.get("RANK", "0") == "0":  # torchrun signals every rank; one says so
-            print(f"\n{signal.Signals(signum).name}: finishing this step, then writing a checkpoint and stopping "
-                  "(send it again to stop at once, without a checkpoint)", flush=True)
+            print(f"\n{signal.Signals(signum).name}: stopping: writing a checkpoint of the last whole step, then "
+                  "exiting (send it again to stop at once, without a checkpoint)", flush=True)
 
     def _restore(self) -> None:
         for s, handler in self._previous.items():
@@ -78,8 +81,13 @@ class StopSignals:
         return 128 + int(self.signum or signal.SIGTERM)
 
     def stopped(self, where: str, checkpoint) -> RunStopped:
+        run = Path(checkpoint).parent.parent  # RUN/checkpoints/step_N
         return RunStopped(f"{self.name}: stopped {where}; checkpoint {checkpoint} is complete: continue with "
-                          "--train.resume true", code=self.exit_code)
+                          f"--resume {run}", code=self.exit_code)
+
+    def pending(self) -> bool:
+        """Whether this process got a signal (a flag read: no collective, cheap enough for every decoding step)."""
+        return self.signum is not None
 
     def requested(self) -> bool:
         """Whether any rank got a signal (a collective under torchrun: call it at the same points on every rank)."""
@@ -150,7 +158,7 @@ def mark_failed(folder: Path, error: BaseException) -> None:
     try:
         (folder / FAILED).write_text(f"this run stopped with an error: {type(error).__name__}: {error}\n"
                                      "checkpoints/latest (if present) names the newest complete checkpoint; "
-                                     "continue with --train.resume true once the cause is fixed\n")
+                                     f"continue with --resume {folder} once the cause is fixed\n")
     except OSError:
         pass
 

@@ -15,6 +15,9 @@
 Files in run_dir: `metrics.jsonl` (one {"step": k, name: value, ...} line per log call; non-finite values are
 written as NaN/Infinity, which Python's json reads), `samples.jsonl` ({"step", "tag", "text"} per log_text
 call), and TensorBoard event files under `run_dir/tb/` (`tensorboard --logdir runs/`).
+`MetricsLogger(run_dir, start_step=k)` continues a run from step k (a resume from the checkpoint of step k; 0 for a
+fresh start): rows of later steps, written after that checkpoint by a run that was then killed, are cut from both
+JSONL files first (and TensorBoard purges its events past k), so no step appears twice.
 
 Sync points (GPU): PhaseTimer calls torch.cuda.synchronize() when a phase starts and when it ends, if CUDA is
 available, so a phase is charged for the kernels it launched rather than for the next phase that waits on them.
@@ -25,6 +28,7 @@ metrics kept as detached tensors until then.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -80,14 +84,16 @@ def _to_floats(scalars: dict[str, float | torch.Tensor]) -> dict[str, float]:
 class MetricsLogger:
     """Writes scalars to TensorBoard and run_dir/metrics.jsonl, texts to TensorBoard and run_dir/samples.jsonl."""
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, start_step: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._writer = None
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            cut_after(self.run_dir / name, start_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), flush_secs=10)
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), flush_secs=10, purge_step=start_step + 1)
         self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self._samples = open(self.run_dir / "samples.jsonl", "a", encoding="utf-8")
 
@@ -108,8 +114,10 @@ class MetricsLogger:
         self._samples.flush()
 
     def close(self) -> None:
+        """Flush and close everything (its TensorBoard writer thread ends); calling it again does nothing."""
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
         self._metrics.close()
         self._samples.close()
 
@@ -118,6 +126,29 @@ class MetricsLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def cut_after(path: Path, step: int) -> int:
+    """Keep the lines of a JSONL log whose "step" is at most `step` (and drop a torn last line); rewritten
+    atomically, only when something goes. Returns how many lines went."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                row_step = json.loads(line).get("step")
+            except (ValueError, AttributeError):  # a line cut by a kill mid-write
+                row_step = None
+            if isinstance(row_step, int) and row_step <= step and line.endswith("\n"):
+                kept.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
 
 
 def progress(total: int, initial: int = 0, desc: str = "train") -> tqdm:
