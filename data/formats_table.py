@@ -39,14 +39,28 @@ def load_hf_disk(path: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]
     from pyarrow import ipc, memory_map  # imported here so that `import data` stays light
 
     folder, shown = split_folder(path, opts)
-    files = [folder / f["filename"] for f in read_json(folder / "state.json")["_data_files"]]
+    state = folder / "state.json"
+    try:
+        files = [folder / f["filename"] for f in read_json(state)["_data_files"]]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{state}: no list of data files (_data_files[].filename: {exc!r}); save the dataset "
+                         "again with save_to_disk") from None
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"{state} names {', '.join(missing)}, not in {folder}: the save_to_disk folder is incomplete; "
+                         "copy it again, or save it again with save_to_disk")
     row = 0  # counted over all the shards, as `load_from_disk(folder)[row]` counts
     for file in files:
-        with memory_map(str(file)) as source:
+        try:
+            source = memory_map(str(file))
             reader = ipc.open_stream(source)
+        except Exception as exc:  # noqa: BLE001 - pyarrow's own error types: one line naming the file
+            raise unreadable(file, "this Arrow file", exc) from None
+        with source:
             check_columns(reader.schema.names, TABLE_COLUMNS, shown=shown)
             # to_pylist copies out of the map, so closing it after the file is safe
-            row = yield from batch_examples(reader, shown=shown, folder=folder, opts=opts, first_row=row)
+            row = yield from batch_examples(guarded(reader, file, "this Arrow file"), shown=shown, folder=folder,
+                                            opts=opts, first_row=row)
 
 
 def split_folder(path: Path, opts: LoadOptions) -> tuple[Path, str]:
@@ -57,7 +71,10 @@ def split_folder(path: Path, opts: LoadOptions) -> tuple[Path, str]:
             raise ValueError(f"{opts.shown}: is a single dataset (split {saved_split!r}), not a DatasetDict; "
                              f"drop the split {opts.split!r}")
         return path, opts.shown
-    splits = read_json(path / "dataset_dict.json")["splits"]
+    splits = read_json(path / "dataset_dict.json").get("splits")
+    if not isinstance(splits, list) or not all(isinstance(x, str) for x in splits):
+        raise ValueError(f"{path / 'dataset_dict.json'}: no list of \"splits\"; save the DatasetDict again with "
+                         "save_to_disk")
     split = opts.split or opts.default_split
     if split not in splits:
         raise ValueError(f"{opts.shown}: no split {split!r}; splits present: {', '.join(splits)}")
@@ -123,9 +140,13 @@ def load_parquet(path: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]
 def parquet_rows(file: Path, shown: str, folder: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]:
     from pyarrow import parquet  # imported here so that `import data` stays light
 
-    table = parquet.ParquetFile(file)
+    try:
+        table = parquet.ParquetFile(file)
+    except Exception as exc:  # noqa: BLE001 - pyarrow's own error types: one line naming the file
+        raise unreadable(file, "this parquet file", exc) from None
     check_columns(table.schema_arrow.names, TABLE_COLUMNS, shown=shown)
-    yield from batch_examples(table.iter_batches(batch_size=64), shown=shown, folder=folder, opts=opts)
+    batches = guarded(table.iter_batches(batch_size=64), file, "this parquet file")
+    yield from batch_examples(batches, shown=shown, folder=folder, opts=opts)
 
 
 def batch_examples(batches, *, shown: str, folder: Path, opts: LoadOptions,
@@ -145,12 +166,35 @@ def batch_examples(batches, *, shown: str, folder: Path, opts: LoadOptions,
 
 
 # ---------------------------------------------------------------------------------------------- shared
+def unreadable(path: Path, what: str, exc: BaseException) -> ValueError:
+    """A whole file that cannot be read, as one line naming it and what to do (data/'s side of the file guard)."""
+    reason = (str(exc).strip().splitlines() or [""])[0][:200]
+    return ValueError(f"{path}: cannot read {what} ({type(exc).__name__}: {reason}); the dataset is damaged or "
+                      "incomplete: copy it again (python -m data.check PATH shows what loads)")
+
+
+def guarded(batches, path: Path, what: str) -> Iterator:
+    """`batches` as they come, a failure to read the next one (a cut or corrupt file) turned into `unreadable`."""
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - pyarrow's own error types
+            raise unreadable(path, what, exc) from None
+        yield batch
+
+
 def read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read this save_to_disk metadata file: {exc}") from None
+            value = json.load(f)
+    except (OSError, ValueError) as exc:  # missing, not UTF-8, not JSON
+        raise unreadable(path, "this save_to_disk metadata file", exc) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}; save the dataset again")
+    return value
 
 
 def check_columns(names: list[str], required: list[str], *, shown: str) -> None:

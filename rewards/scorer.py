@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.files import reading
 from models.generation import GREEDY, GenRequest, concat_images, generate, left_pad
 from models.load import VLM
 from models.vision import encode_images, expand_image_pads, rope_positions
@@ -240,12 +241,14 @@ class ClipEmbedder:
         path = Path(path)
         if not (path / "config.json").exists():
             raise ValueError(f"{path} is not a CLIP folder (no config.json); no hub downloads here")
-        try:
-            processor = AutoImageProcessor.from_pretrained(path)
-        except (ImportError, ValueError, RuntimeError):  # the fast processor needs torchvision
-            processor = CLIPImageProcessorPil.from_pretrained(path)
-        model = CLIPModel.from_pretrained(path).to(device).eval()
-        return cls(model=model, tokenizer=AutoTokenizer.from_pretrained(path), image_processor=processor)
+        with reading(path, "the CLIP model (reward.clip_path)", passthrough=(MemoryError,)):
+            try:
+                processor = AutoImageProcessor.from_pretrained(path)
+            except (ImportError, ValueError, RuntimeError):  # the fast processor needs torchvision
+                processor = CLIPImageProcessorPil.from_pretrained(path)
+            model = CLIPModel.from_pretrained(path).to(device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(model=model, tokenizer=tokenizer, image_processor=processor)
 
     @staticmethod
     def _unit(features) -> np.ndarray:

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.files import reading
+
 
 def _check_pooling(path: Path) -> None:
     pooling = path / "1_Pooling" / "config.json"
@@ -51,8 +53,9 @@ class TextEmbedder:
             raise ValueError(f"reward.embedder_path {path} is not a model folder (no config.json); "
                              "no hub downloads here: point it at a local transformers text encoder")
         _check_pooling(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path).to(device).eval().requires_grad_(False)
+        with reading(path, "the sentence embedder (reward.embedder_path)", passthrough=(MemoryError,)):
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModel.from_pretrained(path).to(device).eval().requires_grad_(False)
         limits = [n for n in (tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None))
                   if isinstance(n, int) and 0 < n < 1_000_000]  # tokenizers without a limit report ~1e30
         return cls(model=model, tokenizer=tokenizer, max_length=min(limits, default=512))

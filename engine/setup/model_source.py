@@ -15,12 +15,12 @@ What a path may be, tried in this order:
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.runtime.checkpoint import latest_checkpoint
+from models.files import read_json, reading
 from models.load import VLM, load_vlm
 from models.tiny import tiny_model_dir
 
@@ -43,12 +43,14 @@ def _run_of(checkpoint: Path) -> Path | None:
 def _base_of(adapter: Path, config_toml: Path | None) -> Path:
     """The adapter's base model: the run config's model.path (or the tiny model it trained), else peft's record."""
     if config_toml is not None and config_toml.is_file():
-        cfg = tomllib.loads(config_toml.read_text(encoding="utf-8"))
+        with reading(config_toml, "the checkpoint's settings (to find the adapter's base model)"):
+            cfg = tomllib.loads(config_toml.read_text(encoding="utf-8"))
         model, train = cfg.get("model", {}), cfg.get("train", {})
         if model.get("path"):
             return Path(model["path"])
         return tiny_model_dir(model.get("tiny_arch", "qwen2_5_vl"), seed=train.get("seed", 0))
-    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    recorded = read_json(adapter / "adapter_config.json", "the LoRA adapter's config").get(
+        "base_model_name_or_path") or ""
     if recorded and Path(recorded).is_dir():
         return Path(recorded)
     raise ValueError(f"{adapter} is a LoRA adapter whose base model is unknown: no config.toml beside it and "
@@ -90,6 +92,8 @@ def load_any(path: str | Path, **load_options) -> tuple[VLM, ModelSource]:
     if source.adapter_dir is not None:
         from peft import PeftModel
 
-        vlm.model = PeftModel.from_pretrained(vlm.model, source.adapter_dir).merge_and_unload()
+        with reading(source.adapter_dir / "adapter_model.safetensors", "the LoRA adapter",
+                     passthrough=(MemoryError,)):
+            vlm.model = PeftModel.from_pretrained(vlm.model, source.adapter_dir).merge_and_unload()
     vlm.model.eval()
     return vlm, source
