@@ -197,10 +197,14 @@ class Run:
         if self.resume_from is None or self.resume_from[1]["stage"] != stage:
             return 0
         ckpt, state = self.resume_from
-        load_checkpoint(ckpt, model=None, scheduler=scheduler)  # the weights went in before sharding
+        try:
+            load_checkpoint(ckpt, model=None, scheduler=scheduler)  # the weights went in before sharding
+            saved_optimizer = read_optimizer_state(ckpt)
+        except ValueError as exc:
+            raise ValueError(f"{exc}. {fall_back_hint(self.dir, ckpt)}") from None
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * factor(scheduler.last_epoch)  # this schedule's lr (a raised step count stretches it)
-        D.load_optimizer_state_dict(model, optimizer, read_optimizer_state(ckpt))  # the full, name-keyed format
+        D.load_optimizer_state_dict(model, optimizer, saved_optimizer)  # the full, name-keyed format
         stream.load_state_dict(state["data"])
         saved = state["rng"]  # one per rank that saved
         mine = saved[self.dist.rank] if self.dist.rank < len(saved) else None

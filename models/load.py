@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from models.attention import SDPA_GQA, VARLEN, set_attention, varlen_available
 from models.family import SUPPORTED, Family, family_from
@@ -149,8 +150,10 @@ def _folder(path: str | Path, dtype: str):
 def load_processing(path: str | Path, *, box_frame: str | None = None, min_pixels: int = 0,
                     max_pixels: int = 0) -> Processing:
     """The folder's tokenizer (with its chat template checked), image processor (Qwen's pixel bounds applied) and
-    family facts: no weights are read, so a dataset can be checked against them before the model loads."""
+    family facts, and its weights files' headers: no weights are read, so a dataset can be checked against them
+    before the model loads, and a cut or lying weights file is named before anything else is done."""
     path, tokenizer, config = _folder(path, "float32")
+    check_weights(path)
     family = family_from(config, tokenizer, box_frame=box_frame)
     check_chat_template(tokenizer, family, path)
     with reading(path / "preprocessor_config.json", "the image processor's settings"):
@@ -163,17 +166,26 @@ def _from_pretrained(path: Path, dtype: str, attn_implementation: str):
     """transformers' loader, after checking every weights file; a weight the model has but the file lacks (or with
     another shape) is an error naming the file, not a silent random initialisation."""
     files = check_weights(path)
-    with reading(files[0] if len(files) == 1 else path, "the model's weights", passthrough=(MemoryError,
-                                                                                            torch.OutOfMemoryError)):
-        model, info = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=DTYPES[dtype], attn_implementation=_loadable(attn_implementation), output_loading_info=True)
+    named = files[0] if len(files) == 1 else path
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load-report table: we say what matters in one line instead
+    try:
+        with reading(named, "the model's weights", passthrough=(MemoryError, torch.OutOfMemoryError)):
+            model, info = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=DTYPES[dtype], attn_implementation=_loadable(attn_implementation),
+                output_loading_info=True, ignore_mismatched_sizes=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or ())
     mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
     if missing or mismatched:
         shown = ", ".join((missing + mismatched)[:3]) + (" ..." if len(missing) + len(mismatched) > 3 else "")
-        raise UnreadableFile(f"{files[0] if len(files) == 1 else path}: the weights do not fit the model its "
-                             f"config.json describes ({len(missing)} missing, {len(mismatched)} of another shape: "
-                             f"{shown}); {COPY_AGAIN}")
+        raise UnreadableFile(f"{named}: the weights do not fit the model its config.json describes ({len(missing)} "
+                             f"missing, {len(mismatched)} of another shape: {shown}); {COPY_AGAIN}")
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:
+        print(f"note: {named} holds {len(unexpected)} weights the model does not use (ignored): "
+              f"{', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
     return model
 
 

@@ -20,63 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from engine.runtime.checkpoint import latest_checkpoint, load_checkpoint
+from engine.runtime.checkpoint import latest_checkpoint
 from tests.data_fixtures import save_png, save_truncated_png, write_lines
+from tests.fault_helpers import (ENV, ROOT, clean, finish, harness, metric_rows, run, saved_step, start, train_args,
+                                 wait_for, weights)
 from tests.fault_tally import TALLY
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-       "TRANSFORMERS_OFFLINE": "1"}
-
-
-def train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data.train", str(data), "--train.out_dir", str(out), "--train.stage", "sft", "--sft.steps", "6",
-            "--sft.batch_size", "2", "--train.threads", "1", "--train.tensorboard", "false",
-            "--train.sample_every", "0", "--train.save_every", "1", *extra]
-
-
-def harness(fault: str, args: list[str]) -> list[str]:
-    return [sys.executable, str(ROOT / "tests" / "fault_harness.py"), fault, *args]
-
-
-def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-def start(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 180) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, f"exited early ({proc.returncode}): {proc.communicate()[1][-2000:]}"
-        assert time.monotonic() < end, "timed out waiting"
-        time.sleep(0.05)
-
-
-def metric_rows(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
-def saved_step(out: Path) -> int:
-    """The stage step of the newest complete checkpoint, read as a resume reads it (weights_only)."""
-    return load_checkpoint(latest_checkpoint(out), model=None)["stage_step"]
-
-
-def clean(done: subprocess.CompletedProcess | tuple) -> str:
-    """stderr, asserting that no traceback reached the user."""
-    err = done.stderr if hasattr(done, "stderr") else done[1]
-    assert "Traceback" not in err, err[-3000:]
-    return err
-
-
-def weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_file(latest_checkpoint(out) / "model" / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +58,14 @@ def test_kill_9_mid_checkpoint_and_at_a_random_moment_then_resume_is_bitwise(dat
         wait_for(lambda: saved_step(out) >= 3, proc)
         time.sleep(random.Random(seed).uniform(0, 0.8))
         proc.kill()
-        proc.communicate()
+        finish(proc)
         assert saved_step(out) >= 3, f"seed {seed}"
-    done = run(harness("none", train_args(data, out, "--train.resume", "true")))
-    assert done.returncode == 0, clean(done)
+    with TALLY.fault():  # the kill left its LOCK: stale (its process is gone), taken over; no metrics row twice
+        done = run(harness("none", train_args(data, out, "--train.resume", "true")))
+        assert done.returncode == 0, clean(done)
+        assert f"note: {out}/LOCK was left by pid" in done.stdout and "which is gone (killed or crashed)" in done.stdout
+        assert [r["step"] for r in metric_rows(out)] == [1, 2, 3, 4, 5, 6], f"seed {seed}"
+        assert not (out / "LOCK").exists()
     assert json.loads((out / "summary.json").read_text())["steps"]["sft"] == 6
     mine, theirs = weights(out), weights(reference)
     assert mine.keys() == theirs.keys()
@@ -126,11 +81,11 @@ def test_sigterm_and_sigint_write_a_checkpoint_and_exit_cleanly(data, tmp_path):
             proc = start(harness("none", args + extra))
             wait_for(lambda: len(metric_rows(out)) > before, proc)
             proc.send_signal(signum)
-            _, err = proc.communicate(timeout=120)
+            _, err = finish(proc)
             assert proc.returncode == code, err[-3000:]
             step = saved_step(out)
             assert step >= before + 1 and f"{signal.Signals(signum).name}: stopped after sft step {step} of 500" in err
-            assert "continue with --train.resume true" in clean((None, err)) and not (out / "FAILED").exists()
+            assert f"continue with --resume {out}" in clean((None, err)) and not (out / "FAILED").exists()
 
 
 def test_full_disk_and_unusable_run_folder_are_clear_errors(data, reference, tmp_path):
@@ -182,8 +137,8 @@ def test_planted_pickle_in_a_run_folder_is_refused_not_run(data, reference, tmp_
     shutil.copytree(reference, out)
     torch.save({"stage": "sft", "x": Planted()}, latest_checkpoint(out) / "state.pt")
     with TALLY.fault():
-        done = subprocess.run(harness("none", train_args(data, out, "--train.resume", "true")), cwd=tmp_path,
-                              env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=240)
+        done = run(harness("none", train_args(data, out, "--train.resume", "true")), cwd=tmp_path,
+                   env={**ENV, "PYTHONPATH": str(ROOT)})
         assert done.returncode == 2
         assert "state.pt: refused: it holds Python objects" in clean(done)
         assert not (tmp_path / "PLANTED").exists()

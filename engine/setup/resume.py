@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,8 @@ class ResumePlan:
             model = ckpt / "model"
             if not (model / "adapter_model.safetensors").is_file():
                 check_weights(model, fix="this checkpoint is damaged")
+            for name in ("optimizer.pt", "scheduler.pt"):  # read in full later (they may be large): the index now
+                check_archive(ckpt / name)
         except ValueError as exc:
             raise ValueError(f"{exc}. {fallback}") from None
         return cls(run_dir=run_dir, run_cfg=run_cfg, checkpoint=ckpt, state=state)
@@ -165,6 +168,15 @@ class ResumePlan:
                              "at the run's data, or accept the change with --train.resume_changes "
                              f"{','.join(refused)}")
         return [f"the content of {k} (fingerprint {saved[k]} -> {fingerprints[k]})" for k in changed]
+
+
+def check_archive(file: Path) -> None:
+    """A torch.save file (a zip archive) whose index reads: a cut or overwritten file fails here, before the model
+    loads; the tensors themselves are read when the resume restores them."""
+    with reading(file, "this checkpoint file", "this checkpoint is damaged"):
+        with zipfile.ZipFile(file) as archive:
+            if not archive.namelist():
+                raise ValueError("an empty archive")
 
 
 def fall_back_hint(run_dir: Path, ckpt: Path) -> str:

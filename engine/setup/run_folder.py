@@ -7,11 +7,11 @@ never mixed into an earlier run's files, a resume only as the run was made (engi
     ...the run...
     claim.release()                            # always: on success, on errors, on signals
 
-Order, so that a refused start or resume changes nothing in the folder: the resume's plan is read (the run's
-config.toml and newest checkpoint, read-only), the LOCK is taken (creating the folder if needed; the only file
-written before acceptance, removed again on refusal, with the folder if this claim made it), then the start is
-judged: a fresh start into a folder holding an earlier run is refused unless train.overwrite, a resume's flags
-are compared with the run's own. Under torchrun rank 0 holds the lock and every rank learns its outcome.
+Order, so that a refused start or resume changes nothing in the folder: the LOCK is taken (creating the folder if
+needed; the only file written before acceptance, removed again on refusal, with the folder if this claim made it),
+then the start is judged: a resume's plan is read (the run's config.toml and newest checkpoint, read-only) and its
+flags compared with the run's own; a fresh start into a folder holding an earlier run is refused unless
+train.overwrite. Under torchrun rank 0 holds the lock and every rank learns its outcome.
 """
 
 from __future__ import annotations
@@ -51,8 +51,7 @@ class Claim:
 
     @classmethod
     def take(cls, folder: Path, cfg: Config, dist: D.Dist) -> "Claim":
-        plan = ResumePlan.read(folder) if cfg.train.resume else None  # read-only; every rank reads it
-        claim = cls(folder=folder, plan=plan, made=dist.is_main and not folder.exists())
+        claim = cls(folder=folder, plan=None, made=dist.is_main and not folder.exists())
         error = None
         if dist.is_main:
             try:
@@ -64,6 +63,7 @@ class Claim:
         try:
             if error:
                 raise ValueError(error)
+            plan = claim.plan = ResumePlan.read(folder) if cfg.train.resume else None  # read-only, on every rank
             if claim.lock is not None and claim.lock.took_over:
                 claim.notes.append(f"note: {folder}/{LOCK} was {claim.lock.took_over}: taken over")
             if plan is None and not cfg.train.overwrite and (seen := earlier_run(folder)):
