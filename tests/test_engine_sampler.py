@@ -220,3 +220,23 @@ def test_draws_follow_the_distribution_and_skip_zero_probability_ids(monkeypatch
     # the worst uniform: the largest float below 1, whose product with the total can round up to it
     monkeypatch.setattr(G.torch, "rand", lambda *shape, **kw: torch.full(shape, 1 - 2**-24))
     assert G._inverse_cdf(probs_V[None], None).tolist() == [4]
+
+
+def test_should_stop_ends_the_call_at_the_next_decoding_step(vlm, prompts):
+    """A signal's flag read once before the prefill and once per decoding step: True at the 4th look means the
+    call raises after drawing 2 tokens (looks: prefill, steps 0, 1, then step 2 stops), never finishing."""
+    from models.generation import StopRequested
+
+    looks = []
+
+    def should_stop():
+        looks.append(1)
+        return len(looks) >= 4
+
+    with pytest.raises(StopRequested, match="at decoding step 2"):
+        generate(vlm.model, [request(prompts[0], vlm)], pad_id=vlm.family.pad_id, should_stop=should_stop,
+                 **gen_args(max_new_tokens=N_NEW))
+    assert len(looks) == 4
+    out = generate(vlm.model, [request(prompts[0], vlm)], pad_id=vlm.family.pad_id, should_stop=lambda: False,
+                   **gen_args(max_new_tokens=N_NEW, temperature=0.0))
+    assert len(out[0].tokens) == N_NEW or out[0].stop == "stop"

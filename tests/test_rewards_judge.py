@@ -127,3 +127,51 @@ def test_retry_after_503_and_answers_that_never_reach_the_judge(base_url):
 def test_bad_template_is_refused():
     with pytest.raises(ValueError, match="prompt_template"):
         make_judge_reward("http://127.0.0.1:1", "m", "Is {response} right?")
+
+
+class Trickle(BaseHTTPRequestHandler):
+    """Headers and then one byte every 0.2 s (`/headers/...`: a status line, then header bytes one at a time)."""
+
+    stop = threading.Event()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        try:
+            if self.path.startswith("/headers"):
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+            while not Trickle.stop.wait(0.2):
+                self.wfile.write(b"X")
+                self.wfile.flush()
+        except OSError:  # cut by the client, as it should be
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("where", ["body", "headers"])
+def test_a_trickling_judge_is_cut_at_the_deadline_and_no_thread_outlives_the_batch(where):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{where}/v1"
+        judge = make_judge_reward(url, "judge-model", TEMPLATE, timeout_s=0.6, retries=1, backoff_s=0.05)
+        before = {t.ident for t in threading.enumerate()}
+        start = time.monotonic()
+        scores = judge.batch(["<answer>red</answer>"] * 3, [_ex()] * 3)
+        elapsed = time.monotonic() - start
+        # each of the 2 attempts is cut at 0.6 s in all (a socket timeout alone never fires: a byte comes every
+        # 0.2 s); 0.05 s backoff; 1 s slack for a busy machine
+        assert scores == [None] * 3 and elapsed < 2 * 0.6 + 0.05 + 1.0
+        assert judge.stats["failed"] == 3 and judge.stats["requests"] == 6
+        mine = [t for t in threading.enumerate() if t.ident not in before and "ThreadPoolExecutor" in t.name]
+        assert mine == []  # every worker has ended when batch() returns
+    finally:
+        Trickle.stop.set()
+        server.shutdown()
+        server.server_close()
+        Trickle.stop.clear()
