@@ -3,6 +3,7 @@
     python train.py --config configs/demo.toml [--rollout.group_size 8 ...]
     torchrun --nproc_per_node N train.py --config ...     # FSDP2: N processes share the model and the prompts
     python train.py --help-config                         # every setting, its default and meaning
+    python train.py --config ... --plugin my_loss.py      # a research fork in one file (engine/config/plugins.py)
 
 Exit status: 0 done; 2 a bad setting, bad data or an unwritable run folder (one line says which); 3 stopped after
 optim.max_skipped_updates NaN/inf updates in a row; 130 / 143 stopped by SIGINT / SIGTERM after writing a
@@ -12,26 +13,45 @@ checkpoint (continue with --train.resume true).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+from pathlib import Path
 
-from engine.config.settings import Config
+from engine.config import plugins
 from engine.config.parsing import build_config, describe
+from engine.config.settings import Config
 
 
 def parse(argv: list[str], description: str | None = None, parents: tuple = ()) -> Config:
-    """The config from --config and dotted overrides. `parents`: a command's own argparse parsers (add_help=False),
-    listed in --help; the command parses its own flags itself (parse_known_args) and passes the rest here."""
+    """The config from --config and dotted overrides, after importing the plugins (--plugin FILE|module, repeatable,
+    and a config file's `plugins = [...]`): their names and settings are then valid choices. `parents`: a command's
+    own argparse parsers (add_help=False), listed in --help; the command parses its own flags itself
+    (parse_known_args) and passes the rest here."""
     parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0], add_help=True,
                                      parents=list(parents),
                                      epilog="Any config key can be set as --section.key VALUE (see --help-config).")
     parser.add_argument("--config", help="TOML preset (configs/*.toml)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|module",
+                        help="import a file or module that registers losses, estimators, rewards or tools before the "
+                             "config is parsed (repeatable; recorded in the run's config.toml)")
     parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
     args, overrides = parser.parse_known_args(argv)
+    if any(o == "--plugins" or o.startswith("--plugins=") for o in overrides):
+        raise ValueError("--plugins is set by --plugin FILE (repeatable) or `plugins = [...]` in a config file")
+    specs = [plugins.resolve(p) for p in args.plugin]
+    if args.config and Path(args.config).is_file():
+        text = Path(args.config).read_text(encoding="utf-8")
+        specs += [plugins.resolve(p, Path(args.config).resolve().parent) for p in plugins.listed_in(text, args.config)]
+    loaded = plugins.load_all(specs)
     if args.help_config:
         print(describe(Config))
         sys.exit(0)
-    return build_config(Config, toml_path=args.config, overrides=overrides)
+    notes: list[str] = []
+    cfg = build_config(Config, toml_path=args.config, overrides=overrides, notes=notes)
+    for note in notes:
+        print(f"config: {note}", file=sys.stderr)
+    return dataclasses.replace(cfg, plugins=loaded)
 
 
 def main(argv: list[str] | None = None) -> int:

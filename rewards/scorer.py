@@ -308,7 +308,7 @@ def check_scorer_needs(weights: dict[str, float], *, scorer: bool, teacher: bool
     from rewards import blind, image_rewards  # noqa: F401  (register the model-based rewards)
     from rewards.registry import REWARDS
 
-    needs = {name: getattr(REWARDS.get(name), "scorer_needs", None) for name in weights}
+    needs = {name: getattr(REWARDS[name] if name in REWARDS else None, "scorer_needs", None) for name in weights}
     needs = {name: need for name, need in needs.items() if need}
     if not scorer:
         if teacher or clip:

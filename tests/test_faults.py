@@ -269,13 +269,13 @@ SCORE_INPUTS = [["accuracy", "--answer", ""], ["accuracy"], ["accuracy", "--answ
 
 
 def test_rewards_score_bad_input_is_one_line(capsys):
-    from rewards.score import main
+    from rewards.explain import main
 
     for args in SCORE_INPUTS:
         with TALLY.bad_input():
             assert main([args[0], "--completion", "<answer>x</answer>", *args[1:]]) == 2
             err = capsys.readouterr().err
-            assert err.startswith(f"rewards.score {args[0]}: ") and err.count("\n") == 1
+            assert err.startswith(f"rewards.explain {args[0]}: ") and err.count("\n") == 1
 
 
 TOOL_ARGS = [("crop", {"box": "/etc/passwd"}), ("crop", {"path": "/etc/passwd"}), ("crop", {"box": [0, 0, 9, 9],
