@@ -108,8 +108,9 @@ def test_cli_bad_input_is_one_line_not_a_traceback(args, said, capsys):
     assert err.startswith(f"rewards.explain {args[0]}: ") and said in err and err.count("\n") == 1
 
 
-TEXT_REWARDS = ["format", "format_strict", "format_tools", "format_json", "format_scan", "accuracy", "tool_success",
-                "tool", "iou", "iou50", "reasoning", "visual_grounding"]  # the model-free rewards of this package
+# the model-free rewards of this package: built-ins that need no scorer and own no settings (the judge is HTTP)
+TEXT_REWARDS = [e.name for e in REWARDS.entries() if e.origin.startswith("rewards.") and e.settings is None
+                and not getattr(e.fn, "scorer_needs", None)]
 ADVERSARIAL = {
     "no tags": "a" * 100_000,
     "many opening tags": "<think>" * 20_000 + "<answer>" * 20_000,

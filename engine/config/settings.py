@@ -164,7 +164,7 @@ class RewardConfig:
 
     weights: dict[str, float] = doc({"format": 0.2, "accuracy": 1.0}, "Reward components and their weights (rewards.registry.REWARDS; --help-config lists their sections). A weight of 0 logs a reward without training on it.")
     debug_path: str = doc("", "Write every sample's text and reward parts to this JSONL (empty: off).")
-    scorer: Literal["policy"] | None = doc(None, "Model handle for model-based rewards (image_self, image_teacher, image_attention, image_embedding, blind): none, or policy (the policy itself, asked under no_grad in eval mode).")
+    scorer: Literal["policy"] | None = doc(None, "Model handle for the model-based rewards (those that need a scorer; the error names them when one is weighted without it): none, or policy (the policy itself, asked under no_grad in eval mode).")
     teacher_path: str = doc("", "Local VLM folder that image_teacher asks (needs scorer = policy; empty: none).")
     clip_path: str = doc("", "Local CLIP folder for image_embedding, read by clip_backend (needs scorer = policy; empty: none).")
     clip_backend: Literal["transformers", "open_clip"] = doc("transformers", "Library that reads clip_path: transformers (a CLIPModel folder) or open_clip (an open_clip local-dir folder: open_clip_config.json + weights; needs scripts/install_openclip.sh).")
