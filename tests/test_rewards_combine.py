@@ -125,7 +125,7 @@ ADVERSARIAL = {
 def test_every_reward_is_fast_and_contained_on_adversarial_text(name):
     # A backtracking `.*?` pattern took ~20 s on "many opening tags"; linear patterns take milliseconds.
     ex = Example(question="In triangle ABC find AB", answers=["2"], images=[], boxes=[[0, 0, 1, 1]],
-                 reference_steps=["AB is a side"])
+                 reference_steps=["AB is a side"], metadata={"target_box": [0, 0, 1, 1]})
     start = time.monotonic()
     out = score_batch([ADVERSARIAL[name]], [ex], [RewardContext()], {n: 1.0 for n in TEXT_REWARDS})
     assert time.monotonic() - start < 2.0
