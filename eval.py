@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.report.eval_report import write_report
     from engine.report.evaluate import evaluate, headline
     from engine.setup.model_source import load_any
-    from engine.rollout.tool_protocols import make_protocol
+    from engine.rollout.tool_calls import make_protocol
     from models.tiny import tiny_model_dir
     from rewards.setup import setup_rewards
 

@@ -4,6 +4,7 @@
     python train.py --resume runs/demo [--rl.steps 200]   # continue a run with its own settings (RUN/config.toml)
     torchrun --nproc_per_node N train.py --config ...     # FSDP2: N processes share the model and the prompts
     python train.py --help-config                         # every setting, its default and meaning
+    python train.py --config ... --plugin my_loss.py      # a research fork in one file (engine/config/plugins.py)
 
 Exit status: 0 done; 2 a bad setting, bad data, an unreadable file, a refused resume or a run folder in use or not
 writable (one line says which); 3 stopped after optim.max_skipped_updates NaN/inf updates in a row; 130 / 143 stopped
@@ -13,12 +14,14 @@ by SIGINT / SIGTERM after writing a checkpoint (continue with --resume RUN), or 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
-from engine.config.settings import Config
+from engine.config import plugins
 from engine.config.parsing import build_config, describe
+from engine.config.settings import Config
 
 RESUME_HELP = ("continue the run in folder RUN from its newest checkpoint, with the run's own settings "
                "(RUN/config.toml): flags given beside it are compared with them, and one that changes the run is "
@@ -26,32 +29,50 @@ RESUME_HELP = ("continue the run in folder RUN from its newest checkpoint, with 
 
 
 def parse(argv: list[str], description: str | None = None, parents: tuple = ()) -> Config:
-    """The config from --config and dotted overrides. `parents`: a command's own argparse parsers (add_help=False),
-    listed in --help; the command parses its own flags itself (parse_known_args) and passes the rest here.
-    A resume (`--resume RUN`, or `--train.resume true` with train.out_dir) builds on the run's own config.toml."""
+    """The config from --config and dotted overrides, after importing the plugins (--plugin FILE|module, repeatable,
+    and a config file's `plugins = [...]`): their names and settings are then valid choices. `parents`: a command's
+    own argparse parsers (add_help=False), listed in --help; the command parses its own flags itself
+    (parse_known_args) and passes the rest here. A resume (`--resume RUN`, or `--train.resume true` with
+    train.out_dir) builds on the run's own config.toml, its plugins imported first."""
     parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0], add_help=True,
                                      parents=list(parents),
                                      epilog="Any config key can be set as --section.key VALUE (see --help-config).")
     parser.add_argument("--config", help="TOML preset (configs/*.toml)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|module",
+                        help="import a file or module that registers losses, estimators, rewards or tools before the "
+                             "config is parsed (repeatable; recorded in the run's config.toml)")
     parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
     if not parents:  # train.py's own: eval.py and infer.py read a run's model, they do not continue it
         parser.add_argument("--resume", metavar="RUN", help=RESUME_HELP)
     args, overrides = parser.parse_known_args(argv)
+    if any(o == "--plugins" or o.startswith("--plugins=") for o in overrides):
+        raise ValueError("--plugins is set by --plugin FILE (repeatable) or `plugins = [...]` in a config file")
+    specs = [plugins.resolve(p) for p in args.plugin]
+    if args.config and Path(args.config).is_file():
+        text = Path(args.config).read_text(encoding="utf-8")
+        specs += [plugins.resolve(p, Path(args.config).resolve().parent) for p in plugins.listed_in(text, args.config)]
+    loaded = plugins.load_all(specs)
     if args.help_config:
         print(describe(Config))
         sys.exit(0)
-    cfg = build_config(Config, toml_path=args.config, overrides=overrides)
+    notes: list[str] = []
+    cfg = build_config(Config, toml_path=args.config, overrides=overrides, notes=notes)
     run = getattr(args, "resume", None)
-    if run is None and not cfg.train.resume:
-        return cfg
-    if run is not None and Path(cfg.train.out_dir) != Path(run) and given(overrides, "train.out_dir"):
-        raise ValueError(f"--resume {run} and --train.out_dir {cfg.train.out_dir} name two folders: a resume writes "
-                         "into the run's own; drop --train.out_dir")
-    run = run or cfg.train.out_dir
-    from engine.setup.resume import run_config  # reads RUN/config.toml (light: no torch)
+    if run is not None or cfg.train.resume:
+        if run is not None and Path(cfg.train.out_dir) != Path(run) and given(overrides, "train.out_dir"):
+            raise ValueError(f"--resume {run} and --train.out_dir {cfg.train.out_dir} name two folders: a resume "
+                             "writes into the run's own; drop --train.out_dir")
+        run = run or cfg.train.out_dir
+        from engine.setup.resume import run_config  # reads RUN/config.toml, importing its plugins (light: no torch)
 
-    return build_config(Config, base=run_config(run), toml_path=args.config,
-                        overrides=[*overrides, "--train.out_dir", str(run), "--train.resume", "true"])
+        base = run_config(run)
+        loaded = base.plugins + [p for p in loaded if p not in base.plugins]
+        notes = []
+        cfg = build_config(Config, base=base, toml_path=args.config, notes=notes,
+                           overrides=[*overrides, "--train.out_dir", str(run), "--train.resume", "true"])
+    for note in notes:
+        print(f"config: {note}", file=sys.stderr)
+    return dataclasses.replace(cfg, plugins=loaded)
 
 
 def given(overrides: list[str], key: str) -> bool:
@@ -65,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nSIGINT: stopped before the run started; nothing was written", file=sys.stderr)
+        return 130
     try:
         from engine.runtime.guard import RunStopped
         from engine.trainer import run  # heavy imports only after the config is known to be good

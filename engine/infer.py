@@ -27,7 +27,7 @@ from engine.config.settings import Config
 from engine.report.evaluate import prompts_for
 from engine.setup.model_source import load_any
 from engine.rollout.rollout import rollout
-from engine.rollout.tool_protocols import make_protocol
+from engine.rollout.tool_calls import make_protocol
 from rewards.format import extract_answer
 
 

@@ -64,7 +64,7 @@ from engine.setup.run_setup import (_check_world, _optimizer, enable_gradient_ch
 from engine.algo.sft import sft_step, sft_trajectory, target_text
 from engine.algo.step import RLState, model_device, policy_weights, rl_step
 from engine.report.tool_health import ToolCallMonitor
-from engine.rollout.tool_protocols import make_protocol
+from engine.rollout.tool_calls import make_protocol
 from engine.algo.update import due
 from models.generation import StopRequested
 from rewards.setup import setup_rewards
@@ -130,7 +130,7 @@ class Run:
             self._print(f"lora: r={lo.r}, {lo.target}, {n} trainable parameters")
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(self.vlm.model)
-        # The judge (registered in REWARDS), the sentence embedder and the model scorer, checked against the weights.
+        # The sentence embedder and the model scorer, checked against the weighted rewards.
         self.scorer = setup_rewards(cfg.reward, self.vlm, dtype=cfg.model.dtype,
                                     device=str(model_device(self.vlm.model)))
         if self.dist.world > 1 and (bare := next((e for e in self.train_set if not e.images), None)):

@@ -24,9 +24,8 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from models.attention import SDPA_GQA
-from models.decode_graph import DecodeStep, preallocated_cache, static_cache
-from models.lean_decode import lean_step_for
+from models.decode_graph import preallocated_cache, static_cache
+from models.decode_steps import DynamicStep, FixedStep
 
 
 class Sampling(Protocol):
@@ -167,42 +166,19 @@ def _stop_check_every(device: torch.device) -> int:
     return 8 if device.type == "cuda" else 1
 
 
-@torch.inference_mode()  # no autograd bookkeeping (-9 % CPU per rollout vs no_grad); only Python lists leave the call
-def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: int, max_new_tokens: int,
-             stop_ids: frozenset[int] = frozenset(), banned_ids: frozenset[int] = frozenset(),
-             num_token_ids: int = 0, expand: int = 1, generator: torch.Generator | None = None,
-             decode: str = "auto", should_stop=None) -> list[GenOutput]:
-    """Continue every request by at most `max_new_tokens` (or its own smaller cap), stopping on `stop_ids`;
-    `banned_ids` are never drawn (e.g. image placeholders), nor ids >= `num_token_ids` (padded embedding rows that
-    name no token; 0: off). With expand=G each request yields G outputs (request-major order).
-
-    The decoding loop keeps everything on the device: tokens and log-probs go into [N, steps] buffers, stops are
-    recorded per row as they happen, and the host looks only every `_stop_check_every` steps (to drop finished
-    rows from the cache, or end). The buffers become Python lists once, at the end.
-
-    `decode`: how a decoding step runs. "dynamic": the cache grows by a column a step and finished rows are
-    dropped from it. "graph": fixed shapes (models/decode_graph.py), captured once as a CUDA graph and replayed;
-    "static": the same fixed-shape step without the capture (tests). "auto": graph on a CUDA device, dynamic
-    elsewhere. Where fixed shapes don't hold (sliding-window or mixture-of-experts layers) every mode runs
-    dynamic.
-
-    `should_stop`: a callable asked before the prefill and at every decoding step (a flag read, no sync); when it
-    returns True the call raises StopRequested, so a signal is acted on within a step, not after the rollout."""
+def _prefill(model, requests: list[GenRequest], *, pad_id: int, limits: list[int], expand: int, mode: str):
+    """One forward over the left-padded prompts (their images through the vision tower once), its KV cache then
+    repeated `expand` times. Returns (the decoding step to continue with, the last logits [N, V], each output's
+    next position [N] and its token limit [N])."""
     device = next(model.parameters()).device
-    if should_stop is not None and should_stop():
-        raise StopRequested("before the prefill")
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"the sampling generator is on {generator.device} and the model on {device}: make it with "
-                         "torch.Generator(device=<the model's device>)")
     ids_BT, mask_BT, pos_3BT = left_pad(requests, pad_id)
     # Prompts of one length (a group's, or several of one template) need no padding mask at all: attention is
     # plain causal, and transformers builds no mask tensor at any step (measured: ~10 % of a CPU rollout).
     padded = not bool(mask_BT.all())
     ids_BT, mask_BT, pos_3BT = (t.to(device) for t in (ids_BT, mask_BT, pos_3BT))
     pixels, grids = concat_images(requests)
-    limits = [min(r.max_new_tokens or max_new_tokens, max_new_tokens) for r in requests]
-    capacity = ids_BT.shape[1] + max(limits, default=0)
-    mode = _decode_mode(decode, device)
+    steps = max(limits, default=0)
+    capacity = ids_BT.shape[1] + steps
     fixed = static_cache(model, capacity, device) if mode != "dynamic" else None
     cache, cursor = fixed or (preallocated_cache(model, capacity), None)
     out = model(input_ids=ids_BT, attention_mask=mask_BT if padded else None, position_ids=pos_3BT, use_cache=True,
@@ -216,24 +192,20 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
         cache.batch_repeat_interleave(expand)
         logits_BV, mask_BT, next_pos_B, limit_B = (t.repeat_interleave(expand, 0)
                                                    for t in (logits_BV, mask_BT, next_pos_B, limit_B))
-    n, steps = logits_BV.shape[0], max(limits, default=0)
-    decode_step = None
-    if fixed is not None:  # the additive mask over every column of the cache; DecodeStep opens each step's column
-        keys_NC = torch.cat([mask_BT, mask_BT.new_zeros(n, steps)], 1)
-        mask_N11C = torch.zeros(n, 1, 1, capacity, device=device).masked_fill_(
-            keys_NC[:, None, None, :] == 0, torch.finfo(torch.float32).min).to(model.dtype)
-        decode_step = DecodeStep(model, cache, cursor, mask_N11C, mode)
-    # sdpa / eager: the decoding steps' padding mask as the additive [N, 1, 1, keys] tensor transformers would
-    # build from mask_BT at every step (~10 % of a step on a CPU), made once; a step takes a view of it.
-    config = getattr(model, "config", None)  # (a test's wrapper module may have none: then the 2-D mask)
-    additive = decode_step is None and padded and getattr(config, "_attn_implementation", None) in (
-        "sdpa", "eager", SDPA_GQA)
-    if additive:
-        keys_NK = torch.cat([mask_BT, mask_BT.new_ones(n, steps)], 1)
-        add_N11K = torch.zeros(n, 1, 1, keys_NK.shape[1], device=device).masked_fill_(
-            keys_NK[:, None, None, :] == 0, torch.finfo(torch.float32).min).to(model.dtype)
-    # the CPU's dynamic step without transformers' module plumbing, where it is bitwise the model's (lean_decode.py)
-    lean = lean_step_for(model) if decode_step is None else None
+    if fixed is not None:
+        step = FixedStep(model, cache, cursor, mask_BT, capacity=capacity, steps=steps, mode=mode)
+    else:
+        step = DynamicStep(model, cache, mask_BT, padded=padded, steps=steps)
+    return step, logits_BV, next_pos_B, limit_B
+
+
+def _decode(step, logits_BV, next_pos_B, limit_B, sampling: Sampling, *, stop_ids: frozenset[int],
+            bias_V, generator, every: int, should_stop=None):
+    """Draw, record, step, until every output stopped or reached its limit. Everything stays on the device: tokens
+    and log-probs go into [N, steps] buffers, stops are recorded per output as they happen, and the host looks only
+    every `every` steps (to drop finished rows from a dynamic cache, or end). `should_stop()` is asked before each
+    draw (a flag read, no sync) and True raises StopRequested. Returns (tok_NS, logp_NS, len_N, stopped_N)."""
+    device, n, steps = logits_BV.device, logits_BV.shape[0], int(limit_B.max()) if len(limit_B) else 0
     tok_NS = torch.zeros(n, steps, dtype=torch.long, device=device)
     logp_NS = torch.zeros(n, steps, device=device)
     len_N = limit_B.clone()  # tokens each output keeps: its limit, or up to and including its first stop id
@@ -241,46 +213,64 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
     row_B = torch.arange(n, device=device)  # which output each live row writes to
     done_B = torch.zeros(n, dtype=torch.bool, device=device)
     stop_t = torch.tensor(sorted(stop_ids), device=device, dtype=torch.long)
-    bias_V = _ban_bias(logits_BV.shape[-1], banned_ids, num_token_ids, device)
-    every = _stop_check_every(device)
-    for step in range(steps):
+    for i in range(steps):
         if should_stop is not None and should_stop():
-            if decode_step is not None:
-                decode_step.close()
-            raise StopRequested(f"at decoding step {step}")
+            raise StopRequested(f"at decoding step {i}")
         tok_B, logp_B = _draw(logits_BV, sampling, bias_V, generator)
-        tok_NS[row_B, step], logp_NS[row_B, step] = tok_B, logp_B
+        tok_NS[row_B, i], logp_NS[row_B, i] = tok_B, logp_B
         hit_B = torch.isin(tok_B, stop_t) & ~done_B  # a row's FIRST stop id
-        len_N[row_B] = torch.where(hit_B, step + 1, len_N[row_B])
+        len_N[row_B] = torch.where(hit_B, i + 1, len_N[row_B])
         stopped_N[row_B] |= hit_B
-        done_B = done_B | hit_B | (step + 1 >= limit_B)
-        if (step + 1) % every == 0 or step + 1 == steps:
+        done_B = done_B | hit_B | (i + 1 >= limit_B)
+        if (i + 1) % every == 0 or i + 1 == steps:
             if bool(done_B.all()):  # host sync: once per `every` steps
                 break
-            if decode_step is None and bool(done_B.any()):  # host sync (fixed shapes keep finished rows)
+            if step.drops_rows and bool(done_B.any()):  # host sync (fixed shapes keep finished rows)
                 keep = (~done_B).nonzero()[:, 0]
-                cache.batch_select_indices(keep)
-                tok_B, next_pos_B, limit_B, row_B, done_B = (
-                    t[keep] for t in (tok_B, next_pos_B, limit_B, row_B, done_B))
-                mask_BT = mask_BT[keep] if padded else None
-                add_N11K = add_N11K[keep] if additive else None
-        if step + 1 == steps:  # the last draw: no forward for a token nobody samples
+                step.drop(keep)
+                tok_B, next_pos_B, limit_B, row_B, done_B = (t[keep] for t in (tok_B, next_pos_B, limit_B, row_B,
+                                                                               done_B))
+        if i + 1 == steps:  # the last draw: no forward for a token nobody samples
             break
-        if decode_step is not None:
-            logits_BV = decode_step(tok_B, next_pos_B, ids_BT.shape[1] + step)
-        else:
-            mask_BT = torch.cat([mask_BT, torch.ones_like(mask_BT[:, :1])], dim=1) if padded else None
-            step_mask = add_N11K[..., :mask_BT.shape[1]] if additive else mask_BT
-            pos_3B1 = next_pos_B.view(1, -1, 1).expand(3, -1, 1)
-            if lean is not None:  # (SDPA_GQA: a padded batch has its additive mask)
-                logits_BV = lean(tok_B, pos_3B1, cache, step_mask)
-            else:
-                out = model(input_ids=tok_B[:, None], attention_mask=step_mask, past_key_values=cache,
-                            use_cache=True, position_ids=pos_3B1)
-                cache, logits_BV = out.past_key_values, out.logits[:, -1]
+        logits_BV = step(tok_B, next_pos_B, i)
         next_pos_B = next_pos_B + 1
-    if decode_step is not None:
-        decode_step.close()
+    return tok_NS, logp_NS, len_N, stopped_N
+
+
+@torch.inference_mode()  # no autograd bookkeeping (-9 % CPU per rollout vs no_grad); only Python lists leave the call
+def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: int, max_new_tokens: int,
+             stop_ids: frozenset[int] = frozenset(), banned_ids: frozenset[int] = frozenset(),
+             num_token_ids: int = 0, expand: int = 1, generator: torch.Generator | None = None,
+             decode: str = "auto", should_stop=None) -> list[GenOutput]:
+    """Continue every request by at most `max_new_tokens` (or its own smaller cap), stopping on `stop_ids`;
+    `banned_ids` are never drawn (e.g. image placeholders), nor ids >= `num_token_ids` (padded embedding rows that
+    name no token; 0: off). With expand=G each request yields G outputs (request-major order).
+
+    Three pieces: `_prefill` (one forward over the prompts), `_decode` (the sampling loop, on the device) and the
+    decoding step it calls (models/decode_steps.py). `decode` chooses the step: "dynamic" (the cache grows by a
+    column a step and finished rows are dropped from it), "graph" (fixed shapes, models/decode_graph.py, captured
+    once as a CUDA graph and replayed), "static" (the same fixed-shape step without the capture: tests), "auto"
+    (graph on a CUDA device, dynamic elsewhere). Where fixed shapes don't hold (sliding-window or mixture-of-experts
+    layers) every mode runs dynamic.
+
+    `should_stop`: a callable asked before the prefill and at every decoding step (a flag read, no sync); when it
+    returns True the call raises StopRequested, so a signal is acted on within a step, not after the rollout."""
+    device = next(model.parameters()).device
+    if should_stop is not None and should_stop():
+        raise StopRequested("before the prefill")
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"the sampling generator is on {generator.device} and the model on {device}: make it with "
+                         "torch.Generator(device=<the model's device>)")
+    limits = [min(r.max_new_tokens or max_new_tokens, max_new_tokens) for r in requests]
+    step, logits_BV, next_pos_B, limit_B = _prefill(model, requests, pad_id=pad_id, limits=limits, expand=expand,
+                                                     mode=_decode_mode(decode, device))
+    try:
+        tok_NS, logp_NS, len_N, stopped_N = _decode(
+            step, logits_BV, next_pos_B, limit_B, sampling, stop_ids=stop_ids, generator=generator,
+            bias_V=_ban_bias(logits_BV.shape[-1], banned_ids, num_token_ids, device), every=_stop_check_every(device),
+            should_stop=should_stop)
+    finally:
+        step.close()
     # host sync, once: the buffers to Python lists
     lens, stops = len_N.tolist(), stopped_N.tolist()
     return [GenOutput(tokens=t[:k], logps=lp[:k], stop="stop" if s else "length")

@@ -1,6 +1,6 @@
 """Answer accuracy ("accuracy"), the accuracy-gated tool reward ("tool_success") and seed 000's plain one ("tool").
 
-Try one: `python -m rewards.score accuracy --completion "<answer>Two</answer>" --answer 2`.
+Try one: `python -m rewards.explain accuracy --completion "<answer>Two</answer>" --answer 2`.
 
 `answers_match(pred, ref, choices)` says whether one prediction matches one reference, trying in order:
 1. equal after the official VQA normalisation (`rewards/normalize.py`, from the VQA evaluation script);

@@ -1,6 +1,8 @@
 """Score a batch of completions with several weighted rewards: each part kept and logged, failures contained.
 
-Used once per training step: `score_batch(completions, examples, contexts, {"accuracy": 1.0, "format": 0.5})`.
+Used once per training step: `score_batch(completions, examples, contexts, {"accuracy": 1.0, "format": 0.5})`;
+a reward that owns settings (rewards/registry.py: a builder) is built from `settings=` (the run's
+`cfg.reward.components`), once per distinct settings value, and reused.
 The total is sum(weight * part); a weight of 0 still computes and logs that part (a monitor, not a reward).
 A reward that raises, or returns NaN/inf, scores 0 for that sample and is counted in `errors[name]`; one warning
 per reward name per call (not per sample) carries the first error. A reward with a `batch` attribute (see
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.example import Example
-from rewards.registry import REWARDS, RewardContext
+from rewards.registry import REWARDS, RewardContext, RewardFn
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,25 @@ def _finite(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _score_one_reward(name, completions, examples, contexts) -> tuple[list[float], int]:
-    fn = REWARDS[name]
+_BUILT: dict[tuple[str, str], RewardFn] = {}  # (name, repr of its settings) -> the reward its builder made
+
+
+def reward_fn(name: str, settings: dict | None = None) -> RewardFn:
+    """The reward function of `name`: the registered function, or for a reward that owns settings the one its
+    builder makes from `settings[name]` (built once per distinct settings value)."""
+    entry = REWARDS.entry(name)
+    if entry.settings is None:
+        return entry.fn
+    own = (settings or {}).get(name)
+    if own is None:
+        raise ValueError(f"reward {name!r} needs its settings ([reward.{name}]): pass settings=cfg.reward.components")
+    key = (name, repr(own))
+    if key not in _BUILT:
+        _BUILT[key] = entry.fn(own)
+    return _BUILT[key]
+
+
+def _score_one_reward(fn: RewardFn, name, completions, examples, contexts) -> tuple[list[float], int]:
     first_error = None
     if callable(getattr(fn, "batch", None)):
         try:
@@ -68,18 +87,21 @@ def score_batch(
     contexts: list[RewardContext],
     weights: dict[str, float],
     *,
+    settings: dict | None = None,
     debug_path: str | Path | None = None,
 ) -> RewardBatch:
-    """Compute every weighted reward for every sample. Raises ValueError for an unknown name or ragged inputs."""
+    """Compute every weighted reward for every sample. Raises ValueError for an unknown name or ragged inputs.
+    `settings`: name -> settings of the rewards that own some (cfg.reward.components)."""
     unknown = [name for name in weights if name not in REWARDS]
     if unknown:
-        raise ValueError(f"unknown reward(s) {unknown}; registered rewards are: {sorted(REWARDS)}")
+        raise ValueError(f"unknown reward(s) {unknown}; registered rewards are: {REWARDS.names()}")
     if not len(completions) == len(examples) == len(contexts):
         raise ValueError(f"need one example and one context per completion, got {len(completions)} completions, "
                          f"{len(examples)} examples, {len(contexts)} contexts")
     parts, errors = {}, {}
     for name in weights:
-        parts[name], errors[name] = _score_one_reward(name, completions, examples, contexts)
+        parts[name], errors[name] = _score_one_reward(reward_fn(name, settings), name, completions, examples,
+                                                      contexts)
     total = [sum(weights[name] * parts[name][i] for name in weights) for i in range(len(completions))]
     if debug_path is not None:
         _write_debug(Path(debug_path), completions, examples, parts, total)

@@ -1,6 +1,6 @@
 """Format rewards (1.0 / 0.0, no partial credit), answer extraction, and the no-credit guards.
 
-Try one: `python -m rewards.score format --completion "<think>x</think><answer>4</answer>" --answer 4`.
+Try one: `python -m rewards.explain format --completion "<think>x</think><answer>4</answer>" --answer 4`.
 
 The response a format reward sees is `ctx.prompt_prefill + completion`: a chat template that already opened
 `<think>` in the prompt must still score. Trailing end-of-turn tokens (`<|im_end|>`, `<|endoftext|>`) are ignored.

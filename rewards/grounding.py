@@ -1,6 +1,6 @@
 """Grounding rewards: "iou" (continuous IoU, best over the reference boxes) and "iou50" (1 when that IoU >= 0.5).
 
-Try one: `python -m rewards.score iou --completion '<answer>{"bbox": [10, 10, 50, 50]}</answer>'
+Try one: `python -m rewards.explain iou --completion '<answer>{"bbox": [10, 10, 50, 50]}</answer>'
 --answer "[10, 10, 50, 50]"`.
 
 Source: seed 002 (Vision_GRPO, visual grounding on TextVQA/VisCoT): the model answers

@@ -1,8 +1,9 @@
 """An LLM/VLM judge reward over an OpenAI-compatible HTTP endpoint, with urllib only (no new packages).
 
-Use: `REWARDS["judge"] = make_judge_reward("http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-VL-72B-Instruct",
-"Question: {question}\\nReference: {reference}\\nResponse: {answer}\\nIs the response correct? Answer yes or no.")`;
-`score_batch` then calls `judge.batch(...)` once per step (requests run concurrently).
+Use: weight "judge" in reward.weights and set its section, `[reward.judge] url = "http://127.0.0.1:8000/v1"`,
+`model = "Qwen/Qwen2.5-VL-72B-Instruct"` (JudgeSettings below); the run builds the reward once from them and
+`score_batch` calls `judge.batch(...)` once per step (requests run concurrently). By hand:
+`make_judge_reward(url, model, prompt_template, ...)`.
 
 Each sample: extract the answer (`rewards.format.extract_answer`, "auto"); no answer, or one longer than
 `max_answer_chars` (`answer_length_cap`: a dump of candidates earns nothing), scores 0 without a request.
@@ -37,7 +38,8 @@ from dataclasses import dataclass, field
 
 from data.example import Example
 from rewards.format import answer_length_cap, extract_answer, response_text
-from rewards.registry import RewardContext
+from registry import doc
+from rewards.registry import RewardContext, register
 
 log = logging.getLogger(__name__)
 
@@ -269,3 +271,29 @@ def make_judge_reward(base_url: str, model: str, prompt_template: str, timeout_s
     """A RewardFn (with a `.batch` method and `.stats`) that asks the judge at `base_url`. Options: see Judge."""
     return Judge(base_url=base_url, model=model, prompt_template=prompt_template, timeout_s=timeout_s,
                  retries=retries, max_concurrency=max_concurrency, **options)
+
+
+@dataclass
+class JudgeSettings:
+    """`[reward.judge]`: the endpoint and how long a step may wait for it."""
+
+    url: str = doc("", "OpenAI-compatible base URL of an LLM/VLM judge, e.g. http://127.0.0.1:8000/v1 (a local vLLM server).")
+    model: str = doc("", "Model name the judge endpoint serves (the request's 'model').")
+    prompt: str = doc("Question: {question}\nReference answer: {reference}\nResponse: {answer}\nIs the response correct? Answer yes or no.", "Judge prompt; {question}, {reference} and {answer} (the response's extracted answer) are filled in. The judge must reply yes/no or a number in [0, 1].")
+    timeout_s: float = doc(10.0, "Seconds one judge request may take before it counts as failed.", gt=0.0)
+    retries: int = doc(2, "Retries of a judge request after a timeout, a transport error or HTTP 429/5xx (a step waits at most about timeout x (retries + 1) plus backoff).", ge=0)
+    max_concurrency: int = doc(8, "Judge requests in flight at once.", ge=1)
+
+    def validate(self) -> None:
+        if not self.url or not self.model:
+            raise ValueError("[reward.judge] needs url (an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1, "
+                             "a local vLLM server) and model (the name it serves): --reward.judge.url URL "
+                             "--reward.judge.model NAME")
+        Judge(base_url=self.url, model=self.model, prompt_template=self.prompt)  # the prompt's fields, checked
+
+
+@register("judge", settings=JudgeSettings)
+def judge(s: JudgeSettings) -> Judge:
+    """The HTTP judge built from its settings (weighted as "judge" in reward.weights)."""
+    return make_judge_reward(s.url, s.model, s.prompt, timeout_s=s.timeout_s, retries=s.retries,
+                             max_concurrency=s.max_concurrency)

@@ -1,6 +1,6 @@
 """Reasoning reward "reasoning": Match-F1 between the predicted reasoning steps and example.reference_steps.
 
-Try one: `python -m rewards.score reasoning --completion '{"reasoning_steps": ["the sign says stop"],
+Try one: `python -m rewards.explain reasoning --completion '{"reasoning_steps": ["the sign says stop"],
 "answer": "stop"}' --answer stop --example '{"reference_steps": ["the sign says stop"]}'`.
 
 Source: seed 003 (VQA training with JSON reasoning steps, "Match F1" from its mllm_evaluator). The rule here:

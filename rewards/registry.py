@@ -1,8 +1,14 @@
-"""The reward contract: `RewardFn(completion, example, ctx) -> float`, the `REWARDS` dict, and `@register`.
+"""The reward contract: `RewardFn(completion, example, ctx) -> float`, the `REWARDS` registry, and `@register`.
 
 A reward is a plain function. It never touches a model, a tokenizer or torch.distributed; a model-based reward
-reads a `scorer` handle from the context instead. `rewards/__init__.py` imports every reward module, so
-`from rewards import REWARDS` sees them all. See docs/DESIGN.md, "Rewards".
+reads a `scorer` handle from the context instead. The registry imports every built-in reward module on first use,
+so `from rewards import REWARDS` sees them all; a plugin registers its own the same way. See docs/DESIGN.md,
+"Rewards", and docs/PLUGINS.md.
+
+A reward that owns settings registers a BUILDER: `@register("length", settings=LengthSettings)` on
+`make(settings) -> RewardFn`. The settings are the config section `[reward.length]` (`--reward.length.scale 0.1`),
+typed, ranged and documented like every setting; the run builds the reward once from them
+(`rewards.combine.score_batch(..., settings=cfg.reward.components)`). The HTTP judge is one: `[reward.judge]`.
 
 A reward may also carry a `batch(completions, examples, contexts) -> list[float | None]` attribute (the HTTP
 judge does): `rewards.combine.score_batch` then calls it once per batch instead of once per sample, and a `None`
@@ -15,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from data.example import Example
+from registry import Registry
 
 
 @dataclass
@@ -30,16 +37,7 @@ class RewardContext:
 
 RewardFn = Callable[[str, Example, RewardContext], float]
 
-REWARDS: dict[str, RewardFn] = {}
-
-
-def register(name: str) -> Callable[[RewardFn], RewardFn]:
-    """`@register("accuracy")` puts the function into REWARDS under that name."""
-
-    def add(fn: RewardFn) -> RewardFn:
-        if name in REWARDS:
-            raise ValueError(f"reward {name!r} is registered twice; pick another name")
-        REWARDS[name] = fn
-        return fn
-
-    return add
+REWARDS = Registry("reward", "reward.weights", builtins=(
+    "rewards.accuracy", "rewards.blind", "rewards.format", "rewards.grounding", "rewards.image_rewards",
+    "rewards.judge", "rewards.reasoning", "rewards.tool_target", "rewards.visual"))
+register = REWARDS.register  # `@register("accuracy")`; `@register("length", settings=LengthSettings)` on a builder

@@ -308,10 +308,9 @@ def check_scorer_needs(weights: dict[str, float], *, scorer: bool, teacher: bool
     teacher or a CLIP model that is missing, or one is set up that no weighted reward uses (a setting that silently
     does nothing). Each reward says what it needs in its `scorer_needs` attribute ("scorer", "teacher" or "clip");
     rewards without it need nothing. Pure: the config parser calls it before any model loads."""
-    from rewards import blind, image_rewards  # noqa: F401  (register the model-based rewards)
     from rewards.registry import REWARDS
 
-    needs = {name: getattr(REWARDS.get(name), "scorer_needs", None) for name in weights}
+    needs = {name: getattr(REWARDS[name] if name in REWARDS else None, "scorer_needs", None) for name in weights}
     needs = {name: need for name, need in needs.items() if need}
     if not scorer:
         if teacher or clip:
@@ -321,8 +320,9 @@ def check_scorer_needs(weights: dict[str, float], *, scorer: bool, teacher: bool
             raise ValueError(f"reward(s) {sorted(needs)} need a model scorer: set reward.scorer = 'policy'")
         return
     if not needs:
-        raise ValueError("reward.scorer is 'policy' but no weighted reward uses it (image_self, image_teacher, "
-                         "image_attention, image_embedding, blind): set reward.scorer = 'none'")
+        users = sorted(e.name for e in REWARDS.entries() if getattr(e.fn, "scorer_needs", None))
+        raise ValueError(f"reward.scorer is 'policy' but no weighted reward uses it ({', '.join(users)}): set "
+                         "reward.scorer = 'none'")
     for part, have, key in (("teacher", teacher, "reward.teacher_path"), ("clip", clip, "reward.clip_path")):
         users = sorted(name for name, need in needs.items() if need == part)
         if users and not have:

@@ -1,11 +1,11 @@
 """Did the crop look where it should? "crop_target" (1 when a working crop covers the example's target region).
 
-Tests: tests/test_rewards_tool_target.py (the reward needs tool calls, which `python -m rewards.score` cannot give).
+Tests: tests/test_rewards_tool_target.py (the reward needs tool calls, which `python -m rewards.explain` cannot give).
 
 The target is `example.metadata["target_box"]`: `[x1, y1, x2, y2]` in original-image pixels, the region a crop
 should cover to answer (data/synth_zoom.py writes the bold box's 4x4-grid cell, data/zoom_sft.py the crop its
 SFT target makes). A call covers it when the call worked and the IoU of its box (`box_pixels`, original pixels,
-engine/rollout/tool_protocols.py) with the target is >= HIT_IOU; the best call of the trajectory counts. IoU rather
+engine/rollout/tool_calls.py) with the target is >= HIT_IOU; the best call of the trajectory counts. IoU rather
 than "contains": a crop of the whole image contains every target but shows it no larger than the model's own
 view, and a crop of the neighbouring cell misses it; both score 0.
 

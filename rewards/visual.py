@@ -1,6 +1,6 @@
 """Visual-grounding bonus "visual_grounding": 1.0 when the reasoning names visual elements of the problem.
 
-Try one: `python -m rewards.score visual_grounding --completion "<think>In triangle ABC...</think><answer>3</answer>"
+Try one: `python -m rewards.explain visual_grounding --completion "<think>In triangle ABC...</think><answer>3</answer>"
 --answer 3 --example '{"question": "Find AB in triangle ABC."}'`.
 
 Source: seed 004 (Visual R1 GRPO on Geometry3K): a small bonus (weight 0.1 there) for reasoning that

@@ -32,11 +32,12 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere: engine/, models/
 import torch  # noqa: E402
 
 from engine.config.settings import Config  # noqa: E402
+from engine.config import plugins  # noqa: E402
 from engine.config.parsing import build_config  # noqa: E402
 from engine.setup.data_stream import DataStream  # noqa: E402
 from engine.report.evaluate import prompts_for  # noqa: E402
 from engine.algo.step import RLState, rl_step  # noqa: E402
-from engine.rollout.tool_protocols import make_protocol  # noqa: E402
+from engine.rollout.tool_calls import make_protocol  # noqa: E402
 from engine.setup.data_setup import load_data  # noqa: E402
 from engine.trainer import _optimizer, load_policy  # noqa: E402
 
@@ -52,12 +53,12 @@ def make_data() -> Path:
     return DATA / "data.jsonl"
 
 
-def setup(threads: int, total_steps: int):
+def setup(threads: int, total_steps: int, overrides: list[str] = ()):
     cfg = build_config(Config, overrides=[
         "--model.tiny_arch", "qwen2_5_vl", "--model.dtype", "float32", "--data.train", str(make_data()),
         "--rollout.group_size", str(GROUP), "--rollout.prompts_per_step", str(PROMPTS),
         "--rollout.max_new_tokens", str(NEW_TOKENS), "--rollout.temperature", "1.0", "--algo.kl_beta", str(KL_BETA),
-        "--train.threads", str(threads)])
+        "--train.threads", str(threads), *overrides])
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
     vlm = load_policy(cfg)
@@ -132,11 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench.json"),
                         help="write the results as JSON here (`make bench-peer` reads it); empty: don't")
-    args = parser.parse_args(argv)
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|module",
+                        help="import a plugin first (docs/PLUGINS.md), e.g. to time its loss with --algo.loss NAME")
+    args, overrides = parser.parse_known_args(argv)  # the rest are config flags over the workload's own
+    try:
+        plugins.load_all(args.plugin)
+        build_config(Config, overrides=overrides)  # a bad flag: one line, before any work
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.steps < 1 or args.threads < 1:
         parser.error("--steps and --threads must be >= 1")
     load_before = [round(x, 2) for x in os.getloadavg()]
-    cfg, vlm, state, train_set, stream = setup(args.threads, args.warmup + args.steps)
+    cfg, vlm, state, train_set, stream = setup(args.threads, args.warmup + args.steps, overrides)
     for _ in range(args.warmup):
         one_step(cfg, vlm, state, train_set, stream)
     steps = []

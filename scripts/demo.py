@@ -9,6 +9,7 @@ then GRPO), and prints held-out greedy accuracy after SFT and after RL. Results:
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -28,19 +29,21 @@ def make_data() -> None:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python scripts/demo.py", description=__doc__.split("\n\n")[0],
+        epilog="Any other flag goes to train.py (python train.py --help-config lists them), e.g. --rl.steps 50.")
+    parser.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    parser.add_argument("--data-only", action="store_true", help="only write the data (make demo-data) and exit")
+    args, rest = parser.parse_known_args(argv)  # --help exits here, before anything is written
     make_data()
-    if argv == ["--data-only"]:  # make demo-data: what `make eval` with configs/demo.toml reads
+    if args.data_only:  # make demo-data: what `make eval` with configs/demo.toml reads
         return 0
-    out_dir = "runs/demo"
-    if "--out" in argv:
-        i = argv.index("--out")
-        out_dir = argv[i + 1]
-        argv = argv[:i] + argv[i + 2:]
-    cmd = [sys.executable, "train.py", "--config", "configs/demo.toml", "--train.out_dir", out_dir, *argv]
+    cmd = [sys.executable, "train.py", "--config", "configs/demo.toml", "--train.out_dir", args.out, *rest]
     print("running:", " ".join(cmd[1:]), flush=True)
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-        return 1
-    summary = json.loads((ROOT / out_dir / "summary.json").read_text())
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code != 0:
+        return code  # train.py said why (2: a bad setting or data; 3: NaN updates; 130/143: stopped by a signal)
+    summary = json.loads((ROOT / args.out / "summary.json").read_text())
     print(f"\nheld-out accuracy ({summary['num_eval_examples']} examples, greedy):")
     print(f"  after SFT: {summary['accuracy_after_sft']:.3f}")
     print(f"  after RL:  {summary['accuracy_after_rl']:.3f}  (gain {summary['accuracy_after_rl'] - summary['accuracy_after_sft']:+.3f})")

@@ -1,7 +1,7 @@
 """engine.algo.step.rl_step under torchrun (2 CPU processes, FSDP2) on the SAME trajectories as one process:
 tests/test_train_distributed.py launches this file and imports `run` as the one-process reference.
 
-    torchrun --nproc_per_node 2 --master_port 29512 tests/dist_rl_worker.py OUT_DIR
+    torchrun --nproc_per_node 2 --master_port 29512 tests/dist_rl_worker.py OUT_DIR [PLUGIN_FILE]
 
 Sampling is the one thing that legitimately differs by rank (each rank has its own generator), so the rollout is
 replaced by fixed answers: prompt i (of 4, 2 per rank) gets G = 2 answers, "<answer>{right}</answer>" and a wrong
@@ -42,8 +42,8 @@ WRONG = ["<answer>no</answer>", "<answer>it is not any colour I know of</answer>
          "<answer>a very long wrong answer that goes on and on and on about nothing at all</answer>"]
 
 
-def config(dynamic: bool) -> Config:
-    return build_config(Config, overrides=[
+def config(dynamic: bool, *extra: str) -> Config:
+    return build_config(Config, overrides=[*extra,
         "--data.train", "unused.jsonl", "--rollout.group_size", "2", "--rollout.prompts_per_step", "4",
         "--rollout.temperature", "1.0", "--algo.kl_beta", "0.04", "--rl.lr", "1e-3",
         "--optim.micro_batch_tokens", "110", "--reward.weights", '{"accuracy": 1.0}',
@@ -64,10 +64,22 @@ def fixed_rollout(dynamic: bool):
     return rollout
 
 
-def run(d: D.Dist) -> dict:
+# With a plugin file (tests/test_plugins.py: docs/PLUGINS.md's fork), a third run: its KL-Cov loss (a step pass over
+# every rank's tokens, two updates per rollout) and its REINFORCE++-baseline estimator (a whole-batch std).
+PLUGIN_RUN = ["--algo.loss", "kl_cov", "--algo.num_updates", "2", "--algo.kl_cov.ratio", "0.2",
+              "--algo.advantage", "reinforce_pp_baseline"]
+
+
+def run(d: D.Dist, plugin: str | None = None) -> dict:
     out = {}
-    for name, dynamic in (("plain", False), ("dynamic", True)):
-        cfg = config(dynamic)
+    runs = [("plain", False, []), ("dynamic", True, [])]
+    if plugin:
+        from engine.config import plugins
+
+        plugins.load_all([plugin])
+        runs = [("plugin", False, PLUGIN_RUN)]
+    for name, dynamic, extra in runs:
+        cfg = config(dynamic, *extra)
         torch.manual_seed(0)
         vlm = load_tiny()
         prompts = [build_prompt(e, vlm, system_prompt=SYSTEM, question_template="{question}") for e in examples()]
@@ -75,7 +87,7 @@ def run(d: D.Dist) -> dict:
         D.shard_model(vlm.model)
         reference = D.shard_model(load_tiny().model).requires_grad_(False)
         D.load_full_state_dict(reference, D.full_state_dict(vlm.model))
-        optimizer, scheduler = _optimizer(vlm.model, cfg, cfg.rl.lr, 2)
+        optimizer, scheduler = _optimizer(vlm.model, cfg, cfg.rl.lr, 2 * cfg.algo.num_updates)
         state = RLState(cfg=cfg, policy=vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
                         generator=torch.Generator().manual_seed(0), protocol=None)
         real, engine.algo.step.rollout = engine.algo.step.rollout, fixed_rollout(dynamic)
@@ -91,12 +103,12 @@ def run(d: D.Dist) -> dict:
     return out
 
 
-def main(out: str) -> None:
+def main(out: str, plugin: str | None = None) -> None:
     d = D.init()
-    result = run(d)
+    result = run(d, plugin)
     (Path(out) / f"rank{d.rank}.json").write_text(json.dumps(result))
     D.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -14,7 +14,7 @@ from data.example import Example
 from engine.config.settings import AlgoConfig
 from engine.algo.diagnostics import class_metrics, finalize_class_metrics, reduce_rollout_records, rollout_record
 from engine.rollout.token_classes import TOKEN_CLASSES, classify_tokens
-from engine.algo.losses import LossInputs, ppo_clip
+from engine.algo.losses import LossInputs, PPOClipSettings, ppo_clip
 from engine.algo.objective import StepBatch, policy_loss
 from engine.forward.packing import pack
 from engine.algo.sft import sft_trajectory
@@ -61,13 +61,12 @@ def test_class_metrics_reduce_to_exact_class_means():
     lp_a, lp_b = torch.zeros(4), torch.zeros(5)
     old_a = torch.tensor([-0.6931, -0.6931, 0.0, 0.0])
     old_b = torch.tensor([0.6931, 0.0, 0.0, 0.0, 0.0])
-    cfg = AlgoConfig(clip_low=0.2, clip_high=0.28)
+    s = PPOClipSettings(clip_low=0.2, clip_high=0.28)
 
-    def rows_metrics(cls, adv, ent, lp, old):
-        def loss_metrics(keep):
-            return ppo_clip(LossInputs(logp=lp, old_logp=old, adv=adv, mask=keep, seq_idx=torch.zeros_like(cls),
-                                       num_seqs=1), cfg)[1]
-        return class_metrics(cls, adv_K=adv, entropy_K=ent, loss_metrics=loss_metrics)
+    def rows_metrics(cls, adv, ent, lp, old):  # the loss called once; its per-token metrics reduced per class
+        x = LossInputs(logp=lp, old_logp=old, adv=adv, mask=torch.ones_like(lp), seq_idx=torch.zeros_like(cls),
+                       num_seqs=1)
+        return class_metrics(cls, adv_K=adv, token_metrics={**ppo_clip(x, s)[1], "entropy": ent})
 
     m = _reduce([rows_metrics(class_a, adv_a, ent_a, lp_a, old_a), rows_metrics(class_b, adv_b, ent_b, lp_b, old_b)],
                 [4, 5])
@@ -87,8 +86,8 @@ def test_class_metrics_reduce_to_exact_class_means():
 
 
 def test_a_class_without_tokens_keeps_share_zero_and_no_means():
-    m = _reduce([class_metrics(torch.tensor([TEXT, TEXT]), adv_K=torch.ones(2), entropy_K=torch.ones(2),
-                               loss_metrics=lambda keep: {})], [2])
+    m = _reduce([class_metrics(torch.tensor([TEXT, TEXT]), adv_K=torch.ones(2),
+                               token_metrics={"entropy": torch.ones(2)})], [2])
     assert m["train/tokens/tool/share"] == 0.0 and "train/tokens/tool/adv_mean" not in m
     assert m["train/tokens/text/adv_mean"] == pytest.approx(1.0)
 

@@ -53,6 +53,27 @@ def test_chunked_equals_plain_fp32():
     assert chunked[1].requires_grad is False  # entropy is a metric: no gradient through it
 
 
+@pytest.mark.parametrize("chunk", [0, 16])
+def test_entropy_with_gradient_equals_autograd_of_its_formula(chunk):
+    # A loss that needs "entropy" gets it with gradient: an arbitrary upstream gradient on BOTH outputs, through
+    # token_logps (plain, and chunked with its hand-written backward), equals autograd through the formula
+    # H = −Σ softmax(l)·log_softmax(l), l = (h·Wᵀ + b) / T, written independently here.
+    hidden, weight, bias, tok, grad_logp = _inputs()
+    grad_ent = torch.randn(K, generator=torch.Generator().manual_seed(1))
+    logp, ent = token_logps(hidden, weight, bias, tok, temperature=0.7, with_entropy=True, chunk_tokens=chunk,
+                            entropy_grad=True)
+    ((logp * grad_logp).sum() + (ent * grad_ent).sum()).backward()
+    ours = (hidden.grad, weight.grad, bias.grad)
+    h, w, b = (t.detach().clone().requires_grad_() for t in (hidden, weight, bias))
+    logq = torch.log_softmax((h @ w.T + b) / 0.7, -1)
+    want_ent = -(logq.exp() * logq).sum(-1)
+    ((logq.gather(-1, tok[:, None])[:, 0] * grad_logp).sum() + (want_ent * grad_ent).sum()).backward()
+    torch.testing.assert_close(ent.detach(), want_ent.detach(), rtol=1e-5, atol=1e-5)
+    for got, want in zip(ours, (h.grad, w.grad, b.grad)):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_chunked_equals_plain_bf16():
     plain, chunked = _run(0, torch.bfloat16), _run(16, torch.bfloat16)
     for a, b in zip(plain, chunked):

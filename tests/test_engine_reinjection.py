@@ -1,4 +1,4 @@
-"""Crop re-injection (engine.rollout.tool_protocols) builds exactly what the processor would build for the whole text,
+"""Crop re-injection (engine.rollout.tool_calls) builds exactly what the processor would build for the whole text,
 and a bad tool call never ends a rollout.
 
 - A prompt with one image + sampled `... <tool_call>[x1, y1, x2, y2]</tool_call>` (ids set by hand), then
@@ -23,7 +23,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from engine.forward.packing import pack, row_logps
 from engine.config.settings import RolloutConfig
 from engine.rollout.rollout import finish
-from engine.rollout.tool_protocols import make_protocol
+from engine.rollout.tool_calls import make_protocol
 from engine.rollout.trajectory import Trajectory
 from tests.engine_helpers import SYSTEM, encode, load_tiny, make_prompt
 
@@ -274,3 +274,11 @@ def test_image_limit_is_recorded_as_a_failed_call(vlm, prompt):
     assert "image limit reached" in vlm.tokenizer.decode(traj.ids[len(prompt.ids):])
     rec = traj.tool_calls[0]
     assert rec.ok is False and "image limit reached" in (rec.error or "")
+
+
+def test_every_call_protocol_has_its_injection():
+    """tools/protocols.py parses each protocol's calls; engine/rollout/tool_calls.py injects each one's results."""
+    from engine.rollout.tool_calls import INJECTIONS
+    from tools.protocols import PROTOCOLS
+
+    assert set(INJECTIONS) == set(PROTOCOLS)

@@ -26,7 +26,7 @@ import torch
 from engine.forward.packing import pack, row_logps
 from engine.config.settings import RolloutConfig
 from engine.rollout.rollout import rollout
-from engine.rollout.tool_protocols import make_protocol
+from engine.rollout.tool_calls import make_protocol
 from models.vision import image_block, rope_positions
 from tests.engine_helpers import encode, load_tiny, make_prompt, plain_logits
 

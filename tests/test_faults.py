@@ -21,7 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.config.registries import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
 from engine.runtime.checkpoint import latest_checkpoint
+from rewards.registry import REWARDS
 from tests.data_fixtures import save_png, save_truncated_png, write_lines
 from tests.fault_helpers import (ENV, ROOT, clean, finish, harness, metric_rows, run, saved_step, start, train_args,
                                  wait_for, weights)
@@ -224,13 +226,13 @@ SCORE_INPUTS = [["accuracy", "--answer", ""], ["accuracy"], ["accuracy", "--answ
 
 
 def test_rewards_score_bad_input_is_one_line(capsys):
-    from rewards.score import main
+    from rewards.explain import main
 
     for args in SCORE_INPUTS:
         with TALLY.bad_input():
             assert main([args[0], "--completion", "<answer>x</answer>", *args[1:]]) == 2
             err = capsys.readouterr().err
-            assert err.startswith(f"rewards.score {args[0]}: ") and err.count("\n") == 1
+            assert err.startswith(f"rewards.explain {args[0]}: ") and err.count("\n") == 1
 
 
 TOOL_ARGS = [("crop", {"box": "/etc/passwd"}), ("crop", {"path": "/etc/passwd"}), ("crop", {"box": [0, 0, 9, 9],
@@ -278,12 +280,19 @@ def test_judge_reply_is_capped_and_parsed_never_evaluated(tmp_path, monkeypatch)
         server.server_close()
 
 
-CONFIG_INPUTS = [(["--algo.loss", "gpg"], "choose one of cispo, gspo"), (["--algo.advantage", "nope"], "grpo"),
-                 (["--algo.aggregation", "x"], "token_mean"), (["--algo.kl_estimator", "k9"], "k1, k2, k3"),
+CONFIG_INPUTS = [(["--algo.loss", "gpg"], "choose one of " + ", ".join(LOSSES.names())),
+                 (["--algo.advantage", "nope"], ", ".join(ADVANTAGES.names())),
+                 (["--algo.aggregation", "x"], ", ".join(AGGREGATIONS.names())),
+                 (["--algo.kl_estimator", "k9"], ", ".join(KL_ESTIMATORS.names())),
                  (["--rollout.protocol", "x"], "inline, multiturn"), (["--rollout.sampler", "x"], "'native', 'vllm'"),
-                 (["--reward.weights", '{"gpg": 1.0}'], "unknown reward(s) 'gpg'; choose from accuracy"),
+                 (["--reward.weights", '{"gpg": 1.0}'], "unknown reward(s) 'gpg'; choose from " +
+                  ", ".join(REWARDS.names())),
                  (["--train.steps", "4"], "moved to rl.steps"), (["--data.oversized_images", "crop"], "downsize"),
-                 (["--optim.max_skipped_updates", "-1"], "max_skipped_updates")]
+                 (["--optim.max_skipped_updates", "-1"], "optim.max_skipped_updates = -1 is out of range"),
+                 (["--rl.lr", "nan"], "rl.lr = nan: must be a finite number"),
+                 (["--rollout.temperature", "0"], "rollout.temperature = 0.0 is out of range: must be > 0"),
+                 (["--train.keep_checkpoints", "0"], "train.keep_checkpoints = 0 is out of range: must be >= 1"),
+                 (["--algo.ppo_clip.dual_clip_c", "0.5"], "algo.ppo_clip.dual_clip_c = 0.5 is out of range")]
 
 
 def test_bad_config_names_are_refused_before_any_model_loads(tmp_path, capsys):

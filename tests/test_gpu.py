@@ -35,7 +35,7 @@ from engine.config.settings import Config, RolloutConfig
 from engine.config.parsing import build_config
 from engine.forward.packing import pack, row_logps
 from engine.rollout.rollout import rollout
-from engine.rollout.tool_protocols import make_protocol
+from engine.rollout.tool_calls import make_protocol
 from models.generation import GREEDY, GenOutput, generate
 from tests.engine_helpers import encode, make_prompt, request
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import models.decode_steps as decode_steps
 import models.generation as G
 import models.lean_decode as L
 from models.load import load_vlm
@@ -52,10 +53,10 @@ def test_generate_with_the_lean_step_is_bitwise_the_models_forward(arch, tempera
             calls.append(1)
             return real(*args)
         return step
-    monkeypatch.setattr(G, "lean_step_for", counting)
+    monkeypatch.setattr(decode_steps, "lean_step_for", counting)
     lean = _generate(vlm, temperature, top_k)
     assert len(calls) == NEW_TOKENS - 1  # every decoding step after the prefill's draw (no row stops early here)
-    monkeypatch.setattr(G, "lean_step_for", lambda model: None)
+    monkeypatch.setattr(decode_steps, "lean_step_for", lambda model: None)
     plain = _generate(vlm, temperature, top_k)
     assert [o.tokens for o in lean] == [o.tokens for o in plain]
     assert [o.logps for o in lean] == [o.logps for o in plain]  # floats equal: the same logits bit for bit

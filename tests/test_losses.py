@@ -6,23 +6,37 @@ import math
 import pytest
 import torch
 
-from engine.config.settings import AlgoConfig
 from engine.algo.losses import (
-    AGGREGATIONS,
-    KL_ESTIMATORS,
-    LOSSES,
+    ClipRange,
+    GSPOSettings,
     LossInputs,
+    NormLenSettings,
+    PPOClipSettings,
     add_kl,
     aggregate,
     tis_weight,
+    token_metric_means,
 )
+from engine.config.registries import AGGREGATIONS, KL_ESTIMATORS, LOSSES
 
 F64 = torch.float64
 
 
-def run_loss(name: str, *, cfg, **tensors):
-    """LOSSES[name] on one LossInputs made of the keyword tensors (the contract's field names)."""
-    return LOSSES[name](LossInputs(**tensors), cfg)
+def run_loss(name: str, *, s=None, **tensors):
+    """LOSSES[name] on one LossInputs made of the keyword tensors (the contract's field names), with its settings
+    (its defaults when s is None), and its metrics reduced as the step reduces them (means over the loss tokens)."""
+    entry = LOSSES.entry(name)
+    if s is None and entry.settings is not None:
+        s = entry.settings()
+    x = LossInputs(**tensors)
+    loss, metrics = entry.fn(x, s)
+    return loss, token_metric_means(metrics, x.mask)
+
+
+def wide(name):
+    """Settings of `name` with the PPO ranges [0.8, 1.28] (a loss without settings: None)."""
+    cls = LOSSES.entry(name).settings
+    return None if cls is None else cls(clip_low=0.2, clip_high=0.28)
 
 
 NAN, INF = float("nan"), float("inf")
@@ -68,8 +82,7 @@ def test_ppo_clip_hand_values_and_grads():
     #   t4 ρ=4.0 A=−1: min(−4.0, −1.28) = −4.0  → +4.0    (unclipped for A<0: grad −ρA = +4.0)
     #   t5 padding → 0, gradient 0.
     ex = hand_example()
-    cfg = AlgoConfig(clip_low=0.2, clip_high=0.28)
-    loss, m = run_loss("ppo_clip", **ex, cfg=cfg)
+    loss, m = run_loss("ppo_clip", **ex, s=PPOClipSettings(clip_low=0.2, clip_high=0.28))
     torch.testing.assert_close(loss, t([-1.28, -0.5, -1.0, 0.8, 4.0, 0.0]))
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), t([0.0, -0.5, -1.0, 0.0, 4.0, 0.0]))
     # Metrics: 2 of 5 tokens clipped (one each side); ratio mean (1.5+0.5+1+0.5+4)/5 = 1.5, max 4;
@@ -83,7 +96,7 @@ def test_ppo_clip_dual_clip():
     # Dual clip c = 3 caps the A<0 tokens at −c·A = 3: t4's 4.0 → min(4.0, 3.0) = 3.0 with gradient 0;
     # t3's 0.8 < 3 is unchanged; A>0 tokens are never touched.
     ex = hand_example()
-    loss, m = run_loss("ppo_clip", **ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.28, dual_clip_c=3.0))
+    loss, m = run_loss("ppo_clip", **ex, s=PPOClipSettings(clip_low=0.2, clip_high=0.28, dual_clip_c=3.0))
     torch.testing.assert_close(loss, t([-1.28, -0.5, -1.0, 0.8, 3.0, 0.0]))
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), t([0.0, -0.5, -1.0, 0.0, 0.0, 0.0]))
     assert m["dual_clip_frac"].item() == pytest.approx(0.2)
@@ -101,9 +114,9 @@ def test_ppo_clip_grads_match_independent_formulas(dual):
     logp = (old + log_ratio).requires_grad_(True)
     a = torch.randn(n, generator=gen, dtype=F64)
     mask = (torch.rand(n, generator=gen) < 0.8).to(F64)
-    cfg = AlgoConfig(clip_low=0.2, clip_high=0.28, dual_clip_c=dual)
+    s = PPOClipSettings(clip_low=0.2, clip_high=0.28, dual_clip_c=dual)
     loss, _ = run_loss("ppo_clip", logp=logp, old_logp=old, adv=a, mask=mask, seq_idx=torch.zeros(n, dtype=torch.long),
-                                 num_seqs=1, cfg=cfg)
+                       num_seqs=1, s=s)
     got = grad_of_sum(loss, logp, mask)
 
     rho = torch.exp(logp - old)
@@ -126,7 +139,7 @@ def test_ppo_clip_log_ratio_clamped_no_inf():
     # log ρ = 100 would give exp(100) ≈ 2.7e43 (inf in fp32); clamped to exp(20) ≈ 4.85e8, finite.
     z = torch.zeros(1)
     loss, m = run_loss("ppo_clip", logp=z + 100, old_logp=z, adv=z - 1, mask=z + 1, seq_idx=z.long(), num_seqs=1,
-                                 cfg=AlgoConfig(clip_high=0.2))
+                       s=PPOClipSettings(clip_high=0.2))
     assert loss.item() == pytest.approx(math.exp(20), rel=1e-6) and torch.isfinite(m["ratio_max"])
 
 
@@ -136,7 +149,7 @@ def test_ppo_clip_log_ratio_clamped_no_inf():
 def test_is_pg_hand_values_and_grads():
     # −ρA with no clipping: [−1.5, −0.5, −1.0, +0.5, +4.0]; d(−ρA)/dlogp = −ρA, the same numbers.
     ex = hand_example()
-    loss, m = run_loss("is_pg", **ex, cfg=AlgoConfig(clip_high=0.2))
+    loss, m = run_loss("is_pg", **ex)
     want = t([-1.5, -0.5, -1.0, 0.5, 4.0, 0.0])
     torch.testing.assert_close(loss, want)
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), want)
@@ -161,7 +174,7 @@ def test_gspo_value_is_sequence_ratio_and_grad_is_sequence_level():
     ex = gspo_example(GSPO_LR)
     s0, s1 = math.exp(0.1), math.exp(-0.2)
     # Wide clip [0.8, 1.2]: neither sequence is clipped, so per token −s_i·A_i = [−1.1051709]×3, [+0.4093654]×2.
-    loss, m = run_loss("gspo", **ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.2))
+    loss, m = run_loss("gspo", **ex, s=GSPOSettings(clip_low=0.2, clip_high=0.2))
     torch.testing.assert_close(loss, t([-s0, -s0, -s0, 0.5 * s1, 0.5 * s1, 0.0]))
     # The ratio the surrogate used is s_i on every token: loss / (−A) = s_i.
     torch.testing.assert_close((loss / -ex["adv"])[:5], t([s0, s0, s0, s1, s1]))
@@ -186,7 +199,7 @@ def test_gspo_narrow_clip():
     # with A>0: clipped, loss −1.0004·1, no gradient); seq 1 log ratios [3e-4, −1e-4] (mean 1e-4, s_1 =
     # exp(1e-4) = 1.000100005 inside the range: unclipped, loss −s_1·(−0.5), gradient −s_1·A = +0.5·s_1).
     ex = gspo_example(GSPO_LR[:3] + [3e-4, -1e-4])
-    loss, m = run_loss("gspo", **ex, cfg=AlgoConfig(clip_low=3e-4, clip_high=4e-4))
+    loss, m = run_loss("gspo", **ex)  # its defaults are the paper's ranges
     s1 = math.exp(1e-4)
     torch.testing.assert_close(loss, t([-1.0004] * 3 + [0.5 * s1] * 2 + [0.0]))
     torch.testing.assert_close(grad_of_sum(loss, ex["logp"], ex["mask"]), t([0.0] * 3 + [0.5 * s1] * 2 + [0.0]))
@@ -202,7 +215,7 @@ def test_cispo_hand_values_grads_and_stop_gradient():
     ex = hand_example()
     ex["old_logp"].requires_grad_(True)
     w = t([1.28, 0.8, 1.0, 0.8, 1.28])
-    loss, m = run_loss("cispo", **ex, cfg=AlgoConfig(clip_low=0.2, clip_high=0.28))
+    loss, m = run_loss("cispo", **ex, s=ClipRange(clip_low=0.2, clip_high=0.28))
     a, logp = ex["adv"][:5], ex["logp"].detach()[:5]
     torch.testing.assert_close(loss[:5], -w * a * logp)
     assert loss[5].item() == 0.0
@@ -242,7 +255,7 @@ def test_add_kl():
     out, m = add_kl(loss, logp=t([-1.0, -2.0, NAN]), ref_logp=t([-1.0, -1.0, NAN]), mask=mask, beta=0.1,
                     estimator="k2")
     torch.testing.assert_close(out[:2], t([1.0, 2.05]))
-    assert m["kl"].item() == pytest.approx(0.25) and torch.isfinite(out).all()
+    assert token_metric_means(m, mask)["kl"].item() == pytest.approx(0.25) and torch.isfinite(out).all()
     # β = 0 needs no reference model.
     same, m0 = add_kl(loss, logp=t([0.0] * 3), ref_logp=None, mask=mask, beta=0.0, estimator="k3")
     assert same is loss and m0 == {}
@@ -282,7 +295,7 @@ def test_aggregate_hand_values(mode, packed):
     mask, seq_idx = t([1.0, 1, 1, 1, 1, 0]), torch.tensor([0, 0, 0, 1, 1, 1])
     shape = (2, 3) if packed else (6,)  # packed rows [1, 2, 3], [4, 5, pad]
     out = aggregate(loss.reshape(shape), mask=mask.reshape(shape), seq_idx=seq_idx.reshape(shape), mode=mode,
-                    num_tokens=5, num_seqs=2, norm_len=4)
+                    num_tokens=5, num_seqs=2, default_len=4)
     assert out.item() == pytest.approx(AGG_EXPECTED[mode])
     (g,) = torch.autograd.grad(out, loss)
     assert torch.isfinite(g).all() and g[5].item() == 0.0
@@ -320,14 +333,14 @@ def random_batch(seed):
     return dict(logp=logp, old_logp=old, adv=adv, ref_logp=ref, sampler_logp=sampler, mask=mask)
 
 
-def full_loss(b, *, name, mode, cfg, num_tokens, num_seqs, seq_idx):
+def full_loss(b, *, name, mode, num_tokens, num_seqs, seq_idx):
     """The whole micro-batch pipeline: surrogate → TIS → KL → aggregate."""
     per_token, _ = run_loss(name, logp=b["logp"], old_logp=b["old_logp"], adv=b["adv"], mask=b["mask"], seq_idx=seq_idx,
-                                num_seqs=num_seqs, cfg=cfg)
+                            num_seqs=num_seqs, s=wide(name))
     per_token = per_token * tis_weight(old_logp=b["old_logp"], sampler_logp=b["sampler_logp"], mask=b["mask"], cap=2.0)
     per_token, _ = add_kl(per_token, logp=b["logp"], ref_logp=b["ref_logp"], mask=b["mask"], beta=0.05, estimator="k3")
     return aggregate(per_token, mask=b["mask"], seq_idx=seq_idx, mode=mode, num_tokens=num_tokens, num_seqs=num_seqs,
-                     norm_len=8)
+                     default_len=8)
 
 
 @pytest.mark.parametrize("mode", sorted(AGGREGATIONS))
@@ -336,13 +349,12 @@ def test_micro_batched_equals_full_batch(name, mode):
     # 4 whole sequences; full batch vs 2 micro-batches of 2 sequences each with LOCAL seq_idx (0, 1) and the
     # GLOBAL counts (14 tokens, 4 sequences). Sum of micro-batch losses and accumulated grads must match.
     b = random_batch(seed=2)
-    cfg = AlgoConfig(clip_low=0.2, clip_high=0.28)
     num_tokens = int(b["mask"].sum())
     assert num_tokens == 14
     row_idx = torch.arange(4)[:, None].expand(4, 6)
 
     logp_full = b["logp"].clone().requires_grad_(True)
-    full = full_loss({**b, "logp": logp_full}, name=name, mode=mode, cfg=cfg, num_tokens=num_tokens, num_seqs=4,
+    full = full_loss({**b, "logp": logp_full}, name=name, mode=mode, num_tokens=num_tokens, num_seqs=4,
                      seq_idx=row_idx)
     full.backward()
 
@@ -351,7 +363,7 @@ def test_micro_batched_equals_full_batch(name, mode):
     for rows in (slice(0, 2), slice(2, 4)):
         mb = {k: v[rows] for k, v in b.items()}
         mb["logp"] = logp_micro[rows]
-        part = full_loss(mb, name=name, mode=mode, cfg=cfg, num_tokens=num_tokens, num_seqs=4,
+        part = full_loss(mb, name=name, mode=mode, num_tokens=num_tokens, num_seqs=4,
                          seq_idx=row_idx[rows] - rows.start)  # local indices 0, 1
         part.backward()
         total = total + part.detach()
@@ -374,10 +386,9 @@ def test_packed_equals_flat(name, mode):
     # packed position -> flat position (−1 = padding)
     pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11, 12, 13, -1, -1]])
     packed_seq = torch.where(pos >= 0, flat_seq[pos.clamp(min=0)], 3)
-    cfg = AlgoConfig(clip_low=0.2, clip_high=0.28)
 
     logp = flat["logp"].clone().requires_grad_(True)
-    out_flat = full_loss({**flat, "logp": logp}, name=name, mode=mode, cfg=cfg, num_tokens=14, num_seqs=4,
+    out_flat = full_loss({**flat, "logp": logp}, name=name, mode=mode, num_tokens=14, num_seqs=4,
                          seq_idx=flat_seq)
     (g_flat,) = torch.autograd.grad(out_flat, logp)
 
@@ -385,7 +396,7 @@ def test_packed_equals_flat(name, mode):
     packed["mask"] = (pos >= 0).float()
     logp = flat["logp"].clone().requires_grad_(True)
     packed["logp"] = torch.where(pos >= 0, logp[pos.clamp(min=0)], NAN)
-    out_packed = full_loss(packed, name=name, mode=mode, cfg=cfg, num_tokens=14, num_seqs=4, seq_idx=packed_seq)
+    out_packed = full_loss(packed, name=name, mode=mode, num_tokens=14, num_seqs=4, seq_idx=packed_seq)
     (g_packed,) = torch.autograd.grad(out_packed, logp)
 
     torch.testing.assert_close(out_packed, out_flat, atol=1e-6, rtol=0)
@@ -399,31 +410,42 @@ def test_packed_equals_flat(name, mode):
 def test_nan_in_padding_never_leaks_and_metrics_are_detached(name):
     # hand_example() holds NaN logp, −inf old_logp and NaN advantage in its padding token.
     ex = hand_example()
-    loss, metrics = run_loss(name, **ex, cfg=AlgoConfig(clip_high=0.2))
+    loss, metrics = run_loss(name, **ex)
     assert torch.isfinite(loss).all()
     for mode in AGGREGATIONS:
-        out = aggregate(loss, mask=ex["mask"], seq_idx=ex["seq_idx"], mode=mode, num_tokens=5, num_seqs=2, norm_len=4)
+        out = aggregate(loss, mask=ex["mask"], seq_idx=ex["seq_idx"], mode=mode, num_tokens=5, num_seqs=2,
+                        default_len=4)
         (g,) = torch.autograd.grad(out, ex["logp"], retain_graph=True)
         assert torch.isfinite(out) and torch.isfinite(g).all() and g[5].item() == 0.0
     assert metrics and all(not v.requires_grad and v.dim() == 0 and torch.isfinite(v) for v in metrics.values())
+    raw = LOSSES[name](LossInputs(**ex), wide(name))[1]  # per-token metrics may hold anything in padding ...
+    assert all(not v.requires_grad for v in raw.values())  # ... but never carry gradient
 
 
-def test_loss_settings_validation():
-    with pytest.raises(ValueError, match="algo.loss = 'ppo' is unknown; choose one of cispo, gspo, is_pg, ppo_clip"):
-        AlgoConfig(loss="ppo").validate()
-    with pytest.raises(ValueError, match="dual clip"):
-        AlgoConfig(loss="cispo", dual_clip_c=3.0).validate()
-    with pytest.raises(ValueError, match="> 1"):
-        AlgoConfig(dual_clip_c=1.0).validate()
-    with pytest.raises(ValueError, match="norm_len"):
-        AlgoConfig(norm_len=512).validate()  # would silently do nothing under token_mean
-    with pytest.raises(ValueError, match="tis_cap"):
-        AlgoConfig(tis_cap=0.0).validate()  # off is none, not 0
-    AlgoConfig(aggregation="seq_mean_token_sum_norm", norm_len=512).validate()
-    AlgoConfig(aggregation="seq_mean_token_sum_norm").validate()  # none: the rollout's max_new_tokens
+def test_loss_settings_are_their_own_sections_checked_at_parse_time():
+    from engine.config import Config, build_config
+
+    parse = lambda *flags: build_config(Config, overrides=list(flags))  # noqa: E731
+    unknown = "choose one of " + ", ".join(LOSSES.names())  # read from the registry, never copied
+    with pytest.raises(ValueError, match=f"algo.loss = 'ppo' is unknown; {unknown}"):
+        parse("--algo.loss", "ppo")
+    with pytest.raises(ValueError, match=r"\[algo.ppo_clip\] is set but algo.loss is 'cispo'"):
+        parse("--algo.loss", "cispo", "--algo.ppo_clip.dual_clip_c", "3")  # cispo has no dual clip
+    with pytest.raises(ValueError, match="algo.ppo_clip.dual_clip_c = 1.0 is out of range: must be > 1"):
+        parse("--algo.ppo_clip.dual_clip_c", "1")
+    with pytest.raises(ValueError, match=r"\[algo.seq_mean_token_sum_norm\] is set but algo.aggregation"):
+        parse("--algo.seq_mean_token_sum_norm.norm_len", "512")  # would silently do nothing under token_mean
+    with pytest.raises(ValueError, match="algo.tis_cap = 0.0 is out of range"):
+        parse("--algo.tis_cap", "0")  # off is none, not 0
+    with pytest.raises(ValueError, match="algo.clip_high moved to algo.<loss>.clip_high"):
+        parse("--algo.clip_high", "0.2")
+    cfg = parse("--algo.aggregation", "seq_mean_token_sum_norm", "--algo.seq_mean_token_sum_norm.norm_len", "512")
+    assert cfg.algo.settings("seq_mean_token_sum_norm") == NormLenSettings(norm_len=512)
+    assert parse("--algo.loss", "gspo").algo.settings("gspo") == GSPOSettings()  # selected: its defaults
+    assert parse("--algo.loss", "is_pg").algo.settings("is_pg") is None  # no settings at all
 
 
 def test_shape_mismatch_rejected():
     ex = hand_example()
     with pytest.raises(ValueError, match="one shape"):
-        run_loss("ppo_clip", **{**ex, "adv": t([1.0, -1.0])}, cfg=AlgoConfig(clip_high=0.2))
+        run_loss("ppo_clip", **{**ex, "adv": t([1.0, -1.0])})

@@ -1,4 +1,4 @@
-"""score_batch (rewards/combine.py): weighted totals, contained failures, debug JSONL; and the rewards.score CLI."""
+"""score_batch (rewards/combine.py): weighted totals, contained failures, debug JSONL; and the rewards.explain CLI."""
 
 import json
 import logging
@@ -11,7 +11,7 @@ import pytest
 
 from data.example import Example
 from rewards import REWARDS, RewardContext, score_batch
-from rewards.score import main
+from rewards.explain import main
 
 EXAMPLES = [Example(question="q", answers=["2"], images=[], origin=f"t.jsonl:{i}") for i in range(3)]
 CTXS = [RewardContext() for _ in range(3)]
@@ -34,14 +34,14 @@ def test_unknown_name_lists_the_registered_rewards():
         score_batch(COMPLETIONS, EXAMPLES[:2], CTXS, {"format": 1.0})
 
 
-def test_raising_and_non_finite_rewards_score_zero_and_are_counted(monkeypatch, caplog):
+def test_raising_and_non_finite_rewards_score_zero_and_are_counted(registered, caplog):
     def flaky(completion, example, ctx):
         if example.origin.endswith(":1"):
             return 0.25
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(REWARDS, "flaky", flaky)
-    monkeypatch.setitem(REWARDS, "nan", lambda c, e, x: float("nan"))
+    registered(REWARDS, "flaky", flaky)
+    registered(REWARDS, "nan", lambda c, e, x: float("nan"))
     with caplog.at_level(logging.WARNING, logger="rewards.combine"):
         out = score_batch(COMPLETIONS, EXAMPLES, CTXS, {"flaky": 2.0, "nan": 1.0, "accuracy": 1.0})
     assert out.parts["flaky"] == [0.0, 0.25, 0.0]
@@ -53,14 +53,14 @@ def test_raising_and_non_finite_rewards_score_zero_and_are_counted(monkeypatch, 
     assert "'flaky' failed on 2/3" in warnings[0] and "boom" in warnings[0] and "t.jsonl:0" in warnings[0]
 
 
-def test_batch_rewards_are_called_once_and_none_is_an_error(monkeypatch):
+def test_batch_rewards_are_called_once_and_none_is_an_error(registered):
     calls = []
 
     def batched(c, e, x):
         raise AssertionError("score_batch must use .batch")
 
     batched.batch = lambda cs, es, xs: calls.append(len(cs)) or [1.0, None, 0.5]
-    monkeypatch.setitem(REWARDS, "batched", batched)
+    registered(REWARDS, "batched", batched)
     out = score_batch(COMPLETIONS, EXAMPLES, CTXS, {"batched": 1.0})
     assert calls == [3]
     assert out.parts["batched"] == [1.0, 0.0, 0.5] and out.errors["batched"] == 1
@@ -88,7 +88,7 @@ def test_cli_prints_value_and_parsed_parts(capsys):
 
 
 def test_cli_unknown_name_exits_2_listing_names():
-    proc = subprocess.run([sys.executable, "-m", "rewards.score", "nope", "--completion", "x"],
+    proc = subprocess.run([sys.executable, "-m", "rewards.explain", "nope", "--completion", "x"],
                           capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parents[1])  # the repository root
     assert proc.returncode == 2
@@ -105,11 +105,12 @@ def test_cli_unknown_name_exits_2_listing_names():
 def test_cli_bad_input_is_one_line_not_a_traceback(args, said, capsys):
     assert main([args[0], "--completion", "<answer>x</answer>", *args[1:]]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"rewards.score {args[0]}: ") and said in err and err.count("\n") == 1
+    assert err.startswith(f"rewards.explain {args[0]}: ") and said in err and err.count("\n") == 1
 
 
-TEXT_REWARDS = ["format", "format_strict", "format_tools", "format_json", "format_scan", "accuracy", "tool_success",
-                "tool", "iou", "iou50", "reasoning", "visual_grounding"]  # the model-free rewards of this package
+# the model-free rewards of this package: built-ins that need no scorer and own no settings (the judge is HTTP)
+TEXT_REWARDS = [e.name for e in REWARDS.entries() if e.origin.startswith("rewards.") and e.settings is None
+                and not getattr(e.fn, "scorer_needs", None)]
 ADVERSARIAL = {
     "no tags": "a" * 100_000,
     "many opening tags": "<think>" * 20_000 + "<answer>" * 20_000,
@@ -124,7 +125,7 @@ ADVERSARIAL = {
 def test_every_reward_is_fast_and_contained_on_adversarial_text(name):
     # A backtracking `.*?` pattern took ~20 s on "many opening tags"; linear patterns take milliseconds.
     ex = Example(question="In triangle ABC find AB", answers=["2"], images=[], boxes=[[0, 0, 1, 1]],
-                 reference_steps=["AB is a side"])
+                 reference_steps=["AB is a side"], metadata={"target_box": [0, 0, 1, 1]})
     start = time.monotonic()
     out = score_batch([ADVERSARIAL[name]], [ex], [RewardContext()], {n: 1.0 for n in TEXT_REWARDS})
     assert time.monotonic() - start < 2.0

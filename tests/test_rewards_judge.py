@@ -85,7 +85,7 @@ def test_parse_verdict(content, expected):
     assert parse_verdict(content) == expected
 
 
-def test_batch_with_good_garbage_and_hung_answers_finishes_in_time(base_url, monkeypatch):
+def test_batch_with_good_garbage_and_hung_answers_finishes_in_time(base_url, registered):
     timeout_s, retries = 0.3, 1
     judge = make_judge_reward(base_url, "judge-model", TEMPLATE, timeout_s=timeout_s, retries=retries,
                               max_concurrency=4, backoff_s=0.05)
@@ -99,9 +99,9 @@ def test_batch_with_good_garbage_and_hung_answers_finishes_in_time(base_url, mon
     assert scores == [1.0, 0.0, None, None]  # None: failed (garbage is not retried, the hang is)
     assert FakeJudge.hits["hang-me"] == 2 and FakeJudge.hits["garbage-me"] == 1
     assert judge.stats["ok"] == 2 and judge.stats["failed"] == 2
-    monkeypatch.setitem(REWARDS, "judge", judge)  # through score_batch: failures score 0 and are counted
-    out = score_batch(completions[:3], examples[:3], ctxs[:3], {"judge": 1.0})
-    assert out.parts["judge"] == [1.0, 0.0, 0.0] and out.errors["judge"] == 1
+    registered(REWARDS, "judge_under_test", judge)  # through score_batch: failures score 0 and are counted
+    out = score_batch(completions[:3], examples[:3], ctxs[:3], {"judge_under_test": 1.0})
+    assert out.parts["judge_under_test"] == [1.0, 0.0, 0.0] and out.errors["judge_under_test"] == 1
 
 
 def test_deadline_bounds_a_batch_even_with_a_long_timeout(base_url):

@@ -20,6 +20,7 @@ from engine import trainer
 from engine.config.settings import Config
 from engine.config.parsing import build_config
 from rewards import REWARDS
+from rewards.combine import reward_fn
 
 TIMEOUT_S, RETRIES, BACKOFF_S = 0.5, 1, 0.5  # BACKOFF_S: rewards.judge.Judge's default, slept between the two tries
 
@@ -68,14 +69,6 @@ def serve():
     JudgeServer.release.clear()
 
 
-@pytest.fixture
-def rewards_restored():
-    saved = dict(REWARDS)
-    yield
-    REWARDS.clear()
-    REWARDS.update(saved)
-
-
 @pytest.fixture(scope="module")
 def colors(tmp_path_factory):
     out = tmp_path_factory.mktemp("colors")
@@ -88,9 +81,9 @@ def _cfg(data, out_dir, url, weights, *extra):
         "--data.train", str(data), "--train.out_dir", str(out_dir), "--train.threads", "1",
         "--train.tensorboard", "false", "--train.sample_every", "0", "--rl.steps", "2",
         "--rollout.group_size", "2", "--rollout.prompts_per_step", "2", "--rollout.max_new_tokens", "16",
-        "--rollout.temperature", "0.5", "--reward.weights", json.dumps(weights), "--reward.judge_url", url,
-        "--reward.judge_model", "judge-model", "--reward.judge_timeout_s", str(TIMEOUT_S),
-        "--reward.judge_retries", str(RETRIES), *extra])
+        "--rollout.temperature", "0.5", "--reward.weights", json.dumps(weights), "--reward.judge.url", url,
+        "--reward.judge.model", "judge-model", "--reward.judge.timeout_s", str(TIMEOUT_S),
+        "--reward.judge.retries", str(RETRIES), *extra])
 
 
 def _rl_metrics(out_dir):
@@ -112,22 +105,23 @@ def _timed_rl_steps(monkeypatch):
 
 
 @pytest.mark.slow
-def test_hung_judge_and_raising_reward_do_not_stall_training(colors, tmp_path, serve, monkeypatch, rewards_restored):
+def test_hung_judge_and_raising_reward_do_not_stall_training(colors, tmp_path, serve, monkeypatch, registered):
     def boom(completion, example, ctx):
         raise RuntimeError("a reward with a bug")
 
-    monkeypatch.setitem(REWARDS, "boom", boom)
+    registered(REWARDS, "boom", boom)
     times = _timed_rl_steps(monkeypatch)
     hung = serve(None)
-    summary = trainer.run(_cfg(colors, tmp_path / "hung", hung, {"judge": 1.0, "boom": 0.5}, "--train.stage", "sft,rl",
-                               "--sft.steps", "20", "--sft.batch_size", "8", "--sft.lr", "3e-3",
-                               "--data.sft_template", "<answer>{answer}</answer>"))
+    cfg = _cfg(colors, tmp_path / "hung", hung, {"judge": 1.0, "boom": 0.5}, "--train.stage", "sft,rl",
+               "--sft.steps", "20", "--sft.batch_size", "8", "--sft.lr", "3e-3",
+               "--data.sft_template", "<answer>{answer}</answer>")
+    summary = trainer.run(cfg)
     assert summary["done_stages"] == ["sft", "rl"] and len(times) == 2
     # Worst case of one request: two tries of TIMEOUT_S with BACKOFF_S between (requests run concurrently);
     # 2 s of slack for the step's own rollout and update on a busy machine.
     assert max(times) < TIMEOUT_S * (RETRIES + 1) + BACKOFF_S + 2.0, times
     metrics = _rl_metrics(tmp_path / "hung")
-    judge = REWARDS["judge"]
+    judge = reward_fn("judge", cfg.reward.components)  # the one the run built from [reward.judge]
     assert judge.stats["ok"] == 0 and judge.stats["failed"] >= 2  # at least one answer per step reached the judge
     assert sum(m["reward_errors/judge"] for m in metrics) == judge.stats["failed"]
     assert len(JudgeServer.prompts) == judge.stats["requests"] == judge.stats["failed"] * (RETRIES + 1)
@@ -141,4 +135,4 @@ def test_hung_judge_and_raising_reward_do_not_stall_training(colors, tmp_path, s
     assert all(m["reward_errors/judge"] == 0 for m in metrics)
     assert sum(m["reward/judge"] for m in metrics) > 0  # each judged sample scores 0.75
     assert all(m["reward/judge"] * 4 / 0.75 == pytest.approx(round(m["reward/judge"] * 4 / 0.75)) for m in metrics)
-    assert "Reference answer:" in JudgeServer.prompts[-1]  # the default reward.judge_prompt
+    assert "Reference answer:" in JudgeServer.prompts[-1]  # the default reward.judge.prompt

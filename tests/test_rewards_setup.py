@@ -9,25 +9,17 @@ import pytest
 
 from data.example import Example
 from engine.config.settings import Config, RewardConfig
-from engine.config.parsing import build_config
+from engine.config.parsing import build_config, to_toml
 from rewards import REWARDS, RewardContext
 from rewards.judge import Judge
 from rewards.reasoning import THRESHOLD, match_f1, token_f1
 from rewards.scorer import ModelScorer
-from rewards.setup import build_embedder, register_configured_rewards, setup_rewards
+from rewards.combine import reward_fn
+from rewards.setup import build_embedder, setup_rewards
 from rewards.text_embedder import TextEmbedder, build_tiny_text_encoder
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "http://127.0.0.1:9/v1"  # never contacted here
-
-
-@pytest.fixture
-def restore_judge():
-    before = REWARDS.get("judge")
-    yield
-    REWARDS.pop("judge", None)
-    if before is not None:
-        REWARDS["judge"] = before
 
 
 @pytest.fixture(scope="module")
@@ -35,32 +27,32 @@ def encoder_dir(tmp_path_factory):
     return build_tiny_text_encoder(tmp_path_factory.mktemp("enc") / "tiny-encoder")
 
 
-def test_judge_is_registered_from_the_config(restore_judge):
-    cfg = RewardConfig(weights={"judge": 1.0}, judge_url=URL, judge_model="m", judge_prompt="Q {question} A {answer}",
-                       judge_timeout_s=0.5, judge_retries=1, judge_max_concurrency=3)
-    assert setup_rewards(cfg, policy=None) is None  # nothing model-based: no handle
-    judge = REWARDS["judge"]
+def test_judge_is_built_once_from_its_own_section():
+    cfg = build_config(Config, toml_path=ROOT / "configs/demo.toml", overrides=[
+        "--reward.weights", "judge=1", "--reward.judge.url", URL, "--reward.judge.model", "m",
+        "--reward.judge.prompt", "Q {question} A {answer}", "--reward.judge.timeout_s", "0.5",
+        "--reward.judge.retries", "1", "--reward.judge.max_concurrency", "3"])
+    assert setup_rewards(cfg.reward, policy=None) is None  # nothing model-based: no handle
+    judge = reward_fn("judge", cfg.reward.components)
     assert isinstance(judge, Judge) and callable(judge.batch)
     assert (judge.base_url, judge.model, judge.prompt_template) == (URL, "m", "Q {question} A {answer}")
     assert (judge.timeout_s, judge.retries, judge.max_concurrency) == (0.5, 1, 3)
-
-
-@pytest.mark.parametrize("weights, url, message", [
-    ({"judge": 1.0}, "", "judge_url is empty"),
-    ({"judge": 0.0}, "", "judge_url is empty"),  # a 0 weight still computes the part (a monitor)
-    ({"accuracy": 1.0}, URL, "does not name 'judge'"),
-])
-def test_judge_weight_and_url_must_go_together(weights, url, message, restore_judge):
-    with pytest.raises(ValueError, match=message):
-        register_configured_rewards(RewardConfig(weights=weights, judge_url=url, judge_model="m"))
-    assert "judge" not in REWARDS
+    assert reward_fn("judge", cfg.reward.components) is judge  # built once per distinct settings
+    assert "[reward.judge]" in to_toml(cfg) and 'url = "http://127.0.0.1:9/v1"' in to_toml(cfg)
+    with pytest.raises(ValueError, match=r"needs its settings \(\[reward.judge\]\)"):
+        reward_fn("judge", {})
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["--reward.judge_timeout_s", "3"], "judge_timeout_s set but reward.judge_url is empty"),
-    (["--reward.judge_model", "m"], "judge_model set but reward.judge_url is empty"),
-    (["--reward.judge_url", URL], "judge_model is empty"),
-    (["--reward.judge_url", URL, "--reward.judge_model", "m", "--reward.judge_retries", "-1"], "judge_retries >= 0"),
+    (["--reward.weights", "judge=1"], r"\[reward.judge\] needs url"),
+    (["--reward.weights", "judge=0"], r"\[reward.judge\] needs url"),  # a 0 weight still computes the part
+    (["--reward.judge.url", URL], r"\[reward.judge\] is set but reward.weights does not name 'judge'"),
+    (["--reward.judge.timeout_s", "3"], r"\[reward.judge\] is set but reward.weights does not name 'judge'"),
+    (["--reward.weights", "judge=1", "--reward.judge.url", URL, "--reward.judge.model", "m",
+      "--reward.judge.retries", "-1"], r"reward.judge.retries = -1 is out of range: must be >= 0"),
+    (["--reward.weights", "judge=1", "--reward.judge.url", URL, "--reward.judge.model", "m",
+      "--reward.judge.prompt", "{nope}"], "may only use"),
+    (["--reward.judge_url", URL], "reward.judge_url moved to reward.judge.url"),
     (["--reward.clip_backend", "open_clip"], "clip_path is empty"),
     (["--reward.clip_backend", "openclip", "--reward.clip_path", "x"], "expected one of 'transformers', 'open_clip'"),
 ])

@@ -5,14 +5,9 @@ Run: `python -m pytest -q tests/test_tools_protocols.py`.
 
 import pytest
 
-from tools.protocols import (
-    TOOL_CALL_FORMATS,
-    ToolCall,
-    describe_tools,
-    find_last_call,
-    parse_inline_call,
-    parse_multiturn,
-)
+from tools.protocols import ToolCall, find_last_call, parse_inline_call, parse_multiturn
+from tools.registry import TOOLS
+from tools.run import listing
 
 
 @pytest.mark.parametrize(
@@ -104,25 +99,8 @@ def test_find_last_call_rejects_unknown_protocols():
         find_last_call("<tool>{}</tool>", "xml")
 
 
-def test_describe_tools_lists_exactly_the_registered_tools():
-    text = describe_tools()
-    names = [line[2:].split("(")[0] for line in text.splitlines() if line.startswith("- ")]
-    assert names == ["crop", "zoom", "rotate", "flip", "brightness", "contrast", "blur", "sharpen", "grayscale",
-                     "resize", "info"]
-    assert "- zoom(factor, center=null): Zoom by factor" in text
-    assert "- resize(width=null, height=null, keep_aspect=true): " in text
-    assert "Coordinates (box, center) are pixels of the image." in text
-
-
-def test_describe_tools_for_a_protocol_frame_and_subset():
-    text = describe_tools("inline", names=["crop", "adjust_brightness"], frame="norm1000")
-    assert text.splitlines()[0] == TOOL_CALL_FORMATS["inline"]
-    assert "numbers from 0 to 1000" in text
-    assert [line for line in text.splitlines() if line.startswith("- ")] == [
-        "- crop(box): Cut out the region box [x1, y1, x2, y2] (x1 < x2, y1 < y2).",
-        "- adjust_brightness(factor): Scale brightness by factor (> 0 and <= 10; 1 keeps the image, 2 doubles it).",
-    ]
-    with pytest.raises(ValueError, match="unknown tool 'paint'"):
-        describe_tools(names=["paint"])
-    with pytest.raises(ValueError, match="unknown box frame"):
-        describe_tools(frame="inches")
+def test_the_listing_names_exactly_the_registered_tools():
+    text = listing()
+    assert [line.split("(")[0] for line in text.splitlines()] == TOOLS.names()
+    assert "zoom(factor, center=null) (also zoom_image): Zoom by factor" in text
+    assert "resize(width=null, height=null, keep_aspect=true) (also resize_image): " in text

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools import registry
-from tools.image_tools import PIXEL_CEILING, ToolResult
-from tools.registry import ALIASES, TOOLS, ToolLimits, ToolStats, call_tool
+from tools.base import PIXEL_CEILING, ToolResult, tool
+from tools.registry import TOOLS, ToolLimits, ToolStats, aliases, call_tool, canonical_name, tool_fn
 
-CANONICAL = ["crop", "zoom", "rotate", "flip", "brightness", "contrast", "blur", "sharpen", "grayscale", "resize",
-             "info"]
+# seed 000's tool names (its system prompt's), each the alias of one built-in tool
+SEED_000 = {"crop_image": "crop", "zoom_image": "zoom", "rotate_image": "rotate", "flip_image": "flip",
+            "adjust_brightness": "brightness", "adjust_contrast": "contrast", "apply_blur": "blur",
+            "apply_sharpen": "sharpen", "convert_grayscale": "grayscale", "resize_image": "resize",
+            "get_image_info": "info"}
 
 
 def gradient(width, height) -> np.ndarray:
@@ -20,11 +22,24 @@ def gradient(width, height) -> np.ndarray:
     return np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
 
 
-def test_tools_hold_the_canonical_names_and_seed_000_aliases():
-    assert list(TOOLS)[:11] == CANONICAL
-    assert len(TOOLS) == 22
-    assert TOOLS["adjust_brightness"] is TOOLS["brightness"] and TOOLS["get_image_info"] is TOOLS["info"]
-    assert sorted(set(ALIASES.values())) == sorted(CANONICAL)
+def test_seed_000_names_call_the_registered_tools():
+    for alias, name in SEED_000.items():
+        assert aliases()[alias] == name and canonical_name(alias) == name and tool_fn(alias) is TOOLS[name]
+    assert all(canonical_name(name) == name for name in TOOLS.names())
+    assert canonical_name("paint") is None and canonical_name(3) is None
+
+
+def test_a_tool_registered_from_outside_is_called_by_name_and_alias(registered):
+    @tool
+    def invert(image):
+        """Swap black and white."""
+        return ToolResult(image=image.point(lambda v: 255 - v))
+
+    registered(TOOLS, "invert", invert, aliases=("negate",))
+    out = call_tool("negate", {}, Image.new("RGB", (64, 64), (10, 20, 30)))
+    assert out.ok and out.image.getpixel((0, 0)) == (245, 235, 225)
+    assert call_tool("invert", {"x": 1}, Image.new("RGB", (64, 64))).error == 'invert: unknown argument "x"; it takes ' \
+                                                                              "no arguments"
 
 
 def test_an_alias_runs_the_tool_and_its_errors_use_the_called_name():
@@ -37,7 +52,7 @@ def test_an_alias_runs_the_tool_and_its_errors_use_the_called_name():
 @pytest.mark.parametrize("name", ["nope", "", None, 42, ["crop"]])
 def test_unknown_tools_are_rejected_listing_the_known_ones(name):
     error = call_tool(name, {}, Image.new("RGB", (64, 64))).error
-    assert error.startswith("unknown tool ") and error.endswith("known tools: " + ", ".join(CANONICAL))
+    assert error.startswith("unknown tool ") and error.endswith("known tools: " + ", ".join(TOOLS.names()))
 
 
 @pytest.mark.parametrize("args", [[1, 2], "factor=2", None, {1: 2}])
@@ -46,12 +61,12 @@ def test_arguments_that_are_not_a_keyword_object_give_an_error(args):
     assert not result.ok and result.error.startswith("zoom: ")
 
 
-def test_an_exception_inside_a_tool_becomes_an_error_naming_it(monkeypatch):
+def test_an_exception_inside_a_tool_becomes_an_error_naming_it(registered):
     def boom(image, **args):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(registry.TOOLS, "blur", boom)
-    assert call_tool("blur", {"radius": 1}, Image.new("RGB", (64, 64))).error == "blur: failed (RuntimeError: boom)"
+    registered(TOOLS, "boom", boom)
+    assert call_tool("boom", {"radius": 1}, Image.new("RGB", (64, 64))).error == "boom: failed (RuntimeError: boom)"
 
 
 def test_a_crop_between_the_bounds_is_returned_untouched():

@@ -12,12 +12,12 @@ from transformers import AutoTokenizer
 from engine.config.settings import Config
 from engine.config.parsing import from_toml_str
 from engine.report.evaluate import prompts_for
-from engine.rollout.tool_protocols import make_protocol, run_call
+from engine.rollout.tool_calls import make_protocol, run_call
 from engine.rollout.trajectory import Trajectory
 from models.tiny import tiny_model_dir
 from tests.engine_helpers import load_tiny, make_prompt
 from tools.protocols import ToolCall
-from tools.registry import CANONICAL
+from tools.registry import TOOLS
 from tools.schema import ARG_SCHEMAS, system_with_tools, tool_schema, tools_section
 
 # The tools branch of Qwen2.5-Instruct's chat template (tokenizer_config.json), trimmed to the system message:
@@ -46,9 +46,11 @@ def test_inline_section_is_what_qwen25s_template_writes():
 
 
 def test_every_tool_argument_has_a_schema_and_signatures_follow_the_code():
-    for name, fn in CANONICAL.items():
-        params = list(inspect.signature(fn).parameters)[1:]
-        assert set(params) <= set(ARG_SCHEMAS), f"{name}: describe {set(params) - set(ARG_SCHEMAS)} in ARG_SCHEMAS"
+    for e in TOOLS.entries():
+        described = set(ARG_SCHEMAS) | set(e.traits["args"])
+        params = list(inspect.signature(e.fn).parameters)[1:]
+        assert set(params) <= described, f"{e.name}: describe {set(params) - described} in ARG_SCHEMAS or its args"
+        tool_schema(e.name)  # and the schema builds
     zoom = tool_schema("zoom", "norm1000")["function"]
     assert zoom["name"] == "zoom" and zoom["description"].startswith("Zoom by factor")
     assert zoom["parameters"]["required"] == ["factor"]  # center has a default

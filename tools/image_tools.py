@@ -1,4 +1,5 @@
-"""The eleven image tools of seed 000, as plain functions `fn(image, **args) -> ToolResult`.
+"""The eleven image tools of seed 000, as plain functions `fn(image, **args) -> ToolResult`, each registered
+under its name and seed 000's alias (tools/registry.py; tools/base.py has what they are made of).
 
 Each tool checks its own arguments and answers a mistake with `ToolResult(error="<tool>: <what was wrong>")`
 instead of raising, because that text is what the model reads as the tool's output. Coordinates (crop's box,
@@ -14,62 +15,18 @@ Run the tests: `python -m pytest -q tests/test_tools_image.py`.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
-from dataclasses import dataclass
 
 from PIL import Image, ImageEnhance, ImageFilter, ImageStat
 
+from tools.base import PIXEL_CEILING, RESAMPLE, WHITE, BadArgument, ToolResult, over_pixel_limit, tool
 from tools.boxes import clamp_box, finite_number, show, validate_box
+from tools.registry import register
 
-PIXEL_CEILING = 4096 * 4096  # no tool allocates more (64 MB of RGB); ToolLimits.max_output_pixels must not exceed it
 MAX_ZOOM = 16.0
 MAX_ENHANCE = 10.0  # brightness / contrast / sharpen factors
 MAX_BLUR_RADIUS = 50.0
-RESAMPLE = Image.Resampling.BICUBIC
-WHITE = {"RGB": (255, 255, 255), "L": 255}  # the modes tools work in; any other input is converted to RGB first
 FLIPS = {"horizontal": Image.Transpose.FLIP_LEFT_RIGHT, "vertical": Image.Transpose.FLIP_TOP_BOTTOM}
-
-
-@dataclass
-class ToolResult:
-    image: Image.Image | None = None
-    text: str | None = None
-    error: str | None = None  # shown to the model as the tool's output
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-class BadArgument(ValueError):
-    """An argument the model got wrong; the message (the tool adds its name) is shown to the model."""
-
-
-def tool(fn):
-    """Make fn(image, *, named args) a tool: unknown or missing arguments and BadArgument become error results."""
-    params = list(inspect.signature(fn).parameters.values())[1:]  # [0] is the image
-    names = [p.name for p in params]
-    required = [p.name for p in params if p.default is inspect.Parameter.empty]
-    takes = f"it takes {', '.join(names)}" if names else "it takes no arguments"
-
-    @functools.wraps(fn)
-    def run(image: Image.Image, /, **args) -> ToolResult:  # positional: an "image" argument is just unknown
-        unknown = [name for name in args if name not in names]
-        if unknown:
-            return ToolResult(error=f"{fn.__name__}: unknown argument {show(unknown[0])}; {takes}")
-        missing = [name for name in required if name not in args]
-        if missing:
-            return ToolResult(error=f"{fn.__name__}: missing argument {show(missing[0])}; {takes}")
-        if image.mode not in WHITE:
-            image = image.convert("RGB")
-        try:
-            return fn(image, **args)
-        except BadArgument as exc:
-            return ToolResult(error=f"{fn.__name__}: {exc}")
-
-    return run
 
 
 def _number(name: str, value, low: float, high: float, *, above_low: bool = False) -> float:
@@ -100,19 +57,13 @@ def _point(name: str, value, size: tuple[int, int]) -> tuple[float, float]:
     return point[0], point[1]
 
 
-def over_pixel_limit(width: int, height: int, limit: int) -> str | None:
-    """Why a width x height output is refused (more than `limit` pixels), or None."""
-    if width * height <= limit:
-        return None
-    return f"the output would be {width}x{height} = {width * height} pixels, over the limit of {limit}"
-
-
 def _check_pixels(width: int, height: int) -> None:
     problem = over_pixel_limit(width, height, PIXEL_CEILING)
     if problem:
         raise BadArgument(problem)
 
 
+@register("crop", aliases=("crop_image",))  # seed 000 calls it crop_image
 @tool
 def crop(image, box):
     """Cut out the region box [x1, y1, x2, y2] (x1 < x2, y1 < y2).
@@ -127,6 +78,7 @@ def crop(image, box):
     return ToolResult(image=image.crop((math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2))))
 
 
+@register("zoom", aliases=("zoom_image",))  # seed 000 calls it zoom_image
 @tool
 def zoom(image, factor, center=None):
     """Zoom by factor (> 0 and <= 16; above 1 zooms in) around center [x, y] (default: the middle); keeps the size.
@@ -148,6 +100,7 @@ def zoom(image, factor, center=None):
     return ToolResult(image=canvas)
 
 
+@register("rotate", aliases=("rotate_image",))  # seed 000 calls it rotate_image
 @tool
 def rotate(image, angle):
     """Rotate by angle degrees counter-clockwise (-360 to 360); the canvas grows to fit, new corners are white."""
@@ -158,6 +111,7 @@ def rotate(image, angle):
     return ToolResult(image=image.rotate(degrees, RESAMPLE, expand=True, fillcolor=WHITE[image.mode]))
 
 
+@register("flip", aliases=("flip_image",))  # seed 000 calls it flip_image
 @tool
 def flip(image, direction):
     """Mirror the image: direction "horizontal" (left-right) or "vertical" (top-bottom)."""
@@ -166,6 +120,7 @@ def flip(image, direction):
     return ToolResult(image=image.transpose(FLIPS[direction]))
 
 
+@register("brightness", aliases=("adjust_brightness",))  # seed 000 calls it adjust_brightness
 @tool
 def brightness(image, factor):
     """Scale brightness by factor (> 0 and <= 10; 1 keeps the image, 2 doubles it)."""
@@ -173,6 +128,7 @@ def brightness(image, factor):
     return ToolResult(image=ImageEnhance.Brightness(image).enhance(f))
 
 
+@register("contrast", aliases=("adjust_contrast",))  # seed 000 calls it adjust_contrast
 @tool
 def contrast(image, factor):
     """Scale contrast around the mean grey by factor (> 0 and <= 10; 1 keeps the image)."""
@@ -180,6 +136,7 @@ def contrast(image, factor):
     return ToolResult(image=ImageEnhance.Contrast(image).enhance(f))
 
 
+@register("blur", aliases=("apply_blur",))  # seed 000 calls it apply_blur
 @tool
 def blur(image, radius):
     """Gaussian blur of the given radius in pixels (0 to 50)."""
@@ -187,6 +144,7 @@ def blur(image, radius):
     return ToolResult(image=image.filter(ImageFilter.GaussianBlur(r)))
 
 
+@register("sharpen", aliases=("apply_sharpen",))  # seed 000 calls it apply_sharpen
 @tool
 def sharpen(image, factor=2.0):
     """Sharpen edges by factor (> 0 and <= 10, default 2; 1 keeps the image, below 1 softens)."""
@@ -194,12 +152,14 @@ def sharpen(image, factor=2.0):
     return ToolResult(image=ImageEnhance.Sharpness(image).enhance(f))
 
 
+@register("grayscale", aliases=("convert_grayscale",))  # seed 000 calls it convert_grayscale
 @tool
 def grayscale(image):
     """Convert to grey levels (ITU-R 601 luma)."""
     return ToolResult(image=image.convert("L"))
 
 
+@register("resize", aliases=("resize_image",))  # seed 000 calls it resize_image
 @tool
 def resize(image, width=None, height=None, keep_aspect=True):
     """Resize to width and/or height pixels; with keep_aspect (default true) fit inside them keeping the shape."""
@@ -217,6 +177,7 @@ def resize(image, width=None, height=None, keep_aspect=True):
     return ToolResult(image=image.resize((new_w, new_h), RESAMPLE))
 
 
+@register("info", aliases=("get_image_info",))  # seed 000 calls it get_image_info
 @tool
 def info(image):
     """Describe the image: size, colour mode and mean colour."""
@@ -224,6 +185,3 @@ def info(image):
     red, green, blue = (math.floor(m + 0.5) for m in means)  # round half up
     size = f"{image.width}x{image.height}"
     return ToolResult(text=f"size {size} pixels, mode {image.mode}, mean colour RGB({red}, {green}, {blue})")
-
-
-ALL_TOOLS = [crop, zoom, rotate, flip, brightness, contrast, blur, sharpen, grayscale, resize, info]

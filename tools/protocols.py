@@ -6,7 +6,7 @@
   the result comes back in the next message; `<answer>...</answer>` ends the episode.
 Both accept "arguments" or "args". Parsing checks only the shape (a name, an object of arguments, 4 finite numbers
 for a bare box); whether the tool exists and its arguments make sense is `tools.registry.call_tool`'s job.
-`describe_tools` writes the system-prompt text from the registry, so prompts list exactly the registered tools.
+What the model is TOLD about the tools is tools/schema.py's (`tools_section`), from the registry.
 
     from tools.protocols import find_last_call
     find_last_call('look <tool_call>[10, 20, 110, 90]</tool_call>', "inline")  # ToolCall("crop", {"box": [...]})
@@ -16,13 +16,11 @@ Run the tests: `python -m pytest -q tests/test_tools_protocols.py`.
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass
 from typing import Callable
 
 from tools.boxes import box_numbers, show
-from tools.registry import CANONICAL, TOOLS
 
 
 @dataclass
@@ -85,7 +83,6 @@ class Protocol:
     open_tag: str
     close_tag: str
     parse_body: Callable[[str], ToolCall | str]
-    prompt: str  # how the system prompt tells the model to call tools
 
 
 PROTOCOLS = {
@@ -93,18 +90,13 @@ PROTOCOLS = {
         "<tool_call>",
         "</tool_call>",
         parse_inline_call,
-        "To look closer at a region, write <tool_call>[x1, y1, x2, y2]</tool_call>; the crop is shown to you next. "
-        'Call another tool with <tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>.',
     ),
     "multiturn": Protocol(
         "<tool>",
         "</tool>",
         parse_multiturn_call,
-        'Call a tool with <tool>{"name": "<tool>", "args": {...}}</tool>; its result comes in the next message. '
-        "Give your final answer as <answer>...</answer>.",
     ),
 }
-TOOL_CALL_FORMATS = {name: protocol.prompt for name, protocol in PROTOCOLS.items()}
 
 
 def _protocol(name: str) -> Protocol:
@@ -128,27 +120,3 @@ def find_last_call(text: str, protocol: str) -> ToolCall | str | None:
 def parse_multiturn(text: str) -> ToolCall | str | None:
     """Seed 000's turn: the call in its last <tool>...</tool>, an error string, or None (no call, or an answer)."""
     return find_last_call(text, "multiturn")
-
-
-FRAME_WORDS = {
-    "pixels": "pixels of the image",
-    "resized": "pixels of the image as you see it",
-    "norm1000": "numbers from 0 to 1000 across the image's width and height",
-}
-
-
-def describe_tools(protocol: str | None = None, names: list[str] | None = None, frame: str = "pixels") -> str:
-    """System-prompt text: how to call tools (if `protocol`), then one line per tool (default: all canonical ones)."""
-    if frame not in FRAME_WORDS:
-        raise ValueError(f"unknown box frame {frame!r}; frames: {', '.join(FRAME_WORDS)}")
-    unknown = [name for name in names or [] if name not in TOOLS]
-    if unknown:
-        raise ValueError(f"unknown tool {unknown[0]!r}; tools: {', '.join(CANONICAL)}")
-    lines = [_protocol(protocol).prompt] if protocol else []
-    lines.append(f"Coordinates (box, center) are {FRAME_WORDS[frame]}. Tools:")
-    for name in names or list(CANONICAL):
-        fn = TOOLS[name]
-        params = list(inspect.signature(fn).parameters.values())[1:]  # [0] is the image
-        shown = [p.name if p.default is p.empty else f"{p.name}={json.dumps(p.default)}" for p in params]
-        lines.append(f"- {name}({', '.join(shown)}): {inspect.getdoc(fn).splitlines()[0]}")
-    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The tool registry: `TOOLS` (name -> tool function), `call_tool` (never raises), output guards, and `ToolStats`.
+"""The tool registry: `TOOLS` (name -> tool function, with seed-000 aliases), `call_tool` (never raises), output
+guards, and `ToolStats`.
 
 `call_tool(name, args, image, limits)` is the one way the rollout runs a tool. Whatever the model wrote, it returns
 a ToolResult; an error's text is what the model sees as the tool's output. Every output image then passes the
@@ -8,6 +9,9 @@ short side over `max_crop_short_side` -> downsized keeping the aspect ratio (see
     from tools.registry import TOOLS, ToolLimits, call_tool
     result = call_tool("crop", {"box": [0, 0, 100, 50]}, image, ToolLimits())
 
+A tool registers with `@register(name, aliases=(...), args={arg: JSON schema})` on a `tools.base.tool` function
+(tools/image_tools.py has the built-ins; a plugin adds its own the same way). `aliases` are other names the model
+may call it by; `args` describes argument names that tools/schema.py's ARG_SCHEMAS does not already know.
 Run the tests: `python -m pytest -q tests/test_tools_registry.py`.
 """
 
@@ -17,26 +21,18 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from tools.image_tools import ALL_TOOLS, PIXEL_CEILING, RESAMPLE, ToolResult, over_pixel_limit
+from registry import Registry
+from tools.base import PIXEL_CEILING, RESAMPLE, ToolResult, over_pixel_limit
 
-__all__ = ["ALIASES", "TOOLS", "ToolLimits", "ToolResult", "ToolStats", "call_tool", "canonical_name"]
+__all__ = ["TOOLS", "ToolLimits", "ToolResult", "ToolStats", "call_tool", "canonical_name", "register", "tool_fn"]
 
-# seed 000's tool names -> canonical names
-ALIASES = {
-    "crop_image": "crop",
-    "zoom_image": "zoom",
-    "rotate_image": "rotate",
-    "flip_image": "flip",
-    "adjust_brightness": "brightness",
-    "adjust_contrast": "contrast",
-    "apply_blur": "blur",
-    "apply_sharpen": "sharpen",
-    "convert_grayscale": "grayscale",
-    "resize_image": "resize",
-    "get_image_info": "info",
-}
-CANONICAL = {fn.__name__: fn for fn in ALL_TOOLS}
-TOOLS = {**CANONICAL, **{alias: CANONICAL[name] for alias, name in ALIASES.items()}}
+TOOLS = Registry("tool", "rollout.tools", builtins=("tools.image_tools",), traits={"aliases": (), "args": {}})
+register = TOOLS.register
+
+
+def aliases() -> dict[str, str]:
+    """Every alias -> its tool's name (seed 000's names: "adjust_brightness" -> "brightness")."""
+    return {alias: e.name for e in TOOLS.entries() for alias in e.traits["aliases"]}
 
 
 @dataclass
@@ -60,10 +56,19 @@ class ToolLimits:
 
 
 def canonical_name(name) -> str | None:
-    """The canonical name of a registered tool ("adjust_brightness" -> "brightness"), None if unknown."""
-    if not isinstance(name, str) or name not in TOOLS:
+    """The registered name of a tool called by its name or an alias ("adjust_brightness" -> "brightness"), None if
+    unknown."""
+    if not isinstance(name, str):
         return None
-    return ALIASES.get(name, name)
+    return name if name in TOOLS else aliases().get(name)
+
+
+def tool_fn(name: str):
+    """The tool function a name or an alias calls (KeyError when unknown)."""
+    canonical = canonical_name(name)
+    if canonical is None:
+        raise KeyError(name)
+    return TOOLS[canonical]
 
 
 def call_tool(name, args, image: Image.Image, limits: ToolLimits | None = None) -> ToolResult:
@@ -71,11 +76,11 @@ def call_tool(name, args, image: Image.Image, limits: ToolLimits | None = None) 
     limits = ToolLimits() if limits is None else limits
     canonical = canonical_name(name)
     if canonical is None:
-        return ToolResult(error=f"unknown tool {show_name(name)}; known tools: {', '.join(CANONICAL)}")
+        return ToolResult(error=f"unknown tool {show_name(name)}; known tools: {', '.join(TOOLS.names())}")
     if not isinstance(args, dict):
         return ToolResult(error=f"{name}: arguments must be a JSON object, got {type(args).__name__}")
     try:
-        result = TOOLS[name](image, **args)
+        result = TOOLS[canonical](image, **args)
         if result.image is not None:
             result = guard_output(name, result.image, limits)
     except Exception as exc:  # a tool bug or a PIL failure must not end the rollout

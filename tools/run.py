@@ -2,7 +2,7 @@
 
     python -m tools.run zoom --image photo.jpg --args '{"factor": 2}' --out zoomed.png
     python -m tools.run info --image photo.jpg
-    python -m tools.run --list                      # the tool descriptions a system prompt gets
+    python -m tools.run --list                      # every registered tool, its arguments and aliases
 
 Writes the output image to --out (or prints the text of `info`). Any bad input -- unknown tool, malformed JSON,
 a bad argument, an unreadable image, an unwritable output -- prints the reason to stderr and exits with status 2.
@@ -11,13 +11,24 @@ a bad argument, an unreadable image, an unwritable output -- prints the reason t
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 
 from PIL import Image, ImageOps
 
-from tools.protocols import describe_tools
-from tools.registry import ToolLimits, call_tool
+from tools.registry import TOOLS, ToolLimits, call_tool
+
+
+def listing() -> str:
+    """Every registered tool as `name(args): description`, with the names it is also called by."""
+    lines = []
+    for e in TOOLS.entries():
+        params = list(inspect.signature(e.fn).parameters.values())[1:]  # [0] is the image
+        shown = [p.name if p.default is p.empty else f"{p.name}={json.dumps(p.default)}" for p in params]
+        also = f" (also {', '.join(e.traits['aliases'])})" if e.traits["aliases"] else ""
+        lines.append(f"{e.name}({', '.join(shown)}){also}: {inspect.getdoc(e.fn).splitlines()[0]}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", help="input image file")
     parser.add_argument("--args", default="{}", help='tool arguments as a JSON object, e.g. \'{"factor": 2}\'')
     parser.add_argument("--out", help="where to write the output image (format from the extension)")
-    parser.add_argument("--list", action="store_true", help="print the tool descriptions and exit")
+    parser.add_argument("--list", action="store_true", help="list the registered tools and exit")
     opts = parser.parse_args(argv)
     if opts.list:
-        print(describe_tools())
+        print(listing())
         return 0
     if not opts.name or not opts.image:
         return _fail("give a tool name and --image FILE (or --list)")

@@ -9,8 +9,9 @@ the protocol's call format, so enabling a tool in the config (`rollout.tools`) i
 
 For the inline protocol the section is, byte for byte, what Qwen2.5's template writes when given `tools=`
 (tested); the multiturn protocol keeps the convention and names its own tags (`<tool>`, "args").
-A signature's description is the tool's docstring's first line; argument types come from `ARG_SCHEMAS` (a tool
-with an argument missing there fails tests/test_tools_schema.py, so a new tool cannot go undescribed).
+A signature's description is the tool's docstring's first line; argument types come from `ARG_SCHEMAS` and the
+tool's own `args` (tools/registry.py); a tool with an undescribed argument is an error here, and
+tests/test_tools_schema.py checks every registered tool, so a new tool cannot go undescribed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 
-from tools.registry import CANONICAL, TOOLS, canonical_name
+from tools.registry import TOOLS, canonical_name
 
 # Every argument name any tool takes -> its JSON schema (without the description of box frames; see `_frame`).
 ARG_SCHEMAS = {
@@ -58,18 +59,22 @@ def check_tool_names(names: list[str]) -> list[str]:
     """The canonical names of `names`; a ValueError naming the first unknown one and the known ones."""
     unknown = [n for n in names if canonical_name(n) is None]
     if unknown:
-        raise ValueError(f"rollout.tools: unknown tool {unknown[0]!r}; tools: {', '.join(CANONICAL)} "
+        raise ValueError(f"rollout.tools: unknown tool {unknown[0]!r}; tools: {', '.join(TOOLS.names())} "
                          "(python -m tools.run --list)")
     return [canonical_name(n) for n in names]
 
 
 def tool_schema(name: str, frame: str = "pixels") -> dict:
     """One tool's signature in the OpenAI/Qwen function format, from its Python signature and docstring."""
-    fn = TOOLS[name]
+    entry = TOOLS.entry(canonical_name(name) or name)
+    fn, arg_schemas = entry.fn, {**ARG_SCHEMAS, **entry.traits["args"]}  # a tool's own args describe new names
     params = list(inspect.signature(fn).parameters.values())[1:]  # [0] is the image
     properties = {}
     for p in params:
-        schema = dict(ARG_SCHEMAS[p.name])
+        if p.name not in arg_schemas:
+            raise ValueError(f"tool {name!r}: argument {p.name!r} has no JSON schema; register the tool with "
+                             f"args={{{p.name!r}: {{\"type\": ...}}}}")
+        schema = dict(arg_schemas[p.name])
         if p.name in ("box", "center"):
             schema["description"] = f"{schema['description']} {FRAME_WORDS[frame]}"
         if p.default is not p.empty and p.default is not None:

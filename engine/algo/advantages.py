@@ -1,19 +1,21 @@
 """Group-relative advantage estimators: one reward per sequence in, one advantage per sequence out.
 
-`ADVANTAGES[name](*, rewards_B, group_B, eps) -> adv_B`. `group_B[b]` is the id of the prompt group that
-sequence b was sampled for; ids are arbitrary integers, groups may differ in size and need not be contiguous.
-The step calls `ADVANTAGES[name](...)` once per optimizer step and broadcasts `adv_B` over each sequence's
-tokens before the loss.
+`ADVANTAGES[name](*, rewards_B, group_B, settings) -> adv_B`, registered with `@ADVANTAGES.register(name,
+settings=...)` (engine/config/registries.py); `settings` is the estimator's own `[algo.<name>]` section, or None.
+`group_B[b]` is the id of the prompt group that sequence b was sampled for; ids are arbitrary integers, groups may
+differ in size and need not be contiguous. The step calls it once per optimizer step on the rewards of EVERY rank
+(gathered: a whole-batch statistic such as REINFORCE++'s batch std does not depend on the number of processes)
+and broadcasts `adv_B` over each sequence's tokens before the loss.
 
 Shape legend: B sequences (all groups of the step together), G groups (unique ids), T tokens.
 
 Estimators and where they depart from their papers or peers:
 - "grpo" (DeepSeekMath, arXiv 2402.03300): (r − mean_g) / (std_g + eps), std Bessel-corrected (n − 1) as in
-  verl and TRL. eps defaults to verl's 1e-6; TRL uses 1e-4.
+  verl and TRL. `[algo.grpo] eps` defaults to verl's 1e-6; TRL uses 1e-4.
 - "drgrpo" (Dr.GRPO, arXiv 2503.20783): r − mean_g, no division by the std (the paper's fix for the
   question-level difficulty bias).
 - "rloo" (RLOO, arXiv 2402.14740): r_i − mean of the OTHER samples of the group = n/(n−1) · (r_i − mean_g).
-  "drgrpo" and "rloo" accept `eps` and ignore it, so that all estimators share one signature.
+  "drgrpo" and "rloo" have no settings.
 
 Two rules shared by all three, chosen on purpose:
 - A group of ONE sample gets advantage 0. This is TRL's behaviour; verl's GRPO instead passes the raw score
@@ -35,7 +37,15 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from engine.config.parsing import doc
+from engine.config.registries import ADVANTAGES
+
 AdvantageFn = Callable[..., Tensor]
+
+
+@dataclass
+class GRPOSettings:
+    eps: float = doc(1e-6, "ε added to the group std (verl: 1e-6; TRL: 1e-4).", gt=0.0)
 
 
 @dataclass(frozen=True)
@@ -80,26 +90,28 @@ def _groups(rewards_B: Tensor, group_B: Tensor) -> _Groups:
     )
 
 
-def grpo(*, rewards_B: Tensor, group_B: Tensor, eps: float = 1e-6) -> Tensor:
+@ADVANTAGES.register("grpo", settings=GRPOSettings)
+def grpo(*, rewards_B: Tensor, group_B: Tensor, settings: GRPOSettings | None = None) -> Tensor:
     """(r − mean_g) / (std_g + eps) with the Bessel-corrected std; 0 for constant groups and groups of one."""
+    eps = (settings or GRPOSettings()).eps
     g = _groups(rewards_B, group_B)
     dev_B = g.r_B - g.mean_B
     std_B = torch.sqrt(_group_sum(dev_B * dev_B, g) / (g.n_B - 1).clamp(min=1))  # n − 1, as torch.std in verl/TRL
     return torch.where(g.constant_B, 0.0, dev_B / (std_B + eps)).to(rewards_B.dtype)
 
 
-def drgrpo(*, rewards_B: Tensor, group_B: Tensor, eps: float = 1e-6) -> Tensor:
-    """r − mean_g (Dr.GRPO drops the std division); 0 for constant groups and groups of one. No `eps`."""
+@ADVANTAGES.register("drgrpo")
+def drgrpo(*, rewards_B: Tensor, group_B: Tensor, settings: None = None) -> Tensor:
+    """r − mean_g (Dr.GRPO drops the std division); 0 for constant groups and groups of one."""
     g = _groups(rewards_B, group_B)
     return torch.where(g.constant_B, 0.0, g.r_B - g.mean_B).to(rewards_B.dtype)
 
 
-def rloo(*, rewards_B: Tensor, group_B: Tensor, eps: float = 1e-6) -> Tensor:
-    """r_i − mean of the other n − 1 rewards of its group; 0 for constant groups and groups of one. No `eps`."""
+@ADVANTAGES.register("rloo")
+def rloo(*, rewards_B: Tensor, group_B: Tensor, settings: None = None) -> Tensor:
+    """r_i − mean of the other n − 1 rewards of its group; 0 for constant groups and groups of one."""
     g = _groups(rewards_B, group_B)
     # r_i − (n·mean − r_i)/(n − 1) = n/(n − 1) · (r_i − mean); n = 1 is a constant group, zeroed below.
     adv_B = g.n_B / (g.n_B - 1).clamp(min=1) * (g.r_B - g.mean_B)
     return torch.where(g.constant_B, 0.0, adv_B).to(rewards_B.dtype)
 
-
-ADVANTAGES: dict[str, AdvantageFn] = {"grpo": grpo, "drgrpo": drgrpo, "rloo": rloo}

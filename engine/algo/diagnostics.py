@@ -41,24 +41,21 @@ from rewards.tool_target import HIT_IOU, crop_target_iou
 _PREFIX = "tokens/"
 
 
-def class_metrics(class_K: torch.Tensor, *, adv_K: torch.Tensor, entropy_K: torch.Tensor,
-                  loss_metrics: Callable[[torch.Tensor], dict]) -> dict[str, torch.Tensor]:
+def class_metrics(class_K: torch.Tensor, *, adv_K: torch.Tensor, token_metrics: dict[str, torch.Tensor]
+                  ) -> dict[str, torch.Tensor]:
     """Per token class, detached sums over its tokens divided by the row's token count K (see the reduction note
-    above). `loss_metrics(mask_K)` is the loss's own metrics over the tokens of a mask (its clip fractions)."""
+    above): its share, the advantage it carries, and each per-token metric of the row (the loss's own: clip
+    indicators, ratio, KL; and the entropy), reduced from the one loss call."""
     n = max(class_K.numel(), 1)
     out: dict[str, torch.Tensor] = {}
-    adv_K, entropy_K = adv_K.detach().float(), entropy_K.detach().float()
+    adv_K = adv_K.detach().float()
     for cls, name in enumerate(TOKEN_CLASSES):
         keep_K = class_K.to(adv_K.device) == cls
-        count = keep_K.sum()
-        share = count.float() / n
-        out[f"{_PREFIX}{name}/share"] = share
+        out[f"{_PREFIX}{name}/share"] = keep_K.sum().float() / n
         out[f"{_PREFIX}{name}/adv_mean"] = torch.where(keep_K, adv_K, 0.0).sum() / n
         out[f"{_PREFIX}{name}/adv_abs"] = torch.where(keep_K, adv_K.abs(), 0.0).sum() / n
-        out[f"{_PREFIX}{name}/entropy"] = torch.where(keep_K, entropy_K, 0.0).sum() / n
-        for key, value in loss_metrics(keep_K).items():
-            if key.startswith("clip_frac"):  # a masked mean over the class: times its share, a sum over n
-                out[f"{_PREFIX}{name}/{key}"] = value.detach().float() * share
+        for key, value_K in token_metrics.items():
+            out[f"{_PREFIX}{name}/{key}"] = torch.where(keep_K, value_K.float(), 0.0).sum() / n
     return out
 
 

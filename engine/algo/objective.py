@@ -13,14 +13,15 @@ rows up with zero-weight copies, whose `padding_loss` adds exactly 0 to the grad
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from engine.runtime import distributed as D
 from engine.config.settings import AlgoConfig
 from engine.algo.diagnostics import class_metrics
-from engine.algo.losses import LOSSES, LossInputs, add_kl, aggregate, tis_weight
+from engine.algo.losses import LossInputs, add_kl, aggregate, tis_weight, token_metric_means
+from engine.config.registries import LOSSES
 from engine.forward.packing import PackedRow, row_logps
 
 
@@ -29,18 +30,22 @@ class StepBatch:
     adv_B: torch.Tensor
     num_tokens: int  # loss tokens in the whole optimizer step
     num_seqs: int  # trajectories in the whole optimizer step
-    norm_len: int | None = None  # Dr.GRPO's constant length (seq_mean_token_sum_norm): algo.norm_len or max_new_tokens
+    norm_len: int | None = None  # the aggregation's default length (Dr.GRPO's constant): rollout.max_new_tokens
     seq_len_B: torch.Tensor | None = None  # loss tokens of each trajectory
     group_B: torch.Tensor | None = None  # each trajectory's prompt group
     old_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None: on-policy (old = logp.detach())
-    ref_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None when kl_beta = 0
+    ref_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None when nothing needs the reference
     sampler_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; for truncated IS
+    step_stats: dict[str, torch.Tensor] | None = None  # the loss's step pass over the whole step, if it has one
 
 
 def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: AlgoConfig, *,
                 temperature: float = 1.0, chunk_tokens: int = 0):
-    """One row's loss (normalised by the step's global counts), its detached metrics and its token count."""
-    logp_K, entropy_K = row_logps(model, row, temperature=temperature, with_entropy=True, chunk_tokens=chunk_tokens)
+    """One row's loss (normalised by the step's global counts), its detached metrics and its token count. The loss
+    is called once; its per-token metrics are reduced here, over the row and per token class."""
+    loss_entry = LOSSES.entry(cfg.loss)
+    logp_K, entropy_K = row_logps(model, row, temperature=temperature, with_entropy=True, chunk_tokens=chunk_tokens,
+                                  entropy_grad="entropy" in loss_entry.traits["needs"])
     device = logp_K.device
     seq_K = row.seq_K.to(device)
     pick = lambda rows: None if rows is None else rows[row_index]  # noqa: E731
@@ -49,31 +54,28 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
                    adv=batch.adv_B.to(device)[seq_K], mask=torch.ones_like(logp_K),  # kept positions = loss tokens
                    seq_idx=seq_K, num_seqs=batch.num_seqs, num_tokens=batch.num_tokens, entropy=entropy_K,
                    ref_logp=pick(batch.ref_logp), sampler_logp=pick(batch.sampler_logp),
-                   seq_len_B=on_device(batch.seq_len_B), group_B=on_device(batch.group_B))
-    per_token_K, metrics = LOSSES[cfg.loss](x, cfg)
+                   seq_len_B=on_device(batch.seq_len_B), group_B=on_device(batch.group_B), step_stats=batch.step_stats)
+    per_token_K, metrics = loss_entry.fn(x, cfg.settings(cfg.loss))
     old_K, mask_K, sampler_K = x.old_logp, x.mask, x.sampler_logp
     if sampler_K is not None:  # the trainer's vs the sampler's log-prob of the same tokens
         log_ratio_K = (old_K - sampler_K).detach()
-        metrics["tis/mismatch_abs"] = log_ratio_K.abs().mean()
-        metrics["tis/ratio_mean"] = log_ratio_K.exp().mean()
+        metrics["tis/mismatch_abs"] = log_ratio_K.abs()
+        metrics["tis/ratio_mean"] = log_ratio_K.exp()
         if cfg.tis_cap is not None:
             per_token_K = per_token_K * tis_weight(old_logp=old_K, sampler_logp=sampler_K, mask=mask_K,
                                                    cap=cfg.tis_cap)
-            metrics["tis/capped_frac"] = (log_ratio_K.exp() > cfg.tis_cap).float().mean()
+            metrics["tis/capped_frac"] = (log_ratio_K.exp() > cfg.tis_cap).float()
     per_token_K, kl_metrics = add_kl(per_token_K, logp=logp_K, mask=mask_K, beta=cfg.kl_beta,
-                                     estimator=cfg.kl_estimator,
-                                     ref_logp=x.ref_logp)
+                                     estimator=cfg.kl_estimator, ref_logp=x.ref_logp if cfg.kl_beta > 0 else None)
     metrics.update(kl_metrics)
     loss = aggregate(per_token_K, mask=mask_K, seq_idx=seq_K, mode=cfg.aggregation, num_tokens=batch.num_tokens,
-                     num_seqs=batch.num_seqs, norm_len=batch.norm_len)
-    metrics["entropy"] = entropy_K.mean()
-    if row.class_K is not None:  # the same statistics per token class: tool call, answer, other text
-
-        def loss_metrics(keep_K):  # the loss's own clip fractions over one class's tokens (metrics only)
-            return LOSSES[cfg.loss](replace(x, logp=logp_K.detach(), mask=keep_K), cfg)[1]
-
-        metrics.update(class_metrics(row.class_K, adv_K=x.adv, entropy_K=entropy_K, loss_metrics=loss_metrics))
-    return loss, {k: v.detach() for k, v in metrics.items()}, logp_K.numel()
+                     num_seqs=batch.num_seqs, settings=cfg.settings(cfg.aggregation), default_len=batch.norm_len)
+    metrics["entropy"] = entropy_K.detach()
+    out = token_metric_means(metrics, mask_K)  # each per-token metric reduced once: over the row ...
+    if row.class_K is not None:  # ... and per token class: tool call, answer, other text
+        token_metrics = {k: v.detach() for k, v in metrics.items() if v.shape == logp_K.shape}
+        out.update(class_metrics(row.class_K, adv_K=x.adv, token_metrics=token_metrics))
+    return loss, out, logp_K.numel()
 
 
 @torch.no_grad()

@@ -3,15 +3,18 @@
     rollout → rewards → advantages → [old log-probs] → [reference log-probs] → micro-batch loss + backward
     → clip → AdamW step → metrics
 
-Each phase is one call, timed. Nothing here branches on a loss or estimator name: those are looked up in
-engine/algo/losses.py and engine/algo/advantages.py. The update (loss + backward per row, clip, AdamW) is engine/algo/update.py's,
+Each phase is one call, timed. Nothing here branches on a loss or estimator name: those are looked up in their
+registries (engine/config/registries.py), and what a loss declares (the inputs it needs, a step pass) decides which
+forwards run. The update (loss + backward per row, clip, AdamW) is engine/algo/update.py's,
 which SFT shares; the metric reduction is engine/algo/diagnostics.py's.
 
-Under torchrun each rank runs this on its own prompts (whole groups, so advantages stay local) with the policy
-FSDP-sharded (engine/runtime/distributed.py): rollout and rewards run inside `unsharded` (ranks stop at different
-tokens and make different numbers of forwards there); the loss normalisers are summed over ranks before the
-loss; every rank runs as many micro-batch rows as the busiest one (zero-weight padding rows); the metrics are
-gathered once and reduced as one process would reduce them. One process: every collective is the identity.
+Under torchrun each rank runs this on its own prompts (whole groups) with the policy FSDP-sharded
+(engine/runtime/distributed.py): rollout and rewards run inside `unsharded` (ranks stop at different tokens and make
+different numbers of forwards there); the advantage estimator sees every rank's rewards (gathered, in rank order,
+which is the one-process order), so whole-batch statistics do not depend on the process count; a loss's step pass
+sees every rank's tokens the same way; the loss normalisers are summed over ranks before the loss; every rank runs
+as many micro-batch rows as the busiest one (zero-weight padding rows); the metrics are gathered once and reduced
+as one process would reduce them. One process: every collective is the identity.
 Shapes: B trajectories.
 """
 
@@ -22,7 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.runtime import distributed as D
-from engine.algo.advantages import ADVANTAGES
+from engine.algo.losses import StepTokens
+from engine.config.registries import ADVANTAGES, LOSSES
 from engine.runtime.lora import adapters_disabled, is_peft, merged_state_dict
 from engine.algo.diagnostics import rank_record, step_metrics
 from engine.runtime.log import PhaseTimer
@@ -75,7 +79,7 @@ def reward_context(traj: Trajectory, vlm: VLM, scorer=None) -> RewardContext:
 def score(trajs: list[Trajectory], vlm: VLM, cfg, scorer=None) -> RewardBatch:
     return score_batch([t.text for t in trajs], [t.prompt.example for t in trajs],
                        [reward_context(t, vlm, scorer) for t in trajs], cfg.reward.weights,
-                       debug_path=cfg.reward.debug_path or None)
+                       settings=cfg.reward.components, debug_path=cfg.reward.debug_path or None)
 
 
 def keep_informative_groups(trajs: list[Trajectory], rewards_B: torch.Tensor) -> list[int]:
@@ -85,6 +89,32 @@ def keep_informative_groups(trajs: list[Trajectory], rewards_B: torch.Tensor) ->
     for i, t in enumerate(trajs):
         groups.setdefault(t.group, []).append(i)
     return [i for idx in groups.values() if rewards_B[idx].max() > rewards_B[idx].min() for i in idx]
+
+
+def step_advantages(rewards_B: torch.Tensor, group_B: torch.Tensor, algo) -> torch.Tensor:
+    """The estimator on every rank's rewards (gathered in rank order; groups renumbered so ranks never share an id),
+    then this rank's share: the same advantages as one process computing the whole batch."""
+    mine = D.all_gather_objects((rewards_B.tolist(), group_B.tolist()))
+    all_rewards = torch.tensor([r for rs, _ in mine for r in rs], dtype=rewards_B.dtype)
+    width = max((g for _, gs in mine for g in gs), default=0) + 1  # rank r's group g -> r·width + g
+    all_groups = torch.tensor([rank * width + g for rank, (_, gs) in enumerate(mine) for g in gs], dtype=torch.long)
+    adv_all = ADVANTAGES[algo.advantage](rewards_B=all_rewards, group_B=all_groups,
+                                         settings=algo.settings(algo.advantage))
+    start = sum(len(rs) for rs, _ in mine[:D.rank()])
+    return adv_all[start:start + len(rewards_B)]
+
+
+def step_tokens(rows, batch) -> StepTokens:
+    """Every loss token of the step over all ranks, flat and detached, in rank → row → position order: what a
+    loss's step pass sees (one gather of plain host tensors, once per step)."""
+    flat = lambda parts: torch.cat(parts) if parts else torch.zeros(0)  # noqa: E731  (a rank may keep nothing)
+    local = {"old_logp": flat([batch.old_logp[i].float().cpu() for i in range(len(rows))]),
+             "adv": flat([batch.adv_B.cpu()[r.seq_K].float() for r in rows])}
+    if batch.ref_logp is not None:
+        local["ref_logp"] = flat([batch.ref_logp[i].float().cpu() for i in range(len(rows))])
+    gathered = D.all_gather_objects(local)
+    device = batch.adv_B.device
+    return StepTokens(**{k: torch.cat([g[k] for g in gathered]).to(device) for k in local})
 
 
 def reference_logps(state: RLState, rows, *, temperature: float) -> dict[int, torch.Tensor]:
@@ -113,7 +143,7 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
     with timer.phase("advantages"):
         rewards_B = torch.tensor(rewards.total, dtype=torch.float32)
         group_B = torch.tensor([t.group for t in trajs])
-        adv_B = ADVANTAGES[cfg.algo.advantage](rewards_B=rewards_B, group_B=group_B, eps=cfg.algo.adv_eps)
+        adv_B = step_advantages(rewards_B, group_B, cfg.algo)
         kept = keep_informative_groups(trajs, rewards_B) if cfg.algo.drop_uniform_groups else list(range(len(trajs)))
     train_trajs = [trajs[i] for i in kept]
     # The step's normalisers over ALL ranks, counted before any loss (sync point: .tolist()).
@@ -126,18 +156,24 @@ def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajector
         rows, num_real = padded_rows(pack(train_trajs, budget), fallback=lambda: pack([any_traj], budget)[0])
         device = model_device(vlm.model)  # rewards and advantages are computed on the host; the loss is not
         batch = StepBatch(adv_B=adv_B[kept].to(device), num_tokens=num_tokens, num_seqs=num_seqs,
-                          norm_len=cfg.algo.norm_len or cfg.rollout.max_new_tokens,
+                          norm_len=cfg.rollout.max_new_tokens,
                           seq_len_B=torch.tensor([t.num_sampled for t in train_trajs], device=device),
                           group_B=group_B[kept].to(device))
-        with timer.phase("old_logp"):
-            if cfg.algo.num_updates > 1:
+        loss = LOSSES.entry(cfg.algo.loss)
+        with timer.phase("old_logp"):  # before any update: the behaviour policy (a step pass reads it too)
+            if cfg.algo.num_updates > 1 or loss.traits["step_pass"] is not None:
                 batch.old_logp = rows_logps(vlm.model, rows, temperature=temperature,
                                             chunk_tokens=cfg.model.logprob_chunk_tokens)
         with timer.phase("ref_logp"):
-            if cfg.algo.kl_beta > 0:
+            if cfg.algo.kl_beta > 0 or "ref_logp" in loss.traits["needs"]:
                 batch.ref_logp = reference_logps(state, rows, temperature=temperature)
-        if cfg.algo.tis_cap is not None or state.sampler is not None:  # vLLM: the mismatch is always logged
+        if (cfg.algo.tis_cap is not None or state.sampler is not None  # vLLM: the mismatch is always logged
+                or "sampler_logp" in loss.traits["needs"]):
             batch.sampler_logp = sampler_logps(rows[:num_real], train_trajs, device)
+        if loss.traits["step_pass"] is not None:
+            with timer.phase("step_pass"):
+                tokens = step_tokens(rows[:num_real], batch)
+                batch.step_stats = loss.traits["step_pass"](tokens, cfg.algo.settings(cfg.algo.loss))
         scoring = {"temperature": temperature, "chunk_tokens": cfg.model.logprob_chunk_tokens}
         row_loss = lambda i, row: policy_loss(vlm.model, row, i, batch, cfg.algo, **scoring)  # noqa: E731
         skipped = False

@@ -10,6 +10,11 @@ for top-level fields; `-` in a flag name reads as `_`). Then `validate()` runs o
 defines it, children before parents. A TOML or CLI value replaces a dict setting whole (no merging).
 A root class may define `MOVED: ClassVar[dict[str, str]] = {"old.key": "new.key"}`: a renamed key then fails
 with a message naming its new place, not "unknown key".
+A section may define `COMPONENTS: ClassVar[dict[str, Registry]]` (registry.py): the field that selects, and the
+registry it selects from. Every registered entry with a settings dataclass is then a section of its own under it
+(`[algo.gspo]`, `--algo.gspo.clip_high 4e-4`), documented by `describe`; the selected ones' settings live in the
+section's `components` dict (defaults when not set), and a section set for an unselected one is an error.
+Numbers may declare a range (`doc(1e-5, "...", gt=0)`); every float must be finite unless `finite=False`.
 
 Fields: `field(default=..., metadata={"help": "..."})`; `undocumented_fields(cls)` lists settings without help
 (section fields, i.e. nested dataclasses, are groupings and need none). Supported annotations (strings are
@@ -37,10 +42,33 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from registry import doc  # noqa: F401  (re-exported: config fields are made with it)
+
 _NONE_WORDS = ("none", "null")
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _SCALARS = (int, float, str, bool)
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+# ----------------------------------------------------------------------------------------------- fields
+_BOUNDS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b), "lt": ("<", lambda v, b: v < b),
+           "le": ("<=", lambda v, b: v <= b)}  # registry.doc's bound names: (shown as, holds)
+
+
+def _range_text(bounds: dict) -> str:
+    return " and ".join(f"{_BOUNDS[k][0]} {v:g}" for k, v in bounds.items() if k in _BOUNDS)
+
+
+def _check_bounds(key: str, tp: Any, value: Any, bounds: dict) -> None:
+    """ValueError when a number is outside its field's declared range, or a float is nan / inf."""
+    inner, _ = _split_optional(tp)
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if inner is float and bounds.get("finite", True) and not math.isfinite(value):
+        raise ValueError(f"{key} = {value!r}: must be a finite number")
+    failed = [k for k, b in bounds.items() if k in _BOUNDS and not _BOUNDS[k][1](value, b)]
+    if failed:
+        raise ValueError(f"{key} = {value!r} is out of range: must be {_range_text(bounds)}")
 
 
 # ----------------------------------------------------------------------------------------------- type helpers
@@ -87,12 +115,37 @@ def _fields(cls: type) -> tuple[tuple[str, Any, dataclasses.Field], ...]:
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not f.init or f.name == STORE:
             continue
         if not _supported(hints[f.name]):
             raise TypeError(f"{cls.__name__}.{f.name}: config type {hints[f.name]!r} is not supported")
         out.append((f.name, hints[f.name], f))
     return tuple(out)
+
+
+STORE = "components"  # the field of a section with COMPONENTS that holds the selected components' settings
+
+
+def _component_fields(cls: type) -> list[tuple[str, type, dataclasses.Field]]:
+    """A section class may declare `COMPONENTS = {"loss": LOSSES, ...}`: each registered entry with a settings
+    dataclass is then a section of its own, `[algo.<name>]`, read from the registry at every call (plugins register
+    late). Its values live in the section's `components` dict, for the selected components only."""
+    out, owner = [], {}
+    for selector, registry in getattr(cls, "COMPONENTS", {}).items():
+        for entry in registry.with_settings():
+            if entry.name in owner:
+                raise ValueError(f"{cls.__name__}: a {owner[entry.name]} and a {registry.kind} are both named "
+                                 f"{entry.name!r} and own settings; register one under another name")
+            owner[entry.name] = registry.kind
+            help_text = (f"Settings of the {registry.kind} {entry.name!r} ({entry.origin}): used when {selector} "
+                         "selects it; a section for an unselected one is an error.")
+            out.append((entry.name, entry.settings, dataclasses.field(metadata={"help": help_text, "owner": selector})))
+    return out
+
+
+def _all_fields(cls: type) -> tuple:
+    """`_fields` plus the registered components' sections (see `_component_fields`)."""
+    return _fields(cls) + tuple(_component_fields(cls))
 
 
 # ----------------------------------------------------------------------------------------------- value parsing
@@ -174,16 +227,18 @@ def _unknown(what: str, key: str, known: list[str], quote: str, fallback: str) -
 
 
 def _moved(moved: dict[str, str], key: str, where: str) -> None:
-    """A key the tree renamed: say where it lives now (the root class's `MOVED = {old: new}`)."""
+    """A key the tree renamed: say where it lives now (the root class's `MOVED = {old: new}`; a new place may hold
+    a placeholder such as `algo.<loss>.clip_low`, said as is)."""
     if key in moved:
-        raise ValueError(f"{where}{key} moved to {moved[key]}: write {moved[key]} instead "
-                         f"(TOML: `{moved[key].rpartition('.')[2]} = ...` under [{moved[key].rpartition('.')[0]}])")
+        new = moved[key]
+        raise ValueError(f"{where}{key} moved to {new}: write {new} instead "
+                         f"(TOML: `{new.rpartition('.')[2]} = ...` under [{new.rpartition('.')[0]}])")
 
 
 def _toml_updates(cls: type, table: dict, source: str, path: str = "", moved: dict[str, str] = {}) -> dict:
     """Check a parsed TOML table against `cls`; return {field: value or nested updates}."""
     loc = f"{source}: [{path or 'top level'}]"
-    by_name = {name: tp for name, tp, _ in _fields(cls)}
+    by_name = {name: tp for name, tp, _ in _all_fields(cls)}
     updates = {}
     for key, v in table.items():
         if key not in by_name:
@@ -201,7 +256,7 @@ def _toml_updates(cls: type, table: dict, source: str, path: str = "", moved: di
 
 def _walk(cls: type, prefix: str = ""):
     """Yield (dotted key, type, Field) for every field of the tree, sections before their fields."""
-    for name, tp, f in _fields(cls):
+    for name, tp, f in _all_fields(cls):
         yield prefix + name, tp, f
         if _is_section(tp):
             yield from _walk(tp, f"{prefix}{name}.")
@@ -234,24 +289,71 @@ def _cli_updates(cls: type, overrides: list[str], moved: dict[str, str] = {}) ->
 
 
 def _apply(obj: Any, updates: dict) -> Any:
-    """dataclasses.replace, recursively (works for frozen dataclasses too)."""
-    changes = {k: _apply(getattr(obj, k), v) if dataclasses.is_dataclass(getattr(obj, k)) else v
-               for k, v in updates.items()}
+    """dataclasses.replace, recursively (works for frozen dataclasses too); a component's section goes into the
+    section's `components` dict, over its current settings or its defaults."""
+    kinds = {name: tp for name, tp, _ in _component_fields(type(obj))}
+    changes, own = {}, {}
+    for k, v in updates.items():
+        if k in kinds:
+            own[k] = _apply(getattr(obj, STORE).get(k) or kinds[k](), v)
+        elif dataclasses.is_dataclass(getattr(obj, k)):
+            changes[k] = _apply(getattr(obj, k), v)
+        else:
+            changes[k] = v
+    if own:
+        changes[STORE] = {**getattr(obj, STORE), **own}
     return dataclasses.replace(obj, **changes)
 
 
-def _validate(obj: Any) -> None:
-    for name, tp, _ in _fields(type(obj)):
+def _selected(value: Any) -> set:
+    """The names a selecting field picks: a name, a list of names or a dict keyed by names."""
+    return set() if value is None else {value} if isinstance(value, str) else set(value)
+
+
+def _complete(obj: Any, file_updates: dict, flag_updates: dict, notes: list[str], path: str = "") -> Any:
+    """Every selected component that owns settings gets them (its defaults unless set). A section for a component
+    that is not selected is an error when it was set at or after the layer that made the selection (one file, or
+    the flags); a section the flags' new selection leaves behind (a preset's `[algo.ppo_clip]` under `--algo.loss
+    gspo`), or one inherited from a base config, is dropped and said in `notes`."""
+    changes = {name: _complete(getattr(obj, name), file_updates.get(name, {}), flag_updates.get(name, {}), notes,
+                               f"{path}{name}.")
+               for name, tp, _ in _fields(type(obj)) if _is_section(tp)}
+    fields = _component_fields(type(obj))
+    if fields:
+        kept = {}
+        for name, settings_cls, f in fields:
+            selector = f.metadata["owner"]
+            chosen = getattr(obj, selector)
+            if name in _selected(chosen):
+                kept[name] = getattr(obj, STORE).get(name) or settings_cls()
+                continue
+            what = f"does not name {name!r}" if isinstance(chosen, (list, dict)) else f"is {chosen!r}"
+            if name in flag_updates or (name in file_updates and selector not in flag_updates):
+                raise ValueError(f"[{path}{name}] is set but {path}{selector} {what}: a component's settings apply "
+                                 "only when it is selected; select it, or drop its settings")
+            if name in file_updates:
+                notes.append(f"[{path}{name}] from the config file is not used: {path}{selector} {what} (flags)")
+        changes[STORE] = kept
+    return dataclasses.replace(obj, **changes)
+
+
+def _validate(obj: Any, path: str = "") -> None:
+    for name, tp, f in _fields(type(obj)):
         if _is_section(tp):
-            _validate(getattr(obj, name))
+            _validate(getattr(obj, name), f"{path}{name}.")
+        else:
+            _check_bounds(path + name, tp, getattr(obj, name), f.metadata.get("bounds", {}))
+    for name, settings in sorted(getattr(obj, STORE, {}).items()):
+        _validate(settings, f"{path}{name}.")
     if hasattr(obj, "validate"):
         obj.validate()  # its ValueError names the key (the tree's convention), so it passes through as is
 
 
 def build_config(cls: type, *, toml_path: str | Path | None = None, overrides: list[str] = (),
-                 toml_text: str | None = None, base: Any = None, validate: bool = True) -> Any:
+                 toml_text: str | None = None, base: Any = None, validate: bool = True,
+                 notes: list[str] | None = None) -> Any:
     """Defaults in code (or `base`, e.g. a run's own resolved config), then the TOML file (or `toml_text`), then CLI
-    overrides; then validate()."""
+    overrides; then validate(). `notes` receives one line per setting of the file that the flags made unused."""
     cfg, source = (cls() if base is None else base), "<string>"
     if toml_path is not None:
         if toml_text is not None:
@@ -264,17 +366,23 @@ def build_config(cls: type, *, toml_path: str | Path | None = None, overrides: l
             table = tomllib.loads(toml_text)
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{source}: invalid TOML: {e}") from None
-        cfg = _apply(cfg, _toml_updates(cls, table, source, moved=getattr(cls, "MOVED", {})))
-    cfg = _apply(cfg, _cli_updates(cls, list(overrides), getattr(cls, "MOVED", {})))
+        file_updates = _toml_updates(cls, table, source, moved=getattr(cls, "MOVED", {}))
+        cfg = _apply(cfg, file_updates)
+    else:
+        file_updates = {}
+    flag_updates = _cli_updates(cls, list(overrides), getattr(cls, "MOVED", {}))
+    cfg = _complete(_apply(cfg, flag_updates), file_updates, flag_updates, [] if notes is None else notes)
     if validate:
         _validate(cfg)
     return cfg
 
 
 def differences(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
-    """(dotted key, value in a, value in b) for every setting where two configs of one tree differ, in tree order."""
+    """(dotted key, value in a, value in b) for every setting where two configs of one tree differ, in tree order;
+    a component's setting that only one of them has (another loss selected) shows None on the other side."""
     flat_a, flat_b = to_dict(a), to_dict(b)
-    return [(k, flat_a[k], flat_b[k]) for k in flat_a if flat_a[k] != flat_b[k]]
+    keys = list(flat_a) + [k for k in flat_b if k not in flat_a]
+    return [(k, flat_a.get(k), flat_b.get(k)) for k in keys if flat_a.get(k) != flat_b.get(k)]
 
 
 def from_toml_str(cls: type, text: str, *, validate: bool = True) -> Any:
@@ -334,6 +442,8 @@ def _toml_table(obj: Any, path: str, lines: list[str]) -> None:
         lines.append(f"{name} = {_toml_value(value)}")
     for name in sections:
         _toml_table(getattr(obj, name), f"{path}.{name}" if path else name, lines)
+    for name, settings in sorted(getattr(obj, STORE, {}).items()):  # the selected components' own sections
+        _toml_table(settings, f"{path}.{name}" if path else name, lines)
 
 
 def to_toml(cfg: Any) -> str:
@@ -349,21 +459,35 @@ def to_dict(cfg: Any, prefix: str = "") -> dict[str, Any]:
     for name, tp, _ in _fields(type(cfg)):
         v = getattr(cfg, name)
         out.update(to_dict(v, f"{prefix}{name}.") if _is_section(tp) else {prefix + name: v})
+    for name, settings in sorted(getattr(cfg, STORE, {}).items()):
+        out.update(to_dict(settings, f"{prefix}{name}."))
     return out
 
 
 def describe(cls: type) -> str:
-    """Every dotted key with its type, default (as TOML) and help, for `train.py --help-config`."""
-    lines = []
-    for key, tp, f in _walk(cls):
-        help_text = f.metadata.get("help", "")
-        if _is_section(tp):
-            lines += ["", f"[{key}]" + (f"  {help_text}" if help_text else "")]
-            continue
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        shown = "(required)" if default is dataclasses.MISSING else _toml_value(_field_value(tp, default, key))
-        lines.append(f"  --{key}: {_type_name(tp)} = {shown}")
-        lines += [f"      {h}" for h in (help_text or "(undocumented)").splitlines()]
+    """Every dotted key with its type, default (as TOML), range and help, and for a field that selects registered
+    components every registered name (a plugin's with where it came from), for `train.py --help-config`."""
+    lines: list[str] = []
+
+    def visit(c: type, prefix: str) -> None:
+        for name, tp, f in _all_fields(c):
+            key, help_text = prefix + name, f.metadata.get("help", "")
+            if _is_section(tp):
+                lines.extend(["", f"[{key}]" + (f"  {help_text}" if help_text else "")])
+                visit(tp, key + ".")
+                continue
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            shown = "(required)" if default is dataclasses.MISSING else _toml_value(_field_value(tp, default, key))
+            limits = _range_text(f.metadata.get("bounds", {}))
+            lines.append(f"  --{key}: {_type_name(tp)} = {shown}" + (f"  ({limits})" if limits else ""))
+            lines.extend(f"      {h}" for h in (help_text or "(undocumented)").splitlines())
+            registry = getattr(c, "COMPONENTS", {}).get(name)
+            if registry is not None:
+                names = [e.name + ("" if e.origin in registry.builtin_modules() else f" (from {e.origin})")
+                         for e in registry.entries()]
+                lines.append(f"      choices: {', '.join(names)}")
+
+    visit(cls, "")
     return "\n".join(lines).lstrip("\n") + "\n"
 
 

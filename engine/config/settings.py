@@ -16,6 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from engine.config.parsing import doc
+from engine.config.registries import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
+from rewards.registry import REWARDS
+from tools.protocols import PROTOCOLS
 from tools.schema import check_tool_names
 
 
@@ -25,13 +29,6 @@ def _choose(key: str, value, registry) -> None:
         raise ValueError(f"{key} = {value!r} is unknown; choose one of {', '.join(sorted(registry))}")
 
 
-def doc(default, help: str):
-    """A config field with its documentation (every field has one; tests check)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class ModelConfig:
     path: str = doc("", "Local Hugging Face VLM folder. Empty: build the tiny model named by `tiny_arch` (cached).")
@@ -39,7 +36,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = doc("float32", "Parameter dtype (bf16 is slow on CPUs without bf16 units).")
     attn_implementation: Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"] = doc("auto", "Attention kernel. auto: varlen on a CUDA GPU of compute capability >= 8.0 with bf16 / fp16 weights, sdpa elsewhere (the faster measured there). varlen (GPU: torch's variable-length flash attention, or flash-attn's when installed): packed rows without masks, one call per vision block. sdpa / eager score each micro-batch as a right-padded batch. Under auto, sdpa, eager and varlen, where a micro-batch holds several samples of one prompt and nothing else forbids it (gradient checkpointing while training, FSDP), its prompts run once and their samples on their KV cache (the prefix layout, engine/forward/layouts.py). flash_attention_2: transformers' flash-attn path (GPU, flash-attn installed). sdpa on a CPU runs models/attention.py's sdpa_gqa: the same kernel, grouped-query heads not repeated under a mask.")
     box_frame: Literal["pixels", "resized", "norm1000"] | None = doc(None, "Coordinate frame the model writes boxes in (none: the family's own).")
-    logprob_chunk_tokens: int = doc(2048, "Log-probs and entropy are computed from the LM head this many tokens at a time, and recomputed in the backward: peak logits memory ~ this × vocabulary × 4 bytes, whatever the micro-batch (Qwen's 151,936-token vocabulary: ~1.2 GB at 2048). 0: all kept tokens at once (autograd keeps their [tokens, vocab] logits).")
+    logprob_chunk_tokens: int = doc(2048, "Log-probs and entropy are computed from the LM head this many tokens at a time, and recomputed in the backward: peak logits memory ~ this × vocabulary × 4 bytes, whatever the micro-batch (Qwen's 151,936-token vocabulary: ~1.2 GB at 2048). 0: all kept tokens at once (autograd keeps their [tokens, vocab] logits).", ge=0)
     gradient_checkpointing: bool = doc(False, "Recompute each decoder layer's and vision block's activations in the backward pass instead of storing them: less activation memory for about one extra forward per update.")
 
     def validate(self) -> None:
@@ -47,9 +44,6 @@ class ModelConfig:
 
         if not self.path:
             _choose("model.tiny_arch", self.tiny_arch, ARCHS)
-        if self.logprob_chunk_tokens < 0:
-            raise ValueError(f"model.logprob_chunk_tokens {self.logprob_chunk_tokens}: 0 (no chunking) or a positive "
-                             "number of tokens")
 
 
 @dataclass
@@ -59,14 +53,14 @@ class DataConfig:
     image_root: str = doc("", "Folder that relative image paths are under (default: the data file's folder).")
     train_split: str = doc("", "Split of `train` to read when it has splits (a DatasetDict folder, a parquet folder); empty: train. Data without splits (a JSONL or parquet file, a single save_to_disk Dataset) is read whole, and naming a split for it is an error.")
     eval_split: str = doc("", "Split of `eval` to read when it has splits; empty: test.")
-    num_samples: int = doc(0, "Train on N training examples drawn at random (seeded by train.seed), in data order (0: all).")
-    max_pixels: int = doc(0, "Largest pixel count the image processor resizes an image to (Qwen's max_pixels; 0: the model folder's own).")
-    min_pixels: int = doc(0, "Smallest pixel count the image processor resizes an image to (Qwen's min_pixels; 0: the model folder's own).")
-    image_short_side: int = doc(0, "Resize each question image so its shorter side is this many pixels, keeping the aspect ratio, before the image processor sees it (seed 001: 448); crops are still cut from the original. 0: as is.")
+    num_samples: int = doc(0, "Train on N training examples drawn at random (seeded by train.seed), in data order (0: all).", ge=0)
+    max_pixels: int = doc(0, "Largest pixel count the image processor resizes an image to (Qwen's max_pixels; 0: the model folder's own).", ge=0)
+    min_pixels: int = doc(0, "Smallest pixel count the image processor resizes an image to (Qwen's min_pixels; 0: the model folder's own).", ge=0)
+    image_short_side: int = doc(0, "Resize each question image so its shorter side is this many pixels, keeping the aspect ratio, before the image processor sees it (seed 001: 448); crops are still cut from the original. 0: as is.", ge=0)
     skip_bad: bool = doc(False, "Skip malformed records (each is reported) instead of stopping at the first. Every image is decoded in full at load either way, so a broken one is found before training, never at step N.")
-    max_image_pixels: int = doc(4096 * 4096, "Pixel cap per image file at load (width x height; 0: none), before anything else reads it: above it an image is downsized to fit, its boxes and SFT crop targets scaled with it, or refused (oversized_images); said per record. Guards memory against huge files; the image processor's own resize is max_pixels.")
+    max_image_pixels: int = doc(4096 * 4096, "Pixel cap per image file at load (width x height; 0: none), before anything else reads it: above it an image is downsized to fit, its boxes and SFT crop targets scaled with it, or refused (oversized_images); said per record. Guards memory against huge files; the image processor's own resize is max_pixels.", ge=0)
     oversized_images: Literal["downsize", "refuse"] = doc("downsize", "What happens to an image over max_image_pixels: downsize (aspect kept) or refuse (a bad record).")
-    num_eval_examples: int = doc(0, "Evaluate on the first N held-out examples (0: all).")
+    num_eval_examples: int = doc(0, "Evaluate on the first N held-out examples (0: all).", ge=0)
     system_prompt: str = doc("", "System message; empty uses the chat template's default.")
     question_template: str = doc("{question}", "User text around the question; may use {question} and {choices}.")
     prefill: str = doc("", "Text placed at the start of the assistant turn (e.g. '<think>'); rewards see it too.")
@@ -74,12 +68,8 @@ class DataConfig:
                             "SFT target for examples without one; {answer}, {reasoning} (the reference steps joined, or a default sentence), {steps_json} (the reference steps as a JSON list, one item per step), {answer_json} (the answer as a JSON string), {box} (the first box in the model's frame, [x1, y1, x2, y2]).")
 
     def validate(self) -> None:
-        if min(self.num_samples, self.max_pixels, self.min_pixels, self.image_short_side) < 0:
-            raise ValueError("data.num_samples, max_pixels, min_pixels and image_short_side must be >= 0")
         if self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError(f"data.min_pixels {self.min_pixels} is above data.max_pixels {self.max_pixels}")
-        if self.max_image_pixels < 0:
-            raise ValueError(f"data.max_image_pixels = {self.max_image_pixels}: use a pixel count, or 0 for no cap")
 
 
 @dataclass
@@ -87,158 +77,120 @@ class RolloutConfig:
     """Sampling and rollout limits: `engine.rollout.rollout.rollout` and `models.generation.generate` read this object."""
 
     sampler: Literal["native", "vllm"] = doc("native", "Sampler: native (our batched KV-cache sampler) or vllm (in-process vLLM, engine/rollout/vllm_sampler.py: run under .venv-vllm from scripts/install_vllm.sh; one process, top_k 0, top_p 1; the policy's weights are pushed to it after every optimizer step).")
-    vllm_kv_cache_gib: int = doc(1, "KV-cache size of the vllm sampler in GiB (rollout.sampler = vllm only).")
-    group_size: int = doc(8, "Samples per prompt (G).")
-    prompts_per_step: int = doc(4, "Prompts per optimizer step over all processes (torchrun: a multiple of the number of processes, which split them).")
-    max_new_tokens: int = doc(64, "Sampled tokens per trajectory, over all tool rounds.")
-    max_total_tokens: int = doc(4096, "Cap on a trajectory's whole length: prompt, response and injected tool results.")
-    temperature: float = doc(1.0, "Sampling temperature; the trainer scores tokens under the same temperature.")
-    top_p: float = doc(1.0, "Nucleus sampling threshold (1: off).")
-    top_k: int = doc(0, "Top-k sampling (0: off).")
+    vllm_kv_cache_gib: int = doc(1, "KV-cache size of the vllm sampler in GiB (rollout.sampler = vllm only).", ge=1)
+    group_size: int = doc(8, "Samples per prompt (G).", ge=1)
+    prompts_per_step: int = doc(4, "Prompts per optimizer step over all processes (torchrun: a multiple of the number of processes, which split them).", ge=1)
+    max_new_tokens: int = doc(64, "Sampled tokens per trajectory, over all tool rounds.", ge=1)
+    max_total_tokens: int = doc(4096, "Cap on a trajectory's whole length: prompt, response and injected tool results.", ge=2)
+    temperature: float = doc(1.0, "Sampling temperature; the trainer scores tokens under the same temperature.", gt=0.0)
+    top_p: float = doc(1.0, "Nucleus sampling threshold (1: off).", gt=0.0, le=1.0)
+    top_k: int = doc(0, "Top-k sampling (0: off).", ge=0)
     cuda_graph: bool = doc(True, "Native sampler on a GPU: capture the decoding step as a CUDA graph and replay it (fixed-shape KV cache, models/decode_graph.py; the same tokens as eager decoding, ~10x fewer kernel launches). false: decode eagerly. No effect on CPU or with the vllm sampler.")
-    protocol: str | None = doc(None, "Tool protocol (engine/rollout/tool_protocols.py PROTOCOLS): none, inline (<tool_call>…</tool_call> inside the answer) or multiturn (<tool>…</tool> ends the turn).")
+    protocol: str | None = doc(None, "Tool protocol (tools/protocols.py PROTOCOLS): none, inline (<tool_call>…</tool_call> inside the answer) or multiturn (<tool>…</tool> ends the turn).")
     tools: list[str] = doc([], "Tools the model may call (names from `python -m tools.run --list`): the system prompt then lists their signatures and the protocol's call format (Qwen's `# Tools` convention, tools/schema.py), and a call to any other tool is answered with an error. Empty: every tool may run and the prompt lists none (write your own instructions in data.question_template or system_prompt). Needs protocol inline or multiturn.")
-    max_tool_calls: int = doc(2, "Tool calls allowed per trajectory.")
-    max_images: int = doc(4, "Images per trajectory, the original included.")
+    max_tool_calls: int = doc(2, "Tool calls allowed per trajectory.", ge=0)
+    max_images: int = doc(4, "Images per trajectory, the original included.", ge=1)
 
     def validate(self) -> None:
-        from engine.rollout.tool_protocols import PROTOCOLS
-
         if self.protocol is not None:
             _choose("rollout.protocol", self.protocol, PROTOCOLS)
         if self.sampler == "vllm" and (self.top_k > 0 or self.top_p < 1):
             raise ValueError("rollout.sampler = vllm needs top_k = 0 and top_p = 1: vLLM's log-probs are renormalised "
                              "over the top-k/top-p set, not the distribution the trainer scores")
-        if self.vllm_kv_cache_gib < 1 or (self.sampler != "vllm" and self.vllm_kv_cache_gib != 1):
-            raise ValueError("rollout.vllm_kv_cache_gib: an integer >= 1, and only with rollout.sampler = vllm")
+        if self.sampler != "vllm" and self.vllm_kv_cache_gib != 1:
+            raise ValueError("rollout.vllm_kv_cache_gib is set but rollout.sampler is native: it sizes the vllm "
+                             "sampler's KV cache only; leave it at 1")
         if self.tools and self.protocol is None:
             raise ValueError("rollout.tools is set but rollout.protocol is none: choose inline or multiturn")
         check_tool_names(self.tools)
-        if self.group_size < 1 or self.prompts_per_step < 1 or self.max_new_tokens < 1:
-            raise ValueError("rollout.group_size, prompts_per_step and max_new_tokens must be ≥ 1")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"rollout.top_p {self.top_p} must be in (0, 1]")
 
 
 @dataclass
 class AlgoConfig:
-    """The advantage estimator and everything that shapes the policy loss: every loss receives this object."""
+    """The advantage estimator and everything that shapes the policy loss. A registered loss, estimator or
+    aggregation that owns settings has its own section under this one (`[algo.ppo_clip] clip_high = 0.28`,
+    `--algo.grpo.eps 1e-4`), filled with its defaults when selected; `--help-config` lists them all."""
 
-    advantage: str = doc("grpo", "Advantage estimator (engine/algo/advantages.py ADVANTAGES): grpo, drgrpo, rloo.")
-    adv_eps: float = doc(1e-6, "ε added to the group std in grpo.")
-    loss: str = doc("ppo_clip", "Policy loss (engine/algo/losses.py LOSSES): ppo_clip, is_pg, gspo, cispo.")
-    clip_low: float = doc(0.2, "Lower clip range ε_low: ratio ≥ 1 − ε_low (1.0 removes the bound: ρ ≥ 0 anyway).")
-    clip_high: float = doc(0.28, "Upper clip range ε_high: ratio ≤ 1 + ε_high (DAPO clip-higher: 0.28; GSPO: ~4e-4).")
-    dual_clip_c: float | None = doc(None, "Dual-clip bound c > 1 for negative advantages, ppo_clip and gspo (none: off; verl uses 3).")
-    aggregation: str = doc("token_mean", "Loss aggregation (engine/algo/losses.py AGGREGATIONS): token_mean, seq_mean_token_mean, seq_mean_token_sum_norm.")
-    norm_len: int | None = doc(None, "Dr.GRPO's constant length, seq_mean_token_sum_norm only (none: rollout.max_new_tokens).")
-    kl_beta: float = doc(0.0, "KL penalty weight to the frozen reference (0: no reference model is loaded).")
-    kl_estimator: str = doc("k3", "KL estimator (engine/algo/losses.py KL_ESTIMATORS): k1, k2, k3.")
-    tis_cap: float | None = doc(None, "Truncated importance-sampling cap on exp(old_logp − sampler_logp), for sampler/trainer mismatch (none: off; verl uses 2).")
-    num_updates: int = doc(1, "Optimizer updates per rollout (>1 computes old log-probs once, PPO-style).")
+    COMPONENTS: ClassVar[dict] = {"advantage": ADVANTAGES, "loss": LOSSES, "aggregation": AGGREGATIONS,
+                                  "kl_estimator": KL_ESTIMATORS}
+
+    advantage: str = doc("grpo", "Advantage estimator, one of the registered names (docs/PLUGINS.md adds one).")
+    loss: str = doc("ppo_clip", "Policy loss, one of the registered names (docs/PLUGINS.md adds one).")
+    aggregation: str = doc("token_mean", "How per-token losses are reduced, one of the registered names.")
+    kl_beta: float = doc(0.0, "KL penalty weight to the frozen reference (0: no reference model is loaded).", ge=0.0)
+    kl_estimator: str = doc("k3", "KL estimator, one of the registered names; acts only when kl_beta > 0.")
+    tis_cap: float | None = doc(None, "Truncated importance-sampling cap on exp(old_logp − sampler_logp), for sampler/trainer mismatch (none: off; verl uses 2).", gt=0.0)
+    num_updates: int = doc(1, "Optimizer updates per rollout (>1 computes old log-probs once, PPO-style; the clip ranges act only then, or when the sampler differs from the trainer).", ge=1)
     drop_uniform_groups: bool = doc(False, "Drop groups whose rewards are all equal (zero advantage: no signal) from the update; the batch shrinks (batch/kept_fraction). DAPO's dynamic sampling also samples more prompts to refill the batch; this does not.")
+    components: dict = field(default_factory=dict, metadata={"components": True})  # [algo.<name>] settings
 
     def validate(self) -> None:
-        from engine.algo.advantages import ADVANTAGES
-        from engine.algo.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES, USES_DUAL_CLIP
+        for key, registry in self.COMPONENTS.items():
+            name = getattr(self, key)
+            if name not in registry:
+                raise ValueError(registry.unknown(name))
+            check = registry.entry(name).traits["check"]
+            if check is not None:  # what the component needs of the rest of [algo]
+                check(self)
 
-        _choose("algo.advantage", self.advantage, ADVANTAGES)
-        _choose("algo.loss", self.loss, LOSSES)
-        _choose("algo.aggregation", self.aggregation, AGGREGATIONS)
-        _choose("algo.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
-        if self.num_updates < 1:
-            raise ValueError("algo.num_updates must be ≥ 1")
-        if not 0.0 <= self.clip_low <= 1.0:
-            raise ValueError(f"algo.clip_low = {self.clip_low} must be in [0, 1] (lower ratio bound 1 − clip_low)")
-        if self.clip_high < 0.0:
-            raise ValueError(f"algo.clip_high = {self.clip_high} must be >= 0 (upper ratio bound 1 + clip_high)")
-        if self.dual_clip_c is not None:
-            if self.dual_clip_c <= 1.0:
-                raise ValueError(f"algo.dual_clip_c = {self.dual_clip_c} must be > 1 (verl uses 3.0), or none")
-            if self.loss not in USES_DUAL_CLIP:
-                raise ValueError(f"algo.dual_clip_c is set but loss {self.loss!r} has no dual clip; it applies to "
-                                 f"{', '.join(sorted(USES_DUAL_CLIP))}. Set it to none")
-        if self.kl_beta < 0.0:
-            raise ValueError(f"algo.kl_beta = {self.kl_beta} must be >= 0")
-        if self.tis_cap is not None and self.tis_cap <= 0.0:
-            raise ValueError(f"algo.tis_cap = {self.tis_cap} must be > 0 (verl uses 2.0), or none to turn TIS off")
-        if self.norm_len is not None and self.aggregation != "seq_mean_token_sum_norm":
-            raise ValueError(f"algo.norm_len = {self.norm_len} is only used by aggregation seq_mean_token_sum_norm, "
-                             f"not {self.aggregation!r}: set it to none")
-        if self.norm_len is not None and self.norm_len <= 0:
-            raise ValueError(f"algo.norm_len = {self.norm_len} must be a positive token count")
+    def settings(self, name: str):
+        """The settings of the component `name`: as configured, else its defaults (None when it declares none)."""
+        if name in self.components:
+            return self.components[name]
+        owner = next(r for key, r in self.COMPONENTS.items() if getattr(self, key) == name)
+        cls = owner.entry(name).settings
+        return None if cls is None else cls()
 
 
 @dataclass
 class OptimConfig:
-    weight_decay: float = doc(0.0, "AdamW weight decay.")
-    beta1: float = doc(0.9, "AdamW β1.")
-    beta2: float = doc(0.999, "AdamW β2.")
-    warmup_steps: int = doc(0, "Linear warmup steps.")
+    weight_decay: float = doc(0.0, "AdamW weight decay.", ge=0.0)
+    beta1: float = doc(0.9, "AdamW β1.", ge=0.0, lt=1.0)
+    beta2: float = doc(0.999, "AdamW β2.", ge=0.0, lt=1.0)
+    warmup_steps: int = doc(0, "Linear warmup steps.", ge=0)
     schedule: Literal["cosine", "constant"] = doc("cosine", "LR schedule after warmup: cosine (to min_lr_ratio) or constant.")
-    min_lr_ratio: float = doc(0.1, "Cosine floor as a fraction of the stage's lr (sft.lr, rl.lr).")
-    max_grad_norm: float = doc(1.0, "Clip the global gradient norm to this (0: no clipping).")
-    micro_batch_tokens: int = doc(8192, "Token budget of one packed micro-batch row (activation memory scales with it).")
-    max_skipped_updates: int = doc(5, "An update whose loss or gradient is NaN/inf is skipped (weights, optimizer state and lr schedule untouched; counted as train/skipped_update, sft/skipped_update and skipped_updates in the summary); the run stops with exit status 3 after this many in a row (0: never stops).")
-
-    def validate(self) -> None:
-        if self.max_skipped_updates < 0:
-            raise ValueError(f"optim.max_skipped_updates = {self.max_skipped_updates}: use 0 (never stop) or N >= 1")
+    min_lr_ratio: float = doc(0.1, "Cosine floor as a fraction of the stage's lr (sft.lr, rl.lr).", ge=0.0, le=1.0)
+    max_grad_norm: float = doc(1.0, "Clip the global gradient norm to this (0: no clipping).", ge=0.0)
+    micro_batch_tokens: int = doc(8192, "Token budget of one packed micro-batch row (activation memory scales with it).", ge=1)
+    max_skipped_updates: int = doc(5, "An update whose loss or gradient is NaN/inf is skipped (weights, optimizer state and lr schedule untouched; counted as train/skipped_update, sft/skipped_update and skipped_updates in the summary); the run stops with exit status 3 after this many in a row (0: never stops).", ge=0)
 
 
 @dataclass
 class RewardConfig:
-    weights: dict[str, float] = doc({"format": 0.2, "accuracy": 1.0}, "Reward components and their weights (rewards/__init__.py lists the names; judge is built from judge_url).")
+    """The reward mix. A registered reward that owns settings has its own section under this one when weighted
+    (`[reward.judge] url = ...`); `--help-config` lists every registered reward's section."""
+
+    COMPONENTS: ClassVar[dict] = {"weights": REWARDS}
+
+    weights: dict[str, float] = doc({"format": 0.2, "accuracy": 1.0}, "Reward components and their weights (rewards.registry.REWARDS; --help-config lists their sections). A weight of 0 logs a reward without training on it.")
     debug_path: str = doc("", "Write every sample's text and reward parts to this JSONL (empty: off).")
-    scorer: Literal["policy"] | None = doc(None, "Model handle for model-based rewards (image_self, image_teacher, image_attention, image_embedding, blind): none, or policy (the policy itself, asked under no_grad in eval mode).")
+    scorer: Literal["policy"] | None = doc(None, "Model handle for the model-based rewards (those that need a scorer; the error names them when one is weighted without it): none, or policy (the policy itself, asked under no_grad in eval mode).")
     teacher_path: str = doc("", "Local VLM folder that image_teacher asks (needs scorer = policy; empty: none).")
     clip_path: str = doc("", "Local CLIP folder for image_embedding, read by clip_backend (needs scorer = policy; empty: none).")
     clip_backend: Literal["transformers", "open_clip"] = doc("transformers", "Library that reads clip_path: transformers (a CLIPModel folder) or open_clip (an open_clip local-dir folder: open_clip_config.json + weights; needs scripts/install_openclip.sh).")
-    scorer_max_new_tokens: int = doc(128, "Tokens the scorer may generate per reply (the blind pass of 'blind').")
+    scorer_max_new_tokens: int = doc(128, "Tokens the scorer may generate per reply (the blind pass of 'blind').", ge=1)
     embedder_path: str = doc("", "Local sentence-embedding model folder (a transformers text encoder, e.g. a sentence-transformers model): 'reasoning' then matches steps by the cosine of mean-pooled embeddings instead of word F1 (needs 'reasoning' weighted; empty: word F1).")
-    judge_url: str = doc("", "OpenAI-compatible base URL of an LLM/VLM judge, e.g. http://127.0.0.1:8000/v1 (a local vLLM server); required when weights names 'judge', an error otherwise (empty: no judge).")
-    judge_model: str = doc("", "Model name the judge endpoint serves (the request's 'model'); required with judge_url.")
-    judge_prompt: str = doc("Question: {question}\nReference answer: {reference}\nResponse: {answer}\nIs the response correct? Answer yes or no.", "Judge prompt; {question}, {reference} and {answer} (the response's extracted answer) are filled in. The judge must reply yes/no or a number in [0, 1].")
-    judge_timeout_s: float = doc(10.0, "Seconds one judge request may take before it counts as failed.")
-    judge_retries: int = doc(2, "Retries of a judge request after a timeout, a transport error or HTTP 429/5xx (a step waits at most about timeout x (retries + 1) plus backoff).")
-    judge_max_concurrency: int = doc(8, "Judge requests in flight at once.")
+    components: dict = field(default_factory=dict, metadata={"components": True})  # [reward.<name>] settings
 
     def validate(self) -> None:
         from rewards.setup import check_reward_config
 
-        if self.scorer_max_new_tokens < 1:
-            raise ValueError("reward.scorer_max_new_tokens must be >= 1")
         if self.clip_backend != "transformers" and not self.clip_path:
             raise ValueError("reward.clip_backend is set but reward.clip_path is empty: set clip_path or leave "
                              "clip_backend at its default")
-        if self.judge_timeout_s <= 0 or self.judge_retries < 0 or self.judge_max_concurrency < 1:
-            raise ValueError("reward.judge_timeout_s must be > 0, judge_retries >= 0, judge_max_concurrency >= 1")
-        defaults = RewardConfig.__dataclass_fields__
-        judge_options = [k for k in ("judge_model", "judge_prompt", "judge_timeout_s", "judge_retries",
-                                     "judge_max_concurrency") if getattr(self, k) != defaults[k].default]
-        if not self.judge_url and judge_options:
-            raise ValueError(f"reward.{', '.join(judge_options)} set but reward.judge_url is empty (no judge): set "
-                             "judge_url or leave them at their defaults")
-        if self.judge_url and not self.judge_model:
-            raise ValueError("reward.judge_url is set but reward.judge_model is empty: name the model the endpoint "
-                             "serves (the request's 'model' field)")
-        check_reward_config(self)  # reward names, and the judge/embedder/scorer options they need
+        check_reward_config(self)  # reward names, and the embedder/scorer options they need
 
 
 @dataclass
 class SftConfig:
-    steps: int = doc(0, "SFT optimizer steps (stage sft).")
-    batch_size: int = doc(8, "Examples per SFT step over all processes (torchrun: a multiple of the number of processes).")
-    lr: float = doc(1e-4, "SFT peak learning rate (AdamW; optim holds the settings both stages share).")
-    epochs: float = doc(0.0, "Passes over the training set; when > 0 it sets sft.steps to ceil(epochs x examples / batch_size).")
+    steps: int = doc(0, "SFT optimizer steps (stage sft).", ge=0)
+    batch_size: int = doc(8, "Examples per SFT step over all processes (torchrun: a multiple of the number of processes).", ge=1)
+    lr: float = doc(1e-4, "SFT peak learning rate (AdamW; optim holds the settings both stages share).", gt=0.0)
+    epochs: float = doc(0.0, "Passes over the training set; when > 0 it sets sft.steps to ceil(epochs x examples / batch_size).", ge=0.0)
     final_train: str = doc("", "A second SFT dataset, read like data.train, for the stage's last sft.final_steps steps: a curriculum's last phase (configs/zoom_tools.toml: own-cell crops after random ones). Empty: data.train throughout.")
-    final_steps: int = doc(0, "How many of the sft.steps, at the end, draw their examples from sft.final_train instead of data.train.")
+    final_steps: int = doc(0, "How many of the sft.steps, at the end, draw their examples from sft.final_train instead of data.train.", ge=0)
 
     def validate(self) -> None:
-        if self.epochs < 0:
-            raise ValueError("sft.epochs must be >= 0")
-        if self.final_steps < 0:
-            raise ValueError("sft.final_steps must be >= 0")
         if bool(self.final_steps) != bool(self.final_train):
             raise ValueError("sft.final_train and sft.final_steps go together: set both (a dataset and how many of "
                              "the last SFT steps read it) or neither")
@@ -246,30 +198,26 @@ class SftConfig:
 
 @dataclass
 class RlConfig:
-    steps: int = doc(10, "RL optimizer steps (stage rl).")
-    lr: float = doc(1e-5, "RL peak learning rate (AdamW; optim holds the settings both stages share).")
-    epochs: float = doc(0.0, "Passes of RL over the training prompts; when > 0 it sets rl.steps to ceil(epochs x examples / rollout.prompts_per_step).")
-
-    def validate(self) -> None:
-        if self.epochs < 0:
-            raise ValueError("rl.epochs must be >= 0")
+    steps: int = doc(10, "RL optimizer steps (stage rl).", ge=0)
+    lr: float = doc(1e-5, "RL peak learning rate (AdamW; optim holds the settings both stages share).", gt=0.0)
+    epochs: float = doc(0.0, "Passes of RL over the training prompts; when > 0 it sets rl.steps to ceil(epochs x examples / rollout.prompts_per_step).", ge=0.0)
 
 
 @dataclass
 class TrainConfig:
     stage: Literal["rl", "sft", "sft,rl"] = doc("rl", "Stages to run, in order.")
-    seed: int = doc(0, "Seed for data order, sampling and initialisation.")
+    seed: int = doc(0, "Seed for data order, sampling and initialisation.", ge=0)
     out_dir: str = doc("runs/default", "Run folder: config, checkpoints, metrics, TensorBoard logs.")
-    save_every: int = doc(0, "Checkpoint every N steps (0: only at the end).")
-    keep_checkpoints: int = doc(2, "Checkpoints kept on disk (the newest).")
-    log_every: int = doc(1, "Write scalar metrics every N steps.")
-    sample_every: int = doc(10, "Write a few sampled rollouts as text every N steps (0: never).")
-    eval_every: int = doc(0, "Evaluate held-out accuracy every N steps of each stage (0: only after each stage).")
+    save_every: int = doc(0, "Checkpoint every N steps (0: only at the end).", ge=0)
+    keep_checkpoints: int = doc(2, "Checkpoints kept on disk (the newest).", ge=1)
+    log_every: int = doc(1, "Write scalar metrics every N steps.", ge=1)
+    sample_every: int = doc(10, "Write a few sampled rollouts as text every N steps (0: never).", ge=0)
+    eval_every: int = doc(0, "Evaluate held-out accuracy every N steps of each stage (0: only after each stage).", ge=0)
     resume: bool = doc(False, "Continue from the latest checkpoint in out_dir, with the run's own settings (out_dir/config.toml) under the flags given; `train.py --resume RUN` is the same. Flags that change the run are refused, listed, unless named in resume_changes (budgets may always be raised).")
     resume_changes: list[str] = doc([], "Settings a resume may change although they alter the run (e.g. rl.lr,algo.loss; data.train when the training data's content changed): each one named must differ from the run's own, and the accepted changes are printed and kept in summary.json.")
     overwrite: bool = doc(False, "Start afresh in an out_dir that holds an earlier run: its checkpoints, metrics, samples, summary and reference are deleted first. false: such a start is refused (continue the run with --resume, or choose another out_dir).")
     eval_at_start: bool = doc(False, "Also evaluate before the first stage (accuracy_before in the summary).")
-    threads: int = doc(0, "torch CPU threads (0: leave torch's default).")
+    threads: int = doc(0, "torch CPU threads (0: leave torch's default).", ge=0)
     tensorboard: bool = doc(True, "Write TensorBoard scalars to out_dir/tb.")
     deterministic: bool = doc(False, "Deterministic kernels (torch.use_deterministic_algorithms, cuBLAS workspace :4096:8): on a GPU a resumed run then repeats the uninterrupted one bit for bit (atomics in index_add, attention backward and cuBLAS otherwise reorder float sums). Slower; an op without a deterministic kernel raises naming it. CPU runs are deterministic either way.")
     mixed_precision: Literal["bf16"] | None = doc(None, "none (compute in model.dtype) or bf16: bf16 compute with fp32 master weights, fp32 gradients and fp32 AdamW state, in one process or under torchrun alike (FSDP2's MixedPrecisionPolicy; one process joins a process group of one). Needs model.dtype = float32. Pure bf16 weights (model.dtype = bfloat16) instead lose every update smaller than half a bf16 step of the weight.")
@@ -286,16 +234,12 @@ class EvalConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = doc(0, "LoRA rank (0: off, full fine-tune). With LoRA only the adapters train, the KL reference is the same model with its adapters off, checkpoints hold the adapter and the run ends with a merged export.")
-    alpha: float = doc(16.0, "LoRA alpha (the update is scaled by alpha / r).")
-    dropout: float = doc(0.0, "Dropout on the adapters' input, in [0, 1).")
+    r: int = doc(0, "LoRA rank (0: off, full fine-tune). With LoRA only the adapters train, the KL reference is the same model with its adapters off, checkpoints hold the adapter and the run ends with a merged export.", ge=0)
+    alpha: float = doc(16.0, "LoRA alpha (the update is scaled by alpha / r).", gt=0.0)
+    dropout: float = doc(0.0, "Dropout on the adapters' input, in [0, 1).", ge=0.0, lt=1.0)
     target: Literal["language", "language+vision"] = doc("language", "Where adapters go: language (the language model's q/k/v/o projections) or language+vision (also the vision blocks' qkv and proj).")
 
     def validate(self) -> None:
-        if self.r < 0:
-            raise ValueError(f"lora.r = {self.r}: use 0 (off) or a rank >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora.dropout = {self.dropout} must be in [0, 1)")
         if self.r == 0 and (self.alpha, self.dropout, self.target) != (16.0, 0.0, "language"):
             raise ValueError("lora.alpha / dropout / target are set but lora.r is 0 (LoRA off): set --lora.r N "
                              "or leave them at their defaults")
@@ -303,6 +247,7 @@ class LoraConfig:
 
 @dataclass
 class Config:
+    plugins: list[str] = doc([], "Files (.py) or modules imported before the config is parsed: they register losses, estimators, rewards and tools (engine/config/plugins.py). Set with --plugin FILE (repeatable) or here; the run records them as absolute paths, so resume, eval and every torchrun rank import the same.")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -316,8 +261,13 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     # Keys that moved: configlib names the new place instead of "unknown key".
-    MOVED: ClassVar[dict[str, str]] = {"train.steps": "rl.steps", "train.epochs": "rl.epochs", "optim.lr": "rl.lr",
-                                        "algo.dynamic_sampling": "algo.drop_uniform_groups"}
+    MOVED: ClassVar[dict[str, str]] = {
+        "train.steps": "rl.steps", "train.epochs": "rl.epochs", "optim.lr": "rl.lr",
+        "algo.dynamic_sampling": "algo.drop_uniform_groups", "algo.adv_eps": "algo.grpo.eps",
+        "algo.clip_low": "algo.<loss>.clip_low", "algo.clip_high": "algo.<loss>.clip_high",
+        "algo.dual_clip_c": "algo.<loss>.dual_clip_c", "algo.norm_len": "algo.seq_mean_token_sum_norm.norm_len",
+        **{f"reward.judge_{k}": f"reward.judge.{k}" for k in ("url", "model", "prompt", "timeout_s", "retries",
+                                                              "max_concurrency")}}
 
     def validate(self) -> None:
         stages = self.train.stage.split(",")

@@ -14,6 +14,8 @@ Memory: with Qwen's vocabulary (151,936 rows) the fp32 logits of 16k tokens are 
 forward and recomputes them in the backward from the saved hidden states, so peak memory is ~chunk × V
 floats whatever the number of tokens; its gradients equal autograd's through the unchunked formula
 (tests/test_engine_logprobs.py). chunk_tokens ≤ 0, or K ≤ chunk_tokens: the plain autograd formula.
+Entropy carries gradient only when asked (`entropy_grad`, a loss that declares it needs "entropy"): on the chunked
+path its backward is recomputed per chunk too, ∂H/∂l = −p·(l − Σ p·l), so the memory bound holds for it as well.
 Shapes: K kept tokens, H hidden, V vocab, C tokens in a chunk.
 """
 
@@ -41,13 +43,17 @@ def _entropy(logits_CV: torch.Tensor, logz_C: torch.Tensor) -> torch.Tensor:
     return logz_C - (torch.softmax(logits_CV, -1) * logits_CV).sum(-1)
 
 
-def plain_logps(hidden_KH, weight_VH, bias_V, tok_K, *, temperature: float, with_entropy: bool):
-    """The reference formula: one [K, V] logits tensor, autograd through it."""
+def plain_logps(hidden_KH, weight_VH, bias_V, tok_K, *, temperature: float, with_entropy: bool,
+                entropy_grad: bool = False):
+    """The reference formula: one [K, V] logits tensor, autograd through it (and through the entropy when
+    `entropy_grad`)."""
     logits_KV = _logits(hidden_KH, weight_VH, bias_V, temperature)
     logz_K = torch.logsumexp(logits_KV, -1)
     logp_K = logits_KV.gather(-1, tok_K[:, None])[:, 0] - logz_K
     entropy_K = None
-    if with_entropy:
+    if with_entropy and entropy_grad:
+        entropy_K = _entropy(logits_KV, logz_K)
+    elif with_entropy:
         with torch.no_grad():
             entropy_K = _entropy(logits_KV.detach(), logz_K.detach())
     return logp_K, entropy_K
@@ -57,7 +63,7 @@ class _ChunkedLogp(torch.autograd.Function):
     """(logp_K, entropy_K) with logits recomputed chunk by chunk in the backward instead of stored."""
 
     @staticmethod
-    def forward(ctx, hidden_KH, weight_VH, bias_V, tok_K, temperature: float, chunk: int):
+    def forward(ctx, hidden_KH, weight_VH, bias_V, tok_K, temperature: float, chunk: int, entropy_grad: bool):
         logp, logz, entropy = [], [], []
         for s in range(0, hidden_KH.shape[0], chunk):
             logits_CV = _logits(hidden_KH[s:s + chunk], weight_VH, bias_V, temperature)
@@ -66,13 +72,14 @@ class _ChunkedLogp(torch.autograd.Function):
             logz.append(z_C)
             entropy.append(_entropy(logits_CV, z_C))
         ctx.save_for_backward(hidden_KH, weight_VH, bias_V, tok_K, torch.cat(logz))
-        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.temperature, ctx.chunk, ctx.entropy_grad = temperature, chunk, entropy_grad
         entropy_K = torch.cat(entropy)
-        ctx.mark_non_differentiable(entropy_K)
+        if not entropy_grad:
+            ctx.mark_non_differentiable(entropy_K)
         return torch.cat(logp), entropy_K
 
     @staticmethod
-    def backward(ctx, grad_K, _grad_entropy):
+    def backward(ctx, grad_K, grad_entropy_K):
         hidden_KH, weight_VH, bias_V, tok_K, logz_K = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden_KH) if need_h else None
@@ -82,8 +89,12 @@ class _ChunkedLogp(torch.autograd.Function):
             h_CH = hidden_KH[s:s + ctx.chunk]
             logits_CV = _logits(h_CH, weight_VH, bias_V, ctx.temperature)
             # d logp / d logits = onehot(token) − softmax, times the incoming gradient (and 1/temperature)
-            g_CV = torch.exp(logits_CV - logz_K[s:s + ctx.chunk, None]).mul_(-grad_K[s:s + ctx.chunk, None])
+            p_CV = torch.exp(logits_CV - logz_K[s:s + ctx.chunk, None])
+            g_CV = p_CV * -grad_K[s:s + ctx.chunk, None]
             g_CV.scatter_add_(-1, tok_K[s:s + ctx.chunk, None], grad_K[s:s + ctx.chunk, None])
+            if ctx.entropy_grad and grad_entropy_K is not None:  # d H / d logits = −p·(l − Σ p·l)
+                mean_C = (p_CV * logits_CV).sum(-1, keepdim=True)
+                g_CV -= p_CV * (logits_CV - mean_C) * grad_entropy_K[s:s + ctx.chunk, None]
             if ctx.temperature != 1.0:
                 g_CV.div_(ctx.temperature)
             g_CV = g_CV.to(weight_VH.dtype)  # as autograd casts the gradient back to the logits' dtype
@@ -95,22 +106,24 @@ class _ChunkedLogp(torch.autograd.Function):
                 grad_b += g_CV.sum(0)
         grad_w = grad_w.to(weight_VH.dtype) if need_w else None
         grad_b = grad_b.to(bias_V.dtype) if need_b else None
-        return grad_h, grad_w, grad_b, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None
 
 
 def token_logps(hidden_KH, weight_VH, bias_V, tok_K, *, temperature: float = 1.0, with_entropy: bool = False,
-                chunk_tokens: int = 0):
-    """(logp_K, entropy_K or None) of `tok_K` under softmax(head(hidden) / temperature); entropy never carries
-    gradient. Peak logits memory ~ chunk_tokens × V when K > chunk_tokens > 0."""
+                chunk_tokens: int = 0, entropy_grad: bool = False):
+    """(logp_K, entropy_K or None) of `tok_K` under softmax(head(hidden) / temperature); the entropy carries
+    gradient only with `entropy_grad`. Peak logits memory ~ chunk_tokens × V when K > chunk_tokens > 0."""
     if chunk_tokens <= 0 or hidden_KH.shape[0] <= chunk_tokens:
-        return plain_logps(hidden_KH, weight_VH, bias_V, tok_K, temperature=temperature, with_entropy=with_entropy)
-    logp_K, entropy_K = _ChunkedLogp.apply(hidden_KH, weight_VH, bias_V, tok_K, temperature, chunk_tokens)
+        return plain_logps(hidden_KH, weight_VH, bias_V, tok_K, temperature=temperature, with_entropy=with_entropy,
+                           entropy_grad=entropy_grad)
+    logp_K, entropy_K = _ChunkedLogp.apply(hidden_KH, weight_VH, bias_V, tok_K, temperature, chunk_tokens,
+                                           with_entropy and entropy_grad)
     return logp_K, entropy_K if with_entropy else None
 
 
 @contextmanager
 def head_logps(model, keep_N: torch.Tensor, tok_K: torch.Tensor, *, temperature: float = 1.0,
-               with_entropy: bool = False, chunk_tokens: int = 0, calls: int = 1):
+               with_entropy: bool = False, chunk_tokens: int = 0, calls: int = 1, entropy_grad: bool = False):
     """Within the block, the model's forward computes log-probs at the flattened positions `keep_N` of the hidden
     states its LM head receives (call the model with logits_to_keep=0) and hands the head no positions. With
     calls = n, the block runs n forwards (a shared prefix, then the suffixes): `keep_N` indexes their hidden
@@ -128,7 +141,7 @@ def head_logps(model, keep_N: torch.Tensor, tok_K: torch.Tensor, *, temperature:
             hidden_NH = seen[0] if calls == 1 else torch.cat(seen)
             out.logp_K, out.entropy_K = token_logps(hidden_NH[keep_N], module.weight, module.bias, tok_K,
                                                     temperature=temperature, with_entropy=with_entropy,
-                                                    chunk_tokens=chunk_tokens)
+                                                    chunk_tokens=chunk_tokens, entropy_grad=entropy_grad)
             seen.clear()
         return (args[0][..., :0, :],)  # the model's own logits: zero positions
 

@@ -135,16 +135,17 @@ def pack(trajs: list[Trajectory], max_tokens: int) -> list[PackedRow]:
 
 
 def row_logps(model, row: PackedRow, *, temperature: float = 1.0, with_entropy: bool = False,
-              chunk_tokens: int = 0, layout: str | None = None):
+              chunk_tokens: int = 0, layout: str | None = None, entropy_grad: bool = False):
     """Per kept token: log p(token | its own prefix) under softmax(logits / temperature). Returns
     (logp_K, entropy_K or None). Gradients flow when called outside no_grad. chunk_tokens > 0 bounds the
     logits in memory to that many tokens at a time (engine/forward/logprobs.py). layout: engine/forward/layouts.py's name (all
-    exact; tests force each); None: the fastest that applies (default_layout)."""
+    exact; tests force each); None: the fastest that applies (default_layout). entropy_grad: the entropy carries
+    gradient too (a loss that needs it)."""
     device = next(model.parameters()).device
     flat_T, calls, run = LAYOUTS[layout or default_layout(model, row)](row)
     keep_K = flat_T[row.target_K - 1].to(device)  # logits at t-1 predict token t
     tok_K = row.ids_T[row.target_K].to(device)
     with head_logps(model, keep_K, tok_K, temperature=temperature, with_entropy=with_entropy,
-                    chunk_tokens=chunk_tokens, calls=calls) as out:
+                    chunk_tokens=chunk_tokens, calls=calls, entropy_grad=entropy_grad) as out:
         run(model, device)
     return out.logp_K, out.entropy_K

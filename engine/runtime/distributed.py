@@ -227,6 +227,11 @@ def all_reduce_metrics(metrics: dict) -> dict[str, float]:
     return dict(zip(keys, out[:-1]))
 
 
+def rank() -> int:
+    """This process's rank (0 in one process)."""
+    return dist.get_rank() if active() else 0
+
+
 def all_gather_objects(obj) -> list:
     """Every rank's `obj` (picklable), in rank order; [obj] in one process. For small things only (metric key
     names, reward lists for logging): it pickles through the communication device."""

@@ -25,6 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.config import plugins
 from engine.config.parsing import build_config, differences
 from engine.config.settings import Config
 from engine.runtime.checkpoint import COMPLETE, complete_checkpoints, latest_checkpoint, load_plain
@@ -43,8 +44,8 @@ DATA = {"data.train": "data.train", "data.image_root": "data.train", "data.train
 
 
 def run_config(run_dir: str | Path) -> Config:
-    """The run's own resolved settings: RUN/config.toml (else its newest checkpoint's), not validated (the flags
-    given beside --resume go on top, then the whole is)."""
+    """The run's own resolved settings: RUN/config.toml (else its newest checkpoint's), its plugins imported first;
+    not validated (the flags given beside --resume go on top, then the whole is)."""
     run_dir = Path(run_dir)
     path = run_dir / "config.toml"
     if not path.is_file():
@@ -57,6 +58,7 @@ def run_config(run_dir: str | Path) -> Config:
                  "config.toml), or start a new run"):
         text = path.read_text(encoding="utf-8")
     try:
+        plugins.load_all(plugins.listed_in(text, str(path)))  # the run's own losses, rewards, ... and their settings
         return build_config(Config, toml_text=text, validate=False)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None

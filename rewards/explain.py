@@ -1,9 +1,9 @@
 """Score one completion with one registered reward, and show what the reward parsed: a debugging CLI.
 
-    python -m rewards.score accuracy --completion "<think>..</think><answer>Two</answer>" --answer 2
-    python -m rewards.score iou --completion "<answer>[100, 100, 500, 500]</answer>" --answer "[10, 10, 50, 50]" \\
+    python -m rewards.explain accuracy --completion "<think>..</think><answer>Two</answer>" --answer 2
+    python -m rewards.explain iou --completion "<answer>[100, 100, 500, 500]</answer>" --answer "[10, 10, 50, 50]" \\
         --box-frame norm1000 --image-size 100x100
-    python -m rewards.score reasoning --completion '{"reasoning_steps": ["..."], "answer": "x"}' --answer x \\
+    python -m rewards.explain reasoning --completion '{"reasoning_steps": ["..."], "answer": "x"}' --answer x \\
         --example '{"reference_steps": ["..."]}'
 
 Prints one JSON object: the value, the extracted answer, its VQA-normalised form and number, the normalised
@@ -22,6 +22,7 @@ import sys
 
 from data.example import Example
 from rewards import REWARDS
+from rewards.combine import reward_fn
 from rewards.format import extract_answer, response_text
 from rewards.grounding import predicted_box
 from rewards.mathexpr import parse_number
@@ -30,7 +31,7 @@ from rewards.registry import RewardContext
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rewards.score", description="Score one completion.")
+    p = argparse.ArgumentParser(prog="python -m rewards.explain", description="Score one completion.")
     p.add_argument("name", help="a registered reward name")
     p.add_argument("--completion", required=True)
     p.add_argument("--answer", action="append", default=[], help="a reference answer (repeat for several)")
@@ -74,15 +75,17 @@ def build_example(answers: list[str], example_json: str) -> Example:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.name not in REWARDS:
-        print(f"unknown reward {args.name!r}; registered rewards: {', '.join(sorted(REWARDS))}", file=sys.stderr)
+        print(f"unknown reward {args.name!r}; registered rewards: {', '.join(REWARDS.names())}", file=sys.stderr)
         return 2
     try:
         example = build_example(args.answer, args.example)
         ctx = RewardContext(box_frame=args.box_frame, image_sizes=_size(args.image_size),
                             resized_sizes=_size(args.resized_size, "--resized-size"), prompt_prefill=args.prefill)
-        value = REWARDS[args.name](args.completion, example, ctx)
+        entry = REWARDS.entry(args.name)  # a reward that owns settings is built with its defaults here
+        fn = entry.fn if entry.settings is None else reward_fn(args.name, {args.name: entry.settings()})
+        value = fn(args.completion, example, ctx)
     except (ValueError, TypeError) as exc:  # bad input to this command: one line, no traceback
-        print(f"rewards.score {args.name}: {exc}", file=sys.stderr)
+        print(f"rewards.explain {args.name}: {exc}", file=sys.stderr)
         return 2
     pred = extract_answer(response_text(args.completion, ctx), "auto")
     print(json.dumps({

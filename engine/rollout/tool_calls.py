@@ -22,7 +22,7 @@ from engine.rollout.trajectory import ToolCallRecord, Trajectory
 from models.load import VLM
 from models.vision import resized_size
 from tools.boxes import args_to_pixels, box_numbers
-from tools.protocols import ToolCall, find_last_call
+from tools.protocols import PROTOCOLS, ToolCall, find_last_call
 from tools.registry import ToolLimits, call_tool, canonical_name
 from tools.schema import check_tool_names
 
@@ -118,9 +118,9 @@ class CallProtocol:
         return True
 
 
-# rollout.protocol → (how a result is injected, the closing tag a call ends on: sampling stops there). Checked at
-# config parse.
-PROTOCOLS = {"inline": (inject_inline, "</tool_call>"), "multiturn": (inject_multiturn, "</tool>")}
+# How a tool's result goes back into the trajectory, per protocol of tools/protocols.py PROTOCOLS (which parses the
+# calls, knows each protocol's tags and is what rollout.protocol is checked against at parse time).
+INJECTIONS = {"inline": inject_inline, "multiturn": inject_multiturn}
 
 
 def make_protocol(name: str | None, vlm: VLM, tool_limits: ToolLimits | None = None, tools: list[str] = ()):
@@ -133,6 +133,6 @@ def make_protocol(name: str | None, vlm: VLM, tool_limits: ToolLimits | None = N
         return None
     if name not in PROTOCOLS:
         raise ValueError(f"rollout.protocol = {name!r} is unknown; choose one of {', '.join(sorted(PROTOCOLS))}")
-    inject, close = PROTOCOLS[name]
-    return CallProtocol(name, inject, vlm, tool_limits or ToolLimits(), frozenset({_single_id(vlm, close, name)}),
-                        enabled)
+    close = PROTOCOLS[name].close_tag  # sampling stops on it: the call is complete
+    return CallProtocol(name, INJECTIONS[name], vlm, tool_limits or ToolLimits(),
+                        frozenset({_single_id(vlm, close, name)}), enabled)
