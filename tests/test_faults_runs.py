@@ -120,6 +120,22 @@ def test_resume_continues_the_run_as_made_and_refuses_what_would_change_it(data,
         assert "lr = 0.0002" in made and f'train = "{data}"' in made and "resume_changes = []" in made
 
 
+def test_a_setting_that_cannot_work_is_refused_beside_resume_too(finished, tmp_path, capsys):
+    import train
+
+    out = copy_run(finished, tmp_path / "run")
+    before = sorted(p.name for p in out.rglob("*"))
+    for flags, said in ((["--sft.lr", "inf"], "sft.lr = inf: must be a finite number"),
+                        (["--optim.beta1", "1.5"], "optim.beta1 = 1.5 is out of range"),
+                        (["--rollout.temperature", "-1"], "rollout.temperature = -1.0 is out of range"),
+                        (["--train.keep_checkpoints", "0"], "train.keep_checkpoints = 0 is out of range")):
+        with TALLY.bad_input():  # at parse time, on top of the run's own settings: nothing loads, nothing is written
+            assert train.main(["--resume", str(out), *flags]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("config error: ") and said in err and err.count("\n") == 1, (flags, err)
+            assert sorted(p.name for p in out.rglob("*")) == before
+
+
 # ---------------------------------------------------------------------------------------------- signals
 @pytest.fixture(scope="module")
 def rl_reference(data, tmp_path_factory) -> Path:
