@@ -50,8 +50,8 @@ from engine.runtime.checkpoint import (capture_rng, generator_device, latest_che
                                read_optimizer_state, restore_rng, save_checkpoint)
 from engine.config.settings import Config
 from engine.config.parsing import to_toml
-from engine.setup.data_setup import load_data, load_sft_final, with_epochs
-from engine.setup.resume import fall_back_hint, fingerprint
+from engine.setup.resume import fall_back_hint
+from engine.setup.run_data import load_run_data
 from engine.setup.run_folder import Claim
 from engine.setup.data_stream import DataStream
 from engine.report.evaluate import evaluate, headline, prompts_for
@@ -60,7 +60,7 @@ from engine.runtime.lora import apply_lora, is_peft, merged_export
 from engine.runtime.log import MetricsLogger, progress
 from engine.report.rollout_dump import dump_rollouts
 from engine.setup.run_setup import (_check_world, _optimizer, enable_gradient_checkpointing,  # noqa: F401 (re-exported)
-                                    load_model_processing, load_policy)
+                                    load_policy)
 from engine.algo.sft import sft_step, sft_trajectory, target_text
 from engine.algo.step import RLState, model_device, policy_weights, rl_step
 from engine.report.tool_health import ToolCallMonitor
@@ -93,18 +93,10 @@ class Run:
     def _setup(self, cfg: Config) -> None:
         # The model's tokenizer and processor (no weights yet), then the data held to them: a record the model
         # would refuse fails (or is skipped, named) here, before the model loads; epochs become step counts here.
-        processing = load_model_processing(cfg)
-        self.train_set, self.eval_set = load_data(cfg, verbose=self.main_rank, processing=processing)
-        self.cfg = cfg = with_epochs(cfg, len(self.train_set))
-        self.final_set = []  # sft.final_train: the SFT stage's last phase
-        if cfg.sft.final_steps and "sft" in cfg.train.stage.split(","):
-            if cfg.sft.final_steps > cfg.sft.steps:
-                raise ValueError(f"sft.final_steps = {cfg.sft.final_steps} is more than sft.steps = {cfg.sft.steps}: "
-                                 "the final phase is part of the SFT stage")
-            self.final_set = load_sft_final(cfg, verbose=self.main_rank, processing=processing)
-        self.fingerprints = {"data.train": fingerprint(self.train_set)}
-        if self.final_set:
-            self.fingerprints["sft.final_train"] = fingerprint(self.final_set)
+        data = load_run_data(cfg, verbose=self.main_rank)
+        self.cfg = cfg = data.cfg
+        self.train_set, self.eval_set, self.final_set = data.train, data.held_out, data.final
+        self.fingerprints, processing = data.fingerprints, data.processing
         self.claim.check_data(self.fingerprints, cfg)  # a resume: the same data, by content
         for note in self.claim.notes:
             self._print(note)

@@ -93,13 +93,13 @@ def test_resume_continues_the_run_as_made_and_refuses_what_would_change_it(data,
     before = (out / "config.toml").read_bytes()
     refusals = [(["--sft.lr", "2e-4"], "sft.lr: 0.0001 -> 0.0002"),
                 (["--model.dtype", "bfloat16"], "model.dtype: 'float32' -> 'bfloat16'"),
-                (["--algo.loss", "gspo", "--algo.clip_high", "0.0004"], "algo.loss: 'ppo_clip' -> 'gspo'"),
+                (["--algo.loss", "gspo"], "differ from the run's own ({out}/config.toml): algo.loss: 'ppo_clip' -> 'gspo'."),
                 (["--sft.steps", "4"], "sft.steps: 6 -> 4 (a budget may be raised, not lowered)"),
                 (["--data.sft_template", "<answer>{answer}</answer>"], "data.sft_template:")]
     for flags, said in refusals:
         with TALLY.bad_input():  # refused before anything loads, listed; the run's own record untouched
             done = run([sys.executable, "train.py", "--resume", str(out), *flags], timeout=120)
-            err = clean(done)
+            err, said = clean(done), said.format(out=out)
             assert done.returncode == 2 and f"resume of {out} refused" in err and said in err, (flags, err)
             assert "--train.resume_changes" in err and err.count("\n") == 1
             assert (out / "config.toml").read_bytes() == before and not (out / "FAILED").exists()
@@ -218,8 +218,8 @@ def trickle_url():
 @pytest.mark.parametrize("where", ["body", "headers"])
 def test_a_judge_that_trickles_never_keeps_the_run_alive(data, trickle_url, tmp_path, where):
     out = tmp_path / "run"
-    judge = ["--reward.weights", "judge=1.0", "--reward.judge_url", f"{trickle_url}/{where}/v1",
-             "--reward.judge_model", "m", "--reward.judge_timeout_s", "1", "--reward.judge_retries", "0"]
+    judge = ["--reward.weights", "judge=1.0", "--reward.judge.url", f"{trickle_url}/{where}/v1",
+             "--reward.judge.model", "m", "--reward.judge.timeout_s", "1", "--reward.judge.retries", "0"]
     with TALLY.fault():
         started = time.monotonic()
         done = run(harness("judge_asks_all", train_args(data, out, *RL, "--rl.steps", "2", *judge)), timeout=200)

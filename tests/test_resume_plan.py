@@ -78,3 +78,10 @@ def test_check_data_refuses_other_content_unless_named():
         p.check_data({"data.train": "bbbb"}, [])
     assert p.check_data({"data.train": "bbbb"}, ["data.train"]) == ["the content of data.train (fingerprint aaaa -> "
                                                                      "bbbb)"]
+
+
+def test_a_components_own_section_changes_with_its_selection():
+    """[algo.ppo_clip] exists while ppo_clip is the loss: switching to gspo is one difference, algo.loss."""
+    assert plan().changes(now("--algo.loss", "gspo")) == (["algo.loss: 'ppo_clip' -> 'gspo'"], [])
+    refused, _ = plan().changes(now("--algo.ppo_clip.clip_high", "0.3"))  # the same loss, another clip: listed
+    assert refused == ["algo.ppo_clip.clip_high: 0.28 -> 0.3"]

@@ -16,7 +16,7 @@ Files in run_dir: `metrics.jsonl` (one {"step": k, name: value, ...} line per lo
 written as NaN/Infinity, which Python's json reads), `samples.jsonl` ({"step", "tag", "text"} per log_text
 call), and TensorBoard event files under `run_dir/tb/` (`tensorboard --logdir runs/`).
 `MetricsLogger(run_dir, start_step=k)` continues a run from step k (a resume from the checkpoint of step k; 0 for a
-fresh start): rows of later steps, written after that checkpoint by a run that was then killed, are cut from both
+fresh start; None appends to what is there): rows of later steps, written after that checkpoint by a run that was then killed, are cut from both
 JSONL files first (and TensorBoard purges its events past k), so no step appears twice.
 
 Sync points (GPU): PhaseTimer calls torch.cuda.synchronize() when a phase starts and when it ends, if CUDA is
@@ -84,16 +84,18 @@ def _to_floats(scalars: dict[str, float | torch.Tensor]) -> dict[str, float]:
 class MetricsLogger:
     """Writes scalars to TensorBoard and run_dir/metrics.jsonl, texts to TensorBoard and run_dir/samples.jsonl."""
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, start_step: int = 0) -> None:
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, start_step: int | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._writer = None
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            cut_after(self.run_dir / name, start_step)
+        if start_step is not None:  # None: append to whatever is there
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                cut_after(self.run_dir / name, start_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), flush_secs=10, purge_step=start_step + 1)
+            purge = None if start_step is None else start_step + 1
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), flush_secs=10, purge_step=purge)
         self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self._samples = open(self.run_dir / "samples.jsonl", "a", encoding="utf-8")
 

@@ -11,7 +11,8 @@ save/log/sample/eval intervals, checkpoints kept, TensorBoard, threads), how fas
 kernels), and held-out evaluation (data.eval, eval.metrics). Budgets may be raised, never lowered (`BUDGETS`;
 a stage list may grow at its end). Where the training data is read from may change when the content is the same
 (`DATA`: judged by the content fingerprint, not the path). Anything else alters the run and is refused with the
-list of differences, unless named in `train.resume_changes`. The data fingerprint hashes every training example
+list of differences, unless named in `train.resume_changes` (a component's own section, `[algo.gspo]`, changes with
+its selection, `algo.loss`: naming the selection accepts both). The data fingerprint hashes every training example
 (question, answers, boxes, targets, metadata) and the bytes of every image it uses, in order; it is saved in each
 checkpoint, so a different dataset of the same size is caught. Nothing here writes: the trainer writes only
 once the resume is accepted. Tested in tests/test_resume.py and tests/test_faults.py.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import plugins
-from engine.config.parsing import build_config, differences
+from engine.config.parsing import build_config, differences, to_dict
 from engine.config.settings import Config
 from engine.runtime.checkpoint import COMPLETE, complete_checkpoints, latest_checkpoint, load_plain
 from models.files import check_weights, reading
@@ -130,9 +131,10 @@ class ResumePlan:
         refused, accepted = [], []
         named = set(cfg.train.resume_changes)
         epochs = {s for s in ("sft", "rl") if getattr(cfg, s).epochs > 0}  # steps follow from epochs and the data
-        for key, old, new in differences(self.run_cfg, cfg):
+        both = to_dict(self.run_cfg).keys() & to_dict(cfg).keys()  # a component's own section exists only while
+        for key, old, new in differences(self.run_cfg, cfg):        # it is selected: its change is the selection's
             line = f"{key}: {_shown(old)} -> {_shown(new)}"
-            if key in FREE or key in DATA or (key.endswith(".steps") and key.split(".")[0] in epochs):
+            if key in FREE or key in DATA or key not in both or (key.endswith(".steps") and key.split(".")[0] in epochs):
                 continue
             if _budget_raised(key, old, new) or (key == "train.stage" and _stages_grown(old, new)):
                 continue
