@@ -114,8 +114,8 @@ class AlgoConfig:
     COMPONENTS: ClassVar[dict] = {"advantage": ADVANTAGES, "loss": LOSSES, "aggregation": AGGREGATIONS,
                                   "kl_estimator": KL_ESTIMATORS}
 
-    advantage: str = doc("grpo", "Advantage estimator, one of the registered names (docs/PLUGINS.md adds one).")
-    loss: str = doc("ppo_clip", "Policy loss, one of the registered names (docs/PLUGINS.md adds one).")
+    advantage: str = doc("grpo", "Advantage estimator, one of the registered names (docs/ALGORITHMS.md defines each; docs/PLUGINS.md adds one).")
+    loss: str = doc("ppo_clip", "Policy loss, one of the registered names (docs/ALGORITHMS.md defines each, and when the clip ranges act; docs/PLUGINS.md adds one).")
     aggregation: str = doc("token_mean", "How per-token losses are reduced, one of the registered names.")
     kl_beta: float = doc(0.0, "KL penalty weight to the frozen reference (0: no reference model is loaded).", ge=0.0)
     kl_estimator: str = doc("k3", "KL estimator, one of the registered names; acts only when kl_beta > 0.")
