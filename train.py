@@ -16,12 +16,14 @@ import os
 import sys
 
 from engine.config.settings import Config
-from engine.config.parsing import build_config, describe
+from engine.config.parsing import describe
+from engine.setup.layers import layered_config
 
 
-def parse(argv: list[str], description: str | None = None, parents: tuple = ()) -> Config:
-    """The config from --config and dotted overrides. `parents`: a command's own argparse parsers (add_help=False),
-    listed in --help; the command parses its own flags itself (parse_known_args) and passes the rest here."""
+def split_args(argv: list[str], description: str | None = None, parents: tuple = ()) -> tuple[str | None, list[str]]:
+    """(the --config preset, the dotted overrides) of a command line. `parents`: a command's own argparse parsers
+    (add_help=False), listed in --help; the command parses its own flags itself (parse_known_args) and passes the
+    rest here."""
     parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0], add_help=True,
                                      parents=list(parents),
                                      epilog="Any config key can be set as --section.key VALUE (see --help-config).")
@@ -31,7 +33,13 @@ def parse(argv: list[str], description: str | None = None, parents: tuple = ()) 
     if args.help_config:
         print(describe(Config))
         sys.exit(0)
-    return build_config(Config, toml_path=args.config, overrides=overrides)
+    return args.config, overrides
+
+
+def parse(argv: list[str], description: str | None = None, parents: tuple = ()) -> Config:
+    """The config from --config and dotted overrides: a flag wins over the preset, and a stage's steps and epochs
+    (or data.eval and data.eval_fraction) named together in one place are an error (engine/setup/layers.py)."""
+    return layered_config(*split_args(argv, description, parents))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,7 @@ from engine.runtime.checkpoint import (capture_rng, generator_device, latest_che
                                read_optimizer_state, restore_rng, save_checkpoint)
 from engine.config.settings import Config
 from engine.config.parsing import to_toml
-from engine.setup.data_setup import load_data, load_sft_final, with_epochs
+from engine.setup.data_setup import budget_lines, eval_overlap, load_data, load_sft_final, with_epochs
 from engine.setup.data_stream import DataStream
 from engine.report.evaluate import evaluate, headline, prompts_for
 from engine.runtime.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed, stages_left
@@ -80,13 +80,18 @@ class Run:
         check_out_dir(self.dir)  # now, before data or model; the folder itself is made once setup worked
         # Data first: a bad dataset fails before the model loads, and epochs become step counts here.
         self.train_set, self.eval_set = load_data(cfg, verbose=self.main_rank)
-        self.cfg = cfg = with_epochs(cfg, len(self.train_set))
+        resolved = with_epochs(cfg, len(self.train_set))
+        for line in budget_lines(cfg, resolved, len(self.train_set)):
+            self._print(line)  # the budget that will run, whichever setting gave it
+        self.cfg = cfg = resolved
         self.final_set = []  # sft.final_train: the SFT stage's last phase
         if cfg.sft.final_steps and "sft" in cfg.train.stage.split(","):
             if cfg.sft.final_steps > cfg.sft.steps:
                 raise ValueError(f"sft.final_steps = {cfg.sft.final_steps} is more than sft.steps = {cfg.sft.steps}: "
                                  "the final phase is part of the SFT stage")
             self.final_set = load_sft_final(cfg, verbose=self.main_rank)
+        # Held-out examples that training also reads: their metrics measure memory (said once, kept in the summary).
+        self.eval_overlap = eval_overlap(self.train_set + self.final_set, self.eval_set, verbose=self.main_rank)
         _check_world(cfg, self.dist.world)
         if cfg.rollout.sampler == "vllm" and self.dist.world > 1:
             raise ValueError("rollout.sampler = vllm runs in one process for now (each rank would need its own "
@@ -287,6 +292,7 @@ class Run:
         for name in self.cfg.eval.metrics:  # the task's headline metrics, by name: accuracy_after_rl, iou_after_rl
             self.summary[f"{name}_{tag}"] = result.metrics[name]
         self.summary["num_eval_examples"] = result.metrics["num_examples"]
+        self.summary["eval_overlaps_train"] = self.eval_overlap
         self.summary[f"eval_{tag}"] = result.metrics
         if not self.main_rank:
             return

@@ -58,7 +58,8 @@ class DataConfig:
     eval: str = doc("", "Held-out data in any of the same formats (empty: no evaluation).")
     image_root: str = doc("", "Folder that relative image paths are under (default: the data file's folder).")
     train_split: str = doc("", "Split of `train` to read when it has splits (a DatasetDict folder, a parquet folder); empty: train. Data without splits (a JSONL or parquet file, a single save_to_disk Dataset) is read whole, and naming a split for it is an error.")
-    eval_split: str = doc("", "Split of `eval` to read when it has splits; empty: test.")
+    eval_split: str = doc("", "Split of `eval` to read when it has splits; empty: test. For data without splits (a JSONL or parquet file, a single save_to_disk Dataset) given as both `train` and `eval`, 'test' is the held-out part of eval_fraction (0.1 when that is 0, said in one line) and training reads the rest.")
+    eval_fraction: float = doc(0.0, "Hold out this fraction of `train` as the evaluation set (data.eval stays empty): examples are chosen by a hash of their image bytes and question, so the same ones on every run and any number of processes, and training never reads them. 0: off.")
     num_samples: int = doc(0, "Train on N training examples drawn at random (seeded by train.seed), in data order (0: all).")
     max_pixels: int = doc(0, "Largest pixel count the image processor resizes an image to (Qwen's max_pixels; 0: the model folder's own).")
     min_pixels: int = doc(0, "Smallest pixel count the image processor resizes an image to (Qwen's min_pixels; 0: the model folder's own).")
@@ -67,6 +68,7 @@ class DataConfig:
     max_image_pixels: int = doc(4096 * 4096, "Pixel cap per image file at load (width x height; 0: none), before anything else reads it: above it an image is downsized to fit, its boxes and SFT crop targets scaled with it, or refused (oversized_images); said per record. Guards memory against huge files; the image processor's own resize is max_pixels.")
     oversized_images: Literal["downsize", "refuse"] = doc("downsize", "What happens to an image over max_image_pixels: downsize (aspect kept) or refuse (a bad record).")
     num_eval_examples: int = doc(0, "Evaluate on the first N held-out examples (0: all).")
+    overlong: Literal["refuse", "truncate"] = doc("refuse", "Checked at load, before step 1: an SFT target longer than rollout.max_new_tokens, or a prompt that leaves less than rollout.max_new_tokens before rollout.max_total_tokens. refuse: stop with their count, the longest, and the setting to raise. truncate: SFT targets are cut to rollout.max_new_tokens (as a length stop cuts a sample) and such prompts are answered in the room they leave; each kind counted in one line.")
     system_prompt: str = doc("", "System message; empty uses the chat template's default.")
     question_template: str = doc("{question}", "User text around the question; may use {question} and {choices}.")
     prefill: str = doc("", "Text placed at the start of the assistant turn (e.g. '<think>'); rewards see it too.")
@@ -78,6 +80,9 @@ class DataConfig:
             raise ValueError("data.num_samples, max_pixels, min_pixels and image_short_side must be >= 0")
         if self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError(f"data.min_pixels {self.min_pixels} is above data.max_pixels {self.max_pixels}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"data.eval_fraction = {self.eval_fraction}: a fraction in [0, 1) of data.train to hold "
+                             "out (0: off)")
         if self.max_image_pixels < 0:
             raise ValueError(f"data.max_image_pixels = {self.max_image_pixels}: use a pixel count, or 0 for no cap")
 
