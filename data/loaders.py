@@ -86,6 +86,13 @@ def load_examples(path, *, image_root=None, split=None, default_split="train", s
     return result
 
 
+def has_splits(path) -> bool:
+    """Whether the data at `path` holds named splits (a DatasetDict folder, a Geometry3K parquet folder); a JSONL or
+    parquet file and a single save_to_disk Dataset hold none."""
+    fmt = detect_format(path)
+    return FORMATS[fmt].has_splits and not (fmt == "hf_disk" and not (Path(path) / "dataset_dict.json").is_file())
+
+
 def subsample(examples: list[Example], num: int, seed: int) -> list[Example]:
     """`num` examples drawn without replacement, seeded, kept in data order (seed 000's --num_samples); all of
     them when `num` is 0 or at least their number."""

@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import replace
 
-from data import FORMATS, Example, detect_format, load_examples, subsample
+from data import Example, has_splits, load_examples, subsample
 from data.holdout import overlap, split_by_content
 from engine.config.settings import Config
 
@@ -52,7 +52,7 @@ def held_out_fraction(cfg: Config) -> float:
         return 0.0
     if d.eval_fraction > 0:
         return d.eval_fraction
-    if d.eval and d.eval_split and not FORMATS[detect_format(d.train)].has_splits:
+    if d.eval and d.eval_split and not has_splits(d.train):
         return DEFAULT_FRACTION  # a named split of data that has none: its held-out part
     return 0.0
 
@@ -60,7 +60,7 @@ def held_out_fraction(cfg: Config) -> float:
 def _train_split(cfg: Config, fraction: float) -> str:
     """data.train_split, except that 'train' of data without splits is the part left after the holdout."""
     d = cfg.data
-    if fraction > 0 and d.train_split == "train" and not FORMATS[detect_format(d.train)].has_splits:
+    if fraction > 0 and d.train_split == "train" and not has_splits(d.train):
         return ""
     return d.train_split
 
