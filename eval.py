@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from engine.setup.data_setup import held_out_fraction, load_eval
+    from engine.setup.limits import check_token_limits
     from engine.report.eval_report import write_report
     from engine.report.evaluate import evaluate, headline
     from engine.setup.model_source import load_any
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         vlm, source = load_any(path, dtype=cfg.model.dtype, device=device,
                                attn_implementation=cfg.model.attn_implementation, box_frame=cfg.model.box_frame or None,
                                min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+        check_token_limits(examples, vlm, cfg, what="held-out", targets=False)
         where = cfg.data.eval or f"data.eval_fraction {held_out_fraction(cfg):g} of {cfg.data.train}"
         print(f"model: {source.describe()}; {len(examples)} held-out examples from {where}")
         # the judge, sentence embedder and model scorer, exactly as training scores them
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (source.run_dir / "eval" if source.run_dir else Path("runs/eval"))
     page = write_report(out, result, title=f"evaluation of {source.describe()}",
                         subtitle=f"data {where}, protocol {cfg.rollout.protocol or 'none'}, greedy",
-                        box_frame=vlm.family.box_frame, run_dir=source.run_dir, max_examples=args.max_shown)
+                        box_frame=vlm.family.box_frame, run_dir=source.run_dir, max_examples=args.max_shown,
+                        headline=cfg.eval.metrics)
     print(json.dumps(result.metrics, indent=2))
     print(f"held-out: {summary} on {result.metrics['num_examples']} examples")
     print(f"wrote {out}/metrics.json, {out}/predictions.jsonl and the report {page}")

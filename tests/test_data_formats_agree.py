@@ -97,7 +97,7 @@ WRITERS = {"jsonl_paths": (jsonl_paths, "jsonl", False), "jsonl_base64": (jsonl_
            "hf_dataset_dict": (hf_dataset_dict, "hf_disk", True), "parquet_file": (parquet_file, "parquet", False),
            "parquet_folder": (parquet_folder, "geometry3k", True)}
 SMALL = ["--train.threads", "1", "--train.tensorboard", "false", "--train.stage", "sft", "--sft.steps", "1",
-         "--sft.batch_size", "2", "--rollout.max_new_tokens", "4"]
+         "--sft.batch_size", "2", "--rollout.max_new_tokens", "4", "--data.overlong", "truncate"]
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ FORMAT = {"seed000": "jsonl", "seed001": "seed001", "seed002": "hf_disk", "seed0
           "seed004": "geometry3k"}
 SMALL = ["--train.threads", "1", "--train.tensorboard", "false", "--sft.steps", "2", "--sft.epochs", "0",
          "--sft.batch_size", "4", "--rl.steps", "1", "--rollout.group_size", "2", "--rollout.prompts_per_step",
-         "2", "--rollout.max_new_tokens", "16", "--train.sample_every", "0", "--train.stage", "sft,rl"]
+         "2", "--rollout.max_new_tokens", "16", "--data.overlong", "truncate", "--train.sample_every", "0",
+         "--train.stage", "sft,rl"]
 
 
 @pytest.mark.slow
