@@ -12,7 +12,7 @@ the run's is printed. A plain model folder is asked with the defaults and --conf
 separated) is --rollout.tools, with the inline protocol when the config has none. Crops are saved under --crops-dir.
 Each reply says why it stopped (eos, length: the rollout.max_new_tokens cap, tool, limit). --out writes JSON lines
 (question, reference, answer, response, stop, tool calls, crops): one for --image, one per example for --data, which
-reads any format data.check reads. The same from Python: engine.infer.Assistant.
+reads any format data.check reads (--split S: a split of data with splits, default train). The same from Python: engine.infer.Assistant.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     own.add_argument("--image", default="", help="image file to ask about (with --question)")
     own.add_argument("--question", default="", help="the question (with --image)")
     own.add_argument("--data", default="", help="batch mode: a data file or folder (any format data.check reads)")
+    own.add_argument("--split", default=None, help="batch mode: the split of data with splits (default train)")
     own.add_argument("--out", default="", help="JSONL file for the replies (one line with --image, one per example "
                                                "with --data)")
     own.add_argument("--tools", default=None, help="enable tools, comma separated (= --rollout.tools; inline protocol "
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         r = bot.cfg.rollout
         print(f"model: {bot.source.describe()}; protocol {r.protocol or 'none'}, tools "
               f"{', '.join(r.tools) or ('all' if r.protocol else 'none')}")
-        examples = load_examples(args.data, image_root=cfg.data.image_root or None).examples if args.data else \
+        examples = load_examples(args.data, image_root=cfg.data.image_root or None, split=args.split).examples \
+            if args.data else \
             [Example(question=args.question, answers=[], images=[args.image], origin=args.image)]
         replies = bot.ask_many(examples)
     except ValueError as exc:
