@@ -71,17 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     from engine.setup.layers import config_for_model
 
     try:
-        cfg, notes, _ = config_for_model(args.model, *split_args(rest, __doc__.split("\n\n")[0], (own,)), "infer")
+        cfg, notes, run_cfg = config_for_model(args.model, *split_args(rest, __doc__.split("\n\n")[0], (own,)),
+                                               "infer")
     except ValueError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     from data import Example, load_examples
     from engine.infer import Assistant
 
-    print(notes[0])  # where the settings come from; the Assistant says what differs from the run's own
+    print(notes[0])  # where the settings come from
     tools = [t for t in args.tools.split(",") if t] if args.tools is not None else None
     try:
-        bot = Assistant(args.model, config=cfg, tools=tools, temperature=args.temperature, crops_dir=args.crops_dir)
+        bot = Assistant(args.model, config=cfg, tools=tools, temperature=args.temperature, crops_dir=args.crops_dir,
+                        verbose=False)
+        for line in bot.notes if run_cfg is not None else ():  # what --config, flags and --tools change
+            print(line)
         r = bot.cfg.rollout
         print(f"model: {bot.source.describe()}; protocol {r.protocol or 'none'}, tools "
               f"{', '.join(r.tools) or ('all' if r.protocol else 'none')}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import math
 
-W, H, PAD_L, PAD_R, PAD_T, PAD_B = 360, 180, 46, 10, 24, 26
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 360, 180, 52, 10, 24, 26
 COLOR = "#4363d8"
 
 
@@ -26,7 +26,8 @@ def _esc(text) -> str:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.3g}"
+    """Short enough for the axis margin: 3 significant digits, a small value as 5.5e-04."""
+    return f"{v:.1e}" if 0 < abs(v) < 1e-2 else f"{v:.3g}"
 
 
 def _frame(title: str, y_lo: float, y_hi: float, x_lo: str, x_hi: str, body: str, kind: str,

@@ -98,12 +98,12 @@ def layered_config(toml_path: str | Path | None, overrides: list[str], base: Con
 
 
 def run_config(source) -> Config | None:
-    """The resolved config.toml of the run a engine.setup.model_source.ModelSource came from: the checkpoint's own
+    """The resolved config.toml of the run an engine.setup.model_source.ModelSource came from: the checkpoint's own
     (what that checkpoint was trained with), else the run folder's; None for a model that is not from a run."""
     folders = []
     for d in (source.adapter_dir, source.model_dir):
-        if d is not None and d.name == "model":
-            folders.append(d.parent)  # a checkpoint folder holds model/ and config.toml
+        if d is not None and d.name == "model" and d.parent.parent.name == "checkpoints":
+            folders.append(d.parent)  # a checkpoint folder holds model/ and the config.toml it was trained with
     if source.run_dir is not None:
         folders.append(source.run_dir)
     for folder in folders:
