@@ -56,7 +56,8 @@ figure { margin: 0; } figcaption { font-size: 12px; color: #555; }
 .frame { position: relative; display: inline-block; line-height: 0; }
 .frame img { display: block; max-width: 420px; max-height: 420px; image-rendering: pixelated; }
 .box { position: absolute; box-sizing: border-box; border: 3px solid; }
-.box b { position: absolute; left: 0; top: -16px; font-size: 11px; line-height: 14px; color: #fff; padding: 0 3px; }
+.box b { position: absolute; left: 0; top: -16px; font-size: 11px; line-height: 14px; color: #fff; padding: 0 3px;
+  white-space: nowrap; }
 pre.response { white-space: pre-wrap; word-break: break-word; background: #f4f4f4; padding: 8px; }
 .hl-think { background: #e8f0fe; } .hl-answer { background: #d9f5d9; font-weight: 600; }
 .hl-tool_call, .hl-tool { background: #fff1c2; outline: 1px solid #e0b400; } .tag { color: #777; font-weight: 400; }
