@@ -3,6 +3,7 @@
     python infer.py --model runs/demo --image photo.png --question "What color is the square?"
     python infer.py --model runs/zoom-tools --image img.png --question "..." --out answer.json
     python infer.py --model DIR --image img.png --question "..." --tools crop,zoom       # enable tools
+    python infer.py --model runs/seed003 --image img.png --question "What color?" --choices red,blue,green
     python infer.py --model DIR --data held_out.jsonl --out answers.jsonl                 # batch over a data file
 
 --model is a model folder, a run folder, a checkpoint folder or a LoRA adapter (engine/setup/model_source.py). A model
@@ -32,7 +33,7 @@ def answer_line(reply, max_new_tokens: int) -> str:
     if reply.stop == "length":
         return (f"(none: the response was cut at the length cap, rollout.max_new_tokens {max_new_tokens}, before an "
                 "<answer>; raise it)")
-    return f"(none: no <answer> tag; stopped on {reply.stop or 'nothing'})"
+    return f"(none: no <answer> tag or JSON \"answer\"; stopped on {reply.stop or 'nothing'})"
 
 
 def print_reply(reply, max_new_tokens: int, index: int | None = None) -> None:
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     own.add_argument("--model", default="", help="model, run, checkpoint or LoRA folder (required)")
     own.add_argument("--image", default="", help="image file to ask about (with --question)")
     own.add_argument("--question", default="", help="the question (with --image)")
+    own.add_argument("--choices", default="", help="the options of a multiple-choice question, comma separated "
+                                                   "(the template's {options} / {choices}, as in training)")
     own.add_argument("--data", default="", help="batch mode: a data file or folder (any format data.check reads)")
     own.add_argument("--split", default=None, help="batch mode: the split of data with splits (default train)")
     own.add_argument("--out", default="", help="JSONL file for the replies (one line with --image, one per example "
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(r.tools) or ('all' if r.protocol else 'none')}")
         examples = load_examples(args.data, image_root=cfg.data.image_root or None, split=args.split).examples \
             if args.data else \
-            [Example(question=args.question, answers=[], images=[args.image], origin=args.image)]
+            [Example(question=args.question, answers=[], images=[args.image], origin=args.image,
+                     choices=[c.strip() for c in args.choices.split(",") if c.strip()])]
         replies = bot.ask_many(examples)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

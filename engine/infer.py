@@ -87,9 +87,11 @@ class Assistant:
         self.generator = torch.Generator(device=next(self.vlm.model.parameters()).device).manual_seed(cfg.train.seed)
         self._asked = 0  # numbers the saved crops across calls
 
-    def ask(self, image, question: str) -> Reply:
-        """One question about one image (a path or a PIL image)."""
-        return self.ask_many([(image, question)])[0]
+    def ask(self, image, question: str, choices: list[str] = ()) -> Reply:
+        """One question about one image (a path or a PIL image); `choices`: a multiple-choice question's options,
+        which the question template shows as training showed them ({options}, {choices})."""
+        example = Example(question=question, answers=[], images=[_source(image)], choices=list(choices))
+        return self.ask_many([example])[0]
 
     @torch.no_grad()
     def ask_many(self, pairs, batch_size: int = 16) -> list[Reply]:

@@ -84,6 +84,14 @@ def test_infer_and_the_assistant_ask_as_the_run_was_trained(run, tmp_path, capsy
         "question_template"]
     reply = bot.ask(str(image), example.question)
     assert (reply.response, reply.stop) == (row["response"], row["stop"])  # greedy: the same answer both ways
+    # a multiple-choice row is asked with its options, as training showed them ({options} in the template)
+    assert example.choices
+    with_options = bot.ask(str(image), example.question, choices=example.choices)
+    assert with_options.response == bot.ask_many([example])[0].response
+    capsys.readouterr()
+    assert infer_cli.main(["--model", str(out), "--image", str(image), "--question", example.question,
+                           "--choices", ",".join(example.choices)]) == 0
+    assert f"response: {with_options.response}\n" in capsys.readouterr().out
     other = Assistant(out, config=bot.cfg.__class__(), crops_dir=tmp_path / "crops", verbose=False)
     assert "infer: rollout.max_new_tokens 64 (run trained with 96)" in other.notes
 

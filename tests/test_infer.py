@@ -99,5 +99,5 @@ def test_a_missing_answer_says_why():
     assert infer_cli.answer_line(cut, 48) == ("(none: the response was cut at the length cap, rollout.max_new_tokens "
                                               "48, before an <answer>; raise it)")
     ended = Reply(question="q", answer=None, response="blue", stop="eos")
-    assert infer_cli.answer_line(ended, 48) == "(none: no <answer> tag; stopped on eos)"
+    assert infer_cli.answer_line(ended, 48) == '(none: no <answer> tag or JSON "answer"; stopped on eos)'
     assert infer_cli.answer_line(Reply(question="q", answer="blue", response="<answer>blue</answer>"), 48) == "blue"
