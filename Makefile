@@ -65,6 +65,9 @@ bench-peer:
 # CUBLAS_WORKSPACE_CONFIG lets train.deterministic runs (the bitwise resume test) use deterministic cuBLAS.
 GPU_PY ?= python3
 test-gpu:
+	@$(GPU_PY) -c "import torch, pytest" 2>/dev/null || { echo "make test-gpu: $(GPU_PY) cannot import torch and \
+	pytest: run it with the Python of an environment that has a CUDA torch and pytest (GPU_PY=/path/to/python make \
+	test-gpu; README, Real checkpoints on a GPU)" >&2; exit 2; }
 	CUBLAS_WORKSPACE_CONFIG=:4096:8 $(GPU_PY) -m pytest -q -rs -m gpu -p no:cacheprovider $(shell grep -l 'mark.gpu' tests/test_*.py)
 
 bench-gpu:

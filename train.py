@@ -13,21 +13,23 @@ checkpoint (continue with --train.resume true).
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
 
 from engine.config import plugins
-from engine.config.parsing import build_config, describe
+from engine.config.parsing import describe
 from engine.config.settings import Config
+from engine.setup.layers import layered_config
 
 
-def parse(argv: list[str], description: str | None = None, parents: tuple = ()) -> Config:
-    """The config from --config and dotted overrides, after importing the plugins (--plugin FILE|module, repeatable,
-    and a config file's `plugins = [...]`): their names and settings are then valid choices. `parents`: a command's
-    own argparse parsers (add_help=False), listed in --help; the command parses its own flags itself
-    (parse_known_args) and passes the rest here."""
+def split_args(argv: list[str], description: str | None = None, parents: tuple = ()) -> tuple[str | None, list[str]]:
+    """(the --config preset, the dotted overrides) of a command line, after importing its plugins (--plugin
+    FILE|module, repeatable, and a config file's `plugins = [...]`): their names and settings are then valid
+    choices, and the overrides record them (absolute paths) as `plugins`. `parents`: a command's own argparse
+    parsers (add_help=False), listed in --help; the command parses its own flags itself (parse_known_args) and
+    passes the rest here."""
     parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0], add_help=True,
                                      parents=list(parents),
                                      epilog="Any config key can be set as --section.key VALUE (see --help-config).")
@@ -47,11 +49,20 @@ def parse(argv: list[str], description: str | None = None, parents: tuple = ()) 
     if args.help_config:
         print(describe(Config))
         sys.exit(0)
+    if loaded:
+        overrides = [*overrides, "--plugins", json.dumps(loaded)]
+    return args.config, overrides
+
+
+def parse(argv: list[str], description: str | None = None, parents: tuple = ()) -> Config:
+    """The config from --config and dotted overrides: a flag wins over the preset, and a stage's steps and epochs
+    (or data.eval and data.eval_fraction) named together in one place are an error (engine/setup/layers.py). A
+    preset's setting that the flags made unused (its [algo.ppo_clip] under --algo.loss gspo) is said on stderr."""
     notes: list[str] = []
-    cfg = build_config(Config, toml_path=args.config, overrides=overrides, notes=notes)
+    cfg = layered_config(*split_args(argv, description, parents), notes=notes)
     for note in notes:
         print(f"config: {note}", file=sys.stderr)
-    return dataclasses.replace(cfg, plugins=loaded)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,8 +49,9 @@ from engine.runtime.checkpoint import (capture_rng, generator_device, latest_che
                                read_optimizer_state, restore_rng, save_checkpoint)
 from engine.config.settings import Config
 from engine.config.parsing import to_toml
-from engine.setup.data_setup import load_data, load_sft_final, with_epochs
+from engine.setup.data_setup import budget_lines, eval_overlap, load_data, load_sft_final, with_epochs
 from engine.setup.data_stream import DataStream
+from engine.setup.limits import check_token_limits
 from engine.report.evaluate import evaluate, headline, prompts_for
 from engine.runtime.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed, stages_left
 from engine.runtime.lora import apply_lora, is_peft, merged_export
@@ -59,7 +60,7 @@ from engine.report.rollout_dump import dump_rollouts
 from engine.setup.run_setup import (_check_world, _optimizer, enable_gradient_checkpointing,  # noqa: F401 (re-exported)
                               load_policy)
 from engine.algo.sft import sft_step, sft_trajectory, target_text
-from engine.algo.step import RLState, model_device, policy_weights, rl_step
+from engine.algo.step import RLState, model_device, policy_weights, reward_context, rl_step
 from engine.report.tool_health import ToolCallMonitor
 from engine.rollout.tool_calls import make_protocol
 from engine.algo.update import due
@@ -80,13 +81,18 @@ class Run:
         check_out_dir(self.dir)  # now, before data or model; the folder itself is made once setup worked
         # Data first: a bad dataset fails before the model loads, and epochs become step counts here.
         self.train_set, self.eval_set = load_data(cfg, verbose=self.main_rank)
-        self.cfg = cfg = with_epochs(cfg, len(self.train_set))
+        resolved = with_epochs(cfg, len(self.train_set))
+        for line in budget_lines(cfg, resolved, len(self.train_set)):
+            self._print(line)  # the budget that will run, whichever setting gave it
+        self.cfg = cfg = resolved
         self.final_set = []  # sft.final_train: the SFT stage's last phase
         if cfg.sft.final_steps and "sft" in cfg.train.stage.split(","):
             if cfg.sft.final_steps > cfg.sft.steps:
                 raise ValueError(f"sft.final_steps = {cfg.sft.final_steps} is more than sft.steps = {cfg.sft.steps}: "
                                  "the final phase is part of the SFT stage")
             self.final_set = load_sft_final(cfg, verbose=self.main_rank)
+        # Held-out examples that training also reads: their metrics measure memory (said once, kept in the summary).
+        self.eval_overlap = eval_overlap(self.train_set + self.final_set, self.eval_set, verbose=self.main_rank)
         _check_world(cfg, self.dist.world)
         if cfg.rollout.sampler == "vllm" and self.dist.world > 1:
             raise ValueError("rollout.sampler = vllm runs in one process for now (each rank would need its own "
@@ -99,6 +105,11 @@ class Run:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         self.vlm = load_policy(cfg, device=str(self.dist.device))
+        # Prompts and SFT targets against the token limits, once, before step 1 (refused, or cut: data.overlong).
+        stages = cfg.train.stage.split(",")
+        check_token_limits(self.train_set + self.final_set, self.vlm, cfg, what="training", targets="sft" in stages,
+                           verbose=self.main_rank)
+        check_token_limits(self.eval_set, self.vlm, cfg, what="held-out", targets=False, verbose=self.main_rank)
         # Seeded after loading (building an uncached tiny model reseeds the global RNG), the same on every rank:
         # LoRA's initial adapters must be identical on all ranks before FSDP shards them.
         torch.manual_seed(cfg.train.seed)
@@ -129,6 +140,7 @@ class Run:
         D.shard_model(self.vlm.model, mixed_precision=self.mixed_precision)
         self.signals, self.nonfinite = StopSignals(), NonFinite(cfg.optim.max_skipped_updates)
         self.last_saved: tuple[int, Path] | None = None  # (global step, folder) of this session's newest save
+        self.last_step = None  # (trajectories, rewards, advantages) of the last step, for _dump_final
         self.logger = None
         if self.main_rank:  # setup worked: only now does the run folder appear
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -287,6 +299,7 @@ class Run:
         for name in self.cfg.eval.metrics:  # the task's headline metrics, by name: accuracy_after_rl, iou_after_rl
             self.summary[f"{name}_{tag}"] = result.metrics[name]
         self.summary["num_eval_examples"] = result.metrics["num_examples"]
+        self.summary["eval_overlaps_train"] = self.eval_overlap
         self.summary[f"eval_{tag}"] = result.metrics
         if not self.main_rank:
             return
@@ -316,12 +329,14 @@ class Run:
                 examples = self._mine([self.train_set[i] for i in stream.take(s.batch_size)])
             else:
                 examples = self._mine([self.final_set[i] for i in final.take(s.batch_size)])
-            trajs = [sft_trajectory(p, target_text(e, cfg.data.sft_template, p, self.vlm), self.vlm)
+            cut = cfg.rollout.max_new_tokens if cfg.data.overlong == "truncate" else 0
+            trajs = [sft_trajectory(p, target_text(e, cfg.data.sft_template, p, self.vlm), self.vlm, max_sampled=cut)
                      for p, e in zip(prompts_for(examples, self.vlm, cfg), examples)]
             metrics = sft_step(model, optimizer, scheduler, trajs, micro_batch_tokens=cfg.optim.micro_batch_tokens,
                                chunk_tokens=cfg.model.logprob_chunk_tokens,
                                max_grad_norm=cfg.optim.max_grad_norm)
             self.global_step += 1
+            self.last_step = (trajs, None, None)
             self._log(self.global_step, metrics)
             bar.set_postfix(loss=f"{float(metrics['sft/loss']):.3f}")  # host sync, once per step
             bar.update(1)
@@ -347,6 +362,7 @@ class Run:
             examples = self._mine([self.train_set[i] for i in stream.take(cfg.rollout.prompts_per_step)])
             metrics, trajs, rewards, adv = rl_step(state, prompts_for(examples, self.vlm, cfg))
             self.global_step += 1
+            self.last_step = (trajs, rewards, adv)
             if monitor is not None:  # RL with tools often stops calling them: say so when it happens
                 warning = monitor.update(metrics["tools/call_rate"])
                 metrics["tools/call_rate_avg"] = monitor.average
@@ -380,8 +396,18 @@ class Run:
         self.evaluate(f"after_{stage}")
         self._save(stage, total, optimizer, scheduler, stream)
 
+    def _dump(self, trajs, rewards=None, adv=None) -> None:
+        dump_rollouts(self.dir, self.global_step, trajs, rewards, adv, box_frame=self.vlm.family.box_frame,
+                      weights=self.cfg.reward.weights, contexts=[reward_context(t, self.vlm) for t in trajs])
+
+    def _dump_final(self) -> None:
+        """The viewer works on every run: when no step's rollouts were dumped (train.sample_every 0, or fewer RL
+        steps than it; an SFT-only run), the last step's are (an SFT step's: its targets)."""
+        if self.main_rank and self.last_step is not None and not any((self.dir / "rollouts").glob("step_*.jsonl")):
+            self._dump(*self.last_step)
+
     def _log_samples(self, trajs, rewards, adv, k: int = 4) -> None:
-        dump_rollouts(self.dir, self.global_step, trajs, rewards, adv, box_frame=self.vlm.family.box_frame)
+        self._dump(trajs, rewards, adv)
         for i in range(min(k, len(trajs))):
             parts = ", ".join(f"{n}={v[i]:.2f}" for n, v in rewards.parts.items())
             text = (f"Q: {trajs[i].prompt.example.question}\nA*: {trajs[i].prompt.example.answer}\n"
@@ -405,6 +431,7 @@ class Run:
                 if self.signals.requested() and self.last_saved is not None:  # between stages: that save is current
                     raise self.signals.stopped(f"before stage {stage}", self.last_saved[1])
                 getattr(self, stage)()
+        self._dump_final()
         if is_peft(self.vlm.model):
             self.summary["merged_model"] = str(self._export_merged())
         self.summary["steps"] = {s: self.summary["steps"].get(s, 0) for s in ("sft", "rl")}  # steps trained

@@ -75,3 +75,14 @@ def rope_positions(model, ids: list[int] | torch.Tensor, grid_thw: torch.Tensor 
     pos_31T, _ = _backbone(model).get_rope_index(
         ids_1T, mm_token_type_ids=mm_token_type_ids(ids_1T, family), image_grid_thw=grid_thw)
     return pos_31T[:, 0].cpu()
+
+
+def resize_short_side(image: Image.Image, side: int) -> Image.Image:
+    """`image` scaled (bicubic, aspect ratio kept, long side rounded) so its shorter side is `side`; 0: as is
+    (seed 001's rule for the main image: the model sees it at 448 px on its shorter side)."""
+    if side <= 0 or min(image.size) == side:
+        return image
+    w, h = image.size
+    scale = side / min(w, h)
+    size = (side, max(1, round(h * scale))) if w <= h else (max(1, round(w * scale)), side)
+    return image.resize(size, Image.BICUBIC)
