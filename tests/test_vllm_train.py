@@ -45,10 +45,11 @@ def _run(data, out_dir):
     cfg = build_config(Config, toml_path=ROOT / "configs/demo.toml", overrides=[
         "--data.train", str(data), "--data.eval", "", "--train.out_dir", str(out_dir), "--train.threads", "1",
         "--train.tensorboard", "false", "--train.stage", "sft,rl", "--rl.steps", str(STEPS),
-        # a short SFT warm-start (the e2e tests' settings): the format half-learnt, so rewards vary within groups
-        "--sft.steps", "20", "--sft.batch_size", "8", "--sft.lr", "2e-3",
+        # a short SFT warm-start: the format half-learnt, so rewards vary within groups (at temperature 0.7; at 1.0
+        # the per-prompt seeds of these 4 steps drew groups of equal rewards, i.e. no update at all)
+        "--sft.steps", "60", "--sft.batch_size", "8", "--sft.lr", "2e-3",
         "--train.sample_every", "0", "--rollout.sampler", "vllm", "--rollout.prompts_per_step", "2",
-        "--rollout.group_size", "4", "--rollout.max_new_tokens", "24", "--rollout.temperature", "1.0",
+        "--rollout.group_size", "4", "--rollout.max_new_tokens", "24", "--rollout.temperature", "0.7",
         # a large lr: every update moves the policy far enough that a stale sampler shows
         "--rl.lr", "3e-3", "--algo.tis_cap", "2.0"])
     trainer.run(cfg)
