@@ -345,10 +345,6 @@ class Config:
             raise ValueError(f"model.attn_implementation = {self.model.attn_implementation} runs flash kernels, which "
                              "take bf16 / fp16 tensors only: set model.dtype = bfloat16 (or train.mixed_precision = "
                              "bf16), or use sdpa for float32")
-        if self.train.mixed_precision and self.rollout.sampler == "vllm":
-            raise ValueError("train.mixed_precision with rollout.sampler = vllm: the in-process vLLM engine makes a "
-                             "torch.distributed group of its own; use the native sampler, or model.dtype without "
-                             "mixed precision")
         resized = [k for k in ("max_pixels", "min_pixels", "image_short_side") if getattr(self.data, k)]
         if self.rollout.sampler == "vllm" and resized:
             raise ValueError(f"data.{', data.'.join(resized)} with rollout.sampler = vllm: vLLM resizes images with the "
