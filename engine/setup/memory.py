@@ -11,7 +11,10 @@ device (no weights are read). Per GPU, the estimate is
 
     peak = weights + optimizer state + reference + max(gradients + activations(micro_batch_tokens), rollout KV cache)
 
-because gradients are freed (set to None) between steps, while the rollout runs. Under N processes FSDP2 shards
+because gradients are freed (set to None) between steps, while the rollout runs. With `--rollout.sampler vllm` the
+engine's share of the GPU (rollout.vllm_gpu_memory_utilization: its weights copy, over rollout.vllm_tp GPUs, and
+its KV cache) takes the rollout's place, and sits beside the update too unless it sleeps then (`vllm_engine`,
+`vllm_peak`). Under N processes FSDP2 shards
 weights, gradients, optimizer state and reference N ways; activations are per process; each process samples
 prompts_per_step / N prompts. Activation bytes per token are counted tensor by tensor for one decoder layer (and
 one vision block per patch), bf16, as the backward pass keeps them (`layer_bytes`): with gradient checkpointing only
@@ -124,6 +127,17 @@ class Workload:
 
 
 @dataclass
+class VllmEngine:
+    """rollout.sampler = vllm: the vLLM engine beside the trainer on each GPU (engine/rollout/vllm_sampler.py)."""
+
+    memory_fraction: float  # rollout.vllm_gpu_memory_utilization: the share of the GPU vLLM takes
+    gpu_bytes: float
+    tp: int = 1  # rollout.vllm_tp: GPUs one engine is sharded over
+    dtype: str = "bfloat16"  # what it samples in (bf16 under train.mixed_precision)
+    sleeps: bool = True  # rollout.vllm_sleep: its memory is free during the reference forward and the update
+
+
+@dataclass
 class Setting:
     micro_batch_tokens: int
     checkpointing: bool
@@ -134,6 +148,7 @@ class Setting:
     kl_reference: bool = True
     gpus: int = 1
     logprob_chunk_tokens: int = 0  # model.logprob_chunk_tokens (0: no chunking)
+    vllm: VllmEngine | None = None  # rollout.sampler = vllm (None: the native sampler)
 
 
 def layer_bytes(d: Dims) -> tuple[float, float]:
@@ -180,7 +195,31 @@ def estimate(d: Dims, w: Workload, s: Setting) -> dict[str, float]:
     out["peak"] = (out["weights"] + out["optimizer"] + out["reference"]
                    + max(out["gradients"] + out["activations"], out["rollout_kv_cache"]))
     out["trajectory_tokens"] = seq
+    if s.vllm is not None:  # the vLLM engine samples instead of our sampler: its memory replaces that KV cache
+        out.update(vllm_engine(d, seq, s.vllm))
+        out["peak"] = vllm_peak(out, s.vllm)
     return out
+
+
+def vllm_engine(d: Dims, trajectory_tokens: int, e: VllmEngine) -> dict[str, float]:
+    """One GPU's vLLM engine: the share of the GPU it takes (vllm_engine = gpu_memory_utilization x GPU), split into
+    its copy of the weights (sharded over vllm_tp GPUs) and its KV cache (the rest; vLLM's own activation
+    workspace comes out of it too and is not counted), and how many whole trajectories that KV cache holds at once
+    (vllm_sequences: more are queued, not refused; 0 when the weights alone exceed the share)."""
+    dtype = DTYPE_BYTES[e.dtype]
+    total = e.memory_fraction * e.gpu_bytes
+    weights = d.params * dtype / e.tp
+    kv_per_token = 2 * d.layers * max(d.kv_heads // e.tp, 1) * d.head_dim * dtype  # K and V; heads split over TP
+    kv = max(total - weights, 0.0)
+    return {"vllm_engine": total, "vllm_weights": weights, "vllm_kv_cache": kv,
+            "vllm_sequences": kv // (kv_per_token * trajectory_tokens)}
+
+
+def vllm_peak(out: dict[str, float], e: VllmEngine) -> float:
+    """The peak with the engine: the training state, plus the larger of the update (gradients, activations, and the
+    engine too when it does not sleep) and the rollout (the engine awake; gradients are freed after each step)."""
+    during_update = out["gradients"] + out["activations"] + (0.0 if e.sleeps else out["vllm_engine"])
+    return out["weights"] + out["optimizer"] + out["reference"] + max(during_update, out["vllm_engine"])
 
 
 def fitting_settings(d: Dims, w: Workload, base: Setting, gpu_bytes: float) -> list[tuple[Setting, dict]]:
@@ -227,19 +266,33 @@ def report(d: Dims, w: Workload, s: Setting, gpu_gib: float, group_size: int) ->
              f"  reference          {gib(est['reference'])}",
              f"  activations        {gib(est['activations'])}  ({est['activations_per_token'] / 2**20:.3f} MiB "
              f"per micro-batch token, plus {est['logits'] / GiB:.2f} GiB for the log-prob head)",
-             f"  rollout KV cache   {gib(est['rollout_kv_cache'])}",
+             *(vllm_lines(est, s.vllm) if s.vllm else [f"  rollout KV cache   {gib(est['rollout_kv_cache'])}"]),
              f"  estimated peak     {gib(est['peak'])}  {'fits' if est['peak'] <= gpu_gib * GiB else 'DOES NOT FIT'}",
              "settings that fit (fastest first):"]
     fits = fitting_settings(d, w, s, gpu_gib * GiB)
     for f, e in fits:
         lora = f"--lora.r {f.lora_rank}" if f.lora_rank else "--lora.r 0"
-        prompts = max_prompts(d, w, f, group_size, gpu_gib * GiB)
+        prompts = (f"vLLM holds {e['vllm_sequences']:.0f} trajectories at once" if s.vllm else
+                   f"rollout.prompts_per_step up to {max_prompts(d, w, f, group_size, gpu_gib * GiB)}")
         lines.append(f"  {lora} --model.gradient_checkpointing {str(f.checkpointing).lower()} "
-                     f"--optim.micro_batch_tokens {f.micro_batch_tokens}   peak {e['peak'] / GiB:.1f} GiB, "
-                     f"rollout.prompts_per_step up to {prompts}")
+                     f"--optim.micro_batch_tokens {f.micro_batch_tokens}   peak {e['peak'] / GiB:.1f} GiB, {prompts}")
     if not fits:
         lines.append("  none: use more GPUs (--gpus), LoRA, smaller images or shorter responses")
     return "\n".join(lines)
+
+
+def vllm_lines(est: dict, e: VllmEngine) -> list[str]:
+    gib = lambda x: f"{x / GiB:7.2f} GiB"  # noqa: E731
+    phase = "asleep during the update (vllm_sleep)" if e.sleeps else "resident throughout (vllm_sleep false)"
+    lines = [f"  vLLM engine        {gib(est['vllm_engine'])}  (rollout.vllm_gpu_memory_utilization "
+             f"{e.memory_fraction:g}; {phase})",
+             f"    its weights      {gib(est['vllm_weights'])}  ({e.dtype}, over vllm_tp {e.tp} GPU(s))",
+             f"    its KV cache     {gib(est['vllm_kv_cache'])}  (~{est['vllm_sequences']:.0f} trajectories of "
+             f"{est['trajectory_tokens']} tokens at once; more wait their turn)"]
+    if est["vllm_sequences"] < 1:
+        lines.append("    the engine's share cannot hold one trajectory: raise rollout.vllm_gpu_memory_utilization "
+                     "or rollout.vllm_tp")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     s = Setting(micro_batch_tokens=cfg.optim.micro_batch_tokens, checkpointing=cfg.model.gradient_checkpointing,
                 lora_rank=cfg.lora.r, lora_target=cfg.lora.target, dtype=cfg.model.dtype,
                 mixed_precision=cfg.train.mixed_precision == "bf16", kl_reference=cfg.algo.kl_beta > 0, gpus=args.gpus,
-                logprob_chunk_tokens=cfg.model.logprob_chunk_tokens)
+                logprob_chunk_tokens=cfg.model.logprob_chunk_tokens,
+                vllm=VllmEngine(memory_fraction=r.vllm_gpu_memory_utilization, gpu_bytes=args.gpu_gib * GiB,
+                                tp=r.vllm_tp, sleeps=r.vllm_sleep is not False,
+                                dtype="bfloat16" if cfg.train.mixed_precision == "bf16" else cfg.model.dtype)
+                if r.sampler == "vllm" else None)
     print(report(d, w, s, args.gpu_gib, r.group_size))
     return 0
 
