@@ -104,6 +104,13 @@ def test_the_vllm_engine_takes_its_share_and_sleeps_through_the_update(qwen25_3b
     assert update < e["vllm_engine"] and e["peak"] == state + e["vllm_engine"]  # the rollout is the peak here
     awake = estimate(qwen25_3b, work, Setting(**{**base.__dict__, "vllm": VllmEngine(0.3, 80 * GiB, sleeps=False)}))
     assert awake["peak"] == state + update + 0.3 * 80 * GiB  # not asleep: the engine sits beside the update
+    # The push gathers one group: here a decoder layer, (3,447,595,008 - 668,684,288 vision - 2 x 1,010 x 2,048
+    # embedding and head) / 36 layers = 77,077,049 parameters, bf16. With an engine share that barely holds its
+    # weights, weights + that group is the peak.
+    assert e["vllm_sync_group"] == pytest.approx(77_077_049 * 2, abs=2)
+    tight = VllmEngine(memory_fraction=(3_447_595_008 * 2 + 2**20) / (80 * GiB), gpu_bytes=80 * GiB)
+    t = estimate(qwen25_3b, work, Setting(**{**base.__dict__, "vllm": tight}))
+    assert t["peak"] == pytest.approx(state + 3_447_595_008 * 2 + 77_077_049 * 2, abs=4)
     tp = estimate(qwen25_3b, work, Setting(**{**base.__dict__, "vllm": VllmEngine(0.3, 80 * GiB, tp=2)}))
     assert tp["vllm_weights"] == 3_447_595_008 and tp["vllm_sequences"] == (0.3 * 80 * GiB - 3_447_595_008) // (
         18_432 * 547)

@@ -135,6 +135,7 @@ class VllmEngine:
     tp: int = 1  # rollout.vllm_tp: GPUs one engine is sharded over
     dtype: str = "bfloat16"  # what it samples in (bf16 under train.mixed_precision)
     sleeps: bool = True  # rollout.vllm_sleep: its memory is free during the reference forward and the update
+    master_fp32: bool = False  # train.mixed_precision: the trainer's weights (and so the pushed groups) are fp32
 
 
 @dataclass
@@ -211,15 +212,25 @@ def vllm_engine(d: Dims, trajectory_tokens: int, e: VllmEngine) -> dict[str, flo
     weights = d.params * dtype / e.tp
     kv_per_token = 2 * d.layers * max(d.kv_heads // e.tp, 1) * d.head_dim * dtype  # K and V; heads split over TP
     kv = max(total - weights, 0.0)
+    # The weight push gathers one parameter group at a time (engine/rollout/weight_sync.py): the largest is a decoder
+    # layer or the embeddings with the LM head (counted untied: an upper bound), in the master dtype (fp32 under
+    # mixed precision, which the engine's dtype then is not).
+    embeddings = 2 * d.vocab * d.hidden
+    layer = (d.params - d.vision_params - embeddings) / d.layers
+    master = 4 if e.master_fp32 else dtype
     return {"vllm_engine": total, "vllm_weights": weights, "vllm_kv_cache": kv,
-            "vllm_sequences": kv // (kv_per_token * trajectory_tokens)}
+            "vllm_sequences": kv // (kv_per_token * trajectory_tokens),
+            "vllm_sync_group": max(embeddings, layer) * master}
 
 
 def vllm_peak(out: dict[str, float], e: VllmEngine) -> float:
-    """The peak with the engine: the training state, plus the larger of the update (gradients, activations, and the
-    engine too when it does not sleep) and the rollout (the engine awake; gradients are freed after each step)."""
+    """The peak with the engine: the training state, plus the largest of the update (gradients, activations, and
+    the engine too when it does not sleep), the weight push (the engine's weights awake, its KV cache too without
+    sleep, beside one gathered group) and the rollout (the engine awake; gradients are freed after each step)."""
     during_update = out["gradients"] + out["activations"] + (0.0 if e.sleeps else out["vllm_engine"])
-    return out["weights"] + out["optimizer"] + out["reference"] + max(during_update, out["vllm_engine"])
+    during_push = (out["vllm_weights"] if e.sleeps else out["vllm_engine"]) + out["vllm_sync_group"]
+    return (out["weights"] + out["optimizer"] + out["reference"]
+            + max(during_update, during_push, out["vllm_engine"]))
 
 
 def fitting_settings(d: Dims, w: Workload, base: Setting, gpu_bytes: float) -> list[tuple[Setting, dict]]:
@@ -288,7 +299,9 @@ def vllm_lines(est: dict, e: VllmEngine) -> list[str]:
              f"{e.memory_fraction:g}; {phase})",
              f"    its weights      {gib(est['vllm_weights'])}  ({e.dtype}, over vllm_tp {e.tp} GPU(s))",
              f"    its KV cache     {gib(est['vllm_kv_cache'])}  (~{est['vllm_sequences']:.0f} trajectories of "
-             f"{est['trajectory_tokens']} tokens at once; more wait their turn)"]
+             f"{est['trajectory_tokens']} tokens at once; more wait their turn)",
+             f"  weight push        {gib(est['vllm_sync_group'])}  (the largest parameter group, gathered beside "
+             "the engine's weights)"]
     if est["vllm_sequences"] < 1:
         lines.append("    the engine's share cannot hold one trajectory: raise rollout.vllm_gpu_memory_utilization "
                      "or rollout.vllm_tp")
@@ -327,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 logprob_chunk_tokens=cfg.model.logprob_chunk_tokens,
                 vllm=VllmEngine(memory_fraction=r.vllm_gpu_memory_utilization, gpu_bytes=args.gpu_gib * GiB,
                                 tp=r.vllm_tp, sleeps=r.vllm_sleep is not False,
+                                master_fp32=cfg.train.mixed_precision == "bf16",
                                 dtype="bfloat16" if cfg.train.mixed_precision == "bf16" else cfg.model.dtype)
                 if r.sampler == "vllm" else None)
     print(report(d, w, s, args.gpu_gib, r.group_size))
