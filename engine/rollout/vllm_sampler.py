@@ -303,7 +303,7 @@ class VLLMSampler:
         (engine/rollout/weight_sync.py's policy_weights, or a state dict's items()). Then drop every cache
         computed with the old ones. Wakes the engine's weights first when it sleeps (its KV cache stays asleep)."""
         self._wake(["weights"])
-        weights = ((name, t.detach()) for name, t in named_tensors)
+        weights = iter(named_tensors)  # detached already (a state dict's, or weight_sync's): passed on as they are
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_prefix_cache()
