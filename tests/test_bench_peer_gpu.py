@@ -16,7 +16,8 @@ import pytest
 
 from scripts.bench_peer_gpu import main, peer_batch, read_ours
 
-NO_TRL = "" if importlib.util.find_spec("trl") else "TRL is not installed here: run under .venv-peer (scripts/install_peer.sh)"
+NO_TRL = "" if importlib.util.find_spec("trl") else \
+    "TRL is not installed here: run under .venv-peer (scripts/install_peer.sh)"
 
 
 def _ours(tmp_path, **changes):

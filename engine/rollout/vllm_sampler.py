@@ -226,11 +226,13 @@ class VLLMSampler:
 
     def _jobs(self, requests: list[GenRequest], images_per_request: list[list], max_new_tokens: int,
               gen: torch.Generator) -> list[_Job]:
-        # Room for seed + k, k < G. Drawn on the generator's device (the trainer's is the policy's, maybe CUDA);
-        # host sync: .tolist(), once per call, because vLLM takes Python seeds.
-        drawn = torch.randint(0, 2**30, (len(requests),), generator=gen, device=gen.device).tolist()
+        # Requests without their own seed draw one: room for seed + k, k < G, on the generator's device (the
+        # trainer's is the policy's, maybe CUDA); host sync: .tolist(), once per call (vLLM takes Python seeds).
+        unseeded = sum(r.seed is None for r in requests)
+        drawn = iter(torch.randint(0, 2**30, (unseeded,), generator=gen, device=gen.device).tolist()
+                     if unseeded else [])
         jobs = []
-        for r, images, seed in zip(requests, images_per_request, drawn):
+        for r, images in zip(requests, images_per_request):
             n_img = 0 if r.grid_thw is None else len(r.grid_thw)
             if len(images) != n_img:
                 raise ValueError(f"a request has {n_img} image blocks but {len(images)} images")
@@ -238,7 +240,7 @@ class VLLMSampler:
             if images:
                 prompt["multi_modal_data"] = {"image": list(images)}
             jobs.append(_Job(prompt=prompt, limit=min(r.max_new_tokens or max_new_tokens, max_new_tokens),
-                             seed=r.seed if r.seed is not None else seed))
+                             seed=r.seed if r.seed is not None else next(drawn)))
         return jobs
 
     def _engine_jobs(self, jobs: list[_Job]) -> tuple[list[_Job], int]:
