@@ -11,8 +11,9 @@ Process r writes OUT_DIR/rank{r}.json:
   sampler's log-probs of the sampled ones;
 - "pushes": per weight push (the first one when the engine is built, then one per step), the peak bytes held by the
   sync's own tensors (tests/dist_sync_worker.py's Held: every gather and every yielded tensor until freed, while
-  vLLM consumes the stream), and "largest_group_bytes", "largest_tensor_bytes" (vLLM's loop still holds the
-  previous group's last tensor while the next group is gathered) and "model_bytes" to bound it by.
+  vLLM consumes the stream), and "largest_group_bytes", "largest_tensor_bytes" (vLLM still holds one tensor of
+  the previous group while the next is gathered: measured, the up_proj that completed the last fused gate/up
+  layer, and its loop the last tensor it read) and "model_bytes" to bound it by.
 """
 
 from __future__ import annotations
