@@ -100,7 +100,9 @@ def test_settings_are_checked_before_any_model_loads(monkeypatch):
         check_settings(vllm_cfg(vllm_gpu_memory_utilization=0.5), 1, False)
     with pytest.raises(ValueError, match="vllm_kv_cache_gib sizes a CPU engine"):
         check_settings(vllm_cfg(vllm_kv_cache_gib=4), 1, True)
-    check_settings(vllm_cfg(vllm_gpu_memory_utilization=0.5), 1, True)
+    with pytest.raises(ValueError, match="vllm_sleep = true: vLLM has no sleep mode on a CPU"):
+        check_settings(vllm_cfg(vllm_sleep=True), 1, False)
+    check_settings(vllm_cfg(vllm_gpu_memory_utilization=0.5, vllm_sleep=True), 1, True)
 
 
 class _RecordingLLM:

@@ -116,6 +116,9 @@ def check_settings(r, world: int, cuda: bool) -> None:
     if cuda and r.vllm_kv_cache_gib != defaults["vllm_kv_cache_gib"].default:
         raise ValueError("rollout.vllm_kv_cache_gib sizes a CPU engine; on a GPU the engine's share of memory is "
                          "rollout.vllm_gpu_memory_utilization")
+    if not cuda and r.vllm_sleep:
+        raise ValueError("rollout.vllm_sleep = true: vLLM has no sleep mode on a CPU; leave it at none (on where "
+                         "vLLM has it) or false")
 
 
 class _BufferOnlyReloadNotice(logging.Filter):
