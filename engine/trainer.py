@@ -9,7 +9,9 @@ One code path for 1 and N processes (engine/runtime/distributed.py; without torc
 - Every rank reads the same data stream and takes its contiguous share (shard_indices) of each step's prompts or
   SFT examples, so a prompt's group stays on one rank; rollout.prompts_per_step and sft.batch_size are global.
 - Rank r samples with its own generator, seeded train.seed + 1000·r (rank 0 = the one-process run); every rank
-  has the same global torch seed, so LoRA adapters start identical everywhere.
+  has the same global torch seed, so LoRA adapters start identical everywhere. With rollout.sampler = vllm each
+  rank runs its own vLLM engine (vLLM's external_launcher, rollout.vllm_tp ranks per engine) and every prompt has
+  its own seed (engine/rollout/rollout.py prompt_seeds): N processes sample what one would, prompt by prompt.
 - Only rank 0 writes: config, metrics, TensorBoard, progress bar, prints, checkpoints, rollout dumps, summary.
 - The policy is loaded (and a checkpoint resumed into it, full tensors) before FSDP shards it.
 - train.mixed_precision = bf16 (bf16 compute, fp32 master weights and AdamW state) is FSDP2's policy: one process
@@ -60,7 +62,10 @@ from engine.report.rollout_dump import dump_rollouts
 from engine.setup.run_setup import (_check_world, _optimizer, enable_gradient_checkpointing,  # noqa: F401 (re-exported)
                               load_policy)
 from engine.algo.sft import sft_step, sft_trajectory, target_text
-from engine.algo.step import RLState, model_device, policy_weights, reward_context, rl_step
+from engine.algo.step import RLState, model_device, reward_context, rl_step
+from engine.rollout.rollout import prompt_seeds
+from engine.rollout.vllm_sampler import check_settings as check_vllm_settings
+from engine.rollout.weight_sync import policy_weights
 from engine.report.tool_health import ToolCallMonitor
 from engine.rollout.tool_calls import make_protocol
 from engine.algo.update import due
@@ -94,9 +99,8 @@ class Run:
         # Held-out examples that training also reads: their metrics measure memory (said once, kept in the summary).
         self.eval_overlap = eval_overlap(self.train_set + self.final_set, self.eval_set, verbose=self.main_rank)
         _check_world(cfg, self.dist.world)
-        if cfg.rollout.sampler == "vllm" and self.dist.world > 1:
-            raise ValueError("rollout.sampler = vllm runs in one process for now (each rank would need its own "
-                             "engine and the full weights): use the native sampler under torchrun")
+        if cfg.rollout.sampler == "vllm":
+            check_vllm_settings(cfg.rollout, self.dist.world, self.dist.device.type == "cuda")  # not after SFT
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
@@ -141,6 +145,7 @@ class Run:
         self.signals, self.nonfinite = StopSignals(), NonFinite(cfg.optim.max_skipped_updates)
         self.last_saved: tuple[int, Path] | None = None  # (global step, folder) of this session's newest save
         self.last_step = None  # (trajectories, rewards, advantages) of the last step, for _dump_final
+        self.sampler = None  # the vLLM engine (rollout.sampler = vllm), from the RL stage on; closed by close()
         self.logger = None
         if self.main_rank:  # setup worked: only now does the run folder appear
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -275,17 +280,28 @@ class Run:
         return out
 
     def _sampler(self):
-        """rollout.sampler = vllm: vLLM in this process, holding the policy's CURRENT weights (built from the
-        model folder, then pushed what SFT or a resume made of them). None: the native sampler."""
+        """rollout.sampler = vllm: a vLLM engine in this process (under torchrun, one per process joining its group,
+        or one per rollout.vllm_tp processes), holding the policy's CURRENT weights: built from the model folder,
+        then pushed what SFT or a resume made of them. None: the native sampler."""
         r = self.cfg.rollout
         if r.sampler != "vllm":
             return None
         from engine.rollout.vllm_sampler import VLLMSampler
 
+        # Mixed precision computes in bf16: the engine samples in it too (the trainer still scores every token).
+        dtype = "bfloat16" if self.cfg.train.mixed_precision == "bf16" else self.cfg.model.dtype
         sampler = VLLMSampler(self.vlm.path, max_model_len=r.max_total_tokens, kv_cache_gib=r.vllm_kv_cache_gib,
-                              seed=self.cfg.train.seed, limit_images=r.max_images, dtype=self.cfg.model.dtype)
+                              seed=self.cfg.train.seed, limit_images=r.max_images, dtype=dtype,
+                              gpu_memory_utilization=r.vllm_gpu_memory_utilization, tensor_parallel=r.vllm_tp,
+                              sleep=r.vllm_sleep)
         sampler.push_weights(policy_weights(self.vlm.model))
         return sampler
+
+    def close(self) -> None:
+        """Free the vLLM engine. After the run's last collective: vLLM's shutdown destroys the process group."""
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
 
     # ------------------------------------------------------------------------------------- stages
     def _mine(self, examples: list) -> list:
@@ -355,12 +371,16 @@ class Run:
                         generator=self.generator, protocol=self.protocol, scorer=self.scorer)
         stream = DataStream(len(self.train_set), cfg.train.seed + 2)
         start = self._take_resume("rl", model, optimizer, scheduler, stream)
-        state.sampler = self._sampler()
+        state.sampler = self.sampler = self._sampler()
         bar = self._bar(cfg.rl.steps, initial=start, desc="rl")
         monitor = ToolCallMonitor() if cfg.rollout.protocol is not None else None
+        n = cfg.rollout.prompts_per_step
         for step in range(start, cfg.rl.steps):
-            examples = self._mine([self.train_set[i] for i in stream.take(cfg.rollout.prompts_per_step)])
-            metrics, trajs, rewards, adv = rl_step(state, prompts_for(examples, self.vlm, cfg))
+            examples = self._mine([self.train_set[i] for i in stream.take(n)])
+            # vLLM: each prompt's seed from the step and its place in the batch, so the samples do not depend on the
+            # number of processes, and a resume samples what the uninterrupted run would.
+            seeds = self._mine(prompt_seeds(cfg.train.seed, self.global_step, n)) if self.sampler else None
+            metrics, trajs, rewards, adv = rl_step(state, prompts_for(examples, self.vlm, cfg), seeds)
             self.global_step += 1
             self.last_step = (trajs, rewards, adv)
             if monitor is not None:  # RL with tools often stops calling them: say so when it happens
@@ -378,8 +398,6 @@ class Run:
             self._periodic("rl", step + 1, cfg.rl.steps, optimizer, scheduler, stream)
             self._after_step("rl", step + 1, metrics, lambda n: self._save("rl", n, optimizer, scheduler, stream))
         bar.close()
-        if state.sampler is not None:
-            state.sampler.close()
         self._finish_stage("rl", cfg.rl.steps, optimizer, scheduler, stream)
 
     def _periodic(self, stage: str, done: int, total: int, optimizer, scheduler, stream: DataStream) -> None:
@@ -455,6 +473,8 @@ def run(cfg: Config) -> dict:
             if r.main_rank and not (isinstance(exc, RunStopped) and exc.code >= 128):
                 mark_failed(r.dir, exc)
             raise
+        finally:
+            r.close()
     finally:
         torch.use_deterministic_algorithms(deterministic)
     D.close()  # torchrun, or a group of one (mixed precision): leave the process group cleanly

@@ -29,6 +29,8 @@ def test_tiny_shape_runs_both_modes_on_cpu(tmp_path, capsys):
                  "--peak-tflops", "1", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert [m["gradient_checkpointing"] for m in r["modes"]] == [True, False]
+    assert r["settings"] == {"arch": "qwen2_5_vl", "shape": "tiny", "prompts": 1, "group": 2, "new_tokens": 4,
+                             "side": 112, "kl_beta": 0.04, "dtype": "float32"}  # what bench_peer_gpu.py rebuilds
     assert [m["micro_batch_tokens"] for m in r["modes"]] == [8192, 8192]  # the size measured best on an H200
     p = r["params"]
     assert p["body"] + p["vision"] + p["embedding"] + p["head"] == p["all"]  # the tiny model does not tie them

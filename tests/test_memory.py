@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from engine.setup.memory import LOGIT_BYTES, GiB, Setting, Workload, estimate, main, read_dims, shape_dims
+from engine.setup.memory import (LOGIT_BYTES, GiB, Setting, VllmEngine, Workload, estimate, main, read_dims,
+                                 shape_dims)
 from engine.setup.memory_plan import HEADROOM, fitting_settings, train_command
 from models.tiny import tiny_model_dir
 
@@ -140,3 +141,40 @@ def test_released_shape_and_chunked_log_probs():
     assert whole["logits"] == pytest.approx(16384 * 256 / 547 * 151936 * LOGIT_BYTES)  # every response token's logits at once
     assert chunked["logits"] == 2048 * 151936 * LOGIT_BYTES  # one chunk at a time
     assert whole["peak"] - chunked["peak"] == pytest.approx(whole["logits"] - chunked["logits"])
+
+
+def test_the_vllm_engine_takes_its_share_and_sleeps_through_the_update(qwen25_3b):
+    """rollout.sampler = vllm on 8 GPUs of 80 GiB, bf16: by hand, the engine takes 0.3 x 80 = 24 GiB per GPU, its
+    weights 3,447,595,008 x 2 B = 6.42 GiB (half that at vllm_tp 2), its KV cache the rest; a 547-token trajectory
+    holds 2 (K, V) x 36 layers x 2 KV heads x 128 x 2 B = 36,864 B per token (the 2 KV heads split over vllm_tp 2)."""
+    work = Workload(prompt_text_tokens=35, sequences=64)
+    engine = VllmEngine(memory_fraction=0.3, gpu_bytes=80 * GiB)
+    base = Setting(micro_batch_tokens=8192, checkpointing=True, gpus=8)
+    native = estimate(qwen25_3b, work, base)
+    e = estimate(qwen25_3b, work, Setting(**{**base.__dict__, "vllm": engine}))
+    assert e["vllm_engine"] == 0.3 * 80 * GiB and e["vllm_weights"] == 3_447_595_008 * 2
+    assert e["vllm_kv_cache"] == 0.3 * 80 * GiB - 3_447_595_008 * 2
+    assert e["vllm_sequences"] == (0.3 * 80 * GiB - 3_447_595_008 * 2) // (36_864 * 547)
+    state = native["weights"] + native["optimizer"] + native["reference"]
+    update = native["gradients"] + native["activations"]
+    assert update < e["vllm_engine"] and e["peak"] == state + e["vllm_engine"]  # the rollout is the peak here
+    awake = estimate(qwen25_3b, work, Setting(**{**base.__dict__, "vllm": VllmEngine(0.3, 80 * GiB, sleeps=False)}))
+    assert awake["peak"] == state + update + 0.3 * 80 * GiB  # not asleep: the engine sits beside the update
+    # The push gathers one group: here a decoder layer, (3,447,595,008 - 668,684,288 vision - 2 x 1,010 x 2,048
+    # embedding and head) / 36 layers = 77,077,049 parameters, bf16. With an engine share that barely holds its
+    # weights, weights + that group is the peak.
+    assert e["vllm_sync_group"] == pytest.approx(77_077_049 * 2, abs=2)
+    tight = VllmEngine(memory_fraction=(3_447_595_008 * 2 + 2**20) / (80 * GiB), gpu_bytes=80 * GiB)
+    t = estimate(qwen25_3b, work, Setting(**{**base.__dict__, "vllm": tight}))
+    assert t["peak"] == pytest.approx(state + 3_447_595_008 * 2 + 77_077_049 * 2, abs=4)
+    tp = estimate(qwen25_3b, work, Setting(**{**base.__dict__, "vllm": VllmEngine(0.3, 80 * GiB, tp=2)}))
+    assert tp["vllm_weights"] == 3_447_595_008 and tp["vllm_sequences"] == (0.3 * 80 * GiB - 3_447_595_008) // (
+        18_432 * 547)
+
+
+def test_command_counts_the_vllm_engine(capsys):
+    assert main(["--config", "configs/demo.toml", "--shape", "3b", "--model.dtype", "bfloat16", "--gpus", "8",
+                 "--rollout.sampler", "vllm", "--rollout.vllm_gpu_memory_utilization", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "vLLM engine          20.00 GiB  (rollout.vllm_gpu_memory_utilization 0.25; asleep" in out
+    assert "its KV cache" in out and "rollout KV cache" not in out and "vLLM holds" in out

@@ -78,8 +78,11 @@ class DataConfig:
 class RolloutConfig:
     """Sampling and rollout limits: `engine.rollout.rollout.rollout` and `models.generation.generate` read this object."""
 
-    sampler: Literal["native", "vllm"] = doc("native", "Sampler: native (our batched KV-cache sampler) or vllm (in-process vLLM, engine/rollout/vllm_sampler.py: run under .venv-vllm from scripts/install_vllm.sh; one process, top_k 0, top_p 1; the policy's weights are pushed to it after every optimizer step).")
-    vllm_kv_cache_gib: int = doc(1, "KV-cache size of the vllm sampler in GiB (rollout.sampler = vllm only).", ge=1)
+    sampler: Literal["native", "vllm"] = doc("native", "Sampler: native (our batched KV-cache sampler) or vllm (vLLM inside each training process, engine/rollout/vllm_sampler.py: run under .venv-vllm from scripts/install_vllm.sh, or a CUDA vllm on a GPU; one process or torchrun, top_k 0, top_p 1; the policy's weights are pushed to it after every optimizer step, one parameter group at a time).")
+    vllm_kv_cache_gib: int = doc(1, "KV-cache size of the vllm sampler in GiB on a CPU (rollout.sampler = vllm only; on a GPU the KV cache is what vllm_gpu_memory_utilization leaves).", ge=1)
+    vllm_gpu_memory_utilization: float = doc(0.3, "Fraction of each GPU's memory the vllm sampler's engine may take: its copy of the weights, its activations and its KV cache, which gets the rest (vLLM's gpu_memory_utilization; GPU only). The memory planner counts it (python -m engine.setup.memory --rollout.sampler vllm).", gt=0.0, le=1.0)
+    vllm_tp: int = doc(1, "Processes one vllm engine is sharded over (tensor parallel; consecutive ranks, a divisor of the number of processes): for a model whose engine does not fit one GPU beside the training state. 1: every process runs its own engine.", ge=1)
+    vllm_sleep: bool | None = doc(None, "Release the vllm engine's GPU memory outside the rollout (vLLM sleep level 1: KV cache dropped, weights parked in host memory), so the reference forward and the update can use it; woken before the weight push and the next rollout. none: on where vLLM has sleep mode (CUDA), off on a CPU (it has none: true is an error there).")
     group_size: int = doc(8, "Samples per prompt (G).", ge=1)
     prompts_per_step: int = doc(4, "Prompts per optimizer step over all processes (torchrun: a multiple of the number of processes, which split them).", ge=1)
     max_new_tokens: int = doc(64, "Sampled tokens per trajectory, over all tool rounds.", ge=1)
@@ -99,9 +102,12 @@ class RolloutConfig:
         if self.sampler == "vllm" and (self.top_k > 0 or self.top_p < 1):
             raise ValueError("rollout.sampler = vllm needs top_k = 0 and top_p = 1: vLLM's log-probs are renormalised "
                              "over the top-k/top-p set, not the distribution the trainer scores")
-        if self.sampler != "vllm" and self.vllm_kv_cache_gib != 1:
-            raise ValueError("rollout.vllm_kv_cache_gib is set but rollout.sampler is native: it sizes the vllm "
-                             "sampler's KV cache only; leave it at 1")
+        defaults = RolloutConfig.__dataclass_fields__
+        vllm_set = [k for k in ("vllm_kv_cache_gib", "vllm_gpu_memory_utilization", "vllm_tp", "vllm_sleep")
+                    if getattr(self, k) != defaults[k].default]
+        if self.sampler != "vllm" and vllm_set:
+            raise ValueError(f"rollout.{', rollout.'.join(vllm_set)} set but rollout.sampler is {self.sampler!r}: "
+                             "they size the vllm sampler; set rollout.sampler = vllm or leave them at their defaults")
         if self.tools and self.protocol is None:
             raise ValueError("rollout.tools is set but rollout.protocol is none: choose inline or multiturn")
         check_tool_names(self.tools)
@@ -287,10 +293,6 @@ class Config:
             raise ValueError(f"model.attn_implementation = {self.model.attn_implementation} runs flash kernels, which "
                              "take bf16 / fp16 tensors only: set model.dtype = bfloat16 (or train.mixed_precision = "
                              "bf16), or use sdpa for float32")
-        if self.train.mixed_precision and self.rollout.sampler == "vllm":
-            raise ValueError("train.mixed_precision with rollout.sampler = vllm: the in-process vLLM engine makes a "
-                             "torch.distributed group of its own; use the native sampler, or model.dtype without "
-                             "mixed precision")
         resized = [k for k in ("max_pixels", "min_pixels", "image_short_side") if getattr(self.data, k)]
         if self.rollout.sampler == "vllm" and resized:
             raise ValueError(f"data.{', data.'.join(resized)} with rollout.sampler = vllm: vLLM resizes images with the "

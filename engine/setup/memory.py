@@ -16,7 +16,10 @@ device (no weights are read). Per GPU, the estimate is
 because gradients are freed (set to None) between steps, while the rollout runs. Parameters, gradients, AdamW state
 and the reference are in model.dtype (the fp32 master copy under mixed precision); activations, the log-prob head and
 the KV cache in the compute dtype (bf16 under mixed precision); a sharded model is gathered whole in the compute
-dtype for the rollout (`estimate`). Under N processes FSDP2 shards
+dtype for the rollout (`estimate`). With `--rollout.sampler vllm` the engine's share of the GPU
+(rollout.vllm_gpu_memory_utilization: its weights copy, over rollout.vllm_tp GPUs, and its KV cache) takes the
+rollout's place, and sits beside the update too unless it sleeps then (`vllm_engine`, `vllm_peak`). Under N
+processes FSDP2 shards
 weights, gradients, optimizer state and reference N ways; activations are per process; each process samples
 prompts_per_step / N prompts. Activation bytes per token are counted tensor by tensor for one decoder layer (and
 one vision block per patch), bf16, as the backward pass keeps them (`layer_bytes`): with gradient checkpointing only
@@ -132,6 +135,18 @@ class Workload:
 
 
 @dataclass
+class VllmEngine:
+    """rollout.sampler = vllm: the vLLM engine beside the trainer on each GPU (engine/rollout/vllm_sampler.py)."""
+
+    memory_fraction: float  # rollout.vllm_gpu_memory_utilization: the share of the GPU vLLM takes
+    gpu_bytes: float
+    tp: int = 1  # rollout.vllm_tp: GPUs one engine is sharded over
+    dtype: str = "bfloat16"  # what it samples in (bf16 under train.mixed_precision)
+    sleeps: bool = True  # rollout.vllm_sleep: its memory is free during the reference forward and the update
+    master_fp32: bool = False  # train.mixed_precision: the trainer's weights (and so the pushed groups) are fp32
+
+
+@dataclass
 class Setting:
     micro_batch_tokens: int
     checkpointing: bool
@@ -142,6 +157,7 @@ class Setting:
     kl_reference: bool = True
     gpus: int = 1
     logprob_chunk_tokens: int = 0  # model.logprob_chunk_tokens (0: no chunking)
+    vllm: VllmEngine | None = None  # rollout.sampler = vllm (None: the native sampler)
 
 
 def layer_bytes(d: Dims) -> tuple[float, float]:
@@ -195,7 +211,41 @@ def estimate(d: Dims, w: Workload, s: Setting) -> dict[str, float]:
     out["peak"] = (out["weights"] + out["optimizer"] + out["reference"]
                    + max(out["gradients"] + out["activations"], out["rollout_kv_cache"] + out["rollout_gathered"]))
     out["trajectory_tokens"] = seq
+    if s.vllm is not None:  # the vLLM engine samples instead of our sampler: its memory replaces that KV cache
+        out.update(vllm_engine(d, seq, s.vllm))
+        out["peak"] = vllm_peak(out, s.vllm)
     return out
+
+
+def vllm_engine(d: Dims, trajectory_tokens: int, e: VllmEngine) -> dict[str, float]:
+    """One GPU's vLLM engine: the share of the GPU it takes (vllm_engine = gpu_memory_utilization x GPU), split into
+    its copy of the weights (sharded over vllm_tp GPUs) and its KV cache (the rest; vLLM's own activation
+    workspace comes out of it too and is not counted), and how many whole trajectories that KV cache holds at once
+    (vllm_sequences: more are queued, not refused; 0 when the weights alone exceed the share)."""
+    dtype = DTYPE_BYTES[e.dtype]
+    total = e.memory_fraction * e.gpu_bytes
+    weights = d.params * dtype / e.tp
+    kv_per_token = 2 * d.layers * max(d.kv_heads // e.tp, 1) * d.head_dim * dtype  # K and V; heads split over TP
+    kv = max(total - weights, 0.0)
+    # The weight push gathers one parameter group at a time (engine/rollout/weight_sync.py): the largest is a decoder
+    # layer or the embeddings with the LM head (counted untied: an upper bound), in the master dtype (fp32 under
+    # mixed precision, which the engine's dtype then is not).
+    embeddings = 2 * d.vocab * d.hidden
+    layer = (d.params - d.vision_params - embeddings) / d.layers
+    master = 4 if e.master_fp32 else dtype
+    return {"vllm_engine": total, "vllm_weights": weights, "vllm_kv_cache": kv,
+            "vllm_sequences": kv // (kv_per_token * trajectory_tokens),
+            "vllm_sync_group": max(embeddings, layer) * master}
+
+
+def vllm_peak(out: dict[str, float], e: VllmEngine) -> float:
+    """The peak with the engine: the training state, plus the largest of the update (gradients, activations, and
+    the engine too when it does not sleep), the weight push (the engine's weights awake, its KV cache too without
+    sleep, beside one gathered group) and the rollout (the engine awake; gradients are freed after each step)."""
+    during_update = out["gradients"] + out["activations"] + (0.0 if e.sleeps else out["vllm_engine"])
+    during_push = (out["vllm_weights"] if e.sleeps else out["vllm_engine"]) + out["vllm_sync_group"]
+    return (out["weights"] + out["optimizer"] + out["reference"]
+            + max(during_update, during_push, out["vllm_engine"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     s = Setting(micro_batch_tokens=cfg.optim.micro_batch_tokens, checkpointing=cfg.model.gradient_checkpointing,
                 lora_rank=cfg.lora.r, lora_target=cfg.lora.target, dtype=cfg.model.dtype,
                 mixed_precision=cfg.train.mixed_precision == "bf16", kl_reference=cfg.algo.kl_beta > 0, gpus=args.gpus,
-                logprob_chunk_tokens=cfg.model.logprob_chunk_tokens)
+                logprob_chunk_tokens=cfg.model.logprob_chunk_tokens,
+                vllm=VllmEngine(memory_fraction=r.vllm_gpu_memory_utilization, gpu_bytes=args.gpu_gib * GiB,
+                                tp=r.vllm_tp, sleeps=r.vllm_sleep is not False,
+                                master_fp32=cfg.train.mixed_precision == "bf16",
+                                dtype="bfloat16" if cfg.train.mixed_precision == "bf16" else cfg.model.dtype)
+                if r.sampler == "vllm" else None)
     print(report(d, w, s, args.gpu_gib, r.group_size, config=args.config, model_path=cfg.model.path, data=args.data,
                  examples=examples, sft_batch=cfg.sft.batch_size, prompts=r.prompts_per_step))
     return 0

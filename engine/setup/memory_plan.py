@@ -42,7 +42,11 @@ def candidates(base: Setting) -> list[Setting]:
     if (base.dtype, base.mixed_precision) not in precisions:  # a float16 config: try it as it is too
         precisions.append((base.dtype, base.mixed_precision))
     ranks = sorted({0, *LORA_RANKS, base.lora_rank})
-    return [replace(base, dtype=dtype, mixed_precision=mixed, lora_rank=r, checkpointing=ckpt)
+
+    def engine(dtype: str, mixed: bool):  # a vLLM engine samples in the compute dtype; pushed groups are the master's
+        return base.vllm and replace(base.vllm, dtype="bfloat16" if mixed else dtype, master_fp32=mixed)
+
+    return [replace(base, dtype=dtype, mixed_precision=mixed, lora_rank=r, checkpointing=ckpt, vllm=engine(dtype, mixed))
             for dtype, mixed in precisions for r in ranks for ckpt in (False, True)]
 
 
@@ -127,17 +131,19 @@ def report(d: Dims, w: Workload, s: Setting, gpu_gib: float, group_size: int, *,
              f"  reference          {gib(est['reference'])}",
              f"  activations        {gib(est['activations'])}  ({est['activations_per_token'] / 2**20:.3f} MiB "
              f"per micro-batch token, plus {est['logits'] / GiB:.2f} GiB for the log-prob head)",
-             f"  rollout KV cache   {gib(est['rollout_kv_cache'])}"
-             + (f"  (+ {est['rollout_gathered'] / GiB:.2f} GiB: the sharded model gathered for sampling)"
-                if est["rollout_gathered"] else ""),
+             *(vllm_lines(est, s.vllm) if s.vllm else [
+                 f"  rollout KV cache   {gib(est['rollout_kv_cache'])}"
+                 + (f"  (+ {est['rollout_gathered'] / GiB:.2f} GiB: the sharded model gathered for sampling)"
+                    if est["rollout_gathered"] else "")]),
              f"  estimated peak     {gib(est['peak'])}  {verdict}",
              f"settings that fit with {HEADROOM:.0%} headroom (under {budget:.1f} GiB), fastest first:"]
     fits = fitting_settings(d, w, s, gpu_gib * GiB)
     for f, e in fits:
         lines.append(f"  {precision_name(f):21} {'LoRA r=' + str(f.lora_rank) if f.lora_rank else 'full':9} "
                      f"checkpointing {'on ' if f.checkpointing else 'off'}  micro_batch_tokens "
-                     f"{f.micro_batch_tokens:5}  peak {e['peak'] / GiB:5.1f} GiB, rollout.prompts_per_step up to "
-                     f"{max_prompts(d, w, f, group_size, gpu_gib * GiB)}")
+                     f"{f.micro_batch_tokens:5}  peak {e['peak'] / GiB:5.1f} GiB, "
+                     + (f"vLLM holds {e['vllm_sequences']:.0f} trajectories at once" if f.vllm else
+                        f"rollout.prompts_per_step up to {max_prompts(d, w, f, group_size, gpu_gib * GiB)}"))
     if not fits:
         lines.append("  none: use more GPUs (--gpus), smaller images or shorter responses")
         return "\n".join(lines)
@@ -155,3 +161,20 @@ def report(d: Dims, w: Workload, s: Setting, gpu_gib: float, group_size: int, *,
         lines.append("flags for the first setting: " + " ".join(setting_flags(first)) + " (--examples N or --data PATH "
                      "prints the whole command with steps per epoch)")
     return "\n".join(lines)
+
+
+def vllm_lines(est: dict, e) -> list[str]:
+    """The vLLM engine's part of the report (rollout.sampler = vllm): its share, its weights, its KV cache, the push."""
+    gib = lambda x: f"{x / GiB:7.2f} GiB"  # noqa: E731
+    phase = "asleep during the update (vllm_sleep)" if e.sleeps else "resident throughout (vllm_sleep false)"
+    lines = [f"  vLLM engine        {gib(est['vllm_engine'])}  (rollout.vllm_gpu_memory_utilization "
+             f"{e.memory_fraction:g}; {phase})",
+             f"    its weights      {gib(est['vllm_weights'])}  ({e.dtype}, over vllm_tp {e.tp} GPU(s))",
+             f"    its KV cache     {gib(est['vllm_kv_cache'])}  (~{est['vllm_sequences']:.0f} trajectories of "
+             f"{est['trajectory_tokens']} tokens at once; more wait their turn)",
+             f"  weight push        {gib(est['vllm_sync_group'])}  (the largest parameter group, gathered beside "
+             "the engine's weights)"]
+    if est["vllm_sequences"] < 1:
+        lines.append("    the engine's share cannot hold one trajectory: raise rollout.vllm_gpu_memory_utilization "
+                     "or rollout.vllm_tp")
+    return lines
