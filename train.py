@@ -14,7 +14,7 @@ by SIGINT / SIGTERM after writing a checkpoint (continue with --resume RUN), or 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -22,18 +22,19 @@ from pathlib import Path
 from engine.config import plugins
 from engine.config.parsing import build_config, describe
 from engine.config.settings import Config
+from engine.setup.layers import layered_config
 
 RESUME_HELP = ("continue the run in folder RUN from its newest checkpoint, with the run's own settings "
                "(RUN/config.toml): flags given beside it are compared with them, and one that changes the run is "
                "refused unless --train.resume_changes names it (budgets such as --rl.steps may always be raised)")
 
 
-def parse(argv: list[str], description: str | None = None, parents: tuple = ()) -> Config:
-    """The config from --config and dotted overrides, after importing the plugins (--plugin FILE|module, repeatable,
-    and a config file's `plugins = [...]`): their names and settings are then valid choices. `parents`: a command's
-    own argparse parsers (add_help=False), listed in --help; the command parses its own flags itself
-    (parse_known_args) and passes the rest here. A resume (`--resume RUN`, or `--train.resume true` with
-    train.out_dir) builds on the run's own config.toml, its plugins imported first."""
+def split_args(argv: list[str], description: str | None = None, parents: tuple = ()) -> tuple[str | None, list[str]]:
+    """(the --config preset, the dotted overrides) of a command line, after importing its plugins (--plugin
+    FILE|module, repeatable, and a config file's `plugins = [...]`): their names and settings are then valid
+    choices, and the overrides record them (absolute paths) as `plugins`. `parents`: a command's own argparse
+    parsers (add_help=False), listed in --help; the command parses its own flags itself (parse_known_args) and
+    passes the rest here."""
     parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0], add_help=True,
                                      parents=list(parents),
                                      epilog="Any config key can be set as --section.key VALUE (see --help-config).")
@@ -55,24 +56,37 @@ def parse(argv: list[str], description: str | None = None, parents: tuple = ()) 
     if args.help_config:
         print(describe(Config))
         sys.exit(0)
+    if loaded:
+        overrides = [*overrides, "--plugins", json.dumps(loaded)]
+    if getattr(args, "resume", None) is not None:  # as --train.resume true into that folder (parse reads the run)
+        if given(overrides, "train.out_dir"):
+            raise ValueError(f"--resume {args.resume} and --train.out_dir name the run folder twice: a resume writes "
+                             "into the run's own; drop --train.out_dir")
+        overrides = [*overrides, "--train.out_dir", args.resume, "--train.resume", "true"]
+    return args.config, overrides
+
+
+def parse(argv: list[str], description: str | None = None, parents: tuple = ()) -> Config:
+    """The config from --config and dotted overrides: a flag wins over the preset, and a stage's steps and epochs
+    (or data.eval and data.eval_fraction) named together in one place are an error (engine/setup/layers.py). A
+    preset's setting that the flags made unused (its [algo.ppo_clip] under --algo.loss gspo) is said on stderr.
+    A resume (`--resume RUN`, or `--train.resume true` with train.out_dir) builds on the run's own config.toml, its
+    plugins imported first; the trainer then compares the result with it (engine/setup/resume.py)."""
     notes: list[str] = []
-    cfg = build_config(Config, toml_path=args.config, overrides=overrides, notes=notes)
-    run = getattr(args, "resume", None)
-    if run is not None or cfg.train.resume:
-        if run is not None and Path(cfg.train.out_dir) != Path(run) and given(overrides, "train.out_dir"):
-            raise ValueError(f"--resume {run} and --train.out_dir {cfg.train.out_dir} name two folders: a resume "
-                             "writes into the run's own; drop --train.out_dir")
-        run = run or cfg.train.out_dir
+    config, overrides = split_args(argv, description, parents)
+    probe = build_config(Config, toml_path=config, overrides=overrides, validate=False)
+    base = None
+    if probe.train.resume:  # the run's own config.toml is the bottom layer: its overrides need no repeating
         from engine.setup.resume import run_config  # reads RUN/config.toml, importing its plugins (light: no torch)
 
-        base = run_config(run)
-        loaded = base.plugins + [p for p in loaded if p not in base.plugins]
-        notes = []
-        cfg = build_config(Config, base=base, toml_path=args.config, notes=notes,
-                           overrides=[*overrides, "--train.out_dir", str(run), "--train.resume", "true"])
+        base = run_config(probe.train.out_dir)
+        if base.plugins:  # the run's plugins stay; ones given now are added after them
+            overrides = [*overrides, "--plugins", json.dumps(base.plugins + [p for p in probe.plugins
+                                                                             if p not in base.plugins])]
+    cfg = layered_config(config, overrides, base=base, notes=notes)
     for note in notes:
         print(f"config: {note}", file=sys.stderr)
-    return dataclasses.replace(cfg, plugins=loaded)
+    return cfg
 
 
 def given(overrides: list[str], key: str) -> bool:

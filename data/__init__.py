@@ -7,7 +7,8 @@ Check a dataset from the shell with `python -m data.check PATH`. Formats: see da
 """
 
 from data.example import Example, open_image
-from data.loaders import FORMATS, detect_format, load_examples, subsample
+from data.loaders import FORMATS, detect_format, has_splits, load_examples, split_names, subsample
 from data.records import BadRecord, LoadResult
 
-__all__ = ["BadRecord", "Example", "FORMATS", "LoadResult", "detect_format", "load_examples", "open_image", "subsample"]
+__all__ = ["BadRecord", "Example", "FORMATS", "LoadResult", "detect_format", "has_splits", "load_examples", "open_image", "split_names",
+           "subsample"]

@@ -3,13 +3,14 @@
     python -m data.check PATH [--image-root DIR] [--split S] [--skip-bad] [--max-image-pixels N] [--refuse-oversized]
     python -m data.check PATH --model DIR [--image-short-side N] [--min-pixels N] [--max-pixels N]
 
-Prints the format, the number of examples and one example in short. Every image is decoded in full, upright (its
-EXIF orientation applied: boxes are read in the displayed frame). Every bad record is printed to stderr as
-`file:line: reason`, all of them in one pass, then it exits 2; with --skip-bad they are printed as skipped, the
+Prints the format, the number of examples (and of each split: data with splits, a DatasetDict or a Geometry3K
+folder, has every split checked unless --split names one) and one example in short. Every image is decoded in full,
+upright (its EXIF orientation applied: boxes are read in the displayed frame). Every bad record is printed to stderr
+as `file:line: reason`, all of them in one pass, then it exits 2; with --skip-bad they are printed as skipped, the
 rest load, and it exits 0. An image over the pixel cap is downsized (said per record) or, with --refuse-oversized,
-a bad record. With --model, the model folder's tokenizer and chat template are checked and every record is also
-held to what its image processor takes (models/admit.py: the check training runs at load, with the same
-data.image_short_side / min_pixels / max_pixels given here as flags), so --skip-bad drops exactly what training
+a bad record. With --model, the model folder's tokenizer, chat template and weights headers are checked and every
+record is also held to what its image processor takes (models/admit.py: the check training runs at load, with the
+same data.image_short_side / min_pixels / max_pixels given here as flags), so --skip-bad drops exactly what training
 would. A missing path, an unknown format, an unusable model folder or a dataset with no examples at all also exit
 2. Tested in tests/test_data_check.py. (--model reaches up to models/ for the processor, lazily: data/ itself
 stands on nothing of ours.)
@@ -21,7 +22,7 @@ import argparse
 import sys
 
 from data.example import Example
-from data.loaders import load_examples
+from data.loaders import load_examples, split_names
 from data.records import image_size
 
 TARGET_CHARS = 200  # how much of an SFT target the summary shows
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.check", description=__doc__.split("\n")[0])
     parser.add_argument("path", help="a .jsonl file or a dataset folder (save_to_disk, parquet)")
     parser.add_argument("--image-root", default=None, help="folder that relative image paths are under")
-    parser.add_argument("--split", default=None, help="split of a folder dataset (default: train)")
+    parser.add_argument("--split", default=None, help="one split of a folder dataset (default: every split)")
     parser.add_argument("--skip-bad", action="store_true", help="report bad records and load the rest")
     parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
                         help=f"pixel cap per image, as data.max_image_pixels (default {MAX_IMAGE_PIXELS}; 0: none)")
@@ -46,31 +47,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=int, default=0, help="as data.max_pixels (with --model)")
     args = parser.parse_args(argv)
     try:  # always collect every bad record: a user fixing a dataset wants all of them in one pass
-        result = load_examples(args.path, image_root=args.image_root, split=args.split, skip_bad=True,
-                               verify_images=True, max_image_pixels=args.max_image_pixels,
-                               oversized="refuse" if args.refuse_oversized else "downsize",
-                               model_check=model_check(args))
+        check = model_check(args)
+        splits = [args.split] if args.split else (split_names(args.path) or [None])
+        results = {split: load_examples(args.path, image_root=args.image_root, split=split, skip_bad=True,
+                                        verify_images=True, max_image_pixels=args.max_image_pixels,
+                                        oversized="refuse" if args.refuse_oversized else "downsize",
+                                        model_check=check)
+                   for split in splits}
     except ValueError as exc:  # a whole-file problem (no such path, unknown format, missing column, model folder)
         print(exc, file=sys.stderr)
         return 2
-    for note in result.notes:
+    examples = [e for r in results.values() for e in r.examples]
+    skipped = [m for r in results.values() for m in r.skipped]
+    for note in (n for r in results.values() for n in r.notes):
         print(f"note: {note}")
-    if result.skipped and not args.skip_bad:
-        for message in result.skipped:
+    if skipped and not args.skip_bad:
+        for message in skipped:
             print(message, file=sys.stderr)
-        print(f"{len(result.skipped)} bad records in {args.path} ({len(result.examples)} good): fix them, or "
+        print(f"{len(skipped)} bad records in {args.path} ({len(examples)} good): fix them, or "
               "leave them out with --skip-bad (data.skip_bad = true when training)", file=sys.stderr)
         return 2
-    print(f"format: {result.format}")
-    print(f"examples: {len(result.examples)} (skipped {len(result.skipped)})")
-    for message in result.skipped:
+    print(f"format: {next(iter(results.values())).format}")
+    print(f"examples: {len(examples)} (skipped {len(skipped)})")
+    if len(results) > 1 or args.split:
+        print("splits: " + ", ".join(f"{split} {len(r.examples)}" + (f" (skipped {len(r.skipped)})" if r.skipped else "")
+                                     for split, r in results.items())
+              + ("" if args.split else " (every split checked; --split S checks one)"))
+    for message in skipped:
         print(f"skipped: {message}")
     if args.skip_bad:
-        print(f"skipped {len(result.skipped)} bad records")
-    if not result.examples:
+        print(f"skipped {len(skipped)} bad records")
+    if not examples:
         print(f"{args.path}: no examples to train on", file=sys.stderr)
         return 2
-    print(summary(result.examples[0]))
+    print(summary(examples[0]))
     return 0
 
 

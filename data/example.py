@@ -39,6 +39,20 @@ class Example:
         return [open_image(src, origin=self.origin) for src in self.images]
 
 
+_NO_OPTIONS = "\x00"  # where {options} stood for an example without choices: removed with the space before it
+
+
+def format_question(example: Example, template: str) -> str:
+    """The user text of `example` from a question template (data.question_template): {question}; {choices}, the
+    options as 'A. x, B. y' (empty when there are none); {options}, the sentence 'Options: A. x, B. y.', or nothing
+    at all when the example has no options (together with one space before it), so a template may name it for
+    data where only some rows have choices."""
+    choices = ", ".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(example.choices))
+    options = f"Options: {choices}." if choices else _NO_OPTIONS
+    text = template.format(question=example.question, choices=choices, options=options)
+    return text.replace(" " + _NO_OPTIONS, "").replace(_NO_OPTIONS, "")
+
+
 EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 is upright, 5-8 swap width and height
 
 

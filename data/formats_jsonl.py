@@ -6,7 +6,9 @@ Run through `python -m data.check train.jsonl [--image-root DIR]`; tested in tes
 
 seed001: `{"image_path", "image_id", "QnA": [{"Q", "A3"}, ...]}`, one Example per QnA entry. The SFT target is A3
 with each `{Crop <description> [x1, y1, x2, y2]}` replaced by `<tool_call>[x1, y1, x2, y2]</tool_call>` (numbers
-kept exactly as written), and the crop boxes are the Example's boxes, in original-image pixels.
+kept exactly as written), and the crop boxes are the Example's boxes, in original-image pixels. The reference is the
+A3's last <answer>, a sentence in the seed's data; `metadata["answer_form"] = "sentence"` says so, and the accuracy
+reward then scores the words that answer the question (rewards/accuracy.py).
 """
 
 from __future__ import annotations
@@ -147,7 +149,8 @@ def load_seed001(path: Path, opts: LoadOptions) -> Iterator[Example | BadRecord]
         for i, entry in enumerate(qna):
             try:
                 yield qna_example(entry, where=f"{where}: QnA[{i}]", image=image, size=size, origin=where,
-                                  metadata={**line_meta, "qna_index": i, "target_box_frame": "pixels"})
+                                  metadata={**line_meta, "qna_index": i, "target_box_frame": "pixels",
+                                            "answer_form": "sentence"})
             except BadRecord as bad:
                 yield bad
 

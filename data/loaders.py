@@ -22,7 +22,7 @@ from pathlib import Path
 
 from data.example import Example
 from data.formats_jsonl import load_jsonl, load_seed001
-from data.formats_table import load_geometry3k, load_hf_disk, load_parquet, parquet_splits
+from data.formats_table import load_geometry3k, load_hf_disk, load_parquet, parquet_splits, read_json
 from data.records import OVERSIZED, BadRecord, LoadOptions, LoadResult, finish_example
 
 
@@ -86,6 +86,20 @@ def load_examples(path, *, image_root=None, split=None, default_split="train", s
         else:
             raise item
     return result
+
+
+def split_names(path) -> list[str]:
+    """The named splits of the data at `path` (a DatasetDict folder, a Geometry3K parquet folder), in the data's own
+    order; [] for a JSONL or parquet file and a single save_to_disk Dataset."""
+    fmt, p = detect_format(path), Path(path)
+    if fmt == "hf_disk" and (p / "dataset_dict.json").is_file():
+        return list(read_json(p / "dataset_dict.json")["splits"])
+    return list(parquet_splits(p)) if fmt == "geometry3k" else []
+
+
+def has_splits(path) -> bool:
+    """Whether the data at `path` holds named splits (see split_names)."""
+    return bool(split_names(path))
 
 
 def subsample(examples: list[Example], num: int, seed: int) -> list[Example]:

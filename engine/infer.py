@@ -7,7 +7,11 @@
     replies = bot.ask_many([("a.png", "Which shape?"), ("b.png", "How many?")])   # batched
 
 The prompt is built exactly as training builds it (data.system_prompt, data.question_template, data.prefill and the
-enabled tools' signatures from a Config, e.g. the run's preset), so a model is asked the way it was taught. `tools`
+enabled tools' signatures). A model from a run (a run folder, a checkpoint, a LoRA checkpoint or merged export) is
+asked with the run's own config.toml by default, so it is asked the way it was taught; `config` replaces it, and each
+setting that then changes how the model is asked is printed as one line ("infer: rollout.max_new_tokens 48 (run
+trained with 96)"; `verbose=False` keeps quiet, `bot.notes` holds them). A plain model folder uses the defaults or
+`config`. `tools`
 enables tools (rollout.tools; the inline protocol, Qwen's `<tool_call>`, unless the config names multiturn);
 `tools=[]` or a config without a tool protocol answers without tools. Answers are greedy unless `temperature` > 0.
 Each tool output image is saved under `crops_dir` (`reply.crops`: their paths). The command line is infer.py.
@@ -25,7 +29,8 @@ from PIL import Image
 from data.example import Example
 from engine.config.settings import Config
 from engine.report.evaluate import prompts_for
-from engine.setup.model_source import load_any
+from engine.setup.layers import asking_differences, run_config
+from engine.setup.model_source import load_any, resolve_model
 from engine.rollout.rollout import rollout
 from engine.rollout.tool_calls import make_protocol
 from rewards.format import extract_answer
@@ -52,8 +57,11 @@ def _source(image) -> str | bytes:
 
 class Assistant:
     def __init__(self, model: str | Path, *, config: Config | None = None, tools: list[str] | None = None,
-                 temperature: float = 0.0, crops_dir: str | Path = "runs/infer", device: str | None = None):
-        cfg = config or Config()
+                 temperature: float = 0.0, crops_dir: str | Path = "runs/infer", device: str | None = None,
+                 verbose: bool = True):
+        source = resolve_model(model)
+        run_cfg = run_config(source)  # how the model was trained, when it comes from a run
+        cfg = config or run_cfg or Config()
         rollout_cfg = cfg.rollout
         if tools is not None:
             protocol = "inline" if tools and rollout_cfg.protocol is None else rollout_cfg.protocol
@@ -61,6 +69,14 @@ class Assistant:
         rollout_cfg = replace(rollout_cfg, temperature=temperature, group_size=1)  # one answer per question
         rollout_cfg.validate()
         self.cfg = replace(cfg, rollout=rollout_cfg)
+        if run_cfg is None:
+            self.notes = [f"infer: {model} is not from a run (no config.toml beside it): asking with "
+                          f"{'the given config' if config else 'the defaults (pass config=...)'}"]
+        else:  # what the given config or tools change against the run's own, one line each
+            self.notes = asking_differences(run_cfg, replace(self.cfg, rollout=replace(
+                rollout_cfg, temperature=run_cfg.rollout.temperature, group_size=run_cfg.rollout.group_size)), "infer")
+        for line in self.notes if verbose else ():
+            print(line)
         m = cfg.model
         self.vlm, self.source = load_any(model, dtype=m.dtype, attn_implementation=m.attn_implementation,
                                          device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
@@ -71,9 +87,11 @@ class Assistant:
         self.generator = torch.Generator(device=next(self.vlm.model.parameters()).device).manual_seed(cfg.train.seed)
         self._asked = 0  # numbers the saved crops across calls
 
-    def ask(self, image, question: str) -> Reply:
-        """One question about one image (a path or a PIL image)."""
-        return self.ask_many([(image, question)])[0]
+    def ask(self, image, question: str, choices: list[str] = ()) -> Reply:
+        """One question about one image (a path or a PIL image); `choices`: a multiple-choice question's options,
+        which the question template shows as training showed them ({options}, {choices})."""
+        example = Example(question=question, answers=[], images=[_source(image)], choices=list(choices))
+        return self.ask_many([example])[0]
 
     @torch.no_grad()
     def ask_many(self, pairs, batch_size: int = 16) -> list[Reply]:

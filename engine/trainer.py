@@ -9,7 +9,9 @@ One code path for 1 and N processes (engine/runtime/distributed.py; without torc
 - Every rank reads the same data stream and takes its contiguous share (shard_indices) of each step's prompts or
   SFT examples, so a prompt's group stays on one rank; rollout.prompts_per_step and sft.batch_size are global.
 - Rank r samples with its own generator, seeded train.seed + 1000·r (rank 0 = the one-process run); every rank
-  has the same global torch seed, so LoRA adapters start identical everywhere.
+  has the same global torch seed, so LoRA adapters start identical everywhere. With rollout.sampler = vllm each
+  rank runs its own vLLM engine (vLLM's external_launcher, rollout.vllm_tp ranks per engine) and every prompt has
+  its own seed (engine/rollout/rollout.py prompt_seeds): N processes sample what one would, prompt by prompt.
 - Only rank 0 writes: config, metrics, TensorBoard, progress bar, prints, checkpoints, rollout dumps, summary.
 - The policy is loaded (and a checkpoint resumed into it, full tensors) before FSDP shards it.
 - train.mixed_precision = bf16 (bf16 compute, fp32 master weights and AdamW state) is FSDP2's policy: one process
@@ -54,15 +56,19 @@ from engine.setup.resume import fall_back_hint
 from engine.setup.run_data import load_run_data
 from engine.setup.run_folder import Claim
 from engine.setup.data_stream import DataStream
+from engine.setup.limits import check_token_limits
 from engine.report.evaluate import evaluate, headline, prompts_for
 from engine.runtime.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed, stages_left
 from engine.runtime.lora import apply_lora, is_peft, merged_export
 from engine.runtime.log import MetricsLogger, progress
 from engine.report.rollout_dump import dump_rollouts
 from engine.setup.run_setup import (_check_world, _optimizer, enable_gradient_checkpointing,  # noqa: F401 (re-exported)
-                                    load_policy)
+                              load_policy)
 from engine.algo.sft import sft_step, sft_trajectory, target_text
-from engine.algo.step import RLState, model_device, policy_weights, rl_step
+from engine.algo.step import RLState, model_device, reward_context, rl_step
+from engine.rollout.rollout import prompt_seeds
+from engine.rollout.vllm_sampler import check_settings as check_vllm_settings
+from engine.rollout.weight_sync import policy_weights
 from engine.report.tool_health import ToolCallMonitor
 from engine.rollout.tool_calls import make_protocol
 from engine.algo.update import due
@@ -96,14 +102,13 @@ class Run:
         data = load_run_data(cfg, verbose=self.main_rank)
         self.cfg = cfg = data.cfg
         self.train_set, self.eval_set, self.final_set = data.train, data.held_out, data.final
-        self.fingerprints, processing = data.fingerprints, data.processing
+        self.fingerprints, self.eval_overlap = data.fingerprints, data.eval_overlap
         self.claim.check_data(self.fingerprints, cfg)  # a resume: the same data, by content
         for note in self.claim.notes:
             self._print(note)
         _check_world(cfg, self.dist.world)
-        if cfg.rollout.sampler == "vllm" and self.dist.world > 1:
-            raise ValueError("rollout.sampler = vllm runs in one process for now (each rank would need its own "
-                             "engine and the full weights): use the native sampler under torchrun")
+        if cfg.rollout.sampler == "vllm":
+            check_vllm_settings(cfg.rollout, self.dist.world, self.dist.device.type == "cuda")  # not after SFT
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
@@ -111,7 +116,12 @@ class Run:
             # keeps its old one (set the variable in the environment to be sure).
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
-        self.vlm = load_policy(cfg, device=str(self.dist.device), processing=processing)
+        self.vlm = load_policy(cfg, device=str(self.dist.device), processing=data.processing)
+        # Prompts and SFT targets against the token limits, once, before step 1 (refused, or cut: data.overlong).
+        stages = cfg.train.stage.split(",")
+        check_token_limits(self.train_set + self.final_set, self.vlm, cfg, what="training", targets="sft" in stages,
+                           verbose=self.main_rank)
+        check_token_limits(self.eval_set, self.vlm, cfg, what="held-out", targets=False, verbose=self.main_rank)
         # Seeded after loading (building an uncached tiny model reseeds the global RNG), the same on every rank:
         # LoRA's initial adapters must be identical on all ranks before FSDP shards them.
         torch.manual_seed(cfg.train.seed)
@@ -144,6 +154,8 @@ class Run:
         # One process abandons a step mid-rollout on a signal; under torchrun ranks stop together at step ends.
         self.should_stop = self.signals.pending if self.dist.world == 1 else None
         self.last_saved: tuple[int, Path] | None = None  # (global step, folder) of this session's newest save
+        self.last_step = None  # (trajectories, rewards, advantages) of the last step, for _dump_final
+        self.sampler = None  # the vLLM engine (rollout.sampler = vllm), from the RL stage on; closed by close()
         self.logger = None
         if self.main_rank:  # setup worked and the start was accepted: only now is the run folder written
             if self.claim.clear_earlier_run():
@@ -307,17 +319,34 @@ class Run:
         return out
 
     def _sampler(self):
-        """rollout.sampler = vllm: vLLM in this process, holding the policy's CURRENT weights (built from the
-        model folder, then pushed what SFT or a resume made of them). None: the native sampler."""
+        """rollout.sampler = vllm: a vLLM engine in this process (under torchrun, one per process joining its group,
+        or one per rollout.vllm_tp processes), holding the policy's CURRENT weights: built from the model folder,
+        then pushed what SFT or a resume made of them. None: the native sampler."""
         r = self.cfg.rollout
         if r.sampler != "vllm":
             return None
         from engine.rollout.vllm_sampler import VLLMSampler
 
+        # Mixed precision computes in bf16: the engine samples in it too (the trainer still scores every token).
+        dtype = "bfloat16" if self.cfg.train.mixed_precision == "bf16" else self.cfg.model.dtype
         sampler = VLLMSampler(self.vlm.path, max_model_len=r.max_total_tokens, kv_cache_gib=r.vllm_kv_cache_gib,
-                              seed=self.cfg.train.seed, limit_images=r.max_images, dtype=self.cfg.model.dtype)
+                              seed=self.cfg.train.seed, limit_images=r.max_images, dtype=dtype,
+                              gpu_memory_utilization=r.vllm_gpu_memory_utilization, tensor_parallel=r.vllm_tp,
+                              sleep=r.vllm_sleep)
         sampler.push_weights(policy_weights(self.vlm.model))
         return sampler
+
+    def close(self) -> None:
+        """Free the vLLM engine (after the run's last collective: vLLM's shutdown destroys the process group), close
+        the logger (its TensorBoard thread must not outlive the run) and give the run folder back (its LOCK)."""
+        try:
+            if self.sampler is not None:
+                self.sampler.close()
+                self.sampler = None
+        finally:
+            if self.logger is not None:
+                self.logger.close()  # idempotent
+            self.claim.release()
 
     # ------------------------------------------------------------------------------------- stages
     def _mine(self, examples: list) -> list:
@@ -332,6 +361,7 @@ class Run:
         for name in self.cfg.eval.metrics:  # the task's headline metrics, by name: accuracy_after_rl, iou_after_rl
             self.summary[f"{name}_{tag}"] = result.metrics[name]
         self.summary["num_eval_examples"] = result.metrics["num_examples"]
+        self.summary["eval_overlaps_train"] = self.eval_overlap
         self.summary[f"eval_{tag}"] = result.metrics
         if not self.main_rank:
             return
@@ -361,12 +391,14 @@ class Run:
                 examples = self._mine([self.train_set[i] for i in stream.take(s.batch_size)])
             else:
                 examples = self._mine([self.final_set[i] for i in final.take(s.batch_size)])
-            trajs = [sft_trajectory(p, target_text(e, cfg.data.sft_template, p, self.vlm), self.vlm)
+            cut = cfg.rollout.max_new_tokens if cfg.data.overlong == "truncate" else 0
+            trajs = [sft_trajectory(p, target_text(e, cfg.data.sft_template, p, self.vlm), self.vlm, max_sampled=cut)
                      for p, e in zip(prompts_for(examples, self.vlm, cfg), examples)]
             metrics = sft_step(model, optimizer, scheduler, trajs, micro_batch_tokens=cfg.optim.micro_batch_tokens,
                                chunk_tokens=cfg.model.logprob_chunk_tokens,
                                max_grad_norm=cfg.optim.max_grad_norm)
             self.global_step += 1
+            self.last_step = (trajs, None, None)
             self._log(self.global_step, metrics)
             bar.set_postfix(loss=f"{float(metrics['sft/loss']):.3f}")  # host sync, once per step
             bar.update(1)
@@ -386,18 +418,23 @@ class Run:
                         should_stop=self.should_stop)
         stream = DataStream(len(self.train_set), cfg.train.seed + 2)
         start = self._take_resume("rl", model, optimizer, scheduler, stream)
-        state.sampler = self._sampler()
+        state.sampler = self.sampler = self._sampler()
         bar = self._bar(cfg.rl.steps, initial=start, desc="rl")
         monitor = ToolCallMonitor() if cfg.rollout.protocol is not None else None
-        save = lambda n: self._save("rl", n, optimizer, scheduler, stream)  # noqa: E731
+        n = cfg.rollout.prompts_per_step
+        save = lambda k: self._save("rl", k, optimizer, scheduler, stream)  # noqa: E731
         for step in range(start, cfg.rl.steps):
             mark = self._mark(stream)
-            examples = self._mine([self.train_set[i] for i in stream.take(cfg.rollout.prompts_per_step)])
+            examples = self._mine([self.train_set[i] for i in stream.take(n)])
+            # vLLM: each prompt's seed from the step and its place in the batch, so the samples do not depend on the
+            # number of processes, and a resume samples what the uninterrupted run would.
+            seeds = self._mine(prompt_seeds(cfg.train.seed, self.global_step, n)) if self.sampler else None
             try:
-                metrics, trajs, rewards, adv = rl_step(state, prompts_for(examples, self.vlm, cfg))
+                metrics, trajs, rewards, adv = rl_step(state, prompts_for(examples, self.vlm, cfg), seeds)
             except StopRequested:
                 raise self._abandon("rl", step, mark, save, stream) from None
             self.global_step += 1
+            self.last_step = (trajs, rewards, adv)
             if monitor is not None:  # RL with tools often stops calling them: say so when it happens
                 warning = monitor.update(metrics["tools/call_rate"])
                 metrics["tools/call_rate_avg"] = monitor.average
@@ -413,8 +450,6 @@ class Run:
             self._periodic("rl", step + 1, cfg.rl.steps, optimizer, scheduler, stream)
             self._after_step("rl", step + 1, metrics, save)
         bar.close()
-        if state.sampler is not None:
-            state.sampler.close()
         self._finish_stage("rl", cfg.rl.steps, optimizer, scheduler, stream)
 
     def _periodic(self, stage: str, done: int, total: int, optimizer, scheduler, stream: DataStream) -> None:
@@ -439,8 +474,18 @@ class Run:
         self.summary["done_stages"].append(stage)
         self._save(stage, total, optimizer, scheduler, stream)
 
+    def _dump(self, trajs, rewards=None, adv=None) -> None:
+        dump_rollouts(self.dir, self.global_step, trajs, rewards, adv, box_frame=self.vlm.family.box_frame,
+                      weights=self.cfg.reward.weights, contexts=[reward_context(t, self.vlm) for t in trajs])
+
+    def _dump_final(self) -> None:
+        """The viewer works on every run: when no step's rollouts were dumped (train.sample_every 0, or fewer RL
+        steps than it; an SFT-only run), the last step's are (an SFT step's: its targets)."""
+        if self.main_rank and self.last_step is not None and not any((self.dir / "rollouts").glob("step_*.jsonl")):
+            self._dump(*self.last_step)
+
     def _log_samples(self, trajs, rewards, adv, k: int = 4) -> None:
-        dump_rollouts(self.dir, self.global_step, trajs, rewards, adv, box_frame=self.vlm.family.box_frame)
+        self._dump(trajs, rewards, adv)
         for i in range(min(k, len(trajs))):
             parts = ", ".join(f"{n}={v[i]:.2f}" for n, v in rewards.parts.items())
             text = (f"Q: {trajs[i].prompt.example.question}\nA*: {trajs[i].prompt.example.answer}\n"
@@ -464,6 +509,7 @@ class Run:
                 if self.signals.requested() and self.last_saved is not None:  # between stages: that save is current
                     raise self.signals.stopped(f"before stage {stage}", self.last_saved[1])
                 getattr(self, stage)()
+        self._dump_final()
         if is_peft(self.vlm.model):
             self.summary["merged_model"] = str(self._export_merged())
         self.summary["steps"] = {s: self.summary["steps"].get(s, 0) for s in ("sft", "rl")}  # steps trained
@@ -489,9 +535,7 @@ def run(cfg: Config) -> dict:
                 mark_failed(r.dir, exc)
             raise
         finally:
-            if r.logger is not None:
-                r.logger.close()  # idempotent; its TensorBoard thread must not outlive the run
-            r.claim.release()
+            r.close()
     finally:
         torch.use_deterministic_algorithms(deterministic)
     D.close()  # torchrun, or a group of one (mixed precision): leave the process group cleanly

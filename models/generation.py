@@ -56,6 +56,7 @@ class GenRequest:
     pixel_values: torch.Tensor | None = None  # this sequence's images, concatenated
     grid_thw: torch.Tensor | None = None  # [N, 3]
     max_new_tokens: int | None = None  # per-request cap (≤ the call's max_new_tokens)
+    seed: int | None = None  # the request's own sampling seed: the vLLM sampler's (sample k of G uses seed + k)
 
 
 @dataclass
@@ -261,6 +262,9 @@ def generate(model, requests: list[GenRequest], sampling: Sampling, *, pad_id: i
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"the sampling generator is on {generator.device} and the model on {device}: make it with "
                          "torch.Generator(device=<the model's device>)")
+    if any(r.seed is not None for r in requests):
+        raise ValueError("a request carries its own sampling seed: per-request seeds are the vLLM sampler's "
+                         "(engine/rollout/vllm_sampler.py); this sampler draws every row from one generator")
     limits = [min(r.max_new_tokens or max_new_tokens, max_new_tokens) for r in requests]
     step, logits_BV, next_pos_B, limit_B = _prefill(model, requests, pad_id=pad_id, limits=limits, expand=expand,
                                                      mode=_decode_mode(decode, device))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from models.admit import short_side_size
 from models.family import Family
 
 
@@ -75,3 +76,11 @@ def rope_positions(model, ids: list[int] | torch.Tensor, grid_thw: torch.Tensor 
     pos_31T, _ = _backbone(model).get_rope_index(
         ids_1T, mm_token_type_ids=mm_token_type_ids(ids_1T, family), image_grid_thw=grid_thw)
     return pos_31T[:, 0].cpu()
+
+
+def resize_short_side(image: Image.Image, side: int) -> Image.Image:
+    """`image` scaled (bicubic, aspect ratio kept, long side rounded) so its shorter side is `side`; 0: as is
+    (seed 001's rule for the main image: the model sees it at 448 px on its shorter side). The size is
+    models.admit.short_side_size's, the one the data's admission check judged."""
+    size = short_side_size(image.size, side)
+    return image if size == image.size else image.resize(size, Image.BICUBIC)

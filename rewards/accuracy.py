@@ -16,6 +16,14 @@ are 3 or more references (VQA v2 has 10 annotators). With fewer, the references 
 scores 1, so one reference is exact match. Departure from the VQA script: it averages the rule over the 10
 leave-one-annotator-out subsets (3 matches -> 0.9); here the plain rule is used (3 matches -> 1.0).
 An empty, missing or placeholder answer scores 0 always.
+
+Sentence references (seed 001): its `<answer>` is a sentence, "The visible clothing of the person on the far left is
+a dark jacket.", and the seed001 loader marks such examples (`metadata["answer_form"] = "sentence"`). For them
+`sentence_match(pred, ref, question)` is used: the reference's words that are not in the question are its short
+answer ("dark jacket"); a prediction matches when, after the VQA normalisation, it holds every one of those words and
+no word found in neither the reference nor the question. So "a dark jacket", "dark jacket" and the whole sentence
+score 1; "jacket" (half the answer), "a red jacket" and "dark or light jacket" (a hedge) score 0. A reference with
+no word beyond the question's falls back to the match above.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ _LETTER = re.compile(
     r"\A\s*(?i:option\s+|answer\s*:?\s*)?(?:\(([A-Za-z])\)|([A-Z])(?=[.):]|\s|\Z)|([a-z])(?=[.):]))[.):]?\s*(.*)\Z",
     re.DOTALL,
 )
+_WORD = re.compile(r"\w+(?:['.]\w+)*")
 
 
 def _same_text(a: str, b: str, rel_tol: float) -> bool:
@@ -71,6 +80,22 @@ def answers_match(pred: str | None, ref: str, choices: Sequence[str] = (), rel_t
     return x is not None and y is not None and numbers_close(x, y, rel_tol)
 
 
+def _words(text: str) -> list[str]:
+    """The VQA-normalised words of `text`, without the punctuation the normalisation keeps (":", "'s" stays)."""
+    return _WORD.findall(normalize_answer(text))
+
+
+def sentence_match(pred: str | None, ref: str, question: str) -> bool:
+    """True when `pred` gives the short answer inside the sentence `ref` (the module docstring's rule)."""
+    if answers_match(pred, ref):
+        return True
+    if pred is None or not pred.strip():
+        return False
+    said, asked, reference = _words(pred), set(_words(question)), _words(ref)
+    short = {w for w in reference if w not in asked}
+    return bool(short) and short <= set(said) and set(said) <= set(reference) | asked
+
+
 def vqa_score(pred: str | None, refs: list[str], choices: Sequence[str] = (), rel_tol: float = 1e-2) -> float:
     """min(#matching refs / 3, 1) with 3+ references; 1.0 for any match with fewer; 0 for no answer."""
     if pred is None or not pred.strip():
@@ -90,8 +115,11 @@ def _references(example: Example) -> list[str]:
 
 @register("accuracy")
 def accuracy_reward(completion: str, example: Example, ctx: RewardContext) -> float:
-    """VQA-style accuracy of the extracted answer (last `<answer>`, or the JSON "answer") against example.answers."""
+    """VQA-style accuracy of the extracted answer (last `<answer>`, or the JSON "answer") against example.answers;
+    for a sentence reference (metadata answer_form = sentence), `sentence_match`."""
     pred = extract_answer(response_text(completion, ctx), "auto")
+    if example.metadata.get("answer_form") == "sentence":  # seed 001: the reference is a sentence
+        return 1.0 if any(sentence_match(pred, ref, example.question) for ref in _references(example)) else 0.0
     return vqa_score(pred, _references(example), example.choices)
 
 

@@ -108,3 +108,20 @@ def iou_reward(completion: str, example: Example, ctx: RewardContext) -> float:
 @register("iou50")
 def iou50_reward(completion: str, example: Example, ctx: RewardContext) -> float:
     return 1.0 if best_iou(completion, example, ctx) >= 0.5 else 0.0
+
+
+def box_record(completion: str, example: Example, ctx: RewardContext) -> dict:
+    """What a report draws of a grounding answer, in original-image pixels: {"reference_boxes": [...],
+    "predicted_box": the box "iou" scores (None when the answer holds none), "box_iou": its best IoU with a
+    reference (None without a prediction)}; {} when the example has no reference box. The prediction is read and converted
+    exactly as the "iou" reward reads it."""
+    try:
+        refs = _reference_boxes(example)
+    except ValueError:
+        return {}
+    box = predicted_box(response_text(completion, ctx))
+    if box is not None:
+        size = _first(ctx.image_sizes) or (ctx.images[0].size if ctx.images else None)
+        box = [round(v, 2) for v in to_pixels(box, ctx.box_frame, size, _first(ctx.resized_sizes))]
+    return {"reference_boxes": refs, "predicted_box": box,
+            "box_iou": max(iou(box, ref) for ref in refs) if box is not None else None}

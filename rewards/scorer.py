@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.chat import chat_ids
 from models.files import reading
 from models.generation import GREEDY, GenRequest, concat_images, generate, left_pad
 from models.load import VLM
@@ -110,13 +111,9 @@ class ModelScorer:
     # -- inputs ------------------------------------------------------------------------------------------------
     def prompt_ids(self, images: list[Image.Image], question: str) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         """(ids ending with the assistant header, pixel_values [P, D], grid_thw [N, 3]) of one user turn."""
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
-        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
-            {"role": "user", "content": content}]
-        tok = self.vlm.tokenizer
-        rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = chat_ids(self.vlm.tokenizer, system=self.system_prompt, text=question, num_images=len(images))
         pixel_values, grid = encode_images(self.vlm.image_processor, list(images))
-        return expand_image_pads(tok(rendered, add_special_tokens=False).input_ids, grid, self.vlm.family), pixel_values, grid
+        return expand_image_pads(ids, grid, self.vlm.family), pixel_values, grid
 
     def _request(self, images, question: str, answer_ids: list[int] = ()) -> GenRequest:
         ids, pixel_values, grid = self.prompt_ids(images, question)

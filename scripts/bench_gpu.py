@@ -276,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"({vlm.model.config._attn_implementation}), "
                           f"decoding {'CUDA graph' if args.cuda_graph == 'on' and args.device == 'cuda' else 'eager'}",
               "device": name, "torch": torch.__version__, "transformers": transformers.__version__,
-              "params": counts, "peak_tflops": peak / 1e12 if peak else None, "modes": []}
+              "params": counts, "peak_tflops": peak / 1e12 if peak else None, "modes": [],
+              # the workload as scripts/bench_peer_gpu.py rebuilds it for TRL
+              "settings": {"arch": args.arch, "shape": args.shape, "prompts": args.prompts, "group": args.group,
+                           "new_tokens": args.new_tokens, "side": args.side, "kl_beta": args.kl_beta,
+                           "dtype": cfg.model.dtype}}
     for checkpointing in modes:
         print(f"gradient checkpointing {'on' if checkpointing else 'off'}:", flush=True)
         result["modes"].append(run_mode(args, cfg, vlm, state, examples, counts, peak, checkpointing))

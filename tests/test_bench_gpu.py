@@ -8,6 +8,7 @@ table). Its GPU figures come from running it on a GPU (docs/BENCHMARKS.md says h
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,8 @@ def test_tiny_shape_runs_both_modes_on_cpu(tmp_path, capsys):
                  "--peak-tflops", "1", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert [m["gradient_checkpointing"] for m in r["modes"]] == [True, False]
+    assert r["settings"] == {"arch": "qwen2_5_vl", "shape": "tiny", "prompts": 1, "group": 2, "new_tokens": 4,
+                             "side": 112, "kl_beta": 0.04, "dtype": "float32"}  # what bench_peer_gpu.py rebuilds
     assert [m["micro_batch_tokens"] for m in r["modes"]] == [8192, 8192]  # the size measured best on an H200
     p = r["params"]
     assert p["body"] + p["vision"] + p["embedding"] + p["head"] == p["all"]  # the tiny model does not tie them
@@ -48,3 +51,17 @@ def test_tiny_shape_runs_both_modes_on_cpu(tmp_path, capsys):
     prompt = whole // 2 - 4  # whole = 2 x (prompt + 4 new tokens); shared = prompt once + 2 x 4
     assert prompt > 0 and shared == prompt + 2 * 4
     assert "rollout tok/s" in capsys.readouterr().out
+
+
+def test_make_test_gpu_without_torch_says_so_in_one_line(tmp_path):
+    """`make test-gpu` with a Python that has no torch (the lane's GPU_PY) ends with one line saying what to do,
+    not with pytest's collection traceback."""
+    import subprocess
+
+    no_torch = tmp_path / "python"
+    no_torch.write_text("#!/bin/sh\nexit 1\n")  # a Python in which `import torch` fails
+    no_torch.chmod(0o755)
+    proc = subprocess.run(["make", "-s", "test-gpu", f"GPU_PY={no_torch}"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    assert f"make test-gpu: {no_torch} cannot import torch and pytest" in proc.stderr

@@ -49,6 +49,10 @@ def test_unknown_toml_key_names_the_file(tmp_path):
     (["--train.stage", "rl", "--rl.steps", "0"], "rl.steps is 0"),
     (["--rollout.sampler", "vllm", "--rollout.top_p", "0.9"], "top_p"),
     (["--rollout.vllm_kv_cache_gib", "4"], "vllm_kv_cache_gib"),
+    (["--rollout.vllm_tp", "2"], "vllm_tp set but rollout.sampler is 'native'"),
+    (["--rollout.vllm_sleep", "true"], "vllm_sleep set but rollout.sampler is 'native'"),
+    (["--rollout.sampler", "vllm", "--rollout.vllm_gpu_memory_utilization", "1.5"], "vllm_gpu_memory_utilization = 1.5 is out of range"),
+    (["--rollout.sampler", "vllm", "--rollout.vllm_tp", "0"], "rollout.vllm_tp = 0 is out of range: must be >= 1"),
     (["--model.attn_implementation", "varlen"], "take bf16 / fp16 tensors only: set model.dtype = bfloat16"),
 ])
 def test_settings_that_would_do_nothing_or_nonsense_raise(overrides, message):

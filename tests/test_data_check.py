@@ -137,3 +137,20 @@ def test_cli_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
     proc.wait(timeout=60)
     assert first.startswith("format: jsonl")
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_every_split_of_a_folder_is_checked(tmp_path, capsys):
+    """A Geometry3K folder with train, validation and test: all three are read (the bad record is in validation,
+    which a check of the train split alone would pass), each one counted; --split still checks one."""
+    from tests.data_fixtures import geometry3k_dataset
+
+    folder = geometry3k_dataset(tmp_path / "geo")
+    assert main([str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "validation-00000-of-00001.parquet:row 0" in err and "1 bad records" in err
+    assert main([str(folder), "--skip-bad"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == ["format: geometry3k", "examples: 3 (skipped 1)",
+                       "splits: test 1, train 2, validation 0 (skipped 1) (every split checked; --split S checks one)"]
+    assert main([str(folder), "--split", "train"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:3] == ["examples: 2 (skipped 0)", "splits: train 2"]

@@ -97,7 +97,7 @@ WRITERS = {"jsonl_paths": (jsonl_paths, "jsonl", False), "jsonl_base64": (jsonl_
            "hf_dataset_dict": (hf_dataset_dict, "hf_disk", True), "parquet_file": (parquet_file, "parquet", False),
            "parquet_folder": (parquet_folder, "geometry3k", True)}
 SMALL = ["--train.threads", "1", "--train.tensorboard", "false", "--train.stage", "sft", "--sft.steps", "1",
-         "--sft.batch_size", "2", "--rollout.max_new_tokens", "4"]
+         "--sft.batch_size", "2", "--rollout.max_new_tokens", "4", "--data.overlong", "truncate"]
 
 
 @pytest.mark.slow
@@ -108,7 +108,11 @@ def test_check_train_and_eval_read_the_same_examples(kind, tmp_path, capsys):
     held_out = TEST if split else TRAIN
     assert check_main([str(path)]) == 0
     checked = capsys.readouterr().out
-    assert f"format: {fmt}\nexamples: {len(TRAIN)} (skipped 0)" in checked
+    if split:  # every split is checked, each one counted
+        assert f"format: {fmt}\nexamples: {len(TRAIN) + len(TEST)} (skipped 0)\nsplits: " in checked
+        assert f"train {len(TRAIN)}" in checked and f"test {len(TEST)}" in checked
+    else:
+        assert f"format: {fmt}\nexamples: {len(TRAIN)} (skipped 0)" in checked
     assert f"question: {TRAIN[0].question}\n  answers: ['{TRAIN[0].answer}']" in checked
 
     run = tmp_path / "run"

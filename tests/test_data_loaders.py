@@ -130,7 +130,8 @@ def test_seed001_converts_crops_and_answers(tmp_path):
     assert clothing == Example(
         question="What is the visible clothing of the person on the far left?", answers=["a dark jacket"],
         images=[street], boxes=[[0.0, 141.43, 79.23, 480.0], [10.0, 141.5, 60.25, 200.0]], target=TARGET_TWO_CROPS,
-        metadata={"image_id": "000000580837", "qna_index": 0, "target_box_frame": "pixels"}, origin=f"{path}:1")
+        metadata={"image_id": "000000580837", "qna_index": 0, "target_box_frame": "pixels", "answer_form": "sentence"},
+        origin=f"{path}:1")
     assert (count.question, count.answers, count.boxes, count.target) == ("How many people?", ["3"], [], A3_NO_CROP)
     assert count.origin == f"{path}:1" and count.metadata["qna_index"] == 1
     # "[5,5,95.5,45]" keeps its numbers as written, joined by ", "; the description "the red sign" is dropped

@@ -44,3 +44,14 @@ def test_a_dangling_name_is_found(tmp_path):
     (tmp_path / "README.md").write_text("Read docs/DESIGN.md, then https://example.org/x/NOTES.md.\n")
     (tmp_path / "a.py").write_text('"""Facts: docs/PLATFORM.md, DESIGN.md, INSTALL.md."""\n')
     assert dangling(tmp_path) == ["a.py:1: docs/PLATFORM.md", "a.py:1: INSTALL.md", "docs/DESIGN.md:1: PLATFORM.md"]
+
+
+def test_every_built_in_algorithm_is_defined_in_algorithms_md():
+    """docs/ALGORITHMS.md has a section (### name) for every built-in of the algorithm's registries."""
+    from engine.config.registries import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
+
+    text = (ROOT / "docs" / "ALGORITHMS.md").read_text(encoding="utf-8")
+    headings = set(re.findall(r"^### (\S+)$", text, re.M))
+    missing = [f"{r.kind} {e.name}" for r in (ADVANTAGES, LOSSES, KL_ESTIMATORS, AGGREGATIONS) for e in r.entries()
+               if e.origin in r.builtin_modules() and e.name not in headings]
+    assert not missing, f"docs/ALGORITHMS.md lacks a section for: {', '.join(missing)}"

@@ -14,10 +14,10 @@ from PIL import Image
 
 from data import load_examples
 from data.example import displayed_size, open_image
-from engine.rollout.trajectory import resize_short_side
 from models.admit import example_check, image_check, short_side_size
 from models.load import load_processing
 from models.tiny import tiny_model_dir
+from models.vision import resize_short_side
 
 
 @pytest.fixture(scope="module")

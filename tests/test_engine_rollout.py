@@ -27,6 +27,7 @@ from engine.forward.packing import pack, row_logps
 from engine.config.settings import RolloutConfig
 from engine.rollout.rollout import rollout
 from engine.rollout.tool_calls import make_protocol
+from models.generation import generate
 from models.vision import image_block, rope_positions
 from tests.engine_helpers import encode, load_tiny, make_prompt, plain_logits
 
@@ -164,3 +165,17 @@ def test_call_at_the_token_budget_runs_once(vlm, prompts):
     # never handled again in later rounds while other trajectories continue.
     assert len(capped.tool_calls) == 0, f"the call ran {len(capped.tool_calls)} times"
     assert len(capped.images) == 1 and capped.stop == "limit"
+
+
+def test_per_prompt_seeds_are_the_vllm_samplers_and_state_free(vlm, prompts):
+    from engine.rollout.rollout import prompt_seeds
+    from models.generation import GenRequest
+
+    a = prompt_seeds(0, 5, 4)
+    assert a == prompt_seeds(0, 5, 4) and len(set(a)) == 4 and all(0 <= s < 2**30 for s in a)
+    assert a != prompt_seeds(0, 6, 4) and a != prompt_seeds(1, 5, 4)  # another step or run: other seeds
+    with pytest.raises(ValueError, match="per-prompt seeds are the vLLM sampler's"):
+        rollout(vlm, prompts[:1], RolloutConfig(group_size=2), protocol=None, seeds=[1])
+    with pytest.raises(ValueError, match="per-request seeds are the vLLM sampler's"):
+        generate(vlm.model, [GenRequest(ids=[1, 2], positions=torch.zeros(3, 2, dtype=torch.long), seed=3)],
+                 RolloutConfig(), pad_id=0, max_new_tokens=2)

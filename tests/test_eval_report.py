@@ -75,9 +75,11 @@ def test_plots_by_hand():
     svg = histogram("acc", [0.0, 0.5, 1.0, 1.0], bins=2)
     assert re.findall(r"<title>([^<]*)</title></rect>", svg) == ["0-0.5: 1", "0.5-1: 3"]
     line = line_chart("kl", [(1, 0.0), (2, float("nan")), (3, 1.0)])  # NaN skipped, not drawn
-    assert re.search(r'points="([^"]*)"', line).group(1) == "46.0,154.0 350.0,24.0"
-    flat = line_chart("rate", [(1, 0.0), (2, 0.0)])  # a flat line sits mid-axis, and the axis says -0.5 .. 0.5
-    assert 'points="46.0,89.0 350.0,89.0"' in flat and ">0.5</text>" in flat and ">-0.5</text>" in flat
+    # x from the 52 px margin to 360 - 10; y from 24 (top) to 180 - 26 = 154 (bottom)
+    assert re.search(r'points="([^"]*)"', line).group(1) == "52.0,154.0 350.0,24.0"
+    flat = line_chart("loss", [(1, 0.0), (2, 0.0)])  # a flat line sits mid-axis, and the axis says -0.5 .. 0.5
+    assert 'points="52.0,89.0 350.0,89.0"' in flat and ">0.5</text>" in flat and ">-0.5</text>" in flat
+    assert ">5.5e-04</text>" in line_chart("loss", [(1, 0.00055), (2, 0.00012)])  # fits the axis margin
 
 
 @pytest.fixture(scope="module")

@@ -113,6 +113,9 @@ def test_tool_protocols_through_the_rollout_on_cuda(name, call):
                         for _ in range(len(requests) * expand)]
             return generate(vlm.model, requests, sampling, pad_id=vlm.family.pad_id, expand=expand, **call)
 
+        def any_live(self, local: bool) -> bool:  # one process, no engine shared with others
+            return local
+
     settings = RolloutConfig(group_size=2, max_new_tokens=40, max_total_tokens=4096, max_tool_calls=1,
                              temperature=1.0)
     trajs = rollout(vlm, [prompt], settings, protocol=make_protocol(name, vlm),

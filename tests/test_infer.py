@@ -89,3 +89,15 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
     (tmp_path / "runs" / "tiny-qwen2_5_vl").symlink_to(tiny_model_dir("qwen2_5_vl"))  # what `make tiny` writes
     noise_image((120, 90), seed=5).save(tmp_path / "photo.png")
     exec(compile(code, "README.md", "exec"), {})
+
+
+def test_a_missing_answer_says_why():
+    """An answer cut by the length cap says so (and which setting to raise); a reply always says why it stopped."""
+    from engine.infer import Reply
+
+    cut = Reply(question="q", answer=None, response="<think>the square is", stop="length")
+    assert infer_cli.answer_line(cut, 48) == ("(none: the response was cut at the length cap, rollout.max_new_tokens "
+                                              "48, before an <answer>; raise it)")
+    ended = Reply(question="q", answer=None, response="blue", stop="eos")
+    assert infer_cli.answer_line(ended, 48) == '(none: no <answer> tag or JSON "answer"; stopped on eos)'
+    assert infer_cli.answer_line(Reply(question="q", answer="blue", response="<answer>blue</answer>"), 48) == "blue"

@@ -63,7 +63,7 @@ def test_bf16_mixed_precision_keeps_the_small_update_that_pure_bf16_loses(colors
     fp32 = _deltas(_run(colors, tmp_path / "fp32"), init)
     mixed_weights = _run(colors, tmp_path / "mixed", "--train.mixed_precision", "bf16", "--train.stage", "sft,rl",
                          "--rl.steps", "1", "--algo.kl_beta", "0.04", "--rollout.prompts_per_step", "2",
-                         "--rollout.group_size", "2", "--rollout.max_new_tokens", "6")
+                         "--rollout.group_size", "2", "--rollout.max_new_tokens", "16")  # the SFT targets fit whole
     assert {v.dtype for v in mixed_weights.values()} == {torch.float32}  # the master copy is fp32
     mixed = _deltas(mixed_weights, init)
     pure = _deltas(_run(colors, tmp_path / "bf16", "--model.dtype", "bfloat16"),
@@ -82,9 +82,9 @@ def test_bf16_mixed_precision_keeps_the_small_update_that_pure_bf16_loses(colors
     assert not D.active()  # the run left its group of one
 
 
-def test_mixed_precision_needs_fp32_master_weights_and_the_native_sampler():
+def test_mixed_precision_needs_fp32_master_weights():
     base = ["--data.train", "x.jsonl", "--train.mixed_precision", "bf16"]
     with pytest.raises(ValueError, match="model.dtype = float32"):
         build_config(Config, overrides=base + ["--model.dtype", "bfloat16"])
-    with pytest.raises(ValueError, match="rollout.sampler = vllm"):
-        build_config(Config, overrides=base + ["--rollout.sampler", "vllm"])
+    # the vLLM sampler joins the run's process group and samples in bf16 (tests/test_vllm_train.py runs it)
+    assert build_config(Config, overrides=base + ["--rollout.sampler", "vllm"]).rollout.sampler == "vllm"

@@ -34,7 +34,7 @@ def test_changes_are_refused_budgets_raised_and_run_mechanics_free():
     assert p.changes(now("--sft.steps", "9", "--train.stage", "sft,rl")) == ([], [])  # raised, grown at the end
     refused, accepted = p.changes(now("--sft.steps", "4", "--sft.lr", "3e-4", "--train.seed", "1",
                                       "--train.resume_changes", "train.seed"))
-    assert refused == ["sft.steps: 6 -> 4 (a budget may be raised, not lowered)", "sft.lr: 0.0001 -> 0.0003"]
+    assert refused == ["sft.lr: 0.0001 -> 0.0003", "sft.steps: 6 -> 4 (a budget may be raised, not lowered)"]
     assert accepted == ["train.seed: 0 -> 1"]
 
 
@@ -53,6 +53,9 @@ def test_steps_that_follow_from_epochs_are_not_compared():
     p = plan("--sft.epochs", "2", "--sft.steps", "12")  # the run wrote the steps its epochs and data size gave
     assert p.changes(now("--sft.epochs", "2")) == ([], [])  # recomputed from the same epochs (the data: fingerprint)
     assert p.changes(now("--sft.epochs", "3")) == ([], [])  # more epochs: a raised budget
+    assert p.changes(now("--sft.steps", "20")) == ([], [])  # from epochs to steps: 12 steps ran, 20 is more
+    assert p.changes(now("--sft.steps", "8"))[0] == ["sft.steps: 12 -> 8 (a budget may be raised, not lowered)"]
+    assert p.changes(now("--sft.epochs", "1"))[0] == ["sft.epochs: 2.0 -> 1.0 (a budget may be raised, not lowered)"]
 
 
 def example(image: str, question: str = "What colour?") -> Example:

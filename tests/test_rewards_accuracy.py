@@ -136,3 +136,31 @@ def test_plain_tool_reward_pays_for_working_calls_whatever_the_answer():
     assert tool(wrong, _ex(["2"]), RewardContext(tool_calls=calls)) == pytest.approx(2 / 3)  # no gate: paid anyway
     assert REWARDS["tool_success"](wrong, _ex(["2"]), RewardContext(tool_calls=calls)) == 0.0  # the gated one: not
     assert tool(wrong, _ex(["2"]), RewardContext()) == 0.0  # no calls
+
+
+def test_a_sentence_reference_scores_the_words_that_answer_the_question():
+    """Seed 001's <answer> is a sentence: the short answer is the reference's words the question lacks."""
+    from rewards.accuracy import sentence_match
+
+    q, ref = "What is the visible clothing of the person on the far left?", \
+        "The visible clothing of the person on the far left is a dark jacket."
+    for pred in ("dark jacket", "a dark jacket", "A dark jacket.", ref, "The person on the far left: a dark jacket"):
+        assert sentence_match(pred, ref, q), pred
+    for pred in ("jacket", "a red jacket", "dark or light jacket", "", None, "the person"):
+        assert not sentence_match(pred, ref, q), pred
+    assert sentence_match("blue", "The square is blue.", "What color is the square?")  # the issue's case
+    assert not sentence_match("red", "The square is blue.", "What color is the square?")
+    assert sentence_match("2", "Two.", "How many?") and not sentence_match("3", "Two.", "How many?")
+
+
+def test_accuracy_uses_the_sentence_rule_only_for_marked_examples():
+    from data import Example
+    from rewards.accuracy import accuracy_reward
+    from rewards.registry import RewardContext
+
+    plain = Example("What color is the square?", ["The square is blue."], [])
+    marked = Example("What color is the square?", ["The square is blue."], [], metadata={"answer_form": "sentence"})
+    ctx = RewardContext()
+    assert accuracy_reward("<answer>blue</answer>", plain, ctx) == 0.0  # exact match against a sentence
+    assert accuracy_reward("<answer>blue</answer>", marked, ctx) == 1.0
+    assert accuracy_reward("<answer>red</answer>", marked, ctx) == 0.0

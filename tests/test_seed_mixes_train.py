@@ -36,7 +36,8 @@ def datasets(tmp_path_factory):
 def test_seed_mix_trains(preset, datasets, tmp_path):
     data = str(datasets / TASK[preset] / "data.jsonl")
     cfg = build_config(Config, toml_path=ROOT / "configs" / f"{preset}.toml", overrides=[
-        "--data.train", data, "--data.eval", "", "--train.out_dir", str(tmp_path), "--train.threads", "1",
+        "--data.train", data, "--data.eval", "", "--data.eval_fraction", "0", "--data.overlong", "truncate",
+        "--train.out_dir", str(tmp_path), "--train.threads", "1",
         "--train.tensorboard", "false", "--sft.steps", "3", "--sft.batch_size", "4", "--rl.steps", "2",
         "--rollout.group_size", "2", "--rollout.prompts_per_step", "2", "--rollout.max_new_tokens", "24",
         "--train.sample_every", "0", "--train.stage", "sft,rl"])
@@ -71,7 +72,7 @@ def test_inline_crop_protocol_trains(tmp_path):
         "--sft.final_steps", "1", "--data.eval", "", "--train.out_dir", str(tmp_path / "run"),
         "--train.threads", "1", "--train.tensorboard", "false", "--sft.steps", "3", "--sft.batch_size", "3",
         "--rl.steps", "2", "--rollout.group_size", "2", "--rollout.prompts_per_step", "2",
-        "--rollout.max_new_tokens", "24", "--train.sample_every", "1"])
+        "--rollout.max_new_tokens", "40", "--train.sample_every", "1"])  # the crop targets' 35 tokens fit
     trainer.run(cfg)
     rl = [r for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if "reward/total" in r]
     assert len(rl) == 2 and all("tools/call_rate" in r for r in rl)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import eval as eval_cli
+import infer as infer_cli
 import train
 from data.check import main as check_main
 from tests.seed_fixtures import seed_fixture
@@ -20,12 +22,21 @@ FORMAT = {"seed000": "jsonl", "seed001": "seed001", "seed002": "hf_disk", "seed0
           "seed004": "geometry3k"}
 SMALL = ["--train.threads", "1", "--train.tensorboard", "false", "--sft.steps", "2", "--sft.epochs", "0",
          "--sft.batch_size", "4", "--rl.steps", "1", "--rollout.group_size", "2", "--rollout.prompts_per_step",
-         "2", "--rollout.max_new_tokens", "16", "--train.sample_every", "0", "--train.stage", "sft,rl"]
+         "2", "--rollout.max_new_tokens", "16", "--data.overlong", "truncate", "--train.sample_every", "0",
+         "--train.stage", "sft,rl"]
+
+
+def summary_config(run: Path) -> dict:
+    import tomllib
+
+    return tomllib.loads((run / "config.toml").read_text())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", sorted(HEADLINE))
 def test_preset_trains_and_evaluates_on_the_seeds_own_format(seed, tmp_path, capsys):
+    from engine.infer import Assistant
+
     data, held_out = seed_fixture(seed, tmp_path / "data", n_train=6, n_eval=3)
     assert check_main([str(data)]) == 0
     assert f"format: {FORMAT[seed]}" in capsys.readouterr().out
@@ -43,6 +54,19 @@ def test_preset_trains_and_evaluates_on_the_seeds_own_format(seed, tmp_path, cap
             assert f"{metric}_{stage}=" in line
     if seed == "seed002":  # the text label is no metric of a grounding task
         assert not any(k.startswith("accuracy_") for k in summary)
+    # then the run is asked as it was trained: eval.py with no --config repeats its final evaluation, infer.py and
+    # the Assistant answer with its own settings (no line says a setting differs)
+    assert eval_cli.main(["--model.path", str(out), "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics.pop("eval_overlaps_train") == summary["eval_overlaps_train"] == 0
+    assert metrics == summary["eval_after_rl"]
+    split = ["--split", "test"] if seed == "seed004" else []  # Geometry3K: one folder, its test split held out
+    assert infer_cli.main(["--model", str(out), "--data", str(held_out), *split, "--out",
+                           str(tmp_path / "answers.jsonl")]) == 0
+    answers = [json.loads(line) for line in open(tmp_path / "answers.jsonl")]
+    assert len(answers) == 3 and all("stop" in a for a in answers)
+    bot = Assistant(out, crops_dir=tmp_path / "crops")
+    assert bot.notes == [] and bot.cfg.data.question_template == summary_config(out)["data"]["question_template"]
 
 
 @pytest.mark.parametrize("seed", sorted(HEADLINE))

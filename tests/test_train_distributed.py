@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # after SFT steps 2 and 4 and RL steps 2 and 3 (global steps 2, 4, 6, 7), all kept.
 ARGS = ["--train.tensorboard", "false", "--train.threads", "1", "--train.stage", "sft,rl", "--sft.steps", "4",
         "--sft.batch_size", "4", "--sft.lr", "3e-4", "--rl.steps", "3", "--rollout.prompts_per_step", "2",
-        "--rollout.group_size", "4", "--rollout.max_new_tokens", "8", "--rollout.temperature", "1.0",
+        "--rollout.group_size", "4", "--rollout.max_new_tokens", "8", "--data.overlong", "truncate",
+        "--rollout.temperature", "1.0",
         "--algo.kl_beta", "0.04", "--data.num_eval_examples", "4", "--train.save_every", "2",
         "--train.keep_checkpoints", "10", "--train.sample_every", "0"]
 

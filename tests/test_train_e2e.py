@@ -121,7 +121,7 @@ def test_grpo_raises_the_reward(colors, tmp_path):
     # SFT on the mixed colours teaches the answer format (which colour stays near chance). Then RL on data whose
     # answer is always "red": only the policy gradient can move probability onto the rewarded answer.
     sft = _cfg(colors, tmp_path / "sft", "--train.stage", "sft", "--sft.steps", "40", "--sft.batch_size", "8",
-               "--sft.lr", "1e-3")
+               "--sft.lr", "1e-3", "--rollout.max_new_tokens", "16")  # the RL run's cap: its 14-token targets fit
     summary = trainer.run(sft)
     sft_model = Path(summary["final_checkpoint"]) / "model"
     red = tmp_path / "red.jsonl"

@@ -13,7 +13,9 @@ sampler, never against itself:
 - G samples per prompt from a seeded generator are reproducible; another seed gives other samples; sampling
   leaves torch's global RNG where it was;
 - once engine.rollout.rollout takes `sampler=` (the integration hook), a whole rollout through vLLM gives trajectories
-  whose sampler log-probs are the trainer's (skipped, saying so, before that).
+  whose sampler log-probs are the trainer's (skipped, saying so, before that);
+- memory phases (vLLM's sleep mode, GPU only, so checked on a recording stand-in for the engine): asleep outside
+  the rollout, the weights woken before a push, the KV cache before the next rollout; nothing without sleep mode.
 
 Needs vLLM: runs under .venv-vllm (bash scripts/install_vllm.sh; make test-vllm). Elsewhere the vLLM tests are
 skipped with the reason printed by `pytest -rs`; the pure-function tests run everywhere.
@@ -37,7 +39,7 @@ from engine.config.settings import RolloutConfig
 from engine.rollout.rollout import finish, rollout
 from models.generation import GenRequest, generate
 from engine.rollout.trajectory import Trajectory
-from engine.rollout.vllm_sampler import _BufferOnlyReloadNotice, check_params, collapse_image_runs
+from engine.rollout.vllm_sampler import VLLMSampler, _BufferOnlyReloadNotice, check_params, collapse_image_runs
 from models.tiny import tiny_model_dir
 from models.vision import rope_positions
 from tests.engine_helpers import (MIXED_PROMPTS, encode, gen_args, load_tiny, loss_positions, make_prompt,
@@ -78,6 +80,82 @@ def test_push_notices_of_buffer_only_layers_are_dropped_others_kept():
 
     assert not notice.filter(record("MRotaryEmbedding")) and not notice.filter(record("FusedMMInputNorm"))
     assert notice.filter(record("QKVParallelLinear")), "a layer with real weights that did not load must warn"
+
+
+def test_settings_are_checked_before_any_model_loads(monkeypatch):
+    import importlib.util
+
+    from engine.rollout.vllm_sampler import check_settings
+
+    vllm_cfg = lambda **kw: RolloutConfig(sampler="vllm", **kw)  # noqa: E731
+    if NO_VLLM:  # the message a user without vLLM gets
+        with pytest.raises(ValueError, match="needs vLLM in this environment: build .venv-vllm"):
+            check_settings(vllm_cfg(), 1, False)
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "vllm" else real(n, *a))
+    check_settings(vllm_cfg(vllm_tp=2), 4, False)
+    with pytest.raises(ValueError, match="vllm_tp = 3 does not divide the 4 processes"):
+        check_settings(vllm_cfg(vllm_tp=3), 4, False)
+    with pytest.raises(ValueError, match="vllm_gpu_memory_utilization sizes a GPU engine"):
+        check_settings(vllm_cfg(vllm_gpu_memory_utilization=0.5), 1, False)
+    with pytest.raises(ValueError, match="vllm_kv_cache_gib sizes a CPU engine"):
+        check_settings(vllm_cfg(vllm_kv_cache_gib=4), 1, True)
+    with pytest.raises(ValueError, match="vllm_sleep = true: vLLM has no sleep mode on a CPU"):
+        check_settings(vllm_cfg(vllm_sleep=True), 1, False)
+    check_settings(vllm_cfg(vllm_gpu_memory_utilization=0.5, vllm_sleep=True), 1, True)
+
+
+class _RecordingLLM:
+    """Stands in for vllm.LLM: records the calls the sampler's memory phases make."""
+
+    def __init__(self):
+        self.calls = []
+        self.llm_engine = self
+
+    def sleep(self, level):
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags):
+        self.calls.append(("wake_up", tuple(tags)))
+
+    def collective_rpc(self, method, kwargs):
+        self.calls.append((method, [name for name, _ in kwargs["weights_iterator"]]))
+
+    def reset_encoder_cache(self):
+        self.calls.append("reset_encoder_cache")
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset_prefix_cache")
+
+
+def _bare_sampler(sleeps: bool) -> VLLMSampler:
+    """A VLLMSampler around _RecordingLLM (no engine is built: __init__ is skipped)."""
+    s = VLLMSampler.__new__(VLLMSampler)
+    s.llm, s.sleeps, s._asleep, s.tp_group = _RecordingLLM(), sleeps, [], None
+    return s
+
+
+def test_the_engine_sleeps_outside_the_rollout_and_wakes_what_each_phase_needs():
+    s = _bare_sampler(sleeps=True)
+    with s.awake():  # built awake: nothing to wake
+        pass
+    assert s.llm.calls == [("sleep", 1)]  # the reference forward and the update get its memory
+    s.push_weights([("w", torch.zeros(1))])  # after the update: the weights back first, the KV cache still asleep
+    assert s.llm.calls[1:] == [("wake_up", ("weights",)), ("reload_weights", ["w"]), "reset_encoder_cache",
+                               "reset_prefix_cache"]
+    with s.awake():  # the next rollout: only the KV cache is still asleep
+        assert s.llm.calls[-1] == ("wake_up", ("kv_cache",))
+    assert s.llm.calls[-1] == ("sleep", 1)
+    with s.awake():  # a step without a push (nothing to learn from): both come back at once
+        assert s.llm.calls[-1] == ("wake_up", ("weights", "kv_cache"))
+
+
+def test_without_sleep_mode_the_engine_keeps_its_memory():
+    s = _bare_sampler(sleeps=False)  # a CPU, or rollout.vllm_sleep false
+    with s.awake():
+        pass
+    s.push_weights([("w", torch.zeros(1))])
+    assert s.llm.calls == [("reload_weights", ["w"]), "reset_encoder_cache", "reset_prefix_cache"]
 
 
 @pytest.fixture(scope="module")
@@ -282,6 +360,19 @@ def test_global_rng_untouched(vlm, prompts, sampler):
     torch.manual_seed(0)
     _sample(sampler, vlm, prompts, gen_args(max_new_tokens=4, temperature=1.0), expand=2)
     assert torch.equal(torch.rand(3), expected)
+
+
+@needs_vllm
+def test_per_prompt_seeds_make_a_prompts_samples_independent_of_its_batch(vlm, prompts, sampler):
+    """What lets N processes sample what one does: with rollout seeds, a prompt sampled alone (another process's
+    share) gets the tokens it gets in the whole batch."""
+    settings = RolloutConfig(group_size=3, temperature=1.0, max_new_tokens=N_NEW)
+    seeds = [11, 2_000, 123_456]
+    whole = rollout(vlm, prompts, settings, protocol=None, sampler=sampler, seeds=seeds)
+    alone = rollout(vlm, prompts[2:], settings, protocol=None, sampler=sampler, seeds=seeds[2:])
+    assert [t.ids for t in alone] == [t.ids for t in whole[6:]]
+    other = rollout(vlm, prompts[2:], settings, protocol=None, sampler=sampler, seeds=[7])
+    assert [t.ids for t in other] != [t.ids for t in alone]  # the seed, not the batch, decides
 
 
 @needs_vllm

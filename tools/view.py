@@ -56,13 +56,17 @@ figure { margin: 0; } figcaption { font-size: 12px; color: #555; }
 .frame { position: relative; display: inline-block; line-height: 0; }
 .frame img { display: block; max-width: 420px; max-height: 420px; image-rendering: pixelated; }
 .box { position: absolute; box-sizing: border-box; border: 3px solid; }
-.box b { position: absolute; left: 0; top: -16px; font-size: 11px; line-height: 14px; color: #fff; padding: 0 3px; }
+.box b { position: absolute; left: 0; top: -16px; font-size: 11px; line-height: 14px; color: #fff; padding: 0 3px;
+  white-space: nowrap; }
 pre.response { white-space: pre-wrap; word-break: break-word; background: #f4f4f4; padding: 8px; }
 .hl-think { background: #e8f0fe; } .hl-answer { background: #d9f5d9; font-weight: 600; }
 .hl-tool_call, .hl-tool { background: #fff1c2; outline: 1px solid #e0b400; } .tag { color: #777; font-weight: 400; }
 table { border-collapse: collapse; margin: 6px 0; } td, th { border: 1px solid #ddd; padding: 2px 8px; }
 .error { color: #b3261e; } .target { border: 2px dotted #000; } .target b { background: #000; }
 table.signals td { text-align: right; }
+.ref { border-color: #00a651; } .ref b { background: #00a651; } .pred { border-color: #e6007e; }
+.pred b { background: #e6007e; } .prefill { color: #555; background: #ececec; border: 1px dashed #999; }
+.prefill i { font-style: normal; font-size: 11px; color: #777; margin-right: 4px; }
 """
 SCRIPT = """
 for (const img of document.querySelectorAll("img")) {
@@ -244,6 +248,55 @@ def render_calls(calls: list[dict], frame: str, size: tuple[int, int] | None) ->
     return "".join(overlays), f'<table class="calls">{head}{"".join(rows)}</table>'
 
 
+def _overlay(box: list[float], size: tuple[int, int], cls: str, label: str, data: str) -> str:
+    """A box (original pixels) drawn over the image, clipped to it, in percent of its size."""
+    x1, y1 = max(box[0], 0), max(box[1], 0)
+    x2, y2 = min(box[2], size[0]), min(box[3], size[1])
+    if x1 >= x2 or y1 >= y2:
+        return ""
+    l, t, w, h = 100 * x1 / size[0], 100 * y1 / size[1], 100 * (x2 - x1) / size[0], 100 * (y2 - y1) / size[1]
+    return (f'<div class="box {cls}" {data} style="left:{l:.3f}%;top:{t:.3f}%;width:{w:.3f}%;height:{h:.3f}%">'
+            f"<b>{_esc(label)}</b></div>")
+
+
+def render_grounding(rec: dict, size: tuple[int, int] | None) -> tuple[str, str]:
+    """(overlays of the reference boxes, green "ref", and the predicted box, magenta "pred", on the original; the
+    header's note: the IoU of the prediction, or why none is drawn). Both are original-image pixels."""
+    refs = [b for b in map(_box, rec.get("reference_boxes") or []) if b is not None]
+    pred = _box(rec.get("predicted_box"))
+    if not refs and pred is None:
+        return "", ""
+    overlays = "".join(_overlay(b, size, "ref", "ref", 'data-ref="1"') for b in refs) if size else ""
+    iou = rec.get("box_iou")
+    if pred is None:
+        return overlays, '<span class="iou">predicted box: none in the answer</span>'
+    shown = "[" + ", ".join(f"{v:.0f}" for v in pred) + "]"
+    label = f"pred, IoU {iou:.2f}" if isinstance(iou, (int, float)) else "pred"
+    overlays += _overlay(pred, size, "pred", label, 'data-pred="1"') if size else ""
+    return overlays, (f'<span class="iou">predicted box {shown} px (magenta): <b>IoU {_num(iou, "{:.2f}")}</b> with '
+                      "the reference</span>")
+
+
+def _ref_boxes(rec: dict) -> str:
+    boxes = [b for b in map(_box, rec.get("reference_boxes") or []) if b is not None]
+    shown = "; ".join("[" + ", ".join(f"{v:.0f}" for v in b) + "]" for b in boxes)
+    return f' <span class="iou">(reference box {shown} px, drawn green)</span>' if boxes else ""
+
+
+def reward_line(rec: dict) -> str:
+    """The weighted reward and each part: 'reward 1.450 = 1×iou 0.450 + 1×format 1.000 (also scored: iou50 0)'."""
+    reward, parts, weights = rec.get("reward"), rec.get("parts") or {}, rec.get("weights")
+    if reward is None and not parts:
+        return "<span>no reward (an SFT target)</span>"
+    if not isinstance(weights, dict):
+        terms = ", ".join(f"{_esc(n)} {_num(v)}" for n, v in parts.items())
+        return f"<span>reward <b>{_num(reward)}</b> ({terms})</span>"
+    terms = " + ".join(f"{w:g}×{_esc(n)} {_num(parts.get(n))}" for n, w in weights.items())
+    extra = ", ".join(f"{_esc(n)} {_num(v)}" for n, v in parts.items() if n not in weights)
+    return (f"<span>reward <b>{_num(reward)}</b> = {terms}" + (f" (also scored: {extra})" if extra else "")
+            + "</span>")
+
+
 def render_rollout(rec: dict, *, folder: Path, page_dir: Path, frame: str) -> str:
     images = [p for p in rec.get("images", []) if isinstance(p, str)]
     size = None
@@ -258,6 +311,8 @@ def render_rollout(rec: dict, *, folder: Path, page_dir: Path, frame: str) -> st
         w, h = 100 * (target[2] - target[0]) / size[0], 100 * (target[3] - target[1]) / size[1]
         overlays += (f'<div class="box target" data-target="1" style="left:{l:.3f}%;top:{t:.3f}%;width:{w:.3f}%;'
                      f'height:{h:.3f}%"><b>T</b></div>')
+    boxes, iou_note = render_grounding(rec, size)
+    overlays += boxes
     hit = rec.get("crop_target_iou")
     hit_note = f"<span>crop IoU with target {_num(hit, '{:.2f}')}</span>" if hit is not None else ""
     figures = []
@@ -267,16 +322,19 @@ def render_rollout(rec: dict, *, folder: Path, page_dir: Path, frame: str) -> st
         figures.append(f"<figure>{_img(src, caption, overlays if i == 0 else '')}"
                        f"<figcaption>{caption}</figcaption></figure>")
     parts = "".join(f"<tr><td>{_esc(n)}</td><td>{_num(v)}</td></tr>" for n, v in (rec.get("parts") or {}).items())
+    prefill = (f'<span class="prefill" title="data.prefill: placed by the prompt, not written by the model">'
+               f'<i>prefill</i>{_esc(rec["prefill"])}</span>' if rec.get("prefill") else "")
     adv = rec.get("advantage")
     sign = ("pos" if adv > 0 else "neg" if adv < 0 else "") if isinstance(adv, (int, float)) else ""
     return (f'<section class="rollout" data-step="{_esc(rec.get("step"))}">'
             f'<div class="meta"><span><b>step {_esc(rec.get("step"))}</b> #{_esc(rec.get("index"))}</span>'
-            f'<span>reward <b>{_num(rec.get("reward"))}</b></span>'
+            f'{reward_line(rec)}'
             + (f'<span class="{sign}">advantage {_num(adv, "{:+.3f}")}</span>' if adv is not None else "") +
-            f'<span>stop {_esc(rec.get("stop", ""))}</span>{hit_note}</div>'
-            f'<p><b>Q:</b> {_esc(rec.get("question", ""))}<br><b>reference:</b> {_esc(rec.get("answer", ""))}</p>'
+            f'<span>stop {_esc(rec.get("stop", ""))}</span>{hit_note}{iou_note}</div>'
+            f'<p><b>Q:</b> {_esc(rec.get("question", ""))}<br><b>reference:</b> {_esc(rec.get("answer", ""))}'
+            f'{_ref_boxes(rec)}</p>'
             f'<div class="images">{"".join(figures)}</div>'
-            f'<pre class="response">{highlight(str(rec.get("response", "")))}</pre>'
+            f'<pre class="response">{prefill}{highlight(str(rec.get("response", "")))}</pre>'
             f'<table class="parts"><tr><th>reward part</th><th>value</th></tr>{parts}</table>{calls_table}</section>')
 
 

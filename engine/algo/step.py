@@ -1,7 +1,7 @@
 """One RL step, read top to bottom as the algorithm:
 
     rollout → rewards → advantages → [old log-probs] → [reference log-probs] → micro-batch loss + backward
-    → clip → AdamW step → metrics
+    → clip → AdamW step → [weight sync to the vLLM sampler] → metrics
 
 Each phase is one call, timed. Nothing here branches on a loss or estimator name: those are looked up in their
 registries (engine/config/registries.py), and what a loss declares (the inputs it needs, a step pass) decides which
@@ -10,16 +10,20 @@ which SFT shares; the metric reduction is engine/algo/diagnostics.py's.
 
 Under torchrun each rank runs this on its own prompts (whole groups) with the policy FSDP-sharded
 (engine/runtime/distributed.py): rollout and rewards run inside `unsharded` (ranks stop at different tokens and make
-different numbers of forwards there); the advantage estimator sees every rank's rewards (gathered, in rank order,
-which is the one-process order), so whole-batch statistics do not depend on the process count; a loss's step pass
-sees every rank's tokens the same way; the loss normalisers are summed over ranks before the loss; every rank runs
-as many micro-batch rows as the busiest one (zero-weight padding rows); the metrics are gathered once and reduced
-as one process would reduce them. One process: every collective is the identity.
+different numbers of forwards there; not needed when vLLM samples and no reward asks the policy); the advantage
+estimator sees every rank's rewards (gathered, in rank order, which is the one-process order), so whole-batch
+statistics do not depend on the process count; a loss's step pass sees every rank's tokens the same way; the loss
+normalisers are summed over ranks before the loss; every rank runs as many micro-batch rows as the busiest one
+(zero-weight padding rows); with `rollout.sampler = vllm` each rank's engine receives the updated weights one
+parameter group at a time (engine/rollout/weight_sync.py) and sleeps outside the rollout where vLLM can; the
+metrics are gathered once and reduced as one process would reduce them. One process: every collective is the
+identity.
 Shapes: B trajectories.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -27,13 +31,14 @@ import torch
 from engine.runtime import distributed as D
 from engine.algo.losses import StepTokens
 from engine.config.registries import ADVANTAGES, LOSSES
-from engine.runtime.lora import adapters_disabled, is_peft, merged_state_dict
+from engine.runtime.lora import adapters_disabled
 from engine.algo.diagnostics import rank_record, step_metrics
 from engine.runtime.log import PhaseTimer
 from engine.algo.objective import StepBatch, padded_rows, policy_loss, rows_logps, sampler_logps
 from engine.forward.packing import pack
 from engine.rollout.rollout import ToolProtocol, rollout
 from engine.rollout.trajectory import Prompt, Trajectory
+from engine.rollout.weight_sync import policy_weights
 from engine.algo.update import optimizer_update
 from models.generation import StopRequested
 from models.load import VLM
@@ -54,13 +59,6 @@ class RLState:
     scorer: object | None = None  # rewards.scorer.ModelScorer for model-based rewards (ctx.scorer), or None
     sampler: object | None = None  # engine.rollout.vllm_sampler.VLLMSampler (rollout.sampler = vllm); None: native
     should_stop: object | None = None  # () -> bool: a signal arrived; the step is dropped before any weight changes
-
-
-def policy_weights(model):
-    """(name, tensor) pairs in HF checkpoint naming for the vLLM sampler: the policy's weights, LoRA merged in.
-    Collective under FSDP, where only rank 0 gets tensors (the trainer refuses vllm with torchrun for now)."""
-    state = D.full_state_dict(model)
-    return (merged_state_dict(model, state) if is_peft(model) else state).items()
 
 
 def model_device(model) -> torch.device:
@@ -126,15 +124,25 @@ def reference_logps(state: RLState, rows, *, temperature: float) -> dict[int, to
         return rows_logps(state.policy.model, rows, temperature=temperature, chunk_tokens=chunk)
 
 
-def rl_step(state: RLState, prompts: list[Prompt]) -> tuple[dict, list[Trajectory], RewardBatch, torch.Tensor]:
-    """One step on this rank's prompts. Returns the step's metrics (over all ranks) and this rank's
-    trajectories, rewards and advantages."""
+def _policy_forwards(state: RLState):
+    """Around the rollout and rewards: the policy gathered once (FSDP: forwards without collectives, so ranks may
+    make different numbers of them) where they run it - our sampler, or a scorer that asks the policy. The vLLM
+    sampler with no such scorer needs no copy of the policy's weights there."""
+    needed = state.sampler is None or state.scorer is not None
+    return D.unsharded(state.policy.model) if needed else contextlib.nullcontext()
+
+
+def rl_step(state: RLState, prompts: list[Prompt], seeds: list[int] | None = None
+            ) -> tuple[dict, list[Trajectory], RewardBatch, torch.Tensor]:
+    """One step on this rank's prompts (`seeds`: one per prompt for the vLLM sampler, engine/rollout/rollout.py).
+    Returns the step's metrics (over all ranks) and this rank's trajectories, rewards and advantages."""
     cfg, vlm, timer = state.cfg, state.policy, PhaseTimer()
-    with D.unsharded(vlm.model):  # generation (and a policy scorer): forwards without collectives
-        with timer.phase("rollout"):
+    awake = state.sampler.awake() if state.sampler is not None else contextlib.nullcontext()
+    with _policy_forwards(state):
+        with timer.phase("rollout"), awake:  # a vLLM engine sleeps again after (its memory: the update's)
             vlm.model.eval()
             trajs = rollout(vlm, prompts, cfg.rollout, protocol=state.protocol, generator=state.generator,
-                            sampler=state.sampler, should_stop=state.should_stop)
+                            sampler=state.sampler, seeds=seeds, should_stop=state.should_stop)
             vlm.model.train()
         with timer.phase("rewards"):
             rewards = score(trajs, vlm, cfg, state.scorer)

@@ -55,11 +55,12 @@ def optimizer_update(model, optimizer, scheduler, rows: list[PackedRow], num_rea
     # The loss is summed over ranks so that every rank makes the same decision (sync point: float()).
     total_loss = float(D.all_reduce_sum(loss_sum))
     skipped = not (math.isfinite(total_loss) and bool(torch.isfinite(grad_norm).all()))
-    if skipped:  # nothing moves, the schedule included
-        optimizer.zero_grad(set_to_none=True)
-    else:
+    if not skipped:  # a skipped update: nothing moves, the schedule included
         optimizer.step()
         scheduler.step()
+    # Gradients freed now, not at the next update: their memory is the weight push's and the next rollout's
+    # (a colocated vLLM engine's KV cache; the memory planner counts them only during the update).
+    optimizer.zero_grad(set_to_none=True)
     return {"sums": sums, "tokens": total, "loss": loss_sum, "total_loss": total_loss, "grad_norm": grad_norm,
             "lr": lr, "skipped": skipped}
 

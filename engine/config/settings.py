@@ -52,7 +52,8 @@ class DataConfig:
     eval: str = doc("", "Held-out data in any of the same formats (empty: no evaluation).")
     image_root: str = doc("", "Folder that relative image paths are under (default: the data file's folder).")
     train_split: str = doc("", "Split of `train` to read when it has splits (a DatasetDict folder, a parquet folder); empty: train. Data without splits (a JSONL or parquet file, a single save_to_disk Dataset) is read whole, and naming a split for it is an error.")
-    eval_split: str = doc("", "Split of `eval` to read when it has splits; empty: test.")
+    eval_split: str = doc("", "Split of `eval` to read when it has splits; empty: test. For data without splits (a JSONL or parquet file, a single save_to_disk Dataset) given as both `train` and `eval`, 'test' is the held-out part of eval_fraction (0.1 when that is 0, said in one line) and training reads the rest.")
+    eval_fraction: float = doc(0.0, "Hold out this fraction of `train` as the evaluation set (data.eval stays empty): examples are chosen by a hash of their image bytes and question, so the same ones on every run and any number of processes, and training never reads them. 0: off.", ge=0.0, lt=1.0)
     num_samples: int = doc(0, "Train on N training examples drawn at random (seeded by train.seed), in data order (0: all).", ge=0)
     max_pixels: int = doc(0, "Largest pixel count the image processor resizes an image to (Qwen's max_pixels; 0: the model folder's own).", ge=0)
     min_pixels: int = doc(0, "Smallest pixel count the image processor resizes an image to (Qwen's min_pixels; 0: the model folder's own).", ge=0)
@@ -61,8 +62,9 @@ class DataConfig:
     max_image_pixels: int = doc(4096 * 4096, "Pixel cap per image file at load (width x height; 0: none), before anything else reads it: above it an image is downsized to fit, its boxes and SFT crop targets scaled with it, or refused (oversized_images); said per record. Guards memory against huge files; the image processor's own resize is max_pixels.", ge=0)
     oversized_images: Literal["downsize", "refuse"] = doc("downsize", "What happens to an image over max_image_pixels: downsize (aspect kept) or refuse (a bad record).")
     num_eval_examples: int = doc(0, "Evaluate on the first N held-out examples (0: all).", ge=0)
+    overlong: Literal["refuse", "truncate"] = doc("refuse", "Checked at load, before step 1: an SFT target longer than rollout.max_new_tokens, or a prompt that leaves less than rollout.max_new_tokens before rollout.max_total_tokens. refuse: stop with their count, the longest, and the setting to raise. truncate: SFT targets are cut to rollout.max_new_tokens (as a length stop cuts a sample) and such prompts are answered in the room they leave; each kind counted in one line.")
     system_prompt: str = doc("", "System message; empty uses the chat template's default.")
-    question_template: str = doc("{question}", "User text around the question; may use {question} and {choices}.")
+    question_template: str = doc("{question}", "User text around the question; may use {question}, {choices} (the options as 'A. x, B. y', empty when there are none) and {options} (the sentence 'Options: A. x, B. y.', or nothing at all for an example without choices).")
     prefill: str = doc("", "Text placed at the start of the assistant turn (e.g. '<think>'); rewards see it too.")
     sft_template: str = doc("<think>{reasoning}</think><answer>{answer}</answer>",
                             "SFT target for examples without one; {answer}, {reasoning} (the reference steps joined, or a default sentence), {steps_json} (the reference steps as a JSON list, one item per step), {answer_json} (the answer as a JSON string), {box} (the first box in the model's frame, [x1, y1, x2, y2]).")
@@ -76,8 +78,11 @@ class DataConfig:
 class RolloutConfig:
     """Sampling and rollout limits: `engine.rollout.rollout.rollout` and `models.generation.generate` read this object."""
 
-    sampler: Literal["native", "vllm"] = doc("native", "Sampler: native (our batched KV-cache sampler) or vllm (in-process vLLM, engine/rollout/vllm_sampler.py: run under .venv-vllm from scripts/install_vllm.sh; one process, top_k 0, top_p 1; the policy's weights are pushed to it after every optimizer step).")
-    vllm_kv_cache_gib: int = doc(1, "KV-cache size of the vllm sampler in GiB (rollout.sampler = vllm only).", ge=1)
+    sampler: Literal["native", "vllm"] = doc("native", "Sampler: native (our batched KV-cache sampler) or vllm (vLLM inside each training process, engine/rollout/vllm_sampler.py: run under .venv-vllm from scripts/install_vllm.sh, or a CUDA vllm on a GPU; one process or torchrun, top_k 0, top_p 1; the policy's weights are pushed to it after every optimizer step, one parameter group at a time).")
+    vllm_kv_cache_gib: int = doc(1, "KV-cache size of the vllm sampler in GiB on a CPU (rollout.sampler = vllm only; on a GPU the KV cache is what vllm_gpu_memory_utilization leaves).", ge=1)
+    vllm_gpu_memory_utilization: float = doc(0.3, "Fraction of each GPU's memory the vllm sampler's engine may take: its copy of the weights, its activations and its KV cache, which gets the rest (vLLM's gpu_memory_utilization; GPU only). The memory planner counts it (python -m engine.setup.memory --rollout.sampler vllm).", gt=0.0, le=1.0)
+    vllm_tp: int = doc(1, "Processes one vllm engine is sharded over (tensor parallel; consecutive ranks, a divisor of the number of processes): for a model whose engine does not fit one GPU beside the training state. 1: every process runs its own engine.", ge=1)
+    vllm_sleep: bool | None = doc(None, "Release the vllm engine's GPU memory outside the rollout (vLLM sleep level 1: KV cache dropped, weights parked in host memory), so the reference forward and the update can use it; woken before the weight push and the next rollout. none: on where vLLM has sleep mode (CUDA), off on a CPU (it has none: true is an error there).")
     group_size: int = doc(8, "Samples per prompt (G).", ge=1)
     prompts_per_step: int = doc(4, "Prompts per optimizer step over all processes (torchrun: a multiple of the number of processes, which split them).", ge=1)
     max_new_tokens: int = doc(64, "Sampled tokens per trajectory, over all tool rounds.", ge=1)
@@ -97,9 +102,12 @@ class RolloutConfig:
         if self.sampler == "vllm" and (self.top_k > 0 or self.top_p < 1):
             raise ValueError("rollout.sampler = vllm needs top_k = 0 and top_p = 1: vLLM's log-probs are renormalised "
                              "over the top-k/top-p set, not the distribution the trainer scores")
-        if self.sampler != "vllm" and self.vllm_kv_cache_gib != 1:
-            raise ValueError("rollout.vllm_kv_cache_gib is set but rollout.sampler is native: it sizes the vllm "
-                             "sampler's KV cache only; leave it at 1")
+        defaults = RolloutConfig.__dataclass_fields__
+        vllm_set = [k for k in ("vllm_kv_cache_gib", "vllm_gpu_memory_utilization", "vllm_tp", "vllm_sleep")
+                    if getattr(self, k) != defaults[k].default]
+        if self.sampler != "vllm" and vllm_set:
+            raise ValueError(f"rollout.{', rollout.'.join(vllm_set)} set but rollout.sampler is {self.sampler!r}: "
+                             "they size the vllm sampler; set rollout.sampler = vllm or leave them at their defaults")
         if self.tools and self.protocol is None:
             raise ValueError("rollout.tools is set but rollout.protocol is none: choose inline or multiturn")
         check_tool_names(self.tools)
@@ -114,8 +122,8 @@ class AlgoConfig:
     COMPONENTS: ClassVar[dict] = {"advantage": ADVANTAGES, "loss": LOSSES, "aggregation": AGGREGATIONS,
                                   "kl_estimator": KL_ESTIMATORS}
 
-    advantage: str = doc("grpo", "Advantage estimator, one of the registered names (docs/PLUGINS.md adds one).")
-    loss: str = doc("ppo_clip", "Policy loss, one of the registered names (docs/PLUGINS.md adds one).")
+    advantage: str = doc("grpo", "Advantage estimator, one of the registered names (docs/ALGORITHMS.md defines each; docs/PLUGINS.md adds one).")
+    loss: str = doc("ppo_clip", "Policy loss, one of the registered names (docs/ALGORITHMS.md defines each, and when the clip ranges act; docs/PLUGINS.md adds one).")
     aggregation: str = doc("token_mean", "How per-token losses are reduced, one of the registered names.")
     kl_beta: float = doc(0.0, "KL penalty weight to the frozen reference (0: no reference model is loaded).", ge=0.0)
     kl_estimator: str = doc("k3", "KL estimator, one of the registered names; acts only when kl_beta > 0.")
@@ -287,10 +295,6 @@ class Config:
             raise ValueError(f"model.attn_implementation = {self.model.attn_implementation} runs flash kernels, which "
                              "take bf16 / fp16 tensors only: set model.dtype = bfloat16 (or train.mixed_precision = "
                              "bf16), or use sdpa for float32")
-        if self.train.mixed_precision and self.rollout.sampler == "vllm":
-            raise ValueError("train.mixed_precision with rollout.sampler = vllm: the in-process vLLM engine makes a "
-                             "torch.distributed group of its own; use the native sampler, or model.dtype without "
-                             "mixed precision")
         resized = [k for k in ("max_pixels", "min_pixels", "image_short_side") if getattr(self.data, k)]
         if self.rollout.sampler == "vllm" and resized:
             raise ValueError(f"data.{', data.'.join(resized)} with rollout.sampler = vllm: vLLM resizes images with the "

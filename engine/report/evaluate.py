@@ -16,11 +16,12 @@ import torch
 
 from engine.runtime import distributed as D
 from engine.rollout.rollout import rollout
-from engine.algo.step import score
+from engine.algo.step import reward_context, score
 from engine.rollout.trajectory import build_prompt
+from engine.setup.limits import system_prompt  # noqa: F401 (the one definition; re-exported)
 from models.load import VLM
 from rewards.format import extract_answer
-from tools.schema import system_with_tools
+from rewards.grounding import box_record
 
 
 @dataclass
@@ -30,18 +31,20 @@ class EvalResult:
     trajectories: list = field(default_factory=list)  # with keep_trajectories (one process): images and calls
 
 
-def example_record(t, parts: dict[str, float]) -> dict:
-    """What a person reads about one answered example (JSON-ready; images are the report's business)."""
+def example_record(t, parts: dict[str, float], *, reward: float | None = None, weights: dict | None = None,
+                   ctx=None) -> dict:
+    """What a person reads about one answered example (JSON-ready; images are the report's business): the
+    weighted `reward` and its `weights` beside each part, the prefill the response continues, and, for an example
+    with reference boxes, those boxes and the answer's box in original pixels (rewards.grounding.box_record, read
+    with the trajectory's reward context `ctx`)."""
     ex = t.prompt.example
+    boxes = box_record(t.text, ex, ctx) if ctx is not None else {}
     return {"origin": ex.origin, "question": ex.question, "reference": ex.answer, "answer": extract_answer(t.text),
-            "response": t.text, "stop": t.stop, **parts, "num_tool_calls": len(t.tool_calls),
+            "prefill": t.prompt.prefill, "response": t.text, "stop": t.stop,
+            **({"reward": reward} if reward is not None else {}), **parts,
+            **({"weights": weights} if weights is not None else {}), **boxes, "num_tool_calls": len(t.tool_calls),
             "tool_calls": [{"name": c.name, "args": c.args, "ok": c.ok, "error": c.error,
                             "box_pixels": c.box_pixels} for c in t.tool_calls]}
-
-
-def system_prompt(cfg, vlm: VLM) -> str:
-    """data.system_prompt, followed by the enabled tools' signatures and call format (rollout.tools)."""
-    return system_with_tools(cfg.data.system_prompt, cfg.rollout.protocol, cfg.rollout.tools, vlm.family.box_frame)
 
 
 def prompts_for(examples, vlm: VLM, cfg):
@@ -76,7 +79,8 @@ def evaluate(vlm: VLM, examples, cfg, protocol, *, batch_size: int = 32, scorer=
                 parts.setdefault(name, []).extend(values)
             tool_rate += sum(bool(t.tool_calls) for t in trajs)
             for i, t in enumerate(trajs):
-                records.append(example_record(t, {k: v[i] for k, v in rewards.parts.items()}))
+                records.append(example_record(t, {k: v[i] for k, v in rewards.parts.items()}, reward=rewards.total[i],
+                                              weights=cfg.reward.weights, ctx=reward_context(t, vlm)))
             kept += trajs if keep_trajectories else []
     vlm.model.train(was_training)
     shares = D.all_gather_objects((parts, records, tool_rate))  # rank order = example order

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from data.example import Example
-from models.admit import short_side_size
+from data.example import Example, format_question
 from models.load import VLM
-from models.vision import encode_images, expand_image_pads, image_block
+from models.chat import chat_ids
+from models.vision import encode_images, expand_image_pads, image_block, resize_short_side  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -90,24 +90,12 @@ class Trajectory:
 def build_prompt(example: Example, vlm: VLM, *, system_prompt: str, question_template: str,
                  prefill: str = "", short_side: int = 0) -> Prompt:
     """Chat-template one example: [system], user(images..., question) and the assistant header + prefill.
-    `question_template` formats with {question} and {choices} (choices as 'A. x, B. y', empty when none).
+    `question_template` formats with {question}, {choices} and {options} (data.example.format_question).
     `short_side` > 0: the model sees each image resized to that shorter side (seed 001's 448 px rule); the
     Prompt keeps the originals, which crops are cut from and original-pixel boxes refer to."""
     images = example.open_images()
-    choices = ", ".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(example.choices))
-    text = question_template.format(question=example.question, choices=choices)
-    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": content}]
-    rendered = vlm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
-    ids = vlm.tokenizer(rendered, add_special_tokens=False).input_ids
+    ids = chat_ids(vlm.tokenizer, system=system_prompt, text=format_question(example, question_template),
+                   num_images=len(images), prefill=prefill)
     pixel_values, grid = encode_images(vlm.image_processor, [resize_short_side(im, short_side) for im in images])
     return Prompt(example=example, ids=expand_image_pads(ids, grid, vlm.family), images=images,
                   pixel_values=pixel_values, grid_thw=grid, prefill=prefill)
-
-
-def resize_short_side(image: Image.Image, side: int) -> Image.Image:
-    """`image` scaled (bicubic, aspect ratio kept, long side rounded) so its shorter side is `side`; 0: as is.
-    The size is models.admit.short_side_size's, the one the data's admission check judged."""
-    size = short_side_size(image.size, side)
-    return image if size == image.size else image.resize(size, Image.BICUBIC)

@@ -155,6 +155,35 @@ def shard_model(model, *, mixed_precision: str | None = None):
     return model
 
 
+def parameter_groups(model) -> list[list[tuple[str, torch.nn.Parameter]]]:
+    """The model's parameters (state-dict names, tied ones under each name) split as `shard_model` splits them into
+    FSDP2 units, in its order: each vision block, the rest of the vision tower, each decoder layer, then the rest of
+    the model (embeddings, final norm, LM head). A decoder layer's fused groups (q/k/v, gate/up) and its LoRA
+    adapters are in one group. Sharded or not: the same groups in one process. Under FSDP2 every unit is
+    resharded first (local), so a group holds the shards the optimizer steps, never a unit a forward left gathered."""
+    if active():
+        _resharded(model)
+    hf = _hf_root(model)
+    blocks, visual, layers = _units(hf)
+    units = blocks + ([visual] if visual is not None else []) + layers + [hf]
+    owner: dict[int, int] = {}  # parameter -> its innermost unit (inner units come first in `units`)
+    for i, unit in enumerate(units):
+        for p in unit.parameters():
+            owner.setdefault(id(p), i)
+    groups: list[list[tuple[str, torch.nn.Parameter]]] = [[] for _ in units]
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups[owner[id(p)]].append((name, p))
+    return [g for g in groups if g]
+
+
+def full_tensor(p: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a (possibly FSDP2-sharded) parameter, on its device: an all-gather for a DTensor shard
+    (collective: every rank calls it, in the same order), the tensor itself otherwise (no copy)."""
+    from torch.distributed.tensor import DTensor
+
+    return p.full_tensor().detach() if isinstance(p, DTensor) else p.detach()
+
+
 @contextlib.contextmanager
 def unsharded(model):
     """Gather every sharded parameter once and keep it gathered: forwards inside make no collectives, so ranks

@@ -3,21 +3,32 @@
     python -m engine.setup.memory --config configs/demo.toml --model.path /models/Qwen2.5-VL-3B-Instruct \
         --gpu-gib 80 --gpus 1
     python -m engine.setup.memory --config configs/demo.toml --shape 3b --model.dtype bfloat16   # a released shape
+    python -m engine.setup.memory --config configs/seed001.toml --shape 7b --gpu-gib 32 --examples 40000   # + command
 
 Any config key can be set as in train.py (`--optim.micro_batch_tokens 8192`, `--lora.r 16`). The model's
 dimensions come from its config.json (model.path, the released shape `--shape` of model.tiny_arch as
 models/shapes.py sizes it, or the tiny model); parameters are counted exactly on the meta
 device (no weights are read). Per GPU, the estimate is
 
-    peak = weights + optimizer state + reference + max(gradients + activations(micro_batch_tokens), rollout KV cache)
+    peak = weights + optimizer state + reference
+           + max(gradients + activations(micro_batch_tokens), rollout KV cache + gathered parameters)
 
-because gradients are freed (set to None) between steps, while the rollout runs. Under N processes FSDP2 shards
+because gradients are freed (set to None) between steps, while the rollout runs. Parameters, gradients, AdamW state
+and the reference are in model.dtype (the fp32 master copy under mixed precision); activations, the log-prob head and
+the KV cache in the compute dtype (bf16 under mixed precision); a sharded model is gathered whole in the compute
+dtype for the rollout (`estimate`). With `--rollout.sampler vllm` the engine's share of the GPU
+(rollout.vllm_gpu_memory_utilization: its weights copy, over rollout.vllm_tp GPUs, and its KV cache) takes the
+rollout's place, and sits beside the update too unless it sleeps then (`vllm_engine`, `vllm_peak`). Under N
+processes FSDP2 shards
 weights, gradients, optimizer state and reference N ways; activations are per process; each process samples
 prompts_per_step / N prompts. Activation bytes per token are counted tensor by tensor for one decoder layer (and
 one vision block per patch), bf16, as the backward pass keeps them (`layer_bytes`): with gradient checkpointing only
 each layer's input stays, plus one layer being recomputed. The log-prob head holds, per response token, the
 bf16 logits, their fp32 copy and the entropy's softmax and product (LOGIT_BYTES per vocabulary row), for at most
 model.logprob_chunk_tokens tokens at a time (0: every response token of the micro-batch at once).
+
+Then the settings that fit with 10 % headroom and, with --examples N or --data PATH, the train.py / torchrun command
+for the first of them with the steps per epoch (engine/setup/memory_plan.py).
 
 Checked against measured peaks (tests/test_memory.py; H200, Qwen2.5-VL-3B dims with the offline tokenizer's
 1,010-row vocabulary, i.e. 3.45B parameters; bf16 weights and AdamW state, KL reference, 8 x 8 samples of 256 new
@@ -124,6 +135,18 @@ class Workload:
 
 
 @dataclass
+class VllmEngine:
+    """rollout.sampler = vllm: the vLLM engine beside the trainer on each GPU (engine/rollout/vllm_sampler.py)."""
+
+    memory_fraction: float  # rollout.vllm_gpu_memory_utilization: the share of the GPU vLLM takes
+    gpu_bytes: float
+    tp: int = 1  # rollout.vllm_tp: GPUs one engine is sharded over
+    dtype: str = "bfloat16"  # what it samples in (bf16 under train.mixed_precision)
+    sleeps: bool = True  # rollout.vllm_sleep: its memory is free during the reference forward and the update
+    master_fp32: bool = False  # train.mixed_precision: the trainer's weights (and so the pushed groups) are fp32
+
+
+@dataclass
 class Setting:
     micro_batch_tokens: int
     checkpointing: bool
@@ -134,6 +157,7 @@ class Setting:
     kl_reference: bool = True
     gpus: int = 1
     logprob_chunk_tokens: int = 0  # model.logprob_chunk_tokens (0: no chunking)
+    vllm: VllmEngine | None = None  # rollout.sampler = vllm (None: the native sampler)
 
 
 def layer_bytes(d: Dims) -> tuple[float, float]:
@@ -148,17 +172,23 @@ def layer_bytes(d: Dims) -> tuple[float, float]:
 
 
 def estimate(d: Dims, w: Workload, s: Setting) -> dict[str, float]:
-    """Peak memory per GPU in bytes, by part. `activations_per_token` is the micro-batch's bytes per token."""
-    compute = DTYPE_BYTES[s.dtype]
-    master = 4 if s.mixed_precision else compute  # weights (and the optimizer's copy) the optimizer steps
+    """Peak memory per GPU in bytes, by part. `activations_per_token` is the micro-batch's bytes per token.
+
+    Dtypes: parameters, their gradients and AdamW state are stored in model.dtype (`s.dtype`; fp32 under mixed
+    precision, where they are the master copy), and so is the KL reference (loaded like the policy, sharded with
+    it). Activations, the log-prob head and the rollout's KV cache are in the compute dtype: bf16 under mixed
+    precision, else model.dtype. A sharded model (mixed precision, or more than one GPU) is gathered whole in the
+    compute dtype for the rollout (engine.runtime.distributed.unsharded): one more copy of the parameters then."""
+    storage = DTYPE_BYTES[s.dtype]
+    compute = DTYPE_BYTES["bfloat16"] if s.mixed_precision else storage
     trainable = s.lora_rank * d.lora_params_per_rank[s.lora_target] if s.lora_rank else d.params
     shard = 1 / s.gpus
     out = {
-        # LoRA: the frozen base in the compute dtype, the adapters in the optimizer's
-        "weights": (d.params * compute + trainable * master if s.lora_rank else d.params * master) * shard,
-        "gradients": trainable * master * shard,
-        "optimizer": trainable * 2 * master * shard,  # AdamW: exp_avg and exp_avg_sq in the parameters' dtype
-        "reference": d.params * compute * shard if s.kl_reference and not s.lora_rank else 0.0,
+        # LoRA: the frozen base and the adapters, both in model.dtype
+        "weights": (d.params + (trainable if s.lora_rank else 0)) * storage * shard,
+        "gradients": trainable * storage * shard,
+        "optimizer": trainable * 2 * storage * shard,  # AdamW: exp_avg and exp_avg_sq in the parameters' dtype
+        "reference": d.params * storage * shard if s.kl_reference and not s.lora_rank else 0.0,
     }
     side = w.image_px // d.patch
     patches, image_tokens = side * side, side * side // (d.merge * d.merge)
@@ -177,69 +207,45 @@ def estimate(d: Dims, w: Workload, s: Setting) -> dict[str, float]:
     out["activations"] = per_token * s.micro_batch_tokens + out["logits"]
     sequences = math.ceil(w.sequences / s.gpus)
     out["rollout_kv_cache"] = sequences * seq * 2 * d.layers * d.kv_heads * d.head_dim * compute
+    out["rollout_gathered"] = d.params * compute if s.mixed_precision or s.gpus > 1 else 0.0
     out["peak"] = (out["weights"] + out["optimizer"] + out["reference"]
-                   + max(out["gradients"] + out["activations"], out["rollout_kv_cache"]))
+                   + max(out["gradients"] + out["activations"], out["rollout_kv_cache"] + out["rollout_gathered"]))
     out["trajectory_tokens"] = seq
+    if s.vllm is not None:  # the vLLM engine samples instead of our sampler: its memory replaces that KV cache
+        out.update(vllm_engine(d, seq, s.vllm))
+        out["peak"] = vllm_peak(out, s.vllm)
     return out
 
 
-def fitting_settings(d: Dims, w: Workload, base: Setting, gpu_bytes: float) -> list[tuple[Setting, dict]]:
-    """For each of full / LoRA x checkpointing off / on (fastest first), the largest micro_batch_tokens that fits
-    and holds one whole trajectory; settings where nothing fits are left out."""
-    found = []
-    for lora_rank in ([0, base.lora_rank or 16]):
-        for checkpointing in (False, True):
-            best = None
-            for mbt in MICRO_BATCH_CHOICES:
-                s = Setting(**{**base.__dict__, "micro_batch_tokens": mbt, "checkpointing": checkpointing,
-                               "lora_rank": lora_rank})
-                est = estimate(d, w, s)
-                if mbt >= est["trajectory_tokens"] and est["peak"] <= gpu_bytes:
-                    best = (s, est)
-            if best:
-                found.append(best)
-    return found
+def vllm_engine(d: Dims, trajectory_tokens: int, e: VllmEngine) -> dict[str, float]:
+    """One GPU's vLLM engine: the share of the GPU it takes (vllm_engine = gpu_memory_utilization x GPU), split into
+    its copy of the weights (sharded over vllm_tp GPUs) and its KV cache (the rest; vLLM's own activation
+    workspace comes out of it too and is not counted), and how many whole trajectories that KV cache holds at once
+    (vllm_sequences: more are queued, not refused; 0 when the weights alone exceed the share)."""
+    dtype = DTYPE_BYTES[e.dtype]
+    total = e.memory_fraction * e.gpu_bytes
+    weights = d.params * dtype / e.tp
+    kv_per_token = 2 * d.layers * max(d.kv_heads // e.tp, 1) * d.head_dim * dtype  # K and V; heads split over TP
+    kv = max(total - weights, 0.0)
+    # The weight push gathers one parameter group at a time (engine/rollout/weight_sync.py): the largest is a decoder
+    # layer or the embeddings with the LM head (counted untied: an upper bound), in the master dtype (fp32 under
+    # mixed precision, which the engine's dtype then is not).
+    embeddings = 2 * d.vocab * d.hidden
+    layer = (d.params - d.vision_params - embeddings) / d.layers
+    master = 4 if e.master_fp32 else dtype
+    return {"vllm_engine": total, "vllm_weights": weights, "vllm_kv_cache": kv,
+            "vllm_sequences": kv // (kv_per_token * trajectory_tokens),
+            "vllm_sync_group": max(embeddings, layer) * master}
 
 
-def max_prompts(d: Dims, w: Workload, s: Setting, group_size: int, gpu_bytes: float) -> int:
-    """The most prompts per step (a multiple of the number of GPUs) whose rollout KV cache fits beside the rest."""
-    n = s.gpus
-    while n < 4096:  # more is never the memory's limit in practice
-        est = estimate(d, Workload(**{**w.__dict__, "sequences": (n + s.gpus) * group_size}), s)
-        if est["peak"] > gpu_bytes:
-            break
-        n += s.gpus
-    return n
-
-
-def report(d: Dims, w: Workload, s: Setting, gpu_gib: float, group_size: int) -> str:
-    est = estimate(d, w, s)
-    gib = lambda x: f"{x / GiB:7.2f} GiB"  # noqa: E731
-    mode = f"LoRA r={s.lora_rank}" if s.lora_rank else "full fine-tune"
-    lines = [f"model: {d.params / 1e9:.3f}B parameters ({d.vision_params / 1e9:.3f}B vision), {d.layers} layers, "
-             f"hidden {d.hidden}, vocab {d.vocab}; {s.gpus} GPU(s) of {gpu_gib:g} GiB",
-             f"this config: {mode}, {s.dtype}{' mixed precision' if s.mixed_precision else ''}, gradient "
-             f"checkpointing {'on' if s.checkpointing else 'off'}, micro_batch_tokens {s.micro_batch_tokens}, "
-             f"{w.sequences} sequences of ~{est['trajectory_tokens']} tokens ({w.image_px} px images)",
-             f"  weights            {gib(est['weights'])}",
-             f"  gradients          {gib(est['gradients'])}",
-             f"  optimizer state    {gib(est['optimizer'])}",
-             f"  reference          {gib(est['reference'])}",
-             f"  activations        {gib(est['activations'])}  ({est['activations_per_token'] / 2**20:.3f} MiB "
-             f"per micro-batch token, plus {est['logits'] / GiB:.2f} GiB for the log-prob head)",
-             f"  rollout KV cache   {gib(est['rollout_kv_cache'])}",
-             f"  estimated peak     {gib(est['peak'])}  {'fits' if est['peak'] <= gpu_gib * GiB else 'DOES NOT FIT'}",
-             "settings that fit (fastest first):"]
-    fits = fitting_settings(d, w, s, gpu_gib * GiB)
-    for f, e in fits:
-        lora = f"--lora.r {f.lora_rank}" if f.lora_rank else "--lora.r 0"
-        prompts = max_prompts(d, w, f, group_size, gpu_gib * GiB)
-        lines.append(f"  {lora} --model.gradient_checkpointing {str(f.checkpointing).lower()} "
-                     f"--optim.micro_batch_tokens {f.micro_batch_tokens}   peak {e['peak'] / GiB:.1f} GiB, "
-                     f"rollout.prompts_per_step up to {prompts}")
-    if not fits:
-        lines.append("  none: use more GPUs (--gpus), LoRA, smaller images or shorter responses")
-    return "\n".join(lines)
+def vllm_peak(out: dict[str, float], e: VllmEngine) -> float:
+    """The peak with the engine: the training state, plus the largest of the update (gradients, activations, and
+    the engine too when it does not sleep), the weight push (the engine's weights awake, its KV cache too without
+    sleep, beside one gathered group) and the rollout (the engine awake; gradients are freed after each step)."""
+    during_update = out["gradients"] + out["activations"] + (0.0 if e.sleeps else out["vllm_engine"])
+    during_push = (out["vllm_weights"] if e.sleeps else out["vllm_engine"]) + out["vllm_sync_group"]
+    return (out["weights"] + out["optimizer"] + out["reference"]
+            + max(during_update, during_push, out["vllm_engine"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,15 +258,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=64, help="text tokens per prompt (system + question)")
     parser.add_argument("--shape", default="", help="a released checkpoint's dimensions for model.tiny_arch "
                         "(models/shapes.py, e.g. 3b for qwen2_5_vl) instead of a model folder")
+    parser.add_argument("--examples", type=int, default=0, help="training examples: prints the steps per epoch and "
+                        "the whole train.py / torchrun command for the first setting that fits")
+    parser.add_argument("--data", default="", help="training data to count the examples of (instead of --examples; "
+                        "its data.eval_fraction held-out part is left out), named in the command")
     args, overrides = parser.parse_known_args(argv)
-    from engine.config.settings import Config
-    from engine.config.parsing import build_config
+    from engine.setup.layers import layered_config
+    from engine.setup.memory_plan import report
     from models.tiny import tiny_model_dir
 
     try:
-        cfg = build_config(Config, toml_path=args.config, overrides=overrides, validate=False)
+        if args.gpus < 1 or args.gpu_gib <= 0 or args.examples < 0:
+            raise ValueError("--gpus must be >= 1, --gpu-gib > 0 and --examples >= 0")
+        cfg = layered_config(args.config, overrides)
         d = shape_dims(cfg.model.tiny_arch, args.shape) if args.shape else \
             read_dims(cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed))
+        examples = count_examples(args.data, cfg) if args.data else args.examples
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -271,9 +284,26 @@ def main(argv: list[str] | None = None) -> int:
     s = Setting(micro_batch_tokens=cfg.optim.micro_batch_tokens, checkpointing=cfg.model.gradient_checkpointing,
                 lora_rank=cfg.lora.r, lora_target=cfg.lora.target, dtype=cfg.model.dtype,
                 mixed_precision=cfg.train.mixed_precision == "bf16", kl_reference=cfg.algo.kl_beta > 0, gpus=args.gpus,
-                logprob_chunk_tokens=cfg.model.logprob_chunk_tokens)
-    print(report(d, w, s, args.gpu_gib, r.group_size))
+                logprob_chunk_tokens=cfg.model.logprob_chunk_tokens,
+                vllm=VllmEngine(memory_fraction=r.vllm_gpu_memory_utilization, gpu_bytes=args.gpu_gib * GiB,
+                                tp=r.vllm_tp, sleeps=r.vllm_sleep is not False,
+                                master_fp32=cfg.train.mixed_precision == "bf16",
+                                dtype="bfloat16" if cfg.train.mixed_precision == "bf16" else cfg.model.dtype)
+                if r.sampler == "vllm" else None)
+    print(report(d, w, s, args.gpu_gib, r.group_size, config=args.config, model_path=cfg.model.path, data=args.data,
+                 examples=examples, sft_batch=cfg.sft.batch_size, prompts=r.prompts_per_step))
     return 0
+
+
+def count_examples(path: str, cfg) -> int:
+    """The training examples of `path` as train.py would read them (its train split, less data.eval_fraction's
+    held-out part); images are not decoded."""
+    from data import load_examples
+    from data.holdout import split_by_content
+
+    result = load_examples(path, image_root=cfg.data.image_root or None, split=cfg.data.train_split or None,
+                           skip_bad=True)
+    return len(split_by_content(result.examples, cfg.data.eval_fraction)[0])
 
 
 if __name__ == "__main__":

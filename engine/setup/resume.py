@@ -87,10 +87,6 @@ def _shown(value) -> str:
     return repr(value) if isinstance(value, str) else json.dumps(value)
 
 
-def _budget_raised(key: str, old, new) -> bool:
-    return new >= old if key in BUDGETS else False
-
-
 def _stages_grown(old: str, new: str) -> bool:
     """A stage list that keeps the run's stages, in order, and adds some at its end (sft -> sft,rl)."""
     before, after = old.split(","), new.split(",")
@@ -130,16 +126,22 @@ class ResumePlan:
         """(refused, accepted) differences between the run's settings and `cfg`, each as 'key: old -> new'."""
         refused, accepted = [], []
         named = set(cfg.train.resume_changes)
-        epochs = {s for s in ("sft", "rl") if getattr(cfg, s).epochs > 0}  # steps follow from epochs and the data
         both = to_dict(self.run_cfg).keys() & to_dict(cfg).keys()  # a component's own section exists only while
         for key, old, new in differences(self.run_cfg, cfg):        # it is selected: its change is the selection's
             line = f"{key}: {_shown(old)} -> {_shown(new)}"
-            if key in FREE or key in DATA or key not in both or (key.endswith(".steps") and key.split(".")[0] in epochs):
+            if key in FREE or key in DATA or key not in both or key in BUDGETS:
                 continue
-            if _budget_raised(key, old, new) or (key == "train.stage" and _stages_grown(old, new)):
+            if key == "train.stage" and _stages_grown(old, new):
                 continue
-            (accepted if key in named else refused).append(line + (" (a budget may be raised, not lowered)"
-                                                                   if key in BUDGETS else ""))
+            (accepted if key in named else refused).append(line)
+        for stage in ("sft", "rl"):  # a stage's budget: its epochs when it has them (its steps follow), else its steps
+            was, now = getattr(self.run_cfg, stage), getattr(cfg, stage)
+            key = f"{stage}.epochs" if now.epochs > 0 else f"{stage}.steps"
+            old, new = (was.epochs, now.epochs) if now.epochs > 0 else (was.steps, now.steps)
+            lowered = new < old and not (now.epochs > 0 and was.epochs == 0)  # steps -> epochs: judged by the data
+            if lowered:
+                line = f"{key}: {_shown(old)} -> {_shown(new)} (a budget may be raised, not lowered)"
+                (accepted if key in named else refused).append(line)
         return refused, accepted
 
     def check_config(self, cfg: Config) -> list[str]:
