@@ -71,6 +71,22 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_leaves_it_alone(data, tm
     assert not (out / "LOCK").exists()
 
 
+def test_a_lock_left_by_kill_9_is_taken_over_and_rows_past_the_checkpoint_are_cut(data, tmp_path):
+    out = tmp_path / "run"
+    proc = start(harness("none", train_args(data, out, "--sft.steps", "400", "--train.save_every", "4")))
+    wait_for(lambda: len(metric_rows(out)) >= 6, proc)
+    proc.kill()
+    finish(proc)
+    with TALLY.fault():
+        saved, rows = saved_step(out), len(metric_rows(out))
+        assert (out / "LOCK").exists() and rows >= saved  # rows after the checkpoint: the killed run's last steps
+        done = run(harness("none", train_args(data, out, "--sft.steps", str(saved + 2), "--train.resume", "true",
+                                              "--train.resume_changes", "sft.steps")))  # lowered from 400: said so
+        assert done.returncode == 0, clean(done)
+        assert f"note: {out}/LOCK was left by pid {proc.pid} on " in done.stdout and "which is gone" in done.stdout
+        assert [r["step"] for r in metric_rows(out)] == list(range(1, saved + 3)), (saved, rows)
+
+
 def test_a_fresh_start_over_an_earlier_run_is_refused_unless_overwrite(data, finished, tmp_path):
     out = copy_run(finished, tmp_path / "run")
     before = (out / "config.toml").read_bytes()
