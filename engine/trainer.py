@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -47,19 +46,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from engine import run_checkpoints as ckpt
 from engine.runtime import distributed as D
-from engine.runtime.checkpoint import (capture_rng, generator_device, latest_checkpoint, load_checkpoint,
-                               read_optimizer_state, restore_rng, save_checkpoint)
 from engine.config.settings import Config
 from engine.config.parsing import to_toml
-from engine.setup.resume import fall_back_hint
 from engine.setup.run_data import load_run_data
 from engine.setup.run_folder import Claim
 from engine.setup.data_stream import DataStream
 from engine.setup.limits import check_token_limits
 from engine.report.evaluate import evaluate, headline, prompts_for
 from engine.runtime.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed, stages_left
-from engine.runtime.lora import apply_lora, is_peft, merged_export
+from engine.runtime.lora import apply_lora, is_peft
 from engine.runtime.log import MetricsLogger, progress
 from engine.report.rollout_dump import dump_rollouts
 from engine.setup.run_setup import (_check_world, _optimizer, enable_gradient_checkpointing,  # noqa: F401 (re-exported)
@@ -69,6 +66,7 @@ from engine.algo.step import RLState, model_device, reward_context, rl_step
 from engine.rollout.rollout import prompt_seeds
 from engine.rollout.vllm_sampler import check_settings as check_vllm_settings
 from engine.rollout.weight_sync import policy_weights
+from engine.report.no_signal import NoSignalMonitor
 from engine.report.tool_health import ToolCallMonitor
 from engine.rollout.tool_calls import make_protocol
 from engine.algo.update import due
@@ -105,7 +103,7 @@ class Run:
         self.fingerprints, self.eval_overlap = data.fingerprints, data.eval_overlap
         self.claim.check_data(self.fingerprints, cfg)  # a resume: the same data, by content
         for note in self.claim.notes:
-            self._print(note)
+            self.say(note)
         _check_world(cfg, self.dist.world)
         if cfg.rollout.sampler == "vllm":
             check_vllm_settings(cfg.rollout, self.dist.world, self.dist.device.type == "cuda")  # not after SFT
@@ -129,7 +127,7 @@ class Run:
         if lo.r:
             self.vlm.model = apply_lora(self.vlm.model, r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target=lo.target)
             n = sum(p.numel() for p in self.vlm.model.parameters() if p.requires_grad)
-            self._print(f"lora: r={lo.r}, {lo.target}, {n} trainable parameters")
+            self.say(f"lora: r={lo.r}, {lo.target}, {n} trainable parameters")
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(self.vlm.model)
         # The sentence embedder and the model scorer, checked against the weighted rewards.
@@ -147,7 +145,7 @@ class Run:
         self.resume_from = None
         self.global_step = 0
         if cfg.train.resume:
-            self._resume()  # full weights (or the adapter) into the model before it is sharded
+            ckpt.resume(self)  # full weights (or the adapter) into the model before it is sharded
         self.mixed_precision = {None: None, "bf16": "bfloat16"}[cfg.train.mixed_precision]
         D.shard_model(self.vlm.model, mixed_precision=self.mixed_precision)
         self.signals, self.nonfinite = StopSignals(), NonFinite(cfg.optim.max_skipped_updates)
@@ -166,12 +164,12 @@ class Run:
             (self.dir / "config.toml").write_text(to_toml(made))
             self.logger = MetricsLogger(self.dir, tensorboard=cfg.train.tensorboard, start_step=self.global_step)
         for line in self.claim.accepted:
-            self._print(f"resume: accepted change (train.resume_changes): {line}")
+            self.say(f"resume: accepted change (train.resume_changes): {line}")
         if self.claim.accepted:
             self.summary.setdefault("resume_changes", []).extend(self.claim.accepted)
 
     # ------------------------------------------------------------------------------------- rank-0 output
-    def _print(self, msg: str) -> None:
+    def say(self, msg: str) -> None:
         if self.main_rank:
             print(msg)
 
@@ -181,75 +179,6 @@ class Run:
 
     def _bar(self, total: int, initial: int, desc: str) -> tqdm:
         return progress(total, initial=initial, desc=desc) if self.main_rank else tqdm(total=total, disable=True)
-
-    # ------------------------------------------------------------------------------------- checkpoints
-    def _resume(self) -> None:
-        ckpt = self.claim.plan.checkpoint  # the newest complete one, its state read and its headers checked
-        try:
-            state = load_checkpoint(ckpt, model=self.vlm.model)
-        except ValueError as exc:
-            raise ValueError(f"{exc}. {fall_back_hint(self.dir, ckpt)}") from None
-        self.summary, self.global_step = state["summary"], state["global_step"]
-        self.summary.setdefault("steps", {})
-        self.summary["resumed_from"] = str(ckpt)
-        self.resume_from = (ckpt, state)
-        self._print(f"resuming from {ckpt} (stage {state['stage']}, step {state['stage_step']})")
-
-    def _take_resume(self, stage: str, model, optimizer, scheduler, stream: DataStream) -> int:
-        """If resuming inside this stage, restore its optimizer, schedule, data position and RNG: the steps
-        that follow are the ones the uninterrupted run would have taken."""
-        if self.resume_from is None or self.resume_from[1]["stage"] != stage:
-            return 0
-        ckpt, state = self.resume_from
-        try:
-            load_checkpoint(ckpt, model=None, scheduler=scheduler)  # the weights went in before sharding
-            saved_optimizer = read_optimizer_state(ckpt)
-        except ValueError as exc:
-            raise ValueError(f"{exc}. {fall_back_hint(self.dir, ckpt)}") from None
-        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base * factor(scheduler.last_epoch)  # this schedule's lr (a raised step count stretches it)
-        D.load_optimizer_state_dict(model, optimizer, saved_optimizer)  # the full, name-keyed format
-        stream.load_state_dict(state["data"])
-        saved = state["rng"]  # one per rank that saved
-        mine = saved[self.dist.rank] if self.dist.rank < len(saved) else None
-        here = self.generator.device.type
-        if mine is not None and generator_device(mine, "sampler") != here:  # a CPU state does not fit a CUDA one
-            self._print(f"note: the checkpoint sampled on {generator_device(mine, 'sampler')}, this run samples on "
-                        f"{here}: a fresh sampling stream (the run continues correctly, not bitwise)")
-            restore_rng({**mine, "generators": {}, "generator_devices": {}})  # python, numpy, torch continue
-            mine = None
-        if mine is not None:
-            restore_rng(mine, {"sampler": self.generator})
-        else:  # more processes than saved, or another device type: a fresh stream for this rank
-            self.generator.manual_seed(self.cfg.train.seed + 1000 * self.dist.rank + 7919 * self.global_step)
-        self.resume_from = None
-        return state["stage_step"]
-
-    def _save(self, stage: str, stage_step: int, optimizer, scheduler, stream: DataStream) -> Path:
-        """Every rank gathers (collectives); rank 0 writes; all wait for it."""
-        model = self.vlm.model
-        model_state = D.full_state_dict(model)
-        optimizer_state = D.full_optimizer_state_dict(model, optimizer)
-        rngs = D.all_gather_objects(capture_rng({"sampler": self.generator}))
-        path = self.dir / "checkpoints" / f"step_{self.global_step:06d}"
-        if self.main_rank:
-            extra = {"stage": stage, "stage_step": stage_step, "global_step": self.global_step,
-                     "data": stream.state_dict(), "rng": rngs, "summary": self.summary,
-                     "data_fingerprint": self.fingerprints}
-            try:
-                path = save_checkpoint(self.dir, self.global_step, model=model, tokenizer=self.vlm.tokenizer,
-                                       image_processor=self.vlm.image_processor, extra_state=extra,
-                                       scheduler=scheduler, config_toml=to_toml(self.cfg),
-                                       keep_last=self.cfg.train.keep_checkpoints, model_state=model_state,
-                                       optimizer_state=optimizer_state)
-            except Exception as exc:  # a full disk or lost permission surfaces as OSError, RuntimeError, ...
-                raise ValueError(f"cannot write the checkpoint {path.name} in {path.parent}: {exc}. The previous "
-                                 f"checkpoint ({latest_checkpoint(self.dir) or 'none yet'}) is intact: free disk "
-                                 f"space or fix the folder's permissions, then continue with --resume {self.dir}"
-                                 ) from exc
-        D.barrier()
-        self.last_saved = (self.global_step, path)
-        return path
 
     def _after_step(self, stage: str, done: int, metrics: dict, save) -> None:
         """Count a skipped (NaN/inf) update, stopping on a streak; on SIGTERM/SIGINT, save (`save(done)`) and
@@ -263,60 +192,10 @@ class Run:
         if self.signals.requested():
             fresh = self.last_saved is not None and self.last_saved[0] == self.global_step
             path = self.last_saved[1] if fresh else save(done)
-            raise self.signals.stopped(f"after {stage} step {done} of {self._stage_steps(stage)}", path)
+            raise self.signals.stopped(f"after {stage} step {done} of {self.stage_steps(stage)}", path)
 
-    def _mark(self, stream: DataStream):
-        """Where a step starts (data position, RNG): what a checkpoint holds if the step is abandoned."""
-        return (stream.state_dict(), capture_rng({"sampler": self.generator})) if self.should_stop else None
-
-    def _abandon(self, stage: str, step: int, mark, save, stream: DataStream) -> RunStopped:
-        """A signal mid-step (one process): the step is dropped, and the run is saved as it was before it (data
-        position and RNG put back; weights and optimizer are untouched until the update), unless that is saved
-        already. Resuming trains the step again, as the uninterrupted run would have."""
-        stream.load_state_dict(mark[0])
-        restore_rng(mark[1], {"sampler": self.generator})
-        self.vlm.model.train()
-        fresh = self.last_saved is not None and self.last_saved[0] == self.global_step
-        path = self.last_saved[1] if fresh else save(step)
-        return self.signals.stopped(f"during {stage} step {step + 1} of {self._stage_steps(stage)} (abandoned: it "
-                                    "runs again on resume)", path)
-
-    def _stage_steps(self, stage: str) -> int:
+    def stage_steps(self, stage: str) -> int:
         return self.cfg.sft.steps if stage == "sft" else self.cfg.rl.steps
-
-    def _reference(self) -> torch.nn.Module:
-        """A frozen copy of the policy as RL starts (full fine-tune, kl_beta > 0), sharded like the policy."""
-        saved = self.dir / "reference"
-        resumed = self.resume_from is not None and self.resume_from[1]["stage"] == "rl"
-        after_sft = "sft" in self.summary["done_stages"]
-        # Resumed mid-RL, the policy holds the checkpoint's weights: the copy is the one written when RL started
-        # (after SFT), or the initial model, which load_policy gives as is.
-        path = saved if resumed and after_sft else None
-        if path is not None and not (saved / "config.json").is_file():
-            raise ValueError(f"{saved} is missing: it holds the KL reference (the policy as RL started, after SFT) "
-                             "that a run resumed mid-RL anchors to; restore it, or start the RL stage afresh")
-        reference = load_policy(self.cfg, device=str(self.dist.device), path=path).model
-        D.shard_model(reference, mixed_precision=self.mixed_precision)
-        if not resumed:
-            state = D.full_state_dict(self.vlm.model)  # collective; rank 0 gets the tensors
-            D.load_full_state_dict(reference, state)
-            if after_sft and self.main_rank:
-                shutil.rmtree(saved, ignore_errors=True)
-                reference.save_pretrained(saved, state_dict=state, safe_serialization=True)
-                self.vlm.tokenizer.save_pretrained(saved)
-                self.vlm.image_processor.save_pretrained(saved)
-            D.barrier()
-        return reference.eval().requires_grad_(False)
-
-    def _export_merged(self) -> Path:
-        """LoRA: base + adapters as a plain Hugging Face folder (every rank gathers, rank 0 writes)."""
-        state = D.full_state_dict(self.vlm.model)
-        out = self.dir / "merged"
-        if self.main_rank:
-            shutil.rmtree(out, ignore_errors=True)
-            merged_export(self.vlm.model, out, self.vlm.tokenizer, self.vlm.image_processor, state_dict=state)
-        D.barrier()
-        return out
 
     def _sampler(self):
         """rollout.sampler = vllm: a vLLM engine in this process (under torchrun, one per process joining its group,
@@ -377,7 +256,7 @@ class Run:
         model = self.vlm.model
         optimizer, scheduler = _optimizer(model, cfg, s.lr, s.steps)
         stream = DataStream(len(self.train_set), cfg.train.seed + 1)
-        start = self._take_resume("sft", model, optimizer, scheduler, stream)
+        start = ckpt.take_resume(self, "sft", model, optimizer, scheduler, stream)
         # The last sft.final_steps steps draw from sft.final_train, in an order of their own; on a resume inside that
         # phase its stream is replayed to where it was (the checkpoint holds data.train's stream only).
         first_final = s.steps - s.final_steps if self.final_set else s.steps
@@ -403,7 +282,7 @@ class Run:
             bar.set_postfix(loss=f"{float(metrics['sft/loss']):.3f}")  # host sync, once per step
             bar.update(1)
             self._periodic("sft", step + 1, s.steps, optimizer, scheduler, stream)
-            self._after_step("sft", step + 1, metrics, lambda n: self._save("sft", n, optimizer, scheduler, stream))
+            self._after_step("sft", step + 1, metrics, lambda n: ckpt.save(self, "sft", n, optimizer, scheduler, stream))
         bar.close()
         self._finish_stage("sft", s.steps, optimizer, scheduler, stream)
 
@@ -412,19 +291,20 @@ class Run:
         model = self.vlm.model
         optimizer, scheduler = _optimizer(model, cfg, cfg.rl.lr, cfg.rl.steps * cfg.algo.num_updates)
         # LoRA: the reference is the policy with its adapters off (engine/algo/step.py); no copy.
-        reference = self._reference() if cfg.algo.kl_beta > 0 and not is_peft(model) else None
+        reference = ckpt.reference(self) if cfg.algo.kl_beta > 0 and not is_peft(model) else None
         state = RLState(cfg=cfg, policy=self.vlm, reference=reference, optimizer=optimizer, scheduler=scheduler,
                         generator=self.generator, protocol=self.protocol, scorer=self.scorer,
                         should_stop=self.should_stop)
         stream = DataStream(len(self.train_set), cfg.train.seed + 2)
-        start = self._take_resume("rl", model, optimizer, scheduler, stream)
+        start = ckpt.take_resume(self, "rl", model, optimizer, scheduler, stream)
         state.sampler = self.sampler = self._sampler()
         bar = self._bar(cfg.rl.steps, initial=start, desc="rl")
         monitor = ToolCallMonitor() if cfg.rollout.protocol is not None else None
+        no_signal = NoSignalMonitor()
         n = cfg.rollout.prompts_per_step
-        save = lambda k: self._save("rl", k, optimizer, scheduler, stream)  # noqa: E731
+        save = lambda k: ckpt.save(self, "rl", k, optimizer, scheduler, stream)  # noqa: E731
         for step in range(start, cfg.rl.steps):
-            mark = self._mark(stream)
+            mark = ckpt.mark(self, stream)
             examples = self._mine([self.train_set[i] for i in stream.take(n)])
             # vLLM: each prompt's seed from the step and its place in the batch, so the samples do not depend on the
             # number of processes, and a resume samples what the uninterrupted run would.
@@ -432,15 +312,17 @@ class Run:
             try:
                 metrics, trajs, rewards, adv = rl_step(state, prompts_for(examples, self.vlm, cfg), seeds)
             except StopRequested:
-                raise self._abandon("rl", step, mark, save, stream) from None
+                raise ckpt.abandon(self, "rl", step, mark, save, stream) from None
             self.global_step += 1
             self.last_step = (trajs, rewards, adv)
+            warnings = {"warnings/no_signal": no_signal.update(metrics)}  # RL that cannot learn: say so, once
             if monitor is not None:  # RL with tools often stops calling them: say so when it happens
-                warning = monitor.update(metrics["tools/call_rate"])
+                warnings["warnings/tools"] = monitor.update(metrics["tools/call_rate"])
                 metrics["tools/call_rate_avg"] = monitor.average
+            for tag, warning in warnings.items():
                 if warning and self.main_rank:
                     bar.write(f"step {self.global_step}: warning: {warning}")
-                    self.logger.log_text(self.global_step, "warnings/tools", warning)
+                    self.logger.log_text(self.global_step, tag, warning)
             if (step + 1) % cfg.train.log_every == 0:
                 self._log(self.global_step, metrics)
             if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0 and self.main_rank:
@@ -462,17 +344,17 @@ class Run:
             except StopRequested:
                 pass  # _after_step saves and stops
         if due(done, self.cfg.train.save_every, total):
-            self._save(stage, done, optimizer, scheduler, stream)
+            ckpt.save(self, stage, done, optimizer, scheduler, stream)
 
     def _finish_stage(self, stage: str, total: int, optimizer, scheduler, stream: DataStream) -> None:
         self.summary["steps"][stage] = total
         try:
             self.evaluate(f"after_{stage}")
         except StopRequested:  # the stage's weights are final: saved as not yet done, so a resume evaluates them
-            path = self._save(stage, total, optimizer, scheduler, stream)
+            path = ckpt.save(self, stage, total, optimizer, scheduler, stream)
             raise self.signals.stopped(f"while evaluating after {stage} (it runs again on resume)", path) from None
         self.summary["done_stages"].append(stage)
-        self._save(stage, total, optimizer, scheduler, stream)
+        ckpt.save(self, stage, total, optimizer, scheduler, stream)
 
     def _dump(self, trajs, rewards=None, adv=None) -> None:
         dump_rollouts(self.dir, self.global_step, trajs, rewards, adv, box_frame=self.vlm.family.box_frame,
@@ -496,9 +378,9 @@ class Run:
         start = time.time()
         stages = self.cfg.train.stage.split(",")
         left, said = stages_left(stages, self.summary, self.resume_from[1] if self.resume_from else {},
-                                 {s: self._stage_steps(s) for s in stages}, STEPS_FLAG)
+                                 {s: self.stage_steps(s) for s in stages}, STEPS_FLAG)
         for line in said:
-            self._print(line)
+            self.say(line)
         if not left:  # a finished run resumed as it was: change nothing
             self.logger.close() if self.logger else None
             return {**self.summary, "final_checkpoint": str(self.resume_from[0])}
@@ -511,7 +393,7 @@ class Run:
                 getattr(self, stage)()
         self._dump_final()
         if is_peft(self.vlm.model):
-            self.summary["merged_model"] = str(self._export_merged())
+            self.summary["merged_model"] = str(ckpt.export_merged(self))
         self.summary["steps"] = {s: self.summary["steps"].get(s, 0) for s in ("sft", "rl")}  # steps trained
         self.summary["final_checkpoint"] = str(self.last_saved[1])
         self.summary["seconds"] = round(time.time() - start, 1)  # this invocation's wall time

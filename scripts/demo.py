@@ -38,7 +38,11 @@ def main(argv: list[str]) -> int:
     make_data()
     if args.data_only:  # make demo-data: what `make eval` with configs/demo.toml reads
         return 0
-    cmd = [sys.executable, "train.py", "--config", "configs/demo.toml", "--train.out_dir", args.out, *rest]
+    # The demo is made to be run again: a new run replaces the last one in its folder (train.overwrite), unless the
+    # flags continue it (--resume / --train.resume) or say otherwise.
+    again = [] if any(f.startswith(("--resume", "--train.resume", "--train.overwrite")) for f in rest) else [
+        "--train.overwrite", "true"]
+    cmd = [sys.executable, "train.py", "--config", "configs/demo.toml", "--train.out_dir", args.out, *again, *rest]
     print("running:", " ".join(cmd[1:]), flush=True)
     code = subprocess.run(cmd, cwd=ROOT).returncode
     if code != 0:

@@ -105,15 +105,15 @@ def signal_in_rollout(arg: str) -> None:
 
 
 def slow_save(seconds: float) -> None:
-    import engine.trainer as trainer
+    import engine.run_checkpoints as checkpoints  # the run's saves go through its save_checkpoint
 
-    real = trainer.save_checkpoint
+    real = checkpoints.save_checkpoint
 
     def save(*args, **kwargs):
         time.sleep(seconds)
         return real(*args, **kwargs)
 
-    trainer.save_checkpoint = save
+    checkpoints.save_checkpoint = save
 
 
 def judge_asks_all() -> None:

@@ -1,6 +1,7 @@
 """engine/'s rooms stand on each other in one order, and on the floors below the engine, never above.
 
-    config → runtime → setup → rollout → forward → algo → report → (engine/trainer.py, engine/infer.py)
+    config → runtime → setup → rollout → forward → algo → report → (engine/trainer.py and run_checkpoints.py,
+    engine/infer.py)
 
 A module may import its own room and the rooms before it (every import statement counts, those inside functions
 too); the two top files may import anything. Below the engine, data/, models/, tools/ and rewards/ never import it
@@ -12,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROOMS = ["config", "runtime", "setup", "rollout", "forward", "algo", "report"]
-TOP = {"trainer", "infer", "__init__"}
+TOP = {"trainer", "run_checkpoints", "infer", "__init__"}
 
 
 def engine_imports(path: Path) -> list[tuple[int, str]]:
