@@ -258,28 +258,20 @@ def test_tool_arguments_cannot_name_files_or_leave_the_image(monkeypatch):
 
 
 def test_judge_reply_is_capped_and_parsed_never_evaluated(tmp_path, monkeypatch):
-    from http.server import ThreadingHTTPServer
-    import threading
-
     from data.example import Example
     from rewards.judge import make_judge_reward
     from rewards.registry import RewardContext
+    from tests.local_http import local_server
     from tests.test_rewards_judge import TEMPLATE, FakeJudge
 
     monkeypatch.chdir(tmp_path)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        judge = make_judge_reward(f"http://127.0.0.1:{server.server_address[1]}/v1", "judge-model", TEMPLATE,
-                                  timeout_s=5, retries=0)
+    with local_server(FakeJudge) as url:
+        judge = make_judge_reward(f"{url}/v1", "judge-model", TEMPLATE, timeout_s=5, retries=0)
         with TALLY.bad_input(2):
             scores = judge.batch(["<answer>huge-me</answer>", "<answer>code-me</answer>"],
                                  [Example(question="q", answers=["x"], images=[])] * 2, [RewardContext()] * 2)
             assert scores == [None, None] and judge.stats["failed"] == 2
             assert not (tmp_path / "JUDGE_RAN_CODE").exists()
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 CONFIG_INPUTS = [(["--algo.loss", "gpg"], "choose one of " + ", ".join(LOSSES.names())),

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ import torch
 from tests.fault_helpers import (ENV, ROOT, clean, finish, harness, metric_rows, run, saved_step, start, train_args,
                                  wait_for, weights)
 from tests.fault_tally import TALLY
+from tests.local_http import local_server
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 RL = ["--train.stage", "rl", "--rl.steps", "3", "--rollout.prompts_per_step", "2", "--rollout.group_size", "2",
@@ -223,12 +224,9 @@ class Trickle(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def trickle_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    Trickle.stop.set()
-    server.shutdown()
-    server.server_close()
+    with local_server(Trickle) as url:
+        yield url
+        Trickle.stop.set()
 
 
 @pytest.mark.parametrize("where", ["body", "headers"])

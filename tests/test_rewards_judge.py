@@ -9,13 +9,14 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from data.example import Example
 from rewards import REWARDS, RewardContext, make_judge_reward, score_batch
 from rewards.judge import JudgeError, parse_verdict
+from tests.local_http import local_server
 
 TEMPLATE = "Question: {question}\nReference: {reference}\nResponse: {answer}\nCorrect? yes or no."
 
@@ -60,12 +61,9 @@ class FakeJudge(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def base_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    FakeJudge.release.set()
-    server.shutdown()
-    server.server_close()
+    with local_server(FakeJudge) as url:
+        yield url + "/v1"
+        FakeJudge.release.set()
 
 
 @pytest.fixture(autouse=True)
@@ -155,23 +153,20 @@ class Trickle(BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize("where", ["body", "headers"])
 def test_a_trickling_judge_is_cut_at_the_deadline_and_no_thread_outlives_the_batch(where):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/{where}/v1"
-        judge = make_judge_reward(url, "judge-model", TEMPLATE, timeout_s=0.6, retries=1, backoff_s=0.05)
-        before = {t.ident for t in threading.enumerate()}
-        start = time.monotonic()
-        scores = judge.batch(["<answer>red</answer>"] * 3, [_ex()] * 3)
-        elapsed = time.monotonic() - start
-        # each of the 2 attempts is cut at 0.6 s in all (a socket timeout alone never fires: a byte comes every
-        # 0.2 s); 0.05 s backoff; 1 s slack for a busy machine
-        assert scores == [None] * 3 and elapsed < 2 * 0.6 + 0.05 + 1.0
-        assert judge.stats["failed"] == 3 and judge.stats["requests"] == 6
-        mine = [t for t in threading.enumerate() if t.ident not in before and "ThreadPoolExecutor" in t.name]
-        assert mine == []  # every worker has ended when batch() returns
-    finally:
-        Trickle.stop.set()
-        server.shutdown()
-        server.server_close()
-        Trickle.stop.clear()
+    with local_server(Trickle) as root:
+        try:
+            url = f"{root}/{where}/v1"
+            judge = make_judge_reward(url, "judge-model", TEMPLATE, timeout_s=0.6, retries=1, backoff_s=0.05)
+            before = {t.ident for t in threading.enumerate()}
+            start = time.monotonic()
+            scores = judge.batch(["<answer>red</answer>"] * 3, [_ex()] * 3)
+            elapsed = time.monotonic() - start
+            # each of the 2 attempts is cut at 0.6 s in all (a socket timeout alone never fires: a byte comes every
+            # 0.2 s); 0.05 s backoff; 1 s slack for a busy machine
+            assert scores == [None] * 3 and elapsed < 2 * 0.6 + 0.05 + 1.0
+            assert judge.stats["failed"] == 3 and judge.stats["requests"] == 6
+            mine = [t for t in threading.enumerate() if t.ident not in before and "ThreadPoolExecutor" in t.name]
+            assert mine == []  # every worker has ended when batch() returns
+        finally:
+            Trickle.stop.set()  # a trickling handler ends, so the server's close does not wait on it
+    Trickle.stop.clear()

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from engine import run_checkpoints as ckpt
 from engine.trainer import Run
 from engine.algo.update import due, optimizer_update
 
@@ -75,12 +76,12 @@ def test_due(step, every, last, expected):
     assert due(step, every, last) is expected
 
 
-def test_final_weights_are_evaluated_and_saved_once():
+def test_final_weights_are_evaluated_and_saved_once(monkeypatch):
     calls = []
+    monkeypatch.setattr(ckpt, "save", lambda run, stage, step, *a: calls.append(("save", step)))
     fake = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(eval_every=2, save_every=2)),
                            summary={"done_stages": [], "steps": {}},
-                           evaluate=lambda tag: calls.append(("eval", tag)),
-                           _save=lambda stage, step, *a: calls.append(("save", step)))
+                           evaluate=lambda tag: calls.append(("eval", tag)))
     for stage in ("sft", "rl"):  # the same rule in both stages
         calls.clear()
         for done in range(1, 5):

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import sys
 import time
 
 import pytest
@@ -44,15 +42,8 @@ from models.tiny import tiny_model_dir
 from models.vision import rope_positions
 from tests.engine_helpers import (MIXED_PROMPTS, encode, gen_args, load_tiny, loss_positions, make_prompt,
                                   noise_image, plain_logits, request)
+from tests.vllm_lane import NO_VLLM, needs_vllm
 
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-try:
-    import vllm  # noqa: F401
-    NO_VLLM = ""
-except Exception as e:  # ImportError, or a broken install (e.g. torchvision's CUDA ops beside CPU torch)
-    NO_VLLM = (f"vLLM does not import in {sys.executable} ({type(e).__name__}: {e}); build its venv with "
-               "`bash scripts/install_vllm.sh` and run `make test-vllm`")
-needs_vllm = pytest.mark.skipif(bool(NO_VLLM), reason=NO_VLLM)
 
 N_NEW = 12
 ATOL = 1e-2  # the bound asked for; measured here <= 1e-6 (docs/PLATFORM.md saw ~5e-3 vLLM vs transformers elsewhere)

@@ -33,16 +33,10 @@ from pathlib import Path
 import pytest
 
 from data.synth import write_dataset
+from tests.vllm_lane import needs_vllm
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-try:
-    import vllm  # noqa: F401
-    NO_VLLM = ""
-except Exception as e:  # ImportError, or a broken install
-    NO_VLLM = (f"vLLM does not import in {sys.executable} ({type(e).__name__}: {e}); build its venv with "
-               "`bash scripts/install_vllm.sh` and run `make test-vllm`")
-pytestmark = pytest.mark.skipif(bool(NO_VLLM), reason=NO_VLLM)
+pytestmark = needs_vllm
 
 STEPS = 3
 # Temperature 0.7 after 60 SFT steps: varied rewards in every step (temperature 1 scatters the half-learnt format);

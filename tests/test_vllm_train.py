@@ -9,25 +9,17 @@ Run: OMP_NUM_THREADS=1 .venv-vllm/bin/python -m pytest -q -rs tests/test_vllm_tr
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from data.synth import write_dataset
+from tests.vllm_lane import needs_vllm
 from engine.config.settings import Config
 from engine.config.parsing import build_config
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-try:
-    import vllm  # noqa: F401
-    NO_VLLM = ""
-except Exception as e:  # ImportError, or a broken install
-    NO_VLLM = (f"vLLM does not import in {sys.executable} ({type(e).__name__}: {e}); build its venv with "
-               "`bash scripts/install_vllm.sh` and run `make test-vllm`")
-pytestmark = pytest.mark.skipif(bool(NO_VLLM), reason=NO_VLLM)
+pytestmark = needs_vllm
 
 STEPS = 4
 
