@@ -12,7 +12,8 @@ FAULT:
 - `signal_in_rollout:SIG:K`: in the K-th call of the sampler (`models.generation.generate`), at its 3rd decoding
   step, this process sends itself SIG (TERM or INT), and every later decoding step takes 0.2 s more. The time of
   the signal and the number of decoding steps drawn after it go to the file $FAULT_REPORT (JSON) at exit.
-- `slow_save:SECONDS`: every checkpoint save waits SECONDS first (so a second signal lands inside one).
+- `slow_save:SECONDS`: every checkpoint save touches RUN/SAVE_STARTED, then waits SECONDS (so a second signal
+  lands inside one).
 - `judge_asks_all`: the judge sends every sample (its answer extraction returns the whole completion), so a run
   of the untrained tiny model really talks to the judge.
 Faults combine with `+` (`slow_save:5+judge_asks_all`). Nothing here is imported by the engine; it only wraps
@@ -109,9 +110,10 @@ def slow_save(seconds: float) -> None:
 
     real = checkpoints.save_checkpoint
 
-    def save(*args, **kwargs):
+    def save(run_dir, *args, **kwargs):
+        (Path(run_dir) / "SAVE_STARTED").touch()  # a test waits for this before it signals "inside a save"
         time.sleep(seconds)
-        return real(*args, **kwargs)
+        return real(run_dir, *args, **kwargs)
 
     checkpoints.save_checkpoint = save
 

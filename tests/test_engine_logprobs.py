@@ -127,4 +127,7 @@ def test_row_logps_chunked_equals_plain_through_the_model():
     torch.testing.assert_close(e1, e0, rtol=1e-6, atol=1e-6)
     assert g0.keys() == g1.keys() and len(g0) > 10
     for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], rtol=1e-5, atol=1e-6, msg=name)
+        # float32 sums in another order (the chunked head): an element's error is ~1e-7 of the tensor's scale, so
+        # the absolute tolerance follows the scale (a fixed 1e-6 failed on an AMD EPYC for gradients of size ~5)
+        scale = g0[name].abs().max().item()
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-5, atol=1e-6 * max(scale, 1.0), msg=name)

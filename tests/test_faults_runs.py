@@ -186,7 +186,7 @@ def test_a_second_ctrl_c_stops_at_once_with_one_line_and_exit_130(data, tmp_path
     with TALLY.fault():
         wait_for(lambda: len(metric_rows(out)) >= 1, proc)
         proc.send_signal(signal.SIGINT)  # the first: finish the step, then save (20 s: the harness's slow save)
-        time.sleep(2)
+        wait_for(lambda: (out / "SAVE_STARTED").exists(), proc)  # however long the step takes on a busy machine
         proc.send_signal(signal.SIGINT)  # the second, inside that save: stop now
         _, err = finish(proc, timeout=60)
         assert proc.returncode == 130

@@ -168,8 +168,9 @@ def test_resume_after_crash_is_bitwise_on_cuda(tmp_path, monkeypatch):
     data = tmp_path / "data"
     subprocess.run([sys.executable, "-m", "data.synth", "colors", "--n", "48", "--out", str(data), "--seed", "3"],
                    check=True, cwd=ROOT, capture_output=True)
-    e2e.test_resume_after_crash_reproduces_the_uninterrupted_losses(data / "data.jsonl", tmp_path / "runs",
-                                                                    monkeypatch, sft_steps=60)
+    with e2e.vowel_share_reward() as weights:
+        e2e.test_resume_after_crash_reproduces_the_uninterrupted_losses(data / "data.jsonl", tmp_path / "runs",
+                                                                        monkeypatch, weights, sft_steps=60)
     state = load_checkpoint(next((tmp_path / "runs" / "crashed" / "checkpoints").glob("step_*")), model=None)
     assert state["rng"][0]["generator_devices"] == {"sampler": "cuda"}  # a CUDA generator's state was restored
 

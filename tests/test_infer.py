@@ -1,5 +1,5 @@
 """Inference: infer.py (one question, or a batch over a data file) and engine.infer.Assistant, including a tool
-call whose crop is saved, and the README's Python example run as written.
+call whose crop is saved, and the Python example of docs/EVALUATION.md run as written.
 
 Run: `OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_infer.py`.
 """
@@ -81,14 +81,14 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
-    readme = (ROOT / "README.md").read_text()
-    [code] = re.findall(r"<!-- python-api -->\n```python\n(.*?)```", readme, re.S)
+def test_the_python_example_in_the_docs_runs_as_written(tmp_path, monkeypatch):
+    page = (ROOT / "docs" / "EVALUATION.md").read_text()
+    [code] = re.findall(r"<!-- python-api -->\n```python\n(.*?)```", page, re.S)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "tiny-qwen2_5_vl").symlink_to(tiny_model_dir("qwen2_5_vl"))  # what `make tiny` writes
     noise_image((120, 90), seed=5).save(tmp_path / "photo.png")
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, "docs/EVALUATION.md", "exec"), {})
 
 
 def test_a_missing_answer_says_why():
