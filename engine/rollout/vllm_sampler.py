@@ -98,12 +98,13 @@ def check_params(sampling: Sampling) -> None:
             "scores; use top_k=0, top_p=1 with vllm, or the native sampler")
 
 
-def check_settings(r, world: int, cuda: bool) -> None:
+def check_settings(r, world: int, cuda: bool, *, here: bool = True) -> None:
     """rollout.sampler = vllm: what can be checked before any model loads (`r` the rollout config section): vLLM
-    importable here, vllm_tp dividing the `world` processes, each memory setting meaningful on this device."""
+    importable here (`here` False: the memory planner, planning for another machine), vllm_tp dividing the `world`
+    processes, each memory setting meaningful on this device (`cuda`)."""
     import importlib.util
 
-    if importlib.util.find_spec("vllm") is None:
+    if here and importlib.util.find_spec("vllm") is None:
         raise ValueError("rollout.sampler = vllm needs vLLM in this environment: build .venv-vllm with `bash "
                          "scripts/install_vllm.sh` and run with .venv-vllm/bin/python (on a GPU: pip install vllm)")
     if world % r.vllm_tp:
