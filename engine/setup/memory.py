@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:  # what train.py would refuse, refused with its message: parsing's checks, then the launch's
         cfg = layered_config(args.config, overrides)
-        cfg = with_start_model(cfg, verbose=False)  # a run or checkpoint folder: the model train.py would start from
+        if cfg.model.path and Path(cfg.model.path).is_dir():  # one planned from elsewhere may be absent here
+            cfg = with_start_model(cfg, verbose=False)  # a run or checkpoint folder: the model train.py starts from
         check_launch(cfg, args.gpus, cuda=True, here=False)
     except ValueError as exc:
         print(f"refused: {exc}")
