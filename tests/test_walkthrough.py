@@ -165,7 +165,8 @@ def test_the_readme_quick_start_uses_only_commands_of_this_page():
         pytest.skip("README.md has no <!-- quickstart --> block")
     ours = {c for lang, body, _ in doc_blocks(DOC.read_text(encoding="utf-8")) if lang == "bash"
             for c in commands(body)}
-    fenced = [body for lang, body, _ in doc_blocks(block.group(1).strip() + "\n") if lang in ("bash", "sh", "shell", "console", "")]
+    fenced = [body for lang, body, _ in doc_blocks(block.group(1).strip() + "\n")
+              if lang in ("bash", "sh", "shell", "console", "")]
     theirs = [c for body in fenced for c in commands(body)]
     assert theirs, "the README's quick start block holds no command"
     assert not [c for c in theirs if c not in ours], f"README quick start commands not in {DOC.name}"
