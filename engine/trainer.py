@@ -59,12 +59,11 @@ from engine.runtime.guard import NonFinite, RunStopped, StopSignals, check_out_d
 from engine.runtime.lora import apply_lora, is_peft
 from engine.runtime.log import MetricsLogger, progress
 from engine.report.rollout_dump import dump_rollouts
-from engine.setup.run_setup import (_check_world, _optimizer, enable_gradient_checkpointing,  # noqa: F401 (re-exported)
-                              load_policy)
+from engine.setup.run_setup import (_check_world, _optimizer, check_launch,  # noqa: F401 (re-exported)
+                                    enable_gradient_checkpointing, load_policy, with_start_model)
 from engine.algo.sft import sft_step, sft_trajectory, target_text
 from engine.algo.step import RLState, model_device, reward_context, rl_step
 from engine.rollout.rollout import prompt_seeds
-from engine.rollout.vllm_sampler import check_settings as check_vllm_settings
 from engine.rollout.weight_sync import policy_weights
 from engine.report.no_signal import NoSignalMonitor
 from engine.report.tool_health import ToolCallMonitor
@@ -84,6 +83,7 @@ class Run:
         # train.mixed_precision shards with FSDP2 in one process too: a process group of one (engine/runtime/distributed.py)
         self.dist = D.init(world_of_one=bool(cfg.train.mixed_precision))
         self.main_rank = self.dist.is_main
+        cfg = with_start_model(cfg, verbose=self.main_rank)  # model.path naming a run or checkpoint: its model folder
         self.dir = Path(cfg.train.out_dir)
         check_out_dir(self.dir)  # now, before data or model
         # The folder is this run's (a LOCK), and the start or resume is accepted, before anything else is written.
@@ -104,9 +104,7 @@ class Run:
         self.claim.check_data(self.fingerprints, cfg)  # a resume: the same data, by content
         for note in self.claim.notes:
             self.say(note)
-        _check_world(cfg, self.dist.world)
-        if cfg.rollout.sampler == "vllm":
-            check_vllm_settings(cfg.rollout, self.dist.world, self.dist.device.type == "cuda")  # not after SFT
+        check_launch(cfg, self.dist.world, self.dist.device.type == "cuda")  # vLLM's settings too: not after SFT
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:

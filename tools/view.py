@@ -85,9 +85,26 @@ def find_rollouts(run_dir: Path) -> tuple[Path, list[Path]]:
     folder = run_dir / "rollouts" if (run_dir / "rollouts").is_dir() else run_dir
     files = sorted(folder.glob("step_*.jsonl")) if folder.is_dir() else []
     if not files:
-        raise ViewError(f"{run_dir}: no dumped rollouts (expected {run_dir}/rollouts/step_*.jsonl; training writes "
-                        f"them every train.sample_every steps)")
+        raise ViewError(f"{run_dir}: no dumped rollouts (expected {run_dir}/rollouts/step_*.jsonl). "
+                        + no_dump_reason(run_dir))
     return folder, files
+
+
+def no_dump_reason(run_dir: Path) -> str:
+    """Why a folder has no rollouts yet, and how to get them: a run dumps every train.sample_every RL steps, and
+    the last step's when it ends (engine/trainer.py)."""
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        return ("It is not a run folder either (no config.toml): pass the train.out_dir of a run of train.py, which "
+                "dumps rollouts every train.sample_every RL steps and the last step's when it ends")
+    try:
+        every = tomllib.loads(path.read_text(encoding="utf-8")).get("train", {}).get("sample_every", 10)
+    except (tomllib.TOMLDecodeError, AttributeError):
+        every = "?"
+    when = f"every {every} RL steps (train.sample_every {every})" if every else "at no step (train.sample_every 0)"
+    return (f"This run dumps rollouts {when}, and the last step's when it ends: it has got to neither yet. To see "
+            f"them sooner, set --train.sample_every N (a resume may change it: python train.py --resume {run_dir} "
+            "--train.sample_every N)")
 
 
 def read_records(files: list[Path]) -> list[dict]:

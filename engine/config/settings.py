@@ -31,7 +31,7 @@ def _choose(key: str, value, registry) -> None:
 
 @dataclass
 class ModelConfig:
-    path: str = doc("", "Local Hugging Face VLM folder. Empty: build the tiny model named by `tiny_arch` (cached).")
+    path: str = doc("", "Local Hugging Face VLM folder, or a run folder (its merged/ export or latest checkpoint) or a run's checkpoint folder: train.py starts from that model and records its folder here (a LoRA adapter is refused: engine/setup/model_source.py start_from). Empty: build the tiny model named by `tiny_arch` (cached).")
     tiny_arch: str = doc("qwen2_5_vl", "Tiny offline model to build when `path` is empty: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe (models/tiny.py ARCHS).")
     dtype: Literal["float32", "bfloat16", "float16"] = doc("float32", "Parameter dtype (bf16 is slow on CPUs without bf16 units).")
     attn_implementation: Literal["auto", "sdpa", "eager", "varlen", "flash_attention_2"] = doc("auto", "Attention kernel. auto: varlen on a CUDA GPU of compute capability >= 8.0 with bf16 / fp16 weights, sdpa elsewhere (the faster measured there). varlen (GPU: torch's variable-length flash attention, or flash-attn's when installed): packed rows without masks, one call per vision block. sdpa / eager score each micro-batch as a right-padded batch. Under auto, sdpa, eager and varlen, where a micro-batch holds several samples of one prompt and nothing else forbids it (gradient checkpointing while training, FSDP), its prompts run once and their samples on their KV cache (the prefix layout, engine/forward/layouts.py). flash_attention_2: transformers' flash-attn path (GPU, flash-attn installed). sdpa on a CPU runs models/attention.py's sdpa_gqa: the same kernel, grouped-query heads not repeated under a mask.")

@@ -74,6 +74,7 @@ import torch
 import torch.distributed as dist
 
 from engine.runtime import distributed as D
+from engine.setup.run_setup import check_vllm_settings as check_settings  # noqa: F401 (its old home)
 from models.generation import GenOutput, GenRequest, Sampling
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -96,29 +97,6 @@ def check_params(sampling: Sampling) -> None:
             f"rollout.sampler = vllm with top_k={sampling.top_k}, top_p={sampling.top_p}: vLLM's processed log-probs "
             "are renormalised over the top-k/top-p set, not the full temperature-scaled distribution the trainer "
             "scores; use top_k=0, top_p=1 with vllm, or the native sampler")
-
-
-def check_settings(r, world: int, cuda: bool) -> None:
-    """rollout.sampler = vllm: what can be checked before any model loads (`r` the rollout config section): vLLM
-    importable here, vllm_tp dividing the `world` processes, each memory setting meaningful on this device."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        raise ValueError("rollout.sampler = vllm needs vLLM in this environment: build .venv-vllm with `bash "
-                         "scripts/install_vllm.sh` and run with .venv-vllm/bin/python (on a GPU: pip install vllm)")
-    if world % r.vllm_tp:
-        raise ValueError(f"rollout.vllm_tp = {r.vllm_tp} does not divide the {world} processes: each vLLM "
-                         "engine is sharded over that many consecutive ranks")
-    defaults = type(r).__dataclass_fields__
-    if not cuda and r.vllm_gpu_memory_utilization != defaults["vllm_gpu_memory_utilization"].default:
-        raise ValueError("rollout.vllm_gpu_memory_utilization sizes a GPU engine; on a CPU the vLLM KV cache is "
-                         "rollout.vllm_kv_cache_gib")
-    if cuda and r.vllm_kv_cache_gib != defaults["vllm_kv_cache_gib"].default:
-        raise ValueError("rollout.vllm_kv_cache_gib sizes a CPU engine; on a GPU the engine's share of memory is "
-                         "rollout.vllm_gpu_memory_utilization")
-    if not cuda and r.vllm_sleep:
-        raise ValueError("rollout.vllm_sleep = true: vLLM has no sleep mode on a CPU; leave it at none (on where "
-                         "vLLM has it) or false")
 
 
 class _BufferOnlyReloadNotice(logging.Filter):

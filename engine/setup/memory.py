@@ -27,6 +27,10 @@ each layer's input stays, plus one layer being recomputed. The log-prob head hol
 bf16 logits, their fp32 copy and the entropy's softmax and product (LOGIT_BYTES per vocabulary row), for at most
 model.logprob_chunk_tokens tokens at a time (0: every response token of the micro-batch at once).
 
+A config that train.py would refuse on these GPUs (its settings, a batch that does not split over --gpus, vLLM's
+tensor parallelism or memory settings) prints `refused: <train.py's own message>` and exits 2, from the same
+checks (engine/setup/run_setup.py check_launch). --model.path may name a run or checkpoint folder, as in train.py.
+
 Then the settings that fit with 10 % headroom and, with --examples N or --data PATH, the train.py / torchrun command
 for the first of them with the steps per epoch (engine/setup/memory_plan.py).
 
@@ -265,12 +269,21 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
     from engine.setup.layers import layered_config
     from engine.setup.memory_plan import report
+    from engine.setup.run_setup import check_launch, with_start_model
     from models.tiny import tiny_model_dir
 
-    try:
-        if args.gpus < 1 or args.gpu_gib <= 0 or args.examples < 0:
-            raise ValueError("--gpus must be >= 1, --gpu-gib > 0 and --examples >= 0")
+    if args.gpus < 1 or args.gpu_gib <= 0 or args.examples < 0:
+        print("error: --gpus must be >= 1, --gpu-gib > 0 and --examples >= 0", file=sys.stderr)
+        return 2
+    try:  # what train.py would refuse, refused with its message: parsing's checks, then the launch's
         cfg = layered_config(args.config, overrides)
+        if cfg.model.path and Path(cfg.model.path).is_dir():  # one planned from elsewhere may be absent here
+            cfg = with_start_model(cfg, verbose=False)  # a run or checkpoint folder: the model train.py starts from
+        check_launch(cfg, args.gpus, cuda=True, here=False)
+    except ValueError as exc:
+        print(f"refused: {exc}")
+        return 2
+    try:
         d = shape_dims(cfg.model.tiny_arch, args.shape) if args.shape else \
             read_dims(cfg.model.path or tiny_model_dir(cfg.model.tiny_arch, seed=cfg.train.seed))
         examples = count_examples(args.data, cfg) if args.data else args.examples

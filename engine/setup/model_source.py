@@ -11,6 +11,9 @@ What a path may be, tried in this order:
 - a checkpoint folder (holding model/): that model/ folder, as above;
 - a run folder (holding checkpoints/ or merged/): its merged/ export when there is one (a LoRA run's final model),
   else its latest checkpoint. The run folder is remembered (an evaluation report plots its metrics.jsonl).
+
+train.py starts from the same paths through `start_from` (engine/setup/run_setup.py), except a LoRA adapter: see
+there why it is refused.
 """
 
 from __future__ import annotations
@@ -97,3 +100,29 @@ def load_any(path: str | Path, **load_options) -> tuple[VLM, ModelSource]:
             vlm.model = PeftModel.from_pretrained(vlm.model, source.adapter_dir).merge_and_unload()
     vlm.model.eval()
     return vlm, source
+
+
+def start_from(path: str | Path, out_dir: str | Path, resume: bool) -> tuple[Path, str | None]:
+    """train.py's model.path as the plain model folder a new run starts from, and a line saying what was picked when
+    `path` is a run or checkpoint folder (None for a model folder). Refused: a LoRA adapter (a LoRA run's
+    checkpoint), because a run reloads its initial model from model.path (the KL reference, a resume) and an adapter
+    is not a model by itself: the run's merged/ export is (what a finished LoRA run writes); and a model inside
+    train.out_dir, the folder this run writes: continuing that run is --resume's job."""
+    source = resolve_model(path)
+    if source.adapter_dir is not None:
+        raise ValueError(f"model.path {path} is a LoRA adapter ({source.adapter_dir}): a run starts from a whole "
+                         "model. Pass the run folder once its LoRA run has finished (it then holds merged/, the "
+                         f"adapter merged into {source.model_dir}), continue that run with --resume RUN, or start "
+                         f"from the base model {source.model_dir}")
+    out = Path(out_dir).resolve()
+    if out == source.model_dir.resolve() or out in source.model_dir.resolve().parents:
+        how = ("--resume continues that run from its newest checkpoint with its own model: drop --model.path"
+               if resume else f"to continue that run use --resume {out_dir} (no --model.path); to start a new run "
+               "from its weights, choose another --train.out_dir")
+        raise ValueError(f"model.path {path} is inside train.out_dir {out_dir}, the folder this run writes: {how}")
+    if source.run_dir is None or Path(path).resolve() == source.model_dir.resolve():
+        return source.model_dir, None  # a plain model folder (a checkpoint's model/ given as is: said by eval alike)
+    picked = Path(path).resolve() == source.run_dir.resolve()
+    what = ("the merged LoRA export" if source.model_dir.name == "merged" else "the latest checkpoint") if picked \
+        else f"checkpoint {source.model_dir.parent.name}"
+    return source.model_dir, f"model: {source.model_dir} ({what} of run {source.run_dir})"
