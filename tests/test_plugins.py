@@ -115,6 +115,20 @@ def _kl_cov_batch():
     return old, adv, logp
 
 
+def test_kl_cov_penalises_nothing_without_covariance(fork):
+    """Every advantage 0 (a step whose groups all tied): every covariance is 0, so is the top-k threshold, and no
+    token is penalised (">=" alone would have chosen all of them)."""
+    old, _, logp = _kl_cov_batch()
+    adv = torch.zeros(6, dtype=F64)
+    s = LOSSES.entry("kl_cov").settings(ratio=0.34, coef=2.0)
+    stats = LOSSES.entry("kl_cov").traits["step_pass"](StepTokens(old_logp=old, adv=adv), s)
+    x = LossInputs(logp=logp, old_logp=old, adv=adv, mask=torch.ones(6, dtype=F64),
+                   seq_idx=torch.tensor([0, 0, 0, 1, 1, 1]), num_seqs=2, step_stats=stats)
+    per_token, metrics = LOSSES["kl_cov"](x, s)
+    torch.testing.assert_close(per_token, torch.zeros(6, dtype=F64))  # −0·ρ, no penalty
+    assert token_metric_means(metrics, x.mask)["kl_cov_frac"].item() == 0.0
+
+
 def test_kl_cov_penalises_the_steps_top_covariance_tokens(fork):
     old, adv, logp = _kl_cov_batch()
     s = LOSSES.entry("kl_cov").settings(ratio=0.34, coef=2.0)  # k = int(6 × 0.34) = 2 tokens: covs 0.75 and 0.5
@@ -178,6 +192,7 @@ def test_brevity_reward_is_built_from_its_section(fork):
     # "one two three four" is 2 words over the limit: −0.5 × 2
     assert fn("<answer>one two three four</answer>", None, RewardContext()) == -1.0
     assert fn("<answer>short</answer>", None, RewardContext()) == 0.0
+    assert fn("no answer block at all here", None, RewardContext()) == -2.0  # the whole response: 6 words, 4 over
 
 
 def test_threshold_tool_runs_and_is_described(fork):
@@ -254,7 +269,8 @@ def colors(tmp_path_factory):
 
 def _check_fork_run(out: Path, fork_file: Path) -> None:
     rows = [r for r in map(json.loads, open(out / "metrics.jsonl")) if "reward/total" in r]
-    assert len(rows) == 2 and all(0 < r["train/kl_cov_frac"] <= 1 and "reward/brevity" in r for r in rows)
+    # ratio 0.05 of the step's tokens, at most (ties and tokens with no positive covariance are not penalised)
+    assert len(rows) == 2 and all(0 < r["train/kl_cov_frac"] <= 0.06 and "reward/brevity" in r for r in rows)
     config = (out / "config.toml").read_text()
     assert f'plugins = ["{fork_file.resolve()}"]' in config
     assert "[algo.kl_cov]" in config and "[algo.reinforce_pp_baseline]" in config and "[reward.brevity]" in config
