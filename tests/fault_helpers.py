@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,8 +43,11 @@ def run(cmd: list[str], timeout: float = 240, **options) -> subprocess.Completed
     return done
 
 
-def start(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(cmd: list[str], sigint_ignored: bool = False) -> subprocess.Popen:
+    """A started process; `sigint_ignored`: it starts with SIGINT ignored, as `nohup` or a shell's background job does."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ignore)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:

@@ -180,9 +180,13 @@ def test_sigterm_mid_rollout_is_acted_on_within_a_decoding_step_and_resume_is_bi
     assert [r["step"] for r in metric_rows(out)] == [1, 2, 3]
 
 
-def test_a_second_ctrl_c_stops_at_once_with_one_line_and_exit_130(data, tmp_path):
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["plain", "started_with_sigint_ignored"])
+def test_a_second_ctrl_c_stops_at_once_with_one_line_and_exit_130(data, tmp_path, sigint_ignored):
+    """Also in a process started with SIGINT ignored (nohup, a background job): the first signal is still caught,
+    and the second must not fall back to being ignored (it did: the slow save then finished)."""
     out = tmp_path / "run"
-    proc = start(harness("slow_save:20", train_args(data, out, "--sft.steps", "400", "--train.save_every", "0")))
+    proc = start(harness("slow_save:20", train_args(data, out, "--sft.steps", "400", "--train.save_every", "0")),
+                 sigint_ignored=sigint_ignored)
     with TALLY.fault():
         wait_for(lambda: len(metric_rows(out)) >= 1, proc)
         proc.send_signal(signal.SIGINT)  # the first: finish the step, then save (20 s: the harness's slow save)

@@ -63,6 +63,9 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         self.signum = signum
         self._restore()  # a second signal acts at once
+        for s in self.SIGNALS:  # even in a process started with it ignored (`nohup`, a shell's background job)
+            if signal.getsignal(s) is signal.SIG_IGN:
+                signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
         if os.environ.get("RANK", "0") == "0":  # torchrun signals every rank; one says so
             print(f"\n{signal.Signals(signum).name}: stopping: writing a checkpoint of the last whole step, then "
                   "exiting (send it again to stop at once, without a checkpoint)", flush=True)
