@@ -137,6 +137,8 @@ def summary_line(summary: dict, cfg: Config) -> str:
     """The task's headline metrics after each stage: 'summary: iou_after_sft=0.412, iou50_after_sft=0.375 (...)'."""
     keys = [f"{m}_{tag}" for tag in ("before", "after_sft", "after_rl") for m in cfg.eval.metrics
             if f"{m}_{tag}" in summary]
+    if not keys:  # nothing was evaluated: say so rather than print an empty line
+        return f"summary: no held-out metrics (no data.eval, or no stage finished) ({cfg.train.out_dir}/summary.json)"
     return "summary: " + ", ".join(f"{k}={summary[k]:.3f}" for k in keys) + f" ({cfg.train.out_dir}/summary.json)"
 
 

@@ -94,3 +94,16 @@ def test_sft_target_scores_full_marks_on_the_headline_metrics(seed, tmp_path):
     assert {name: min(values) for name, values in rewards.parts.items()} == {m: 1.0 for m in HEADLINE[seed]}
     if seed == "seed003":  # one step per reference step, in order
         assert json.loads(trajs[0].text)["reasoning_steps"] == examples[0].reference_steps
+
+
+def test_the_summary_line_names_each_headline_metric_or_says_there_is_none():
+    from engine.config.settings import Config
+    from engine.config.parsing import build_config
+
+    cfg = build_config(Config, toml_path=ROOT / "configs" / "seed003.toml", overrides=["--train.out_dir", "runs/x"])
+    line = train.summary_line({"accuracy_after_sft": 0.25, "reasoning_after_sft": 0.5, "accuracy_after_rl": 0.75,
+                               "other": 1.0}, cfg)
+    assert line == ("summary: accuracy_after_sft=0.250, reasoning_after_sft=0.500, accuracy_after_rl=0.750 "
+                    "(runs/x/summary.json)")
+    assert train.summary_line({"steps": {"sft": 2}}, cfg) == (
+        "summary: no held-out metrics (no data.eval, or no stage finished) (runs/x/summary.json)")
