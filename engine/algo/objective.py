@@ -1,4 +1,5 @@
-"""The one place a policy loss is called: surrogate → truncated IS → KL → aggregation, for one packed row.
+"""The one place a policy loss is called: surrogate → truncated IS → token selection → KL → aggregation, for one
+packed row.
 
     loss, metrics, n = policy_loss(model, row, row_index, batch, cfg.algo, temperature=1.0)
 
@@ -21,7 +22,7 @@ from engine.runtime import distributed as D
 from engine.config.settings import AlgoConfig
 from engine.algo.diagnostics import class_metrics
 from engine.algo.losses import LossInputs, add_kl, aggregate, tis_weight, token_metric_means
-from engine.config.registries import LOSSES
+from engine.config.registries import LOSSES, TOKEN_SELECTIONS
 from engine.forward.packing import PackedRow, row_logps
 
 
@@ -37,6 +38,8 @@ class StepBatch:
     ref_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None when nothing needs the reference
     sampler_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; for truncated IS
     step_stats: dict[str, torch.Tensor] | None = None  # the loss's step pass over the whole step, if it has one
+    old_entropy: dict[int, torch.Tensor] | None = None  # row index → [K]: the behaviour policy's, when a selection needs it
+    selection_stats: dict[str, torch.Tensor] | None = None  # the token selection's step pass, if it has one
 
 
 def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: AlgoConfig, *,
@@ -65,6 +68,12 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
             per_token_K = per_token_K * tis_weight(old_logp=old_K, sampler_logp=sampler_K, mask=mask_K,
                                                    cap=cfg.tis_cap)
             metrics["tis/capped_frac"] = (log_ratio_K.exp() > cfg.tis_cap).float()
+    weight_K = TOKEN_SELECTIONS[cfg.token_selection](
+        entropy=entropy_K.detach() if batch.old_entropy is None else batch.old_entropy[row_index], mask=mask_K,
+        stats=batch.selection_stats, settings=cfg.settings(cfg.token_selection))
+    if weight_K is not None:  # the policy gradient on the selected tokens only (engine/algo/token_selection.py)
+        per_token_K = per_token_K * weight_K
+        metrics["selected"] = weight_K.detach()
     per_token_K, kl_metrics = add_kl(per_token_K, logp=logp_K, mask=mask_K, beta=cfg.kl_beta,
                                      estimator=cfg.kl_estimator, ref_logp=x.ref_logp if cfg.kl_beta > 0 else None)
     metrics.update(kl_metrics)
@@ -84,6 +93,15 @@ def rows_logps(model, rows: list[PackedRow], *, temperature: float = 1.0,
     """Log-probs of every row without gradients (old policy or reference)."""
     return {i: row_logps(model, row, temperature=temperature, chunk_tokens=chunk_tokens)[0]
             for i, row in enumerate(rows)}
+
+
+@torch.no_grad()
+def rows_logps_entropy(model, rows: list[PackedRow], *, temperature: float = 1.0, chunk_tokens: int = 0
+                       ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """(log-probs, entropies) of every row without gradients, from one forward each (the behaviour policy)."""
+    out = {i: row_logps(model, row, temperature=temperature, chunk_tokens=chunk_tokens, with_entropy=True)
+           for i, row in enumerate(rows)}
+    return {i: v[0] for i, v in out.items()}, {i: v[1] for i, v in out.items()}
 
 
 def sampler_logps(rows: list[PackedRow], trajs, device: torch.device) -> dict[int, torch.Tensor]:

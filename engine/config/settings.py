@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from engine.config.parsing import doc
-from engine.config.registries import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
+from engine.config.registries import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, TOKEN_SELECTIONS
 from rewards.registry import REWARDS
 from tools.protocols import PROTOCOLS
 from tools.schema import check_tool_names
@@ -120,11 +120,12 @@ class AlgoConfig:
     `--algo.grpo.eps 1e-4`), filled with its defaults when selected; `--help-config` lists them all."""
 
     COMPONENTS: ClassVar[dict] = {"advantage": ADVANTAGES, "loss": LOSSES, "aggregation": AGGREGATIONS,
-                                  "kl_estimator": KL_ESTIMATORS}
+                                  "kl_estimator": KL_ESTIMATORS, "token_selection": TOKEN_SELECTIONS}
 
     advantage: str = doc("grpo", "Advantage estimator, one of the registered names (docs/ALGORITHMS.md defines each; docs/PLUGINS.md adds one).")
     loss: str = doc("ppo_clip", "Policy loss, one of the registered names (docs/ALGORITHMS.md defines each, and when the clip ranges act; docs/PLUGINS.md adds one).")
     aggregation: str = doc("token_mean", "How per-token losses are reduced, one of the registered names.")
+    token_selection: str = doc("all", "Which loss tokens carry the policy-gradient term, one of the registered names: all, or top_entropy (only the step's highest-entropy tokens, arXiv 2506.01939; docs/ALGORITHMS.md).")
     kl_beta: float = doc(0.0, "KL penalty weight to the frozen reference (0: no reference model is loaded).", ge=0.0)
     kl_estimator: str = doc("k3", "KL estimator, one of the registered names; acts only when kl_beta > 0.")
     tis_cap: float | None = doc(None, "Truncated importance-sampling cap on exp(old_logp − sampler_logp), for sampler/trainer mismatch (none: off; verl uses 2).", gt=0.0)
