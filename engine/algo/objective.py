@@ -38,6 +38,8 @@ class StepBatch:
     ref_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None when nothing needs the reference
     sampler_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; for truncated IS
     step_stats: dict[str, torch.Tensor] | None = None  # the loss's step pass over the whole step, if it has one
+    adv_after_B: torch.Tensor | None = None  # algo.call_credit first_call: the advantage after the first tool call
+    split_B: torch.Tensor | None = None  # ... and where it starts in each trajectory (engine/algo/call_credit.py)
     old_entropy: dict[int, torch.Tensor] | None = None  # row index → [K]: the behaviour policy's, when a selection needs it
     selection_stats: dict[str, torch.Tensor] | None = None  # the token selection's step pass, if it has one
 
@@ -54,7 +56,7 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
     pick = lambda rows: None if rows is None else rows[row_index]  # noqa: E731
     on_device = lambda t: None if t is None else t.to(device)  # noqa: E731  (no-op when already there)
     x = LossInputs(logp=logp_K, old_logp=logp_K.detach() if batch.old_logp is None else batch.old_logp[row_index],
-                   adv=batch.adv_B.to(device)[seq_K], mask=torch.ones_like(logp_K),  # kept positions = loss tokens
+                   adv=token_advantages(batch, seq_K, row.offset_K.to(device)), mask=torch.ones_like(logp_K),  # kept positions = loss tokens
                    seq_idx=seq_K, num_seqs=batch.num_seqs, num_tokens=batch.num_tokens, entropy=entropy_K,
                    ref_logp=pick(batch.ref_logp), sampler_logp=pick(batch.sampler_logp),
                    seq_len_B=on_device(batch.seq_len_B), group_B=on_device(batch.group_B), step_stats=batch.step_stats)
@@ -85,6 +87,15 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
         token_metrics = {k: v.detach() for k, v in metrics.items() if v.shape == logp_K.shape}
         out.update(class_metrics(row.class_K, adv_K=x.adv, token_metrics=token_metrics))
     return loss, out, logp_K.numel()
+
+
+def token_advantages(batch: StepBatch, seq_K: torch.Tensor, offset_K: torch.Tensor) -> torch.Tensor:
+    """Each kept token's advantage: its trajectory's, or with a call split (algo.call_credit) the part's it is in."""
+    adv_K = batch.adv_B.to(seq_K.device)[seq_K]
+    if batch.adv_after_B is None:
+        return adv_K
+    after_K = offset_K >= batch.split_B.to(seq_K.device)[seq_K]
+    return torch.where(after_K, batch.adv_after_B.to(seq_K.device)[seq_K], adv_K)
 
 
 @torch.no_grad()

@@ -34,7 +34,9 @@ from engine.config.registries import ADVANTAGES, LOSSES, TOKEN_SELECTIONS
 from engine.runtime.lora import adapters_disabled
 from engine.algo.diagnostics import rank_record, step_metrics
 from engine.runtime.log import PhaseTimer
-from engine.algo.objective import StepBatch, padded_rows, policy_loss, rows_logps, rows_logps_entropy, sampler_logps
+from engine.algo.call_credit import split_advantages
+from engine.algo.objective import (StepBatch, padded_rows, policy_loss, rows_logps, rows_logps_entropy, sampler_logps,
+                                   token_advantages)
 from engine.forward.packing import pack
 from engine.rollout.rollout import ToolProtocol, rollout
 from engine.rollout.trajectory import Prompt, Trajectory
@@ -107,7 +109,7 @@ def step_tokens(rows, batch) -> StepTokens:
     loss's step pass sees (one gather of plain host tensors, once per step)."""
     flat = lambda parts: torch.cat(parts) if parts else torch.zeros(0)  # noqa: E731  (a rank may keep nothing)
     local = {"old_logp": flat([batch.old_logp[i].float().cpu() for i in range(len(rows))]),
-             "adv": flat([batch.adv_B.cpu()[r.seq_K].float() for r in rows])}
+             "adv": flat([token_advantages(batch, r.seq_K, r.offset_K).float().cpu() for r in rows])}
     if batch.ref_logp is not None:
         local["ref_logp"] = flat([batch.ref_logp[i].float().cpu() for i in range(len(rows))])
     if batch.old_entropy is not None:
@@ -153,7 +155,10 @@ def rl_step(state: RLState, prompts: list[Prompt], seeds: list[int] | None = Non
     with timer.phase("advantages"):
         rewards_B = torch.tensor(rewards.total, dtype=torch.float32)
         group_B = torch.tensor([t.group for t in trajs])
-        adv_B = step_advantages(rewards_B, group_B, cfg.algo)
+        if cfg.algo.call_credit == "first_call":  # the tokens up to the first call's end get the call's credit
+            adv_B, adv_after_B, split_B = split_advantages(trajs, rewards_B, group_B, cfg.algo)
+        else:
+            adv_B = step_advantages(rewards_B, group_B, cfg.algo)
         kept = keep_informative_groups(trajs, rewards_B) if cfg.algo.drop_uniform_groups else list(range(len(trajs)))
     train_trajs = [trajs[i] for i in kept]
     # The step's normalisers over ALL ranks, counted before any loss (sync point: .tolist()).
@@ -169,6 +174,8 @@ def rl_step(state: RLState, prompts: list[Prompt], seeds: list[int] | None = Non
                           norm_len=cfg.rollout.max_new_tokens,
                           seq_len_B=torch.tensor([t.num_sampled for t in train_trajs], device=device),
                           group_B=group_B[kept].to(device))
+        if cfg.algo.call_credit == "first_call":
+            batch.adv_after_B, batch.split_B = adv_after_B[kept].to(device), split_B[kept].to(device)
         loss = LOSSES.entry(cfg.algo.loss)
         selection = TOKEN_SELECTIONS.entry(cfg.algo.token_selection)
         with timer.phase("old_logp"):  # before any update: the behaviour policy (a step pass reads it too)

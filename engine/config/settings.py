@@ -126,6 +126,7 @@ class AlgoConfig:
     loss: str = doc("ppo_clip", "Policy loss, one of the registered names (docs/ALGORITHMS.md defines each, and when the clip ranges act; docs/PLUGINS.md adds one).")
     aggregation: str = doc("token_mean", "How per-token losses are reduced, one of the registered names.")
     token_selection: str = doc("all", "Which loss tokens carry the policy-gradient term, one of the registered names: all, or top_entropy (only the step's highest-entropy tokens, arXiv 2506.01939; docs/ALGORITHMS.md).")
+    call_credit: Literal["trajectory", "first_call"] = doc("trajectory", "trajectory: one advantage per trajectory. first_call: split at the first tool call - its tokens get the estimator on the mean reward of the group's samples that made the same call, the tokens after the tool's result the estimator within those samples (engine/algo/call_credit.py, docs/ALGORITHMS.md).")
     kl_beta: float = doc(0.0, "KL penalty weight to the frozen reference (0: no reference model is loaded).", ge=0.0)
     kl_estimator: str = doc("k3", "KL estimator, one of the registered names; acts only when kl_beta > 0.")
     tis_cap: float | None = doc(None, "Truncated importance-sampling cap on exp(old_logp − sampler_logp), for sampler/trainer mismatch (none: off; verl uses 2).", gt=0.0)
