@@ -1,5 +1,5 @@
-"""The one place a policy loss is called: surrogate → truncated IS → token selection → KL → aggregation, for one
-packed row.
+"""The one place a policy loss is called: surrogate → truncated IS → token selection → entropy bonus → KL →
+aggregation, for one packed row.
 
     loss, metrics, n = policy_loss(model, row, row_index, batch, cfg.algo, temperature=1.0)
 
@@ -24,6 +24,7 @@ from engine.algo.diagnostics import class_metrics
 from engine.algo.losses import LossInputs, add_kl, aggregate, tis_weight, token_metric_means
 from engine.config.registries import LOSSES, TOKEN_SELECTIONS
 from engine.forward.packing import PackedRow, row_logps
+from engine.rollout.token_classes import TOKEN_CLASSES
 
 
 @dataclass
@@ -50,7 +51,7 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
     is called once; its per-token metrics are reduced here, over the row and per token class."""
     loss_entry = LOSSES.entry(cfg.loss)
     logp_K, entropy_K = row_logps(model, row, temperature=temperature, with_entropy=True, chunk_tokens=chunk_tokens,
-                                  entropy_grad="entropy" in loss_entry.traits["needs"])
+                                  entropy_grad="entropy" in loss_entry.traits["needs"] or bool(cfg.entropy_bonus))
     device = logp_K.device
     seq_K = row.seq_K.to(device)
     pick = lambda rows: None if rows is None else rows[row_index]  # noqa: E731
@@ -76,6 +77,10 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
     if weight_K is not None:  # the policy gradient on the selected tokens only (engine/algo/token_selection.py)
         per_token_K = per_token_K * weight_K
         metrics["selected"] = weight_K.detach()
+    if cfg.entropy_bonus:  # − coef(class) × entropy, with its gradient: keeps the chosen classes' choices open
+        coef_K = class_coefficients(row.class_K, cfg.entropy_bonus).to(device, entropy_K.dtype)
+        per_token_K = per_token_K - coef_K * torch.where(mask_K > 0, entropy_K, 0.0)
+        metrics["entropy_bonus"] = (coef_K * entropy_K).detach()
     per_token_K, kl_metrics = add_kl(per_token_K, logp=logp_K, mask=mask_K, beta=cfg.kl_beta,
                                      estimator=cfg.kl_estimator, ref_logp=x.ref_logp if cfg.kl_beta > 0 else None)
     metrics.update(kl_metrics)
@@ -87,6 +92,15 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
         token_metrics = {k: v.detach() for k, v in metrics.items() if v.shape == logp_K.shape}
         out.update(class_metrics(row.class_K, adv_K=x.adv, token_metrics=token_metrics))
     return loss, out, logp_K.numel()
+
+
+def class_coefficients(class_K: torch.Tensor | None, coefs: dict[str, float]) -> torch.Tensor:
+    """Per kept token, the coefficient of its token class (0 for a class not named, or an unclassified token)."""
+    if class_K is None:
+        raise ValueError("algo.entropy_bonus needs the token classes of the trajectories (engine/rollout/rollout.py "
+                         "classes every rollout's tokens); this row has none")
+    table = torch.tensor([coefs.get(name, 0.0) for name in TOKEN_CLASSES] + [0.0])  # index -1: unclassified
+    return table[class_K.long()]
 
 
 def token_advantages(batch: StepBatch, seq_K: torch.Tensor, offset_K: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,7 @@ class AlgoConfig:
     aggregation: str = doc("token_mean", "How per-token losses are reduced, one of the registered names.")
     token_selection: str = doc("all", "Which loss tokens carry the policy-gradient term, one of the registered names: all, or top_entropy (only the step's highest-entropy tokens, arXiv 2506.01939; docs/ALGORITHMS.md).")
     call_credit: Literal["trajectory", "first_call"] = doc("trajectory", "trajectory: one advantage per trajectory. first_call: split at the first tool call - its tokens get the estimator on the mean reward of the group's samples that made the same call, the tokens after the tool's result the estimator within those samples (engine/algo/call_credit.py, docs/ALGORITHMS.md).")
+    entropy_bonus: dict[str, float] = doc({}, "Entropy bonus per token class: coef × the policy's entropy is subtracted from the loss of each token of the class (tool: the tool call's tokens, answer, text; engine/rollout/token_classes.py), e.g. {tool = 0.05} keeps the choice a tool call makes from collapsing. Empty: none.")
     kl_beta: float = doc(0.0, "KL penalty weight to the frozen reference (0: no reference model is loaded).", ge=0.0)
     kl_estimator: str = doc("k3", "KL estimator, one of the registered names; acts only when kl_beta > 0.")
     tis_cap: float | None = doc(None, "Truncated importance-sampling cap on exp(old_logp − sampler_logp), for sampler/trainer mismatch (none: off; verl uses 2).", gt=0.0)
@@ -135,6 +136,12 @@ class AlgoConfig:
     components: dict = field(default_factory=dict, metadata={"components": True})  # [algo.<name>] settings
 
     def validate(self) -> None:
+        from engine.rollout.token_classes import TOKEN_CLASSES
+
+        for name, coef in self.entropy_bonus.items():
+            if name not in TOKEN_CLASSES or not coef >= 0:
+                raise ValueError(f"algo.entropy_bonus {{{name} = {coef}}}: each key must be a token class "
+                                 f"({', '.join(TOKEN_CLASSES)}) and each coefficient >= 0")
         for key, registry in self.COMPONENTS.items():
             name = getattr(self, key)
             if name not in registry:
