@@ -72,3 +72,23 @@ def test_split_offset_and_token_advantages():
     assert token_advantages(batch, seq_K, offset_K).tolist() == [1.0, 1.0, 0.5, 0.5, -2.0, -2.0]
     plain = StepBatch(adv_B=torch.tensor([1.0, -2.0]), num_tokens=8, num_seqs=2)
     assert token_advantages(plain, seq_K, offset_K).tolist() == [1.0, 1.0, 1.0, 1.0, -2.0, -2.0]
+
+
+def test_centred_call_credit_by_hand():
+    """first_call_centred: two groups; crop a is made in both groups, so its call advantages are centred over the
+    step's a-samples; crop b (group 0 only) and c (group 1 only) keep first_call's."""
+    a, b, c = [0, 0, 112, 112], [112, 0, 224, 112], [0, 112, 112, 224]
+    boxes = [a, a, b, b, a, c, c, c]
+    rewards = [1.3, 1.3, 0.3, 0.3, 0.3, 1.3, 0.3, 1.3]
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    trajs = [_traj(x) for x in boxes]
+    plain, after, _ = split_advantages(trajs, torch.tensor(rewards), group, AlgoConfig(call_credit="first_call"))
+    centred, after_c, _ = split_advantages(trajs, torch.tensor(rewards), group,
+                                           AlgoConfig(call_credit="first_call_centred"))
+    # group 0: Q = [1.3, 1.3, 0.3, 0.3]; group 1: Q = [0.3, 0.9667, 0.9667, 0.9667] (c's mean reward 2.9/3)
+    q0, q1 = _grpo([1.3, 1.3, 0.3, 0.3]), _grpo([0.3, 2.9 / 3, 2.9 / 3, 2.9 / 3])
+    assert plain.tolist() == pytest.approx(q0 + q1, abs=1e-5)
+    a_mean = (q0[0] + q0[1] + q1[0]) / 3  # the three a-samples' call advantages
+    want = [q0[0] - a_mean, q0[1] - a_mean, q0[2], q0[3], q1[0] - a_mean, q1[1], q1[2], q1[3]]
+    assert centred.tolist() == pytest.approx(want, abs=1e-5)
+    assert torch.equal(after, after_c)  # the answers' credit is first_call's

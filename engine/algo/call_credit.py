@@ -18,6 +18,14 @@ its own (all its tokens are "before"). With every node a single sample this is "
 for LLMs compares siblings at the node where they split in the same way (e.g. TreeRL, Hou et al. 2025); here the
 tree is read off ordinary group samples, no extra sampling.
 
+"first_call_centred": first_call, then each call's advantage minus the mean call advantage of the step's samples that
+made the same call for other prompts too (a call made in at least two groups of the step; others are left as they
+are). The policy then moves the choice of call only where it depends on the prompt: a batch in which, by the luck of
+the draw, more prompts wanted one crop no longer pushes that crop for every prompt, so the image-independent part of
+the choice (its marginal) stops random-walking and collapsing onto one crop before the image-dependent part is
+learned. Its bias, on purpose: a call that is better for every prompt alike is not learned from its call credit
+(the tokens after it still are); use it where the right call depends on the input.
+
 Under torchrun the estimator sees every rank's rewards, as engine/algo/step.py's step_advantages does. Shapes: B
 trajectories of this rank.
 """
@@ -70,6 +78,19 @@ def node_advantages(rewards_B: torch.Tensor, group_B: torch.Tensor, node_B: torc
     return before, after
 
 
+def centre_by_call(before_B: torch.Tensor, groups: list[int], keys: list[str | None]) -> torch.Tensor:
+    """Each call advantage minus the mean over the samples with the same call key, for keys made in >= 2 groups."""
+    members: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        if k is not None:
+            members.setdefault(k, []).append(i)
+    out = before_B.clone()
+    for idx in members.values():
+        if len({groups[i] for i in idx}) >= 2:
+            out[idx] = before_B[idx] - before_B[idx].mean()
+    return out
+
+
 def split_advantages(trajs, rewards_B: torch.Tensor, group_B: torch.Tensor, algo
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """This rank's (advantage up to the first call's end, advantage after it, split offset) per trajectory, from
@@ -81,6 +102,8 @@ def split_advantages(trajs, rewards_B: torch.Tensor, group_B: torch.Tensor, algo
     keys = [k for _, _, ks in mine for k in ks]
     all_rewards = torch.tensor([r for rs, _, _ in mine for r in rs], dtype=rewards_B.dtype)
     before, after = node_advantages(all_rewards, torch.tensor(groups), torch.tensor(node_ids(groups, keys)), algo)
+    if algo.call_credit == "first_call_centred":
+        before = centre_by_call(before, groups, keys)
     start = sum(len(rs) for rs, _, _ in mine[:D.rank()])
     end = start + len(rewards_B)
     return before[start:end], after[start:end], torch.tensor([split_offset(t) for t in trajs])

@@ -155,7 +155,7 @@ def rl_step(state: RLState, prompts: list[Prompt], seeds: list[int] | None = Non
     with timer.phase("advantages"):
         rewards_B = torch.tensor(rewards.total, dtype=torch.float32)
         group_B = torch.tensor([t.group for t in trajs])
-        if cfg.algo.call_credit == "first_call":  # the tokens up to the first call's end get the call's credit
+        if cfg.algo.call_credit != "trajectory":  # the tokens up to the first call's end get the call's credit
             adv_B, adv_after_B, split_B = split_advantages(trajs, rewards_B, group_B, cfg.algo)
         else:
             adv_B = step_advantages(rewards_B, group_B, cfg.algo)
@@ -174,7 +174,7 @@ def rl_step(state: RLState, prompts: list[Prompt], seeds: list[int] | None = Non
                           norm_len=cfg.rollout.max_new_tokens,
                           seq_len_B=torch.tensor([t.num_sampled for t in train_trajs], device=device),
                           group_B=group_B[kept].to(device))
-        if cfg.algo.call_credit == "first_call":
+        if cfg.algo.call_credit != "trajectory":
             batch.adv_after_B, batch.split_B = adv_after_B[kept].to(device), split_B[kept].to(device)
         loss = LOSSES.entry(cfg.algo.loss)
         selection = TOKEN_SELECTIONS.entry(cfg.algo.token_selection)
