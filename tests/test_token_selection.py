@@ -41,23 +41,23 @@ def test_threshold_and_weights_by_hand():
     # frac 0.4 of 5 tokens: k = 2, the two largest are 0.9 and 0.7
     stats = entropy_threshold(_tokens(entropy), TopEntropySettings(frac=0.4))
     assert float(stats["entropy_threshold"]) == pytest.approx(0.7)
-    w = top_entropy(entropy=torch.tensor(entropy), mask=torch.ones(5), stats=stats, settings=None)
+    w = top_entropy(entropy=torch.tensor(entropy), mask=torch.ones(5), stats=stats, token_class=None, settings=None)
     assert w.tolist() == [0, 1, 0, 0, 1]
     # frac 0.5: k = ceil(2.5) = 3 -> 0.9, 0.7, 0.5; a padded position (mask 0) is never kept, whatever its entropy
     stats = entropy_threshold(_tokens(entropy), TopEntropySettings(frac=0.5))
     w = top_entropy(entropy=torch.tensor(entropy + [5.0]), mask=torch.tensor([1.0] * 5 + [0.0]), stats=stats,
-                    settings=None)
+                    token_class=None, settings=None)
     assert w.tolist() == [0, 1, 1, 0, 1, 0]
     # ties at the threshold are all kept; frac 1 keeps everything; a tiny frac still keeps one token
     tied = [0.2, 0.6, 0.6, 0.1]
     stats = entropy_threshold(_tokens(tied), TopEntropySettings(frac=0.25))
-    assert top_entropy(entropy=torch.tensor(tied), mask=torch.ones(4), stats=stats, settings=None).tolist() == \
+    assert top_entropy(entropy=torch.tensor(tied), mask=torch.ones(4), stats=stats, token_class=None, settings=None).tolist() == \
         [0, 1, 1, 0]
     stats = entropy_threshold(_tokens(entropy), TopEntropySettings(frac=1.0))
-    assert top_entropy(entropy=torch.tensor(entropy), mask=torch.ones(5), stats=stats, settings=None).sum() == 5
+    assert top_entropy(entropy=torch.tensor(entropy), mask=torch.ones(5), stats=stats, token_class=None, settings=None).sum() == 5
     stats = entropy_threshold(_tokens(entropy), TopEntropySettings(frac=0.01))
     assert float(stats["entropy_threshold"]) == pytest.approx(0.9)
-    assert TOKEN_SELECTIONS["all"](entropy=torch.ones(3), mask=torch.ones(3), stats=None, settings=None) is None
+    assert TOKEN_SELECTIONS["all"](entropy=torch.ones(3), mask=torch.ones(3), stats=None, token_class=None, settings=None) is None
 
 
 def test_top_entropy_needs_entropies():
@@ -150,3 +150,45 @@ def test_all_and_frac_one_leave_the_gradient_unchanged(vlm, trajs):
     got, share = _engine_grad(vlm, trajs, adv_B, full)
     assert share == pytest.approx(1.0)
     assert float((got - base).norm() / base.norm()) < 1e-5
+
+
+def test_classes_selection_by_hand():
+    from engine.algo.token_selection import ClassesSettings, classes
+
+    cls = torch.tensor([0, 1, 2, -1, 0, 2])
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+    got = classes(entropy=torch.zeros(6), mask=mask, token_class=cls, stats=None, settings=ClassesSettings(["tool"]))
+    assert got.tolist() == [1, 0, 0, 0, 0, 0]  # the masked tool token and the unclassified one are not selected
+    got = classes(entropy=torch.zeros(6), mask=mask, token_class=cls, stats=None,
+                  settings=ClassesSettings(["answer", "text"]))
+    assert got.tolist() == [0, 1, 1, 0, 0, 1]
+    with pytest.raises(ValueError, match="token classes"):
+        AlgoConfig(token_selection="classes", components={"classes": ClassesSettings(["crop"])}).validate()
+
+
+def test_classes_gradient_equals_hand_objective(vlm, trajs):
+    """classes ["tool"]: ∇ = -Σ_s Σ_{t tool} A_s ∇ log p_t / N (N: every loss token), the classes set by hand."""
+    from engine.algo.token_selection import ClassesSettings
+
+    saved = [t.token_class for t in trajs]
+    for t in trajs:  # sampled tokens cycle tool, answer, text
+        sampled = [k for k, m in enumerate(t.mask) if m]
+        t.token_class = [-1] * len(t.ids)
+        for j, k in enumerate(sampled):
+            t.token_class[k] = j % 3
+    adv_B = torch.randn(len(trajs), generator=torch.Generator().manual_seed(4))
+    N = sum(t.num_sampled for t in trajs)
+    model = vlm.model
+    model.zero_grad(set_to_none=True)
+    for s, t in enumerate(trajs):
+        logp, _ = _plain_scores(vlm, t)
+        keep = torch.tensor([float(t.token_class[k] == 0) for k in loss_positions(t).tolist()])
+        (-(adv_B[s] / N) * (keep * logp).sum()).backward()
+    ref = _flat_grad(model)
+    cfg = AlgoConfig(token_selection="classes", components={"classes": ClassesSettings(["tool"])})
+    got, selected = _engine_grad(vlm, trajs, adv_B, cfg)
+    assert float((got - ref).norm() / ref.norm()) < 1e-4
+    tool = sum(sum(1 for k, m in enumerate(t.mask) if m and t.token_class[k] == 0) for t in trajs)
+    assert selected == pytest.approx(tool / N)
+    for t, c in zip(trajs, saved):
+        t.token_class = c  # as the rollout classed them, for any test after this one

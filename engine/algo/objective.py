@@ -73,7 +73,7 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
             metrics["tis/capped_frac"] = (log_ratio_K.exp() > cfg.tis_cap).float()
     weight_K = TOKEN_SELECTIONS[cfg.token_selection](
         entropy=entropy_K.detach() if batch.old_entropy is None else batch.old_entropy[row_index], mask=mask_K,
-        stats=batch.selection_stats, settings=cfg.settings(cfg.token_selection))
+        token_class=row.class_K, stats=batch.selection_stats, settings=cfg.settings(cfg.token_selection))
     if weight_K is not None:  # the policy gradient on the selected tokens only (engine/algo/token_selection.py)
         per_token_K = per_token_K * weight_K
         metrics["selected"] = weight_K.detach()

@@ -14,7 +14,7 @@ What each kind declares when it registers (its traits; `settings=` is a dataclas
   every rank (gathered), so its result never depends on the number of processes.
 - a KL estimator, `fn(*, logp, ref_logp) -> kl per token`.
 - an aggregation, `fn(*, keep, seq_idx, num_tokens, num_seqs, settings, default_len, dtype) -> per-token weights`.
-- a token selection, `fn(*, entropy, mask, stats, settings) -> per-token weight on the policy-gradient term, or None`
+- a token selection, `fn(*, entropy, mask, token_class, stats, settings) -> per-token weight on the policy-gradient term, or None`
   (None: every token, nothing multiplied); `entropy` is the behaviour policy's, detached;
   `step_pass` — `fn(tokens: StepTokens, s) -> dict[str, Tensor]` over every loss token of the step (their entropy
   filled: one forward without gradient), whose result the per-row calls read as `stats`.
