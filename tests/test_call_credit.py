@@ -1,8 +1,9 @@
 """engine/algo/call_credit.py (`algo.call_credit = "first_call"`), against advantages worked out by hand.
 
 - One group of 8: three crops shared by 2, 3 and 1 samples, two samples without a call. The call's advantage is
-  GRPO over the group on each node's mean reward; the answer's is GRPO within the node (0 for a node of one, and a
-  trajectory without a call is a node of its own), computed here with `statistics` from the numbers alone.
+  GRPO over the group on each node's mean reward; the answer's is (reward − node mean) / (the group's reward std +
+  eps) (0 for a node of one, and a trajectory without a call is a node of its own), computed here with `statistics`
+  from the numbers alone; with drgrpo the scale is 1.
 - With every call distinct the split is the plain estimator exactly, before the call, and 0 after.
 - The split offset is the first injected token after the prompt, and each token gets its part's advantage
   (token_advantages, what policy_loss and the loss's step pass read).
@@ -47,10 +48,14 @@ def test_first_call_advantages_by_hand():
                                             AlgoConfig())
     q = [0.8, 0.8, 1.9 / 3, 1.9 / 3, 1.9 / 3, 0.3, 0.3, 1.3]  # node means; no call: its own reward
     assert before.tolist() == pytest.approx(_grpo(q), abs=1e-5)
-    want_after = _grpo([1.3, 0.3]) + _grpo([0.3, 0.3, 1.3]) + [0.0, 0.0, 0.0]
+    sd = statistics.stdev(rewards) + EPS
+    want_after = [(r - m) / sd for r, m in zip(rewards, [0.8, 0.8] + [1.9 / 3] * 3 + [0.3, 0.3, 1.3])]
+    assert want_after[5:] == [0.0, 0.0, 0.0]
     assert after.tolist() == pytest.approx(want_after, abs=1e-5)
-    assert want_after[:2] == pytest.approx([0.70710, -0.70710], abs=1e-4)  # the hand numbers, for the reader
     assert split.tolist() == [5] * 8
+    _, after_dr, _ = split_advantages(trajs, torch.tensor(rewards), torch.zeros(8, dtype=torch.long),
+                                      AlgoConfig(advantage="drgrpo"))
+    assert after_dr.tolist() == pytest.approx([0.5, -0.5, -1 / 3, -1 / 3, 2 / 3, 0, 0, 0], abs=1e-5)
 
 
 def test_distinct_calls_are_the_plain_estimator_and_groups_stay_apart():

@@ -10,10 +10,12 @@ the mean reward of its samples, Q(call). Then
 - the tokens up to the end of the first call get the estimator applied over the group to Q(call) instead of each
   sample's own reward: a call is credited by how its samples did on average, not by whether one answer after it was
   lucky (a wrong crop answered right by guessing no longer scores like a right crop);
-- the tokens after the tool's result get the estimator applied within the node to the samples' own rewards: the
-  answer is credited against the other answers given the same call's result.
-A node of one sample gets advantage 0 after its call (the estimators' rule for a group of one: no baseline), and
-its call the estimator's value on its own reward (as "trajectory"); a trajectory without a tool call is a node of
+- the tokens after the tool's result get the sample's reward minus Q(call), on the group's scale (grpo: divided by
+  the group's reward std): the answer is credited against the other answers given the same call's result. (Not
+  normalised within the node: a node of 2-3 samples would blow its guesses' noise up to ±0.7-1.2, and the answers'
+  image-independent choice then drifts onto one constant answer, measured in docs/BENCHMARKS.md.)
+A node of one sample gets advantage 0 after its call, and its call the estimator's value on its own reward (as
+"trajectory"); a trajectory without a tool call is a node of
 its own (all its tokens are "before"). With every node a single sample this is "trajectory" exactly. Tree-search RL
 for LLMs compares siblings at the node where they split in the same way (e.g. TreeRL, Hou et al. 2025); here the
 tree is read off ordinary group samples, no extra sampling.
@@ -66,16 +68,23 @@ def node_ids(groups: list[int], keys: list[str | None]) -> list[int]:
 
 def node_advantages(rewards_B: torch.Tensor, group_B: torch.Tensor, node_B: torch.Tensor, algo
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(before, after): the estimator over each group on the node values Q (mean reward of the node), and the
-    estimator within each node on the rewards themselves."""
+    """(before, after): the estimator over each group on the node values Q (mean reward of the node), and each
+    sample's reward minus its node's Q times the group's scale (the estimator's own: 1/(std + eps) for grpo, 1 for
+    drgrpo, n/(n-1) for rloo; read off the estimator on the rewards by least squares, exact for every built-in)."""
     estimator, settings = ADVANTAGES[algo.advantage], algo.settings(algo.advantage)
     r = rewards_B.to(torch.float64)
     _, nid = torch.unique(node_B, return_inverse=True)
+    _, gid = torch.unique(group_B, return_inverse=True)
     count = r.new_zeros(int(nid.max()) + 1 if len(nid) else 0).index_add(0, nid, torch.ones_like(r))
     q_B = (r.new_zeros(count.numel()).index_add(0, nid, r) / count)[nid]
     before = estimator(rewards_B=q_B.to(rewards_B.dtype), group_B=group_B, settings=settings)
-    after = estimator(rewards_B=rewards_B, group_B=node_B, settings=settings)
-    return before, after
+    adv = estimator(rewards_B=rewards_B, group_B=group_B, settings=settings).to(torch.float64)
+    g_count = r.new_zeros(int(gid.max()) + 1 if len(gid) else 0).index_add(0, gid, torch.ones_like(r))
+    dev = r - (r.new_zeros(g_count.numel()).index_add(0, gid, r) / g_count)[gid]
+    num = r.new_zeros(g_count.numel()).index_add(0, gid, adv * dev)
+    den = r.new_zeros(g_count.numel()).index_add(0, gid, dev * dev)
+    scale_B = torch.where(den > 0, num / den.clamp(min=1e-300), 0.0)[gid]
+    return before, (scale_B * (r - q_B)).to(rewards_B.dtype)
 
 
 def centre_by_call(before_B: torch.Tensor, groups: list[int], keys: list[str | None]) -> torch.Tensor:
