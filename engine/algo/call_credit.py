@@ -11,9 +11,9 @@ the mean reward of its samples, Q(call). Then
   sample's own reward: a call is credited by how its samples did on average, not by whether one answer after it was
   lucky (a wrong crop answered right by guessing no longer scores like a right crop);
 - the tokens after the tool's result get the sample's reward minus Q(call), on the group's scale (grpo: divided by
-  the group's reward std): the answer is credited against the other answers given the same call's result. (Not
-  normalised within the node: a node of 2-3 samples would blow its guesses' noise up to ±0.7-1.2, and the answers'
-  image-independent choice then drifts onto one constant answer, measured in docs/BENCHMARKS.md.)
+  the group's reward std): the answer is credited against the other answers given the same call's result, and the
+  two parts of a trajectory's advantage sum to the estimator's own. (Not normalised within the node: a node of 2-3
+  samples would turn its guesses into advantages of ±0.7-1.2.)
 A node of one sample gets advantage 0 after its call, and its call the estimator's value on its own reward (as
 "trajectory"); a trajectory without a tool call is a node of
 its own (all its tokens are "before"). With every node a single sample this is "trajectory" exactly. Tree-search RL
@@ -22,11 +22,11 @@ tree is read off ordinary group samples, no extra sampling.
 
 "first_call_centred": first_call, then each call's advantage minus the mean call advantage of the step's samples that
 made the same call for other prompts too (a call made in at least two groups of the step; others are left as they
-are). The policy then moves the choice of call only where it depends on the prompt: a batch in which, by the luck of
-the draw, more prompts wanted one crop no longer pushes that crop for every prompt, so the image-independent part of
-the choice (its marginal) stops random-walking and collapsing onto one crop before the image-dependent part is
-learned. Its bias, on purpose: a call that is better for every prompt alike is not learned from its call credit
-(the tokens after it still are); use it where the right call depends on the input.
+are). The aim: move the choice of call only where it depends on the prompt, so that a batch in which, by the luck
+of the draw, more prompts wanted one crop no longer pushes that crop for every prompt. Its bias, on purpose: a call
+that is better for every prompt alike is not learned from its call credit (the tokens after it still are). Measured
+on zoom2 (docs/BENCHMARKS.md, 2026-12-07) it did not teach the image-dependent choice; a call made in one group only
+keeps its uncentred credit, which favours rare calls (a half-image box took over there).
 
 Under torchrun the estimator sees every rank's rewards, as engine/algo/step.py's step_advantages does. Shapes: B
 trajectories of this rank.
