@@ -48,10 +48,11 @@ def test_a_dangling_name_is_found(tmp_path):
 
 def test_every_built_in_algorithm_is_defined_in_algorithms_md():
     """docs/ALGORITHMS.md has a section (### name) for every built-in of the algorithm's registries."""
-    from engine.config.registries import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
+    from engine.config.registries import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, TOKEN_SELECTIONS
 
     text = (ROOT / "docs" / "ALGORITHMS.md").read_text(encoding="utf-8")
     headings = set(re.findall(r"^### (\S+)$", text, re.M))
-    missing = [f"{r.kind} {e.name}" for r in (ADVANTAGES, LOSSES, KL_ESTIMATORS, AGGREGATIONS) for e in r.entries()
+    missing = [f"{r.kind} {e.name}" for r in (ADVANTAGES, LOSSES, KL_ESTIMATORS, AGGREGATIONS, TOKEN_SELECTIONS)
+               for e in r.entries()
                if e.origin in r.builtin_modules() and e.name not in headings]
     assert not missing, f"docs/ALGORITHMS.md lacks a section for: {', '.join(missing)}"

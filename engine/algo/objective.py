@@ -1,4 +1,5 @@
-"""The one place a policy loss is called: surrogate → truncated IS → KL → aggregation, for one packed row.
+"""The one place a policy loss is called: surrogate → truncated IS → token selection → entropy bonus → KL →
+aggregation, for one packed row.
 
     loss, metrics, n = policy_loss(model, row, row_index, batch, cfg.algo, temperature=1.0)
 
@@ -21,8 +22,9 @@ from engine.runtime import distributed as D
 from engine.config.settings import AlgoConfig
 from engine.algo.diagnostics import class_metrics
 from engine.algo.losses import LossInputs, add_kl, aggregate, tis_weight, token_metric_means
-from engine.config.registries import LOSSES
+from engine.config.registries import LOSSES, TOKEN_SELECTIONS
 from engine.forward.packing import PackedRow, row_logps
+from engine.rollout.token_classes import TOKEN_CLASSES
 
 
 @dataclass
@@ -37,6 +39,10 @@ class StepBatch:
     ref_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; None when nothing needs the reference
     sampler_logp: dict[int, torch.Tensor] | None = None  # row index → [K]; for truncated IS
     step_stats: dict[str, torch.Tensor] | None = None  # the loss's step pass over the whole step, if it has one
+    adv_after_B: torch.Tensor | None = None  # algo.call_credit first_call: the advantage after the first tool call
+    split_B: torch.Tensor | None = None  # ... and where it starts in each trajectory (engine/algo/call_credit.py)
+    old_entropy: dict[int, torch.Tensor] | None = None  # row index → [K]: the behaviour policy's, when a selection needs it
+    selection_stats: dict[str, torch.Tensor] | None = None  # the token selection's step pass, if it has one
 
 
 def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: AlgoConfig, *,
@@ -45,13 +51,13 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
     is called once; its per-token metrics are reduced here, over the row and per token class."""
     loss_entry = LOSSES.entry(cfg.loss)
     logp_K, entropy_K = row_logps(model, row, temperature=temperature, with_entropy=True, chunk_tokens=chunk_tokens,
-                                  entropy_grad="entropy" in loss_entry.traits["needs"])
+                                  entropy_grad="entropy" in loss_entry.traits["needs"] or bool(cfg.entropy_bonus))
     device = logp_K.device
     seq_K = row.seq_K.to(device)
     pick = lambda rows: None if rows is None else rows[row_index]  # noqa: E731
     on_device = lambda t: None if t is None else t.to(device)  # noqa: E731  (no-op when already there)
     x = LossInputs(logp=logp_K, old_logp=logp_K.detach() if batch.old_logp is None else batch.old_logp[row_index],
-                   adv=batch.adv_B.to(device)[seq_K], mask=torch.ones_like(logp_K),  # kept positions = loss tokens
+                   adv=token_advantages(batch, seq_K, row.offset_K.to(device)), mask=torch.ones_like(logp_K),  # kept positions = loss tokens
                    seq_idx=seq_K, num_seqs=batch.num_seqs, num_tokens=batch.num_tokens, entropy=entropy_K,
                    ref_logp=pick(batch.ref_logp), sampler_logp=pick(batch.sampler_logp),
                    seq_len_B=on_device(batch.seq_len_B), group_B=on_device(batch.group_B), step_stats=batch.step_stats)
@@ -65,6 +71,16 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
             per_token_K = per_token_K * tis_weight(old_logp=old_K, sampler_logp=sampler_K, mask=mask_K,
                                                    cap=cfg.tis_cap)
             metrics["tis/capped_frac"] = (log_ratio_K.exp() > cfg.tis_cap).float()
+    weight_K = TOKEN_SELECTIONS[cfg.token_selection](
+        entropy=entropy_K.detach() if batch.old_entropy is None else batch.old_entropy[row_index], mask=mask_K,
+        token_class=row.class_K, stats=batch.selection_stats, settings=cfg.settings(cfg.token_selection))
+    if weight_K is not None:  # the policy gradient on the selected tokens only (engine/algo/token_selection.py)
+        per_token_K = per_token_K * weight_K
+        metrics["selected"] = weight_K.detach()
+    if cfg.entropy_bonus:  # − coef(class) × entropy, with its gradient: keeps the chosen classes' choices open
+        coef_K = class_coefficients(row.class_K, cfg.entropy_bonus).to(device, entropy_K.dtype)
+        per_token_K = per_token_K - coef_K * torch.where(mask_K > 0, entropy_K, 0.0)
+        metrics["entropy_bonus"] = (coef_K * entropy_K).detach()
     per_token_K, kl_metrics = add_kl(per_token_K, logp=logp_K, mask=mask_K, beta=cfg.kl_beta,
                                      estimator=cfg.kl_estimator, ref_logp=x.ref_logp if cfg.kl_beta > 0 else None)
     metrics.update(kl_metrics)
@@ -78,12 +94,39 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
     return loss, out, logp_K.numel()
 
 
+def class_coefficients(class_K: torch.Tensor | None, coefs: dict[str, float]) -> torch.Tensor:
+    """Per kept token, the coefficient of its token class (0 for a class not named, or an unclassified token)."""
+    if class_K is None:
+        raise ValueError("algo.entropy_bonus needs the token classes of the trajectories (engine/rollout/rollout.py "
+                         "classes every rollout's tokens); this row has none")
+    table = torch.tensor([coefs.get(name, 0.0) for name in TOKEN_CLASSES] + [0.0])  # index -1: unclassified
+    return table[class_K.long()]
+
+
+def token_advantages(batch: StepBatch, seq_K: torch.Tensor, offset_K: torch.Tensor) -> torch.Tensor:
+    """Each kept token's advantage: its trajectory's, or with a call split (algo.call_credit) the part's it is in."""
+    adv_K = batch.adv_B.to(seq_K.device)[seq_K]
+    if batch.adv_after_B is None:
+        return adv_K
+    after_K = offset_K >= batch.split_B.to(seq_K.device)[seq_K]
+    return torch.where(after_K, batch.adv_after_B.to(seq_K.device)[seq_K], adv_K)
+
+
 @torch.no_grad()
 def rows_logps(model, rows: list[PackedRow], *, temperature: float = 1.0,
                chunk_tokens: int = 0) -> dict[int, torch.Tensor]:
     """Log-probs of every row without gradients (old policy or reference)."""
     return {i: row_logps(model, row, temperature=temperature, chunk_tokens=chunk_tokens)[0]
             for i, row in enumerate(rows)}
+
+
+@torch.no_grad()
+def rows_logps_entropy(model, rows: list[PackedRow], *, temperature: float = 1.0, chunk_tokens: int = 0
+                       ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """(log-probs, entropies) of every row without gradients, from one forward each (the behaviour policy)."""
+    out = {i: row_logps(model, row, temperature=temperature, chunk_tokens=chunk_tokens, with_entropy=True)
+           for i, row in enumerate(rows)}
+    return {i: v[0] for i, v in out.items()}, {i: v[1] for i, v in out.items()}
 
 
 def sampler_logps(rows: list[PackedRow], trajs, device: torch.device) -> dict[int, torch.Tensor]:

@@ -1,7 +1,7 @@
 """One RL step, read top to bottom as the algorithm:
 
-    rollout → rewards → advantages → [old log-probs] → [reference log-probs] → micro-batch loss + backward
-    → clip → AdamW step → [weight sync to the vLLM sampler] → metrics
+    rollout → rewards → advantages → [old log-probs] → [reference log-probs] → [step passes: the loss's, the token
+    selection's] → micro-batch loss + backward → clip → AdamW step → [weight sync to the vLLM sampler] → metrics
 
 Each phase is one call, timed. Nothing here branches on a loss or estimator name: those are looked up in their
 registries (engine/config/registries.py), and what a loss declares (the inputs it needs, a step pass) decides which
@@ -30,11 +30,13 @@ import torch
 
 from engine.runtime import distributed as D
 from engine.algo.losses import StepTokens
-from engine.config.registries import ADVANTAGES, LOSSES
+from engine.config.registries import ADVANTAGES, LOSSES, TOKEN_SELECTIONS
 from engine.runtime.lora import adapters_disabled
 from engine.algo.diagnostics import rank_record, step_metrics
 from engine.runtime.log import PhaseTimer
-from engine.algo.objective import StepBatch, padded_rows, policy_loss, rows_logps, sampler_logps
+from engine.algo.call_credit import split_advantages
+from engine.algo.objective import (StepBatch, padded_rows, policy_loss, rows_logps, rows_logps_entropy, sampler_logps,
+                                   token_advantages)
 from engine.forward.packing import pack
 from engine.rollout.rollout import ToolProtocol, rollout
 from engine.rollout.trajectory import Prompt, Trajectory
@@ -107,9 +109,11 @@ def step_tokens(rows, batch) -> StepTokens:
     loss's step pass sees (one gather of plain host tensors, once per step)."""
     flat = lambda parts: torch.cat(parts) if parts else torch.zeros(0)  # noqa: E731  (a rank may keep nothing)
     local = {"old_logp": flat([batch.old_logp[i].float().cpu() for i in range(len(rows))]),
-             "adv": flat([batch.adv_B.cpu()[r.seq_K].float() for r in rows])}
+             "adv": flat([token_advantages(batch, r.seq_K, r.offset_K).float().cpu() for r in rows])}
     if batch.ref_logp is not None:
         local["ref_logp"] = flat([batch.ref_logp[i].float().cpu() for i in range(len(rows))])
+    if batch.old_entropy is not None:
+        local["entropy"] = flat([batch.old_entropy[i].float().cpu() for i in range(len(rows))])
     gathered = D.all_gather_objects(local)
     device = batch.adv_B.device
     return StepTokens(**{k: torch.cat([g[k] for g in gathered]).to(device) for k in local})
@@ -151,7 +155,10 @@ def rl_step(state: RLState, prompts: list[Prompt], seeds: list[int] | None = Non
     with timer.phase("advantages"):
         rewards_B = torch.tensor(rewards.total, dtype=torch.float32)
         group_B = torch.tensor([t.group for t in trajs])
-        adv_B = step_advantages(rewards_B, group_B, cfg.algo)
+        if cfg.algo.call_credit != "trajectory":  # the tokens up to the first call's end get the call's credit
+            adv_B, adv_after_B, split_B = split_advantages(trajs, rewards_B, group_B, cfg.algo)
+        else:
+            adv_B = step_advantages(rewards_B, group_B, cfg.algo)
         kept = keep_informative_groups(trajs, rewards_B) if cfg.algo.drop_uniform_groups else list(range(len(trajs)))
     train_trajs = [trajs[i] for i in kept]
     # The step's normalisers over ALL ranks, counted before any loss (sync point: .tolist()).
@@ -167,21 +174,31 @@ def rl_step(state: RLState, prompts: list[Prompt], seeds: list[int] | None = Non
                           norm_len=cfg.rollout.max_new_tokens,
                           seq_len_B=torch.tensor([t.num_sampled for t in train_trajs], device=device),
                           group_B=group_B[kept].to(device))
+        if cfg.algo.call_credit != "trajectory":
+            batch.adv_after_B, batch.split_B = adv_after_B[kept].to(device), split_B[kept].to(device)
         loss = LOSSES.entry(cfg.algo.loss)
+        selection = TOKEN_SELECTIONS.entry(cfg.algo.token_selection)
         with timer.phase("old_logp"):  # before any update: the behaviour policy (a step pass reads it too)
-            if cfg.algo.num_updates > 1 or loss.traits["step_pass"] is not None:
-                batch.old_logp = rows_logps(vlm.model, rows, temperature=temperature,
-                                            chunk_tokens=cfg.model.logprob_chunk_tokens)
+            chunk = cfg.model.logprob_chunk_tokens
+            if selection.traits["step_pass"] is not None:  # its entropies from the same forward
+                batch.old_logp, batch.old_entropy = rows_logps_entropy(vlm.model, rows, temperature=temperature,
+                                                                       chunk_tokens=chunk)
+            elif cfg.algo.num_updates > 1 or loss.traits["step_pass"] is not None:
+                batch.old_logp = rows_logps(vlm.model, rows, temperature=temperature, chunk_tokens=chunk)
         with timer.phase("ref_logp"):
             if cfg.algo.kl_beta > 0 or "ref_logp" in loss.traits["needs"]:
                 batch.ref_logp = reference_logps(state, rows, temperature=temperature)
         if (cfg.algo.tis_cap is not None or state.sampler is not None  # vLLM: the mismatch is always logged
                 or "sampler_logp" in loss.traits["needs"]):
             batch.sampler_logp = sampler_logps(rows[:num_real], train_trajs, device)
-        if loss.traits["step_pass"] is not None:
+        if loss.traits["step_pass"] is not None or selection.traits["step_pass"] is not None:
             with timer.phase("step_pass"):
                 tokens = step_tokens(rows[:num_real], batch)
-                batch.step_stats = loss.traits["step_pass"](tokens, cfg.algo.settings(cfg.algo.loss))
+                if loss.traits["step_pass"] is not None:
+                    batch.step_stats = loss.traits["step_pass"](tokens, cfg.algo.settings(cfg.algo.loss))
+                if selection.traits["step_pass"] is not None:
+                    batch.selection_stats = selection.traits["step_pass"](
+                        tokens, cfg.algo.settings(cfg.algo.token_selection))
         scoring = {"temperature": temperature, "chunk_tokens": cfg.model.logprob_chunk_tokens}
         row_loss = lambda i, row: policy_loss(vlm.model, row, i, batch, cfg.algo, **scoring)  # noqa: E731
         skipped = False

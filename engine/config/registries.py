@@ -1,6 +1,6 @@
-"""The algorithm's registries: what `algo.loss`, `algo.advantage`, `algo.kl_estimator` and `algo.aggregation` choose
-from. The built-ins register themselves with the same decorators a plugin uses (engine/algo/losses.py,
-engine/algo/advantages.py), so help texts, "choose one of" errors and tests read these objects, never a list.
+"""The algorithm's registries: what `algo.loss`, `algo.advantage`, `algo.kl_estimator`, `algo.aggregation` and
+`algo.token_selection` choose from. The built-ins register themselves with the same decorators a plugin uses (engine/algo/losses.py,
+engine/algo/advantages.py, engine/algo/token_selection.py), so help texts, "choose one of" errors and tests read these objects, never a list.
 Rewards and tools have theirs on their own floors: rewards.registry.REWARDS, tools.registry.TOOLS.
 
 What each kind declares when it registers (its traits; `settings=` is a dataclass that becomes `[algo.<name>]`):
@@ -14,6 +14,10 @@ What each kind declares when it registers (its traits; `settings=` is a dataclas
   every rank (gathered), so its result never depends on the number of processes.
 - a KL estimator, `fn(*, logp, ref_logp) -> kl per token`.
 - an aggregation, `fn(*, keep, seq_idx, num_tokens, num_seqs, settings, default_len, dtype) -> per-token weights`.
+- a token selection, `fn(*, entropy, mask, token_class, stats, settings) -> per-token weight on the policy-gradient term, or None`
+  (None: every token, nothing multiplied); `entropy` is the behaviour policy's, detached;
+  `step_pass` — `fn(tokens: StepTokens, s) -> dict[str, Tensor]` over every loss token of the step (their entropy
+  filled: one forward without gradient), whose result the per-row calls read as `stats`.
 """
 
 from registry import Registry
@@ -23,5 +27,7 @@ LOSSES = Registry("loss", "algo.loss", builtins=("engine.algo.losses",),
 ADVANTAGES = Registry("advantage estimator", "algo.advantage", builtins=("engine.algo.advantages",))
 KL_ESTIMATORS = Registry("KL estimator", "algo.kl_estimator", builtins=("engine.algo.losses",))
 AGGREGATIONS = Registry("aggregation", "algo.aggregation", builtins=("engine.algo.losses",))
+TOKEN_SELECTIONS = Registry("token selection", "algo.token_selection", builtins=("engine.algo.token_selection",),
+                            traits={"step_pass": None})
 
 LOSS_NEEDS = ("entropy", "ref_logp", "sampler_logp")  # the inputs a loss may ask for (the others are always there)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from engine.config.parsing import doc
-from engine.config.registries import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
+from engine.config.registries import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, TOKEN_SELECTIONS
 from rewards.registry import REWARDS
 from tools.protocols import PROTOCOLS
 from tools.schema import check_tool_names
@@ -120,11 +120,14 @@ class AlgoConfig:
     `--algo.grpo.eps 1e-4`), filled with its defaults when selected; `--help-config` lists them all."""
 
     COMPONENTS: ClassVar[dict] = {"advantage": ADVANTAGES, "loss": LOSSES, "aggregation": AGGREGATIONS,
-                                  "kl_estimator": KL_ESTIMATORS}
+                                  "kl_estimator": KL_ESTIMATORS, "token_selection": TOKEN_SELECTIONS}
 
     advantage: str = doc("grpo", "Advantage estimator, one of the registered names (docs/ALGORITHMS.md defines each; docs/PLUGINS.md adds one).")
     loss: str = doc("ppo_clip", "Policy loss, one of the registered names (docs/ALGORITHMS.md defines each, and when the clip ranges act; docs/PLUGINS.md adds one).")
     aggregation: str = doc("token_mean", "How per-token losses are reduced, one of the registered names.")
+    token_selection: str = doc("all", "Which loss tokens carry the policy-gradient term, one of the registered names: all, or top_entropy (only the step's highest-entropy tokens, arXiv 2506.01939; docs/ALGORITHMS.md).")
+    call_credit: Literal["trajectory", "first_call", "first_call_centred"] = doc("trajectory", "trajectory: one advantage per trajectory. first_call: split at the first tool call - its tokens get the estimator on the mean reward of the group's samples that made the same call, the tokens after the tool's result the estimator within those samples. first_call_centred: first_call with each call's advantage centred over the step's samples that made the same call for other prompts (engine/algo/call_credit.py, docs/ALGORITHMS.md).")
+    entropy_bonus: dict[str, float] = doc({}, "Entropy bonus per token class: coef × the policy's entropy is subtracted from the loss of each token of the class (tool: the tool call's tokens, answer, text; engine/rollout/token_classes.py), e.g. {tool = 0.05}. Empty: none.")
     kl_beta: float = doc(0.0, "KL penalty weight to the frozen reference (0: no reference model is loaded).", ge=0.0)
     kl_estimator: str = doc("k3", "KL estimator, one of the registered names; acts only when kl_beta > 0.")
     tis_cap: float | None = doc(None, "Truncated importance-sampling cap on exp(old_logp − sampler_logp), for sampler/trainer mismatch (none: off; verl uses 2).", gt=0.0)
@@ -133,6 +136,12 @@ class AlgoConfig:
     components: dict = field(default_factory=dict, metadata={"components": True})  # [algo.<name>] settings
 
     def validate(self) -> None:
+        from engine.rollout.token_classes import TOKEN_CLASSES
+
+        for name, coef in self.entropy_bonus.items():
+            if name not in TOKEN_CLASSES or not coef >= 0:
+                raise ValueError(f"algo.entropy_bonus {{{name} = {coef}}}: each key must be a token class "
+                                 f"({', '.join(TOKEN_CLASSES)}) and each coefficient >= 0")
         for key, registry in self.COMPONENTS.items():
             name = getattr(self, key)
             if name not in registry:
