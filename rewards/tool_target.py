@@ -5,7 +5,7 @@ Tests: tests/test_rewards_tool_target.py (the reward needs tool calls, which `py
 The target is `example.metadata["target_box"]`: `[x1, y1, x2, y2]` in original-image pixels, the region a crop
 should cover to answer (data/synth_zoom.py writes the bold box's 4x4-grid cell, data/zoom_sft.py the crop its
 SFT target makes). A call covers it when the call worked and the IoU of its box (`box_pixels`, original pixels,
-engine/rollout/tool_calls.py) with the target is >= HIT_IOU; the best call of the trajectory counts. IoU rather
+engine/rollout/tool_calls.py) with the target is above HIT_IOU (`is_hit`); the best call of the trajectory counts. IoU rather
 than "contains": a crop of the whole image contains every target but shows it no larger than the model's own
 view, and a crop of the neighbouring cell misses it; both score 0.
 
@@ -21,7 +21,14 @@ from data.example import Example
 from rewards.grounding import iou
 from rewards.registry import RewardContext, register
 
-HIT_IOU = 0.5  # the usual Acc@0.5: a crop of the right grid cell scores 1.0, a neighbouring cell 0
+HIT_IOU = 0.5  # a crop of the right grid cell scores 1.0, a neighbouring cell 0
+
+
+def is_hit(value: float) -> bool:
+    """IoU strictly above HIT_IOU. Not the usual Acc@0.5's ">=": a crop of the half of the image that holds a
+    quadrant-sized target has IoU exactly 0.5 with it and shows it at half the zoom; counted as hits, a policy that
+    cropped one half for every image read as 0.505-0.540 "crops on target" (docs/BENCHMARKS.md, 2026-12-07)."""
+    return value > HIT_IOU
 
 
 def target_box(example: Example) -> list[float] | None:
@@ -50,4 +57,4 @@ def crop_target_reward(completion: str, example: Example, ctx: RewardContext) ->
     if value is None:
         raise ValueError(f"{example.origin or 'example'}: 'crop_target' needs metadata target_box (the zoom data "
                          "writes it: regenerate with python -m data.synth zoom / python -m data.zoom_sft)")
-    return 1.0 if value >= HIT_IOU else 0.0
+    return 1.0 if is_hit(value) else 0.0

@@ -29,7 +29,7 @@ from engine.report.evaluate import prompts_for  # noqa: E402
 from engine.rollout.rollout import rollout  # noqa: E402
 from engine.setup.layers import layered_config  # noqa: E402
 from engine.trainer import Run  # noqa: E402
-from rewards.tool_target import HIT_IOU, crop_target_iou  # noqa: E402
+from rewards.tool_target import crop_target_iou, is_hit  # noqa: E402
 
 CLASSES = ("decision", "tool_other", "answer", "text")
 _BOX = re.compile(r"<tool_call>.*?\[\s*(\d+)\s*,\s*(\d+)", re.DOTALL)
@@ -96,7 +96,7 @@ def main(argv=None) -> None:
         group_B = torch.tensor([t.group for t in trajs])
         adv_B = step_advantages(rewards_B, group_B, cfg.algo)
         acc = rewards.parts.get("accuracy", [0.0] * len(trajs))
-        hit = [(crop_target_iou(t.prompt.example, t.tool_calls) or 0.0) >= HIT_IOU for t in trajs]
+        hit = [is_hit(crop_target_iou(t.prompt.example, t.tool_calls) or 0.0) for t in trajs]
         for g in set(group_B.tolist()):
             members = [i for i in range(len(trajs)) if trajs[i].group == g]
             groups += 1

@@ -28,7 +28,7 @@ def test_best_working_call_counts():
     ex = _example()
     assert crop_target_iou(ex, [_call(CELL)]) == 1.0
     assert crop_target_iou(ex, [_call([0, 0, 160, 160])]) == 0.0  # the neighbouring cell
-    # half the cell: IoU (80*160) / (160*160) = 0.5, exactly the threshold -> a hit
+    # half the cell: IoU (80*160) / (160*160) = 0.5, exactly the threshold (a hit needs more: see below)
     assert crop_target_iou(ex, [_call([160, 0, 240, 160])]) == pytest.approx(0.5)
     assert crop_target_iou(ex, [_call([0, 0, 160, 160]), _call(CELL)]) == 1.0  # the best call of the trajectory
     assert crop_target_iou(ex, [_call(CELL, ok=False)]) == 0.0  # a failed call showed nothing
@@ -38,7 +38,13 @@ def test_best_working_call_counts():
 
 def test_reward_pays_a_hit_and_explains_missing_targets():
     fn = REWARDS["crop_target"]
-    assert fn("<answer>dots</answer>", _example(), RewardContext(tool_calls=[_call([160, 0, 240, 160])])) == 1.0
+    # 3/4 of the cell: IoU (120*160) / (160*160) = 0.75 -> a hit
+    assert fn("<answer>dots</answer>", _example(), RewardContext(tool_calls=[_call([160, 0, 280, 160])])) == 1.0
+    # the half of the image holding a quadrant: IoU (320*320) / (320*640) = 0.5 exactly, the quadrant at half zoom:
+    # no hit (counted as one, a policy cropping one half for every image read as 0.5 "crops on target")
+    quadrant = _example([0, 0, 320, 320])
+    assert fn("", quadrant, RewardContext(tool_calls=[_call([0, 0, 640, 320])])) == 0.0
+    assert fn("", quadrant, RewardContext(tool_calls=[_call([0, 0, 320, 320])])) == 1.0
     # the whole image contains the target but is no closer a look: IoU 1/16
     assert fn("", _example(), RewardContext(tool_calls=[_call([0, 0, 640, 640])])) == 0.0
     with pytest.raises(ValueError, match="t.jsonl:3: 'crop_target' needs metadata target_box"):

@@ -19,7 +19,7 @@ rest (thinking, the end-of-turn token). Per class and step (TensorBoard and metr
 Per step, from the rollouts (as groups/... and tools/...):
 - groups/informative_fraction: groups whose rewards are not all equal (the others get advantage 0 everywhere);
   groups/reward_std: the mean within-group reward std;
-- tools/target_hit_rate: trajectories whose best working crop has IoU >= 0.5 with the example's metadata
+- tools/target_hit_rate: trajectories whose best working crop has IoU > 0.5 with the example's metadata
   target_box (rewards/tool_target.py), over the trajectories whose example has one; tools/target_iou: the mean
   best IoU; groups/hit_informative_fraction: groups whose samples do not all hit or all miss (where a
   correctness reward can tell a good crop from a bad one).
@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 
 from engine.rollout.token_classes import TOKEN_CLASSES
-from rewards.tool_target import HIT_IOU, crop_target_iou
+from rewards.tool_target import crop_target_iou, is_hit
 
 _PREFIX = "tokens/"
 
@@ -88,14 +88,14 @@ def rollout_record(trajs, rewards_B: torch.Tensor) -> dict:
         r = rewards_B[idx]
         rec["informative"] += int(r.max() > r.min())
         rec["reward_std"] += float(r.std(unbiased=False))
-        hits = [ious[i] >= HIT_IOU for i in idx if ious[i] is not None]
+        hits = [is_hit(ious[i]) for i in idx if ious[i] is not None]
         if hits:
             rec["hit_groups"] += 1
             rec["hit_informative"] += int(0 < sum(hits) < len(hits))
     for v in ious:
         if v is not None:
             rec["targets"] += 1
-            rec["hits"] += int(v >= HIT_IOU)
+            rec["hits"] += int(is_hit(v))
             rec["iou"] += v
     return rec
 

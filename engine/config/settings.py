@@ -113,6 +113,11 @@ class RolloutConfig:
         check_tool_names(self.tools)
 
 
+
+# The classes of a trajectory's sampled tokens (engine/rollout/token_classes.py assigns them); named here, on the
+# config floor, because algo.entropy_bonus and the token selections are keyed by them.
+TOKEN_CLASSES = ("tool", "answer", "text")
+
 @dataclass
 class AlgoConfig:
     """The advantage estimator and everything that shapes the policy loss. A registered loss, estimator or
@@ -136,8 +141,6 @@ class AlgoConfig:
     components: dict = field(default_factory=dict, metadata={"components": True})  # [algo.<name>] settings
 
     def validate(self) -> None:
-        from engine.rollout.token_classes import TOKEN_CLASSES
-
         for name, coef in self.entropy_bonus.items():
             if name not in TOKEN_CLASSES or not coef >= 0:
                 raise ValueError(f"algo.entropy_bonus {{{name} = {coef}}}: each key must be a token class "

@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-TOKEN_CLASSES = ("tool", "answer", "text")
+from engine.config.settings import TOKEN_CLASSES  # noqa: F401  (re-exported: the classes' one definition)
+
 _SPANS = (  # class index, pattern over the sampled text; the first class whose span holds a token wins
     (0, re.compile(r"<tool_call>.*?</tool_call>|<tool>.*?</tool>", re.DOTALL)),
     (1, re.compile(r"<answer>.*?(?:</answer>|$)", re.DOTALL)),
