@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.setup.data_setup import held_out_fraction, load_eval
     from engine.setup.limits import check_token_limits
     from engine.report.eval_report import write_report
-    from engine.report.evaluate import evaluate, headline
+    from engine.report.evaluate import evaluate, headline, metric_caveats
     from engine.setup.model_source import load_any
     from engine.rollout.tool_calls import make_protocol
     from models.tiny import tiny_model_dir
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                         headline=cfg.eval.metrics)
     print(json.dumps(result.metrics, indent=2))
     print(f"held-out: {summary} on {result.metrics['num_examples']} examples")
+    for note in metric_caveats(cfg):
+        print(note)
     print(f"wrote {out}/metrics.json, {out}/predictions.jsonl and the report {page}")
     return 0
 

@@ -54,7 +54,7 @@ from engine.setup.run_data import load_run_data
 from engine.setup.run_folder import Claim
 from engine.setup.data_stream import DataStream
 from engine.setup.limits import check_token_limits
-from engine.report.evaluate import evaluate, headline, prompts_for
+from engine.report.evaluate import evaluate, headline, metric_caveats, prompts_for
 from engine.runtime.guard import NonFinite, RunStopped, StopSignals, check_out_dir, clear_failed, mark_failed, stages_left
 from engine.runtime.lora import apply_lora, is_peft
 from engine.runtime.log import MetricsLogger, progress
@@ -248,6 +248,9 @@ class Run:
                 f.write(json.dumps(rec) + "\n")
         print(f"eval {tag}: {headline(result.metrics, self.cfg.eval.metrics)} on {result.metrics['num_examples']} "
               "examples")
+        if tag.startswith("after_"):  # where the user reads the stage's result
+            for note in metric_caveats(self.cfg):
+                print(note)
 
     def sft(self) -> None:
         cfg, s = self.cfg, self.cfg.sft

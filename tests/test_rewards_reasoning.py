@@ -96,3 +96,24 @@ GEOMETRY_Q = "In triangle ABC, AB = 5 and angle C is a right angle. Find BC."
 ])
 def test_visual_grounding(completion, question, expected):
     assert REWARDS["visual_grounding"](completion, _ex(question=question), RewardContext()) == expected
+
+
+def test_the_word_overlap_match_is_said_where_the_metric_is_read():
+    """Seed 003's Match-F1 scores templated steps differing in one word as a full match: eval.py and the trainer say
+    so beside the number unless a sentence encoder is set (and say nothing when reasoning is not reported)."""
+    from pathlib import Path
+
+    from engine.config.parsing import build_config
+    from engine.config.settings import Config
+    from engine.report.evaluate import metric_caveats
+    from rewards.reasoning import match_f1
+
+    root = Path(__file__).resolve().parent.parent
+    assert match_f1(["The square in the image is blue."], ["The square in the image is purple."]) == 1.0
+    seed003 = build_config(Config, toml_path=root / "configs" / "seed003.toml", overrides=[])
+    [note] = metric_caveats(seed003)
+    assert "word overlap" in note and "--reward.embedder_path" in note
+    encoded = build_config(Config, toml_path=root / "configs" / "seed003.toml",
+                           overrides=["--reward.embedder_path", "/models/encoder"])
+    assert metric_caveats(encoded) == []
+    assert metric_caveats(build_config(Config, toml_path=root / "configs" / "demo.toml", overrides=[])) == []

@@ -105,3 +105,15 @@ def _with_metrics(cfg, metrics: list[str]):
 def headline(metrics: dict[str, float], names: list[str]) -> str:
     """The named metrics as one phrase, in order: "iou 0.412, iou50 0.375"."""
     return ", ".join(f"{name} {metrics[name]:.3f}" for name in names)
+
+
+def metric_caveats(cfg) -> list[str]:
+    """One line per reported metric whose meaning depends on a default the user may not know, said where the number
+    is read (eval.py, the trainer's evaluations): today the reasoning Match-F1 without a sentence encoder."""
+    notes = []
+    if "reasoning" in cfg.eval.metrics and not cfg.reward.embedder_path:
+        notes.append("note: reasoning is Match-F1 with steps matched by word overlap (F1 >= 0.5, rewards/reasoning.py):"
+                     " templated steps that differ in a word or two count as matched; for a semantic match set "
+                     "--reward.embedder_path to a local sentence encoder")
+    return notes
+
