@@ -93,3 +93,12 @@ def plain_logps(vlm: VLM, traj: Trajectory, temperature: float = 1.0) -> torch.T
     where = loss_positions(traj)
     tok = torch.tensor(traj.ids)[where]
     return torch.log_softmax(logits_TV[where - 1] / temperature, -1).gather(-1, tok[:, None])[:, 0]
+
+
+def cycle_token_classes(trajs: list[Trajectory]) -> None:
+    """Token classes set by hand: each trajectory's sampled tokens cycle tool, answer, text (0, 1, 2); -1 elsewhere."""
+    for t in trajs:
+        sampled = [k for k, m in enumerate(t.mask) if m]
+        t.token_class = [-1] * len(t.ids)
+        for j, k in enumerate(sampled):
+            t.token_class[k] = j % 3

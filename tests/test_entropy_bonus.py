@@ -16,7 +16,8 @@ from engine.algo.objective import StepBatch, class_coefficients, policy_loss
 from engine.config.settings import AlgoConfig, RolloutConfig
 from engine.forward.packing import pack
 from engine.rollout.rollout import rollout
-from tests.engine_helpers import load_tiny, loss_positions, make_prompt, plain_logits
+from tests.engine_helpers import (cycle_token_classes, load_tiny, loss_positions, make_prompt,
+                                  plain_logits)
 
 TEMPERATURE = 0.7
 COEF = 0.3
@@ -40,11 +41,7 @@ def test_gradient_equals_hand_objective(vlm):
     prompts = [make_prompt(vlm, (90, 60), "What colour?", 0), make_prompt(vlm, (112, 84), "How many dots?", 1)]
     trajs = rollout(vlm, prompts, RolloutConfig(group_size=2, temperature=1.0, max_new_tokens=8), protocol=None,
                     generator=torch.Generator().manual_seed(0))
-    for t in trajs:  # classes by hand: sampled tokens cycle tool, answer, text
-        sampled = [k for k, m in enumerate(t.mask) if m]
-        t.token_class = [-1] * len(t.ids)
-        for j, k in enumerate(sampled):
-            t.token_class[k] = j % 3
+    cycle_token_classes(trajs)  # sampled tokens cycle tool, answer, text
     adv_B = torch.randn(len(trajs), generator=torch.Generator().manual_seed(3))
     N = sum(t.num_sampled for t in trajs)
     model = vlm.model

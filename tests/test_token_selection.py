@@ -25,7 +25,8 @@ from engine.config.registries import TOKEN_SELECTIONS
 from engine.config.settings import AlgoConfig, RolloutConfig
 from engine.forward.packing import pack
 from engine.rollout.rollout import rollout
-from tests.engine_helpers import load_tiny, loss_positions, make_prompt, plain_logits
+from tests.engine_helpers import (cycle_token_classes, load_tiny, loss_positions, make_prompt,
+                                  plain_logits)
 
 TEMPERATURE = 0.7
 SMALL_BUDGET = 100  # trajectories are 40-50 tokens: two per row, several rows
@@ -171,11 +172,7 @@ def test_classes_gradient_equals_hand_objective(vlm, trajs):
     from engine.algo.token_selection import ClassesSettings
 
     saved = [t.token_class for t in trajs]
-    for t in trajs:  # sampled tokens cycle tool, answer, text
-        sampled = [k for k, m in enumerate(t.mask) if m]
-        t.token_class = [-1] * len(t.ids)
-        for j, k in enumerate(sampled):
-            t.token_class[k] = j % 3
+    cycle_token_classes(trajs)  # sampled tokens cycle tool, answer, text
     adv_B = torch.randn(len(trajs), generator=torch.Generator().manual_seed(4))
     N = sum(t.num_sampled for t in trajs)
     model = vlm.model
