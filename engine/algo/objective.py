@@ -41,7 +41,7 @@ class StepBatch:
     step_stats: dict[str, torch.Tensor] | None = None  # the loss's step pass over the whole step, if it has one
     adv_after_B: torch.Tensor | None = None  # algo.call_credit first_call: the advantage after the first tool call
     split_B: torch.Tensor | None = None  # ... and where it starts in each trajectory (engine/algo/call_credit.py)
-    old_entropy: dict[int, torch.Tensor] | None = None  # row index → [K]: the behaviour policy's, when a selection needs it
+    old_entropy: dict[int, torch.Tensor] | None = None  # row index → [K]: the behaviour policy's (a selection's)
     selection_stats: dict[str, torch.Tensor] | None = None  # the token selection's step pass, if it has one
 
 
@@ -57,7 +57,8 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
     pick = lambda rows: None if rows is None else rows[row_index]  # noqa: E731
     on_device = lambda t: None if t is None else t.to(device)  # noqa: E731  (no-op when already there)
     x = LossInputs(logp=logp_K, old_logp=logp_K.detach() if batch.old_logp is None else batch.old_logp[row_index],
-                   adv=token_advantages(batch, seq_K, row.offset_K.to(device)), mask=torch.ones_like(logp_K),  # kept positions = loss tokens
+                   adv=token_advantages(batch, seq_K, row.offset_K.to(device)),
+                   mask=torch.ones_like(logp_K),  # kept positions = loss tokens
                    seq_idx=seq_K, num_seqs=batch.num_seqs, num_tokens=batch.num_tokens, entropy=entropy_K,
                    ref_logp=pick(batch.ref_logp), sampler_logp=pick(batch.sampler_logp),
                    seq_len_B=on_device(batch.seq_len_B), group_B=on_device(batch.group_B), step_stats=batch.step_stats)

@@ -91,6 +91,15 @@ def keep_informative_groups(trajs: list[Trajectory], rewards_B: torch.Tensor) ->
     return [i for idx in groups.values() if rewards_B[idx].max() > rewards_B[idx].min() for i in idx]
 
 
+def credited_advantages(trajs, rewards_B: torch.Tensor, group_B: torch.Tensor, algo):
+    """(adv_B, adv_after_B, split_B): one advantage per trajectory (the last two None), or with algo.call_credit
+    split at the first tool call: the call's part, the part after it and where that starts
+    (engine/algo/call_credit.py)."""
+    if algo.call_credit == "trajectory":
+        return step_advantages(rewards_B, group_B, algo), None, None
+    return split_advantages(trajs, rewards_B, group_B, algo)
+
+
 def step_advantages(rewards_B: torch.Tensor, group_B: torch.Tensor, algo) -> torch.Tensor:
     """The estimator on every rank's rewards (gathered in rank order; groups renumbered so ranks never share an id),
     then this rank's share: the same advantages as one process computing the whole batch."""
@@ -155,10 +164,7 @@ def rl_step(state: RLState, prompts: list[Prompt], seeds: list[int] | None = Non
     with timer.phase("advantages"):
         rewards_B = torch.tensor(rewards.total, dtype=torch.float32)
         group_B = torch.tensor([t.group for t in trajs])
-        if cfg.algo.call_credit != "trajectory":  # the tokens up to the first call's end get the call's credit
-            adv_B, adv_after_B, split_B = split_advantages(trajs, rewards_B, group_B, cfg.algo)
-        else:
-            adv_B = step_advantages(rewards_B, group_B, cfg.algo)
+        adv_B, adv_after_B, split_B = credited_advantages(trajs, rewards_B, group_B, cfg.algo)
         kept = keep_informative_groups(trajs, rewards_B) if cfg.algo.drop_uniform_groups else list(range(len(trajs)))
     train_trajs = [trajs[i] for i in kept]
     # The step's normalisers over ALL ranks, counted before any loss (sync point: .tolist()).
@@ -174,7 +180,7 @@ def rl_step(state: RLState, prompts: list[Prompt], seeds: list[int] | None = Non
                           norm_len=cfg.rollout.max_new_tokens,
                           seq_len_B=torch.tensor([t.num_sampled for t in train_trajs], device=device),
                           group_B=group_B[kept].to(device))
-        if cfg.algo.call_credit != "trajectory":
+        if adv_after_B is not None:  # a split at the first tool call: the part after it and where it starts
             batch.adv_after_B, batch.split_B = adv_after_B[kept].to(device), split_B[kept].to(device)
         loss = LOSSES.entry(cfg.algo.loss)
         selection = TOKEN_SELECTIONS.entry(cfg.algo.token_selection)
