@@ -142,6 +142,19 @@ def tool_success_reward(completion: str, example: Example, ctx: RewardContext) -
     return sum(_call_ok(c) for c in ctx.tool_calls) / len(ctx.tool_calls)
 
 
+@register("answer_prob")
+def answer_prob_reward(completion: str, example: Example, ctx: RewardContext) -> float:
+    """The policy's own probability of the reference answer at the point where it starts its answer (after its
+    reasoning, tool calls and their results): the expected accuracy of the answer it writes there, without the
+    draw, so a right guess after a useless tool call no longer scores like a right reading (VeriFree, RLPR).
+    Computed by the step in one batched forward (engine/algo/reference_answer.py) and read here from the context.
+    """
+    if ctx.answer_prob is None:
+        raise ValueError("answer_prob needs the policy's probability of the reference answer, which the RL step and "
+                         "the evaluation compute (engine/algo/reference_answer.py); this caller did not")
+    return float(ctx.answer_prob)
+
+
 @register("tool")
 def tool_reward(completion: str, example: Example, ctx: RewardContext) -> float:
     """Seed 000's plain tool reward: the fraction of the trajectory's tool calls that worked, right answer or not;

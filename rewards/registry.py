@@ -33,6 +33,8 @@ class RewardContext:
     resized_sizes: list = field(default_factory=list)  # (w, h) of each image after the processor's resize
     scorer: object | None = None  # handle for model-based rewards (e.g. `.embed(list[str]) -> unit vectors`)
     prompt_prefill: str = ""  # text the chat template already put at the start of the assistant turn
+    answer_prob: float | None = None  # the policy's p(reference answer) where its answer starts, when "answer_prob"
+    #                                   is weighted (engine/algo/reference_answer.py; the step fills it in)
 
 
 RewardFn = Callable[[str, Example, RewardContext], float]

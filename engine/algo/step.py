@@ -38,6 +38,7 @@ from engine.algo.call_credit import split_advantages
 from engine.algo.objective import (StepBatch, padded_rows, policy_loss, rows_logps, rows_logps_entropy, sampler_logps,
                                    token_advantages)
 from engine.forward.packing import pack
+from engine.algo.reference_answer import reference_answer_probs
 from engine.rollout.rollout import ToolProtocol, rollout
 from engine.rollout.trajectory import Prompt, Trajectory
 from engine.rollout.weight_sync import policy_weights
@@ -68,17 +69,27 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def reward_context(traj: Trajectory, vlm: VLM, scorer=None) -> RewardContext:
+def reward_context(traj: Trajectory, vlm: VLM, scorer=None, answer_prob: float | None = None) -> RewardContext:
     p = traj.prompt
     return RewardContext(images=traj.images, tool_calls=traj.tool_calls, box_frame=vlm.family.box_frame,
                          image_sizes=[im.size for im in p.images],
                          resized_sizes=[resized_size(g, vlm.family) for g in p.grid_thw], prompt_prefill=p.prefill,
-                         scorer=scorer)
+                         scorer=scorer, answer_prob=answer_prob)
+
+
+def asks_policy(cfg) -> bool:
+    """Whether scoring runs the policy itself: the `answer_prob` reward (weighted, or a metric at weight 0)."""
+    return "answer_prob" in cfg.reward.weights
 
 
 def score(trajs: list[Trajectory], vlm: VLM, cfg, scorer=None) -> RewardBatch:
+    probs = [None] * len(trajs)
+    if asks_policy(cfg):  # one batched forward of the policy (engine/algo/reference_answer.py)
+        probs = reference_answer_probs(vlm, trajs, temperature=cfg.rollout.temperature,
+                                       token_budget=cfg.optim.micro_batch_tokens,
+                                       chunk_tokens=cfg.model.logprob_chunk_tokens)
     return score_batch([t.text for t in trajs], [t.prompt.example for t in trajs],
-                       [reward_context(t, vlm, scorer) for t in trajs], cfg.reward.weights,
+                       [reward_context(t, vlm, scorer, p) for t, p in zip(trajs, probs)], cfg.reward.weights,
                        settings=cfg.reward.components, debug_path=cfg.reward.debug_path or None)
 
 
@@ -140,8 +151,8 @@ def reference_logps(state: RLState, rows, *, temperature: float) -> dict[int, to
 def _policy_forwards(state: RLState):
     """Around the rollout and rewards: the policy gathered once (FSDP: forwards without collectives, so ranks may
     make different numbers of them) where they run it - our sampler, or a scorer that asks the policy. The vLLM
-    sampler with no such scorer needs no copy of the policy's weights there."""
-    needed = state.sampler is None or state.scorer is not None
+    sampler with no such scorer (and no answer_prob reward) needs no copy of the policy's weights there."""
+    needed = state.sampler is None or state.scorer is not None or asks_policy(state.cfg)
     return D.unsharded(state.policy.model) if needed else contextlib.nullcontext()
 
 
