@@ -43,6 +43,7 @@ class StepBatch:
     split_B: torch.Tensor | None = None  # ... and where it starts in each trajectory (engine/algo/call_credit.py)
     old_entropy: dict[int, torch.Tensor] | None = None  # row index → [K]: the behaviour policy's (a selection's)
     selection_stats: dict[str, torch.Tensor] | None = None  # the token selection's step pass, if it has one
+    imitate_B: torch.Tensor | None = None  # algo.imitation: each trajectory's per-token −log p coefficient
 
 
 def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: AlgoConfig, *,
@@ -87,6 +88,10 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
     metrics.update(kl_metrics)
     loss = aggregate(per_token_K, mask=mask_K, seq_idx=seq_K, mode=cfg.aggregation, num_tokens=batch.num_tokens,
                      num_seqs=batch.num_seqs, settings=cfg.settings(cfg.aggregation), default_len=batch.norm_len)
+    if batch.imitate_B is not None:  # best-of-group imitation (engine/algo/imitation.py): already normalised
+        coef_K = batch.imitate_B.to(device)[seq_K]
+        loss = loss - (coef_K * logp_K).sum()
+        metrics["imitated"] = (coef_K > 0).float()
     metrics["entropy"] = entropy_K.detach()
     out = token_metric_means(metrics, mask_K)  # each per-token metric reduced once: over the row ...
     if row.class_K is not None:  # ... and per token class: tool call, answer, other text

@@ -1,7 +1,8 @@
 """One RL step, read top to bottom as the algorithm:
 
-    rollout → rewards → advantages → [old log-probs] → [reference log-probs] → [step passes: the loss's, the token
-    selection's] → micro-batch loss + backward → clip → AdamW step → [weight sync to the vLLM sampler] → metrics
+    rollout → rewards → advantages [→ imitation weights] → [old log-probs] → [reference log-probs] → [step passes:
+    the loss's, the token selection's] → micro-batch loss + backward → clip → AdamW step → [weight sync to the vLLM
+    sampler] → metrics
 
 Each phase is one call, timed. Nothing here branches on a loss or estimator name: those are looked up in their
 registries (engine/config/registries.py), and what a loss declares (the inputs it needs, a step pass) decides which
@@ -35,6 +36,7 @@ from engine.runtime.lora import adapters_disabled
 from engine.algo.diagnostics import rank_record, step_metrics
 from engine.runtime.log import PhaseTimer
 from engine.algo.call_credit import split_advantages
+from engine.algo.imitation import imitation_coefficients
 from engine.algo.objective import (StepBatch, padded_rows, policy_loss, rows_logps, rows_logps_entropy, sampler_logps,
                                    token_advantages)
 from engine.forward.packing import pack
@@ -191,6 +193,9 @@ def rl_step(state: RLState, prompts: list[Prompt], seeds: list[int] | None = Non
                           norm_len=cfg.rollout.max_new_tokens,
                           seq_len_B=torch.tensor([t.num_sampled for t in train_trajs], device=device),
                           group_B=group_B[kept].to(device))
+        if cfg.algo.imitation > 0:  # best-of-group imitation beside the policy gradient (engine/algo/imitation.py)
+            batch.imitate_B = imitation_coefficients(rewards_B[kept], group_B[kept], cfg.algo.imitation,
+                                                     batch.seq_len_B.cpu()).to(device)
         if adv_after_B is not None:  # a split at the first tool call: the part after it and where it starts
             batch.adv_after_B, batch.split_B = adv_after_B[kept].to(device), split_B[kept].to(device)
         loss = LOSSES.entry(cfg.algo.loss)
