@@ -8,6 +8,8 @@ In each group whose rewards are not all equal, the trajectories with the group's
 targets (RAFT, Dong et al. 2023, arXiv 2304.06767; ReST, Gulcehre et al. 2023; self-imitation, Oh et al. 2018):
 each imitated group weighs the same, each of its best trajectories 1/n of it, each of their tokens 1/T of that, over
 the step's imitated groups (all ranks): L = λ / G · Σ_g 1/n_g · Σ_{b best in g} 1/T_b · Σ_t −log π(y_bt).
+`algo.imitation_span = "first_call"` imitates only the tokens up to the end of the first tool call (T_b counts
+those): the choice of call is taught, the answer after the tool's result is left to the policy gradient.
 
 Why beside GRPO: the policy gradient of a choice the policy makes at near-uniform odds is a sum of sampled one-hots
 times advantages, most of it noise; the best sample's choice imitated is a cross-entropy step towards it, as a
@@ -21,7 +23,16 @@ from __future__ import annotations
 
 import torch
 
+from engine.algo.call_credit import split_offset
 from engine.runtime import distributed as D
+
+
+def imitation_span(trajs, span: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(end_B, tokens_B): per trajectory, the position before which its tokens are imitated and how many sampled
+    tokens lie there. "trajectory": all of them; "first_call": up to the first tool call's result
+    (engine/algo/call_credit.py split_offset; a trajectory without a call is imitated whole)."""
+    ends = [len(t.ids) if span == "trajectory" else split_offset(t) for t in trajs]
+    return torch.tensor(ends), torch.tensor([sum(t.mask[:e]) for t, e in zip(trajs, ends)])
 
 
 def imitation_coefficients(rewards_B: torch.Tensor, group_B: torch.Tensor, lam: float,

@@ -44,6 +44,7 @@ class StepBatch:
     old_entropy: dict[int, torch.Tensor] | None = None  # row index → [K]: the behaviour policy's (a selection's)
     selection_stats: dict[str, torch.Tensor] | None = None  # the token selection's step pass, if it has one
     imitate_B: torch.Tensor | None = None  # algo.imitation: each trajectory's per-token −log p coefficient
+    imitate_end_B: torch.Tensor | None = None  # ... on its tokens before this position (algo.imitation_span)
 
 
 def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: AlgoConfig, *,
@@ -90,6 +91,8 @@ def policy_loss(model, row: PackedRow, row_index: int, batch: StepBatch, cfg: Al
                      num_seqs=batch.num_seqs, settings=cfg.settings(cfg.aggregation), default_len=batch.norm_len)
     if batch.imitate_B is not None:  # best-of-group imitation (engine/algo/imitation.py): already normalised
         coef_K = batch.imitate_B.to(device)[seq_K]
+        if batch.imitate_end_B is not None:
+            coef_K = torch.where(row.offset_K.to(device) < batch.imitate_end_B.to(device)[seq_K], coef_K, 0.0)
         loss = loss - (coef_K * logp_K).sum()
         metrics["imitated"] = (coef_K > 0).float()
     metrics["entropy"] = entropy_K.detach()

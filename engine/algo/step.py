@@ -36,7 +36,7 @@ from engine.runtime.lora import adapters_disabled
 from engine.algo.diagnostics import rank_record, step_metrics
 from engine.runtime.log import PhaseTimer
 from engine.algo.call_credit import split_advantages
-from engine.algo.imitation import imitation_coefficients
+from engine.algo.imitation import imitation_coefficients, imitation_span
 from engine.algo.objective import (StepBatch, padded_rows, policy_loss, rows_logps, rows_logps_entropy, sampler_logps,
                                    token_advantages)
 from engine.forward.packing import pack
@@ -194,8 +194,10 @@ def rl_step(state: RLState, prompts: list[Prompt], seeds: list[int] | None = Non
                           seq_len_B=torch.tensor([t.num_sampled for t in train_trajs], device=device),
                           group_B=group_B[kept].to(device))
         if cfg.algo.imitation > 0:  # best-of-group imitation beside the policy gradient (engine/algo/imitation.py)
+            end_B, span_B = imitation_span(train_trajs, cfg.algo.imitation_span)
             batch.imitate_B = imitation_coefficients(rewards_B[kept], group_B[kept], cfg.algo.imitation,
-                                                     batch.seq_len_B.cpu()).to(device)
+                                                     span_B).to(device)
+            batch.imitate_end_B = end_B.to(device)
         if adv_after_B is not None:  # a split at the first tool call: the part after it and where it starts
             batch.adv_after_B, batch.split_B = adv_after_B[kept].to(device), split_B[kept].to(device)
         loss = LOSSES.entry(cfg.algo.loss)
