@@ -155,6 +155,9 @@ def answer_prob_reward(completion: str, example: Example, ctx: RewardContext) ->
     return float(ctx.answer_prob)
 
 
+answer_prob_reward.computed_by_step = True  # its value comes from the policy, via the context (never from the text)
+
+
 @register("tool")
 def tool_reward(completion: str, example: Example, ctx: RewardContext) -> float:
     """Seed 000's plain tool reward: the fraction of the trajectory's tool calls that worked, right answer or not;

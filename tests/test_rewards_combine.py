@@ -110,7 +110,7 @@ def test_cli_bad_input_is_one_line_not_a_traceback(args, said, capsys):
 
 # the model-free rewards of this package: built-ins that need no scorer and own no settings (the judge is HTTP)
 TEXT_REWARDS = [e.name for e in REWARDS.entries() if e.origin.startswith("rewards.") and e.settings is None
-                and not getattr(e.fn, "scorer_needs", None)]
+                and not getattr(e.fn, "scorer_needs", None) and not getattr(e.fn, "computed_by_step", False)]
 ADVERSARIAL = {
     "no tags": "a" * 100_000,
     "many opening tags": "<think>" * 20_000 + "<answer>" * 20_000,
