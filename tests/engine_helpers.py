@@ -102,3 +102,10 @@ def cycle_token_classes(trajs: list[Trajectory]) -> None:
         t.token_class = [-1] * len(t.ids)
         for j, k in enumerate(sampled):
             t.token_class[k] = j % 3
+
+
+def take_grad(model) -> torch.Tensor:
+    """The model's gradient as one flat vector (zeros for parameters without one), then cleared."""
+    g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    return g

@@ -24,7 +24,7 @@ from engine.algo.objective import StepBatch, policy_loss
 from engine.forward.packing import pack
 from engine.rollout.rollout import rollout
 from engine.algo.sft import sft_trajectory
-from tests.engine_helpers import encode, load_tiny, make_prompt, plain_logps
+from tests.engine_helpers import encode, load_tiny, make_prompt, plain_logps, take_grad
 
 NORM_LEN = 8
 SMALL_BUDGET = 100  # trajectories are 40-50 tokens: two per row, three rows
@@ -72,10 +72,7 @@ def _grads(model, rows, batch_for_row, cfg) -> tuple[torch.Tensor, float]:
         assert n == int(row.target_K.numel())
         loss.backward()
         total += float(loss.detach())
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                      for p in model.parameters()])
-    model.zero_grad(set_to_none=True)
-    return flat, total
+    return take_grad(model), total
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -129,8 +126,7 @@ def test_gradient_equals_independent_objective(vlm, trajs, adv_B):
     model.zero_grad(set_to_none=True)
     for s, traj in enumerate(trajs):
         (-(adv_B[s] / N) * plain_logps(vlm, traj).sum()).backward()
-    ref = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()])
-    model.zero_grad(set_to_none=True)
+    ref = take_grad(model)
     batch = StepBatch(adv_B=adv_B, num_tokens=N, num_seqs=len(trajs))
     got, _ = _grads(model, pack(trajs, SMALL_BUDGET), lambda row: batch, _cfg("token_mean"))
     assert _rel(got, ref) < 1e-5

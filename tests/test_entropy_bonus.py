@@ -17,7 +17,7 @@ from engine.config.settings import AlgoConfig, RolloutConfig
 from engine.forward.packing import pack
 from engine.rollout.rollout import rollout
 from tests.engine_helpers import (cycle_token_classes, load_tiny, loss_positions, make_prompt,
-                                  plain_logits)
+                                  plain_logits, take_grad)
 
 TEMPERATURE = 0.7
 COEF = 0.3
@@ -53,16 +53,14 @@ def test_gradient_equals_hand_objective(vlm):
         entropy = -(logp_V.exp() * logp_V).sum(-1)
         coef = torch.tensor([COEF if t.token_class[k] == 0 else 0.0 for k in where.tolist()])
         ((-adv_B[s] * logp - coef * entropy).sum() / N).backward()
-    ref = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()])
+    ref = take_grad(model)
 
     def engine_grad(cfg):
         model.zero_grad(set_to_none=True)
         batch = StepBatch(adv_B=adv_B, num_tokens=N, num_seqs=len(trajs))
         for i, row in enumerate(pack(trajs, 100)):
             policy_loss(model, row, i, batch, cfg, temperature=TEMPERATURE)[0].backward()
-        g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()])
-        model.zero_grad(set_to_none=True)
-        return g
+        return take_grad(model)
 
     got = engine_grad(AlgoConfig(entropy_bonus={"tool": COEF}))
     assert float((got - ref).norm() / ref.norm()) < 1e-4

@@ -25,7 +25,7 @@ from engine.config.settings import AlgoConfig, Config, RolloutConfig
 from engine.forward.packing import pack
 from engine.rollout.rollout import rollout
 from engine.rollout.trajectory import ToolCallRecord
-from tests.engine_helpers import load_tiny, loss_positions, make_prompt, plain_logits
+from tests.engine_helpers import load_tiny, loss_positions, make_prompt, plain_logits, take_grad
 
 TEMPERATURE = 0.7
 
@@ -70,14 +70,14 @@ def test_gradient_equals_hand_objective(vlm):
             logp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(t.ids)[where][:, None])[:, 0]
             inside = (where < int(end_B[s])).float()
             ((-adv_B[s] * logp).sum() / N - coef_B[s] * (inside * logp).sum()).backward()
-        return _flat_grad(model)
+        return take_grad(model)
 
     def engine_grad(imitate_B, end_B=None):
         model.zero_grad(set_to_none=True)
         batch = StepBatch(adv_B=adv_B, num_tokens=N, num_seqs=len(trajs), imitate_B=imitate_B, imitate_end_B=end_B)
         for i, row in enumerate(pack(trajs, 100)):
             policy_loss(model, row, i, batch, AlgoConfig(), temperature=TEMPERATURE)[0].backward()
-        return _flat_grad(model)
+        return take_grad(model)
 
     whole = torch.tensor([len(t.ids) for t in trajs])
     ref = hand_grad(whole)
@@ -90,11 +90,6 @@ def test_gradient_equals_hand_objective(vlm):
     assert float((engine_grad(coef_B, part) - ref_part).norm() / ref_part.norm()) < 1e-4
     assert float((ref_part - ref).norm() / ref.norm()) > 1e-2
 
-
-def _flat_grad(model):
-    g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()])
-    model.zero_grad(set_to_none=True)
-    return g
 
 
 def test_first_call_span_ends_at_the_tool_result():

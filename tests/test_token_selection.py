@@ -26,7 +26,7 @@ from engine.config.settings import AlgoConfig, RolloutConfig
 from engine.forward.packing import pack
 from engine.rollout.rollout import rollout
 from tests.engine_helpers import (cycle_token_classes, load_tiny, loss_positions, make_prompt,
-                                  plain_logits)
+                                  plain_logits, take_grad)
 
 TEMPERATURE = 0.7
 SMALL_BUDGET = 100  # trajectories are 40-50 tokens: two per row, several rows
@@ -88,11 +88,6 @@ def _plain_scores(vlm, traj):
     return logp_V.gather(-1, tok[:, None])[:, 0], -(logp_V.exp() * logp_V).sum(-1)
 
 
-def _flat_grad(model):
-    g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()])
-    model.zero_grad(set_to_none=True)
-    return g
-
 
 def _engine_grad(vlm, trajs, adv_B, cfg: AlgoConfig):
     """The step's path: rows, the behaviour policy's entropies, the selection's step pass, policy_loss per row."""
@@ -111,7 +106,7 @@ def _engine_grad(vlm, trajs, adv_B, cfg: AlgoConfig):
         loss, metrics, n = policy_loss(model, row, i, batch, cfg, temperature=TEMPERATURE)
         loss.backward()
         selected += float(metrics.get("selected", 1.0)) * n
-    return _flat_grad(model), selected / N
+    return take_grad(model), selected / N
 
 
 @pytest.mark.parametrize("frac", [0.2, 0.45])
@@ -129,7 +124,7 @@ def test_gradient_equals_hand_selected_policy_gradient(vlm, trajs, frac):
         logp, entropy = _plain_scores(vlm, traj)
         keep = (entropy.detach() >= tau).float()
         (-(adv_B[s] / N) * (keep * logp).sum()).backward()
-    ref = _flat_grad(model)
+    ref = take_grad(model)
     cfg = AlgoConfig(loss="ppo_clip", aggregation="token_mean", token_selection="top_entropy",
                      components={"top_entropy": TopEntropySettings(frac=frac)})
     got, selected = _engine_grad(vlm, trajs, adv_B, cfg)
@@ -181,7 +176,7 @@ def test_classes_gradient_equals_hand_objective(vlm, trajs):
         logp, _ = _plain_scores(vlm, t)
         keep = torch.tensor([float(t.token_class[k] == 0) for k in loss_positions(t).tolist()])
         (-(adv_B[s] / N) * (keep * logp).sum()).backward()
-    ref = _flat_grad(model)
+    ref = take_grad(model)
     cfg = AlgoConfig(token_selection="classes", components={"classes": ClassesSettings(["tool"])})
     got, selected = _engine_grad(vlm, trajs, adv_B, cfg)
     assert float((got - ref).norm() / ref.norm()) < 1e-4
