@@ -1,7 +1,7 @@
 """Best-of-group imitation (`algo.imitation`, a weight λ ≥ 0; 0: off): beside the policy gradient, λ × the mean
 negative log-likelihood of the sampled tokens of each group's best trajectories.
 
-    coef_B = imitation_coefficients(rewards_B, group_B, lam, seq_len_B)   # engine/algo/step.py
+    coef_B = imitation_coefficients(rewards_B, group_B, lam, tokens_B)   # engine/algo/step.py
     loss = policy loss + Σ_tokens coef_B[traj] × (−log p(token))          # engine/algo/objective.py
 
 In each group whose rewards are not all equal, the trajectories with the group's highest reward are imitated as SFT
@@ -36,9 +36,10 @@ def imitation_span(trajs, span: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def imitation_coefficients(rewards_B: torch.Tensor, group_B: torch.Tensor, lam: float,
-                           seq_len_B: torch.Tensor) -> torch.Tensor:
-    """Per trajectory, the coefficient of each of its tokens' −log p (0 outside each group's best; see above).
-    `rewards_B`, `group_B`: this rank's (whole groups live on one rank); G is counted over all ranks."""
+                           tokens_B: torch.Tensor) -> torch.Tensor:
+    """Per trajectory, the coefficient of each of its imitated tokens' −log p (0 outside each group's best; see
+    above); `tokens_B`: how many tokens each imitates (imitation_span). `rewards_B`, `group_B`: this rank's (whole
+    groups live on one rank); G is counted over all ranks."""
     coef_B = torch.zeros(len(rewards_B), dtype=torch.float64)
     best: list[list[int]] = []
     for g in torch.unique(group_B).tolist():
@@ -49,5 +50,5 @@ def imitation_coefficients(rewards_B: torch.Tensor, group_B: torch.Tensor, lam: 
     num_groups = int(D.all_reduce_sum(torch.tensor([len(best)])).item())  # sync point
     for members in best:
         for b in members:
-            coef_B[b] = lam / (num_groups * len(members) * max(int(seq_len_B[b]), 1))
+            coef_B[b] = lam / (num_groups * len(members) * max(int(tokens_B[b]), 1))
     return coef_B.to(torch.float32)
